@@ -1,0 +1,1 @@
+from fae.backbones.base import Backbone, BackboneInfo  # noqa: F401

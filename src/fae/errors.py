@@ -1,0 +1,21 @@
+"""Errors FAE raises on purpose. The CLI prints them as one line, without a traceback."""
+
+
+class FAEError(Exception):
+    """Base class: a problem with the user's input, files or environment, stated plainly."""
+
+
+class ConfigError(FAEError):
+    """A config key is unknown, has the wrong type, or a value is out of range."""
+
+
+class WeightsNotFoundError(FAEError):
+    """Pretrained weights could not be found or loaded; the message says how to supply them."""
+
+
+class DataError(FAEError):
+    """A dataset file is missing, unreadable or corrupt; the message names the file."""
+
+
+class CheckpointError(FAEError):
+    """A checkpoint or exported model is missing, corrupt, or does not match the config."""
