@@ -1,0 +1,200 @@
+"""The pixel decoder: a ViT that maps raw backbone tokens to an image (paper, stages Ib / II).
+
+Paper size: ViT-L (24 layers x 1024 wide, 16 heads, MLP ratio 4) at patch 16, turning the
+16x16x1536 DINOv2-g/14 token map into a 256x256x3 image (~305M parameters). Each token becomes one
+``patch x patch`` block of pixels, so ``patch = image_size / grid``.
+
+    tokens [B, N, D] --LayerNorm (no affine)--> Linear D->dim --+pos--> depth x ViT block
+        --> LayerNorm --> Linear dim->p*p*C --> unpatchify --> image [B, C, H, W] in [-1, 1]
+
+Input normalisation lives here (not in the caller): the decoder takes the backbone's RAW tokens
+(or the FAE feature decoder's x_hat, which is trained in the same raw scale).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from fae.config import from_dict
+from fae.errors import CheckpointError, ConfigError
+from fae.nn import TransformerBlock, sincos_2d
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class PixelDecoderConfig:
+    """Architecture of the pixel decoder (token width and grid come from the backbone).
+
+    Args:
+        depth: number of ViT blocks (paper: 24).
+        dim: transformer width (paper: 1024).
+        heads: attention heads (paper: 16).
+        mlp_ratio: MLP hidden width / dim (paper: 4).
+        out_channels: image channels (3 for RGB, 1 for Fashion-MNIST).
+        image_size: output side in pixels; must be divisible by the token grid (paper: 256).
+        input_norm: "layer" = LayerNorm without affine over each raw token before the input
+            projection (our choice: makes the decoder indifferent to the backbone's feature
+            scale); "none" feeds raw tokens to the projection.
+        qk_norm: RMSNorm on queries/keys (our choice, off by default; helps bf16 at scale).
+    """
+
+    depth: int = 24
+    dim: int = 1024
+    heads: int = 16
+    mlp_ratio: float = 4.0
+    out_channels: int = 3
+    image_size: int = 256
+    input_norm: Literal["layer", "none"] = "layer"
+    qk_norm: bool = False
+
+    def validate(self) -> None:
+        for key in ("depth", "dim", "heads", "out_channels", "image_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'pixel_decoder.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.dim % self.heads:
+            raise ConfigError(f"config key 'pixel_decoder.dim' ({self.dim}) must be divisible by "
+                              f"'pixel_decoder.heads' ({self.heads})")
+        if self.dim % 4:
+            raise ConfigError(f"config key 'pixel_decoder.dim' must be divisible by 4 (2-D sin-cos "
+                              f"position table), got {self.dim}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"config key 'pixel_decoder.mlp_ratio' must be > 0, got {self.mlp_ratio}")
+
+
+def patch_size(image_size: int, grid: tuple[int, int]) -> tuple[int, int]:
+    """Pixels per token along (rows, cols): image_size / grid, which must divide exactly."""
+    h, w = grid
+    if image_size % h or image_size % w:
+        raise ConfigError(f"pixel_decoder.image_size={image_size} is not divisible by the token grid "
+                          f"{h}x{w}; choose an image size that is a multiple of the grid")
+    return image_size // h, image_size // w
+
+
+class PixelDecoder(nn.Module):
+    """Raw backbone tokens [B, N, token_dim] -> images [B, C, H, W] in [-1, 1].
+
+    Args:
+        config: architecture (``PixelDecoderConfig``).
+        token_dim: width D of the input tokens (the backbone's width, e.g. 1536 for DINOv2-g).
+        grid: token grid (h, w) with N = h * w, row-major.
+    """
+
+    def __init__(self, config: PixelDecoderConfig, token_dim: int, grid: tuple[int, int]):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.token_dim = int(token_dim)
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.patch = patch_size(config.image_size, self.grid)
+        c, (ph, pw) = config.out_channels, self.patch
+        self.input_norm = nn.LayerNorm(token_dim, elementwise_affine=False) if config.input_norm == "layer" \
+            else nn.Identity()
+        self.input_proj = nn.Linear(token_dim, config.dim)
+        # Learned positions, initialised from the fixed 2-D sin-cos table (MAE).
+        self.pos_embed = nn.Parameter(sincos_2d(config.dim, self.grid)[None])  # [1, N, dim]
+        self.blocks = nn.ModuleList(
+            TransformerBlock(config.dim, config.heads, config.mlp_ratio, style="vit", qk_norm=config.qk_norm)
+            for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.dim, eps=1e-6)
+        self.head = nn.Linear(config.dim, ph * pw * c)  # one token -> one patch of pixels
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the final projection (used for the adaptive GAN weight, taming-style)."""
+        return self.head.weight
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, ph*pw*C] -> [B, C, h*ph, w*pw]."""
+        (h, w), (ph, pw), c = self.grid, self.patch, self.config.out_channels
+        x = x.view(x.shape[0], h, w, ph, pw, c)  # [B, h, w, ph, pw, C]
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, h * ph, w * pw)
+
+    def forward(self, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """tokens [B, N, D] (raw scale) -> images [B, C, H, W].
+
+        ``clamp=True`` clips to [-1, 1] (what users get); training calls ``clamp=False`` so pixels
+        that overshoot still receive gradients.
+        """
+        if tokens.ndim != 3 or tokens.shape[1] != self.num_tokens or tokens.shape[2] != self.token_dim:
+            raise ValueError(f"PixelDecoder expects tokens [B, {self.num_tokens}, {self.token_dim}], "
+                             f"got {list(tokens.shape)}")
+        x = self.input_proj(self.input_norm(tokens.to(self.input_proj.weight.dtype)))  # [B, N, dim]
+        x = x + self.pos_embed  # [B, N, dim]
+        for block in self.blocks:
+            x = block(x)  # [B, N, dim]
+        x = self.head(self.norm(x))  # [B, N, ph*pw*C]
+        images = self.unpatchify(x)  # [B, C, H, W]
+        return images.clamp(-1.0, 1.0) if clamp else images
+
+    # ---- serialisation: config.json + model.safetensors ------------------------------------------
+
+    def export_config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this module (stored in config.json / inside an FAE export)."""
+        return {"pixel_decoder": asdict(self.config), "token_dim": self.token_dim, "grid": list(self.grid)}
+
+    @classmethod
+    def from_export_config(cls, data: dict[str, Any]) -> "PixelDecoder":
+        try:
+            config = from_dict(PixelDecoderConfig, data["pixel_decoder"], prefix="pixel_decoder")
+            return cls(config, int(data["token_dim"]), tuple(data["grid"]))
+        except KeyError as e:
+            raise CheckpointError(f"pixel decoder config lacks the key {e}") from None
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder/config.json`` + ``folder/model.safetensors`` (atomically)."""
+        from fae.io import atomic_save_json, atomic_save_safetensors
+
+        folder = Path(folder)
+        atomic_save_safetensors(self.state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        atomic_save_json({"model": "fae-pixel-decoder", **self.export_config()}, folder / CONFIG_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "PixelDecoder":
+        """Rebuild from a folder written by ``save_pretrained``; errors name the missing file."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise CheckpointError(f"pixel decoder folder '{folder}' has no '{name}' "
+                                      f"(expected the export of `fae train pixel-decoder`)")
+        data = json.loads((folder / CONFIG_NAME).read_text())
+        model = cls.from_export_config(data)
+        state = load_file(str(folder / WEIGHTS_NAME), device=str(device))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in '{folder / WEIGHTS_NAME}' do not match its config: {e}") from None
+        return model.to(device)
+
+
+def to_pixels01(images: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] -> [0, 1] (the range FAE.decode returns)."""
+    return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> float [-1, 1] (the decoder's target range)."""
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1.0
+    return images.float() * 2.0 - 1.0

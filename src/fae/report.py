@@ -1,0 +1,141 @@
+"""Pictures and a self-contained HTML report: image grids, loss curves, metric tables.
+
+Everything returns or writes PNG; the HTML inlines the PNGs (base64) so one file can be mailed.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from fae.io import atomic_write
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] uint8, or float in [0, 1] -> uint8 [N, 3, H, W] (grayscale repeated)."""
+    if images.dtype != torch.uint8:
+        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.cpu()
+
+
+def image_grid(images: torch.Tensor, ncol: int, scale: int = 1, pad: int = 2,
+               row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+               label_width: int = 110) -> Image.Image:
+    """Tile N images row-major into a grid with optional row/column captions."""
+    images = to_uint8(images)
+    n, _, h, w = images.shape
+    nrow = (n + ncol - 1) // ncol
+    h, w = h * scale, w * scale
+    left = label_width if row_labels else 0
+    top = 16 if col_labels else 0
+    canvas = Image.new("RGB", (left + ncol * (w + pad) + pad, top + nrow * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        tile = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+        if scale != 1:
+            tile = tile.resize((w, h), Image.NEAREST)
+        canvas.paste(tile, (left + pad + c * (w + pad), top + pad + r * (h + pad)))
+    for r, text in enumerate(row_labels or []):
+        draw.text((4, top + pad + r * (h + pad) + h // 2 - 6), str(text), fill="black", font=font)
+    for c, text in enumerate(col_labels or []):
+        draw.text((left + pad + c * (w + pad) + 2, 2), str(text), fill="black", font=font)
+    return canvas
+
+
+def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+              xlabel: str = "step", ylabel: str = "loss", logy: bool = True) -> Image.Image:
+    """One matplotlib line chart (Agg backend) of named (x, y) series, returned as a PIL image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=110)
+    for name, (xs, ys) in series.items():
+        ys = np.asarray(ys, dtype=float)
+        ax.plot(xs, ys, label=name, linewidth=1.2)
+    if logy and all(np.all(np.asarray(y, dtype=float) > 0) for _, y in series.values()):
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a metrics.jsonl file (missing file -> [])."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _png_base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+@dataclass
+class Report:
+    """Sections of figures (PNG paths) and tables, rendered to one self-contained HTML file."""
+
+    title: str
+    intro: str = ""
+    sections: list[tuple[str, str, list[Path], list[tuple[str, list[list[str]]]]]] = field(default_factory=list)
+
+    def add(self, heading: str, text: str = "", figures: Sequence[Path] = (),
+            tables: Sequence[tuple[str, list[list[str]]]] = ()) -> None:
+        """A section: heading, a paragraph, PNG figures, and (caption, rows) tables (row 0 = header)."""
+        self.sections.append((heading, text, [Path(f) for f in figures], list(tables)))
+
+    def render(self) -> str:
+        parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
+                 "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+                 "img{max-width:100%;border:1px solid #ddd;margin:4px}table{border-collapse:collapse;margin:8px 0}"
+                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+                 "td:first-child,th:first-child{text-align:left}</style></head><body>",
+                 f"<h1>{html.escape(self.title)}</h1><p>{html.escape(self.intro)}</p>"]
+        for heading, text, figures, tables in self.sections:
+            parts.append(f"<h2>{html.escape(heading)}</h2>")
+            if text:
+                parts.append(f"<p>{html.escape(text)}</p>")
+            for caption, rows in tables:
+                parts.append(f"<table><caption>{html.escape(caption)}</caption>")
+                for i, row in enumerate(rows):
+                    tag = "th" if i == 0 else "td"
+                    parts.append("<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row) + "</tr>")
+                parts.append("</table>")
+            for fig in figures:
+                parts.append(f"<figure><img alt='{html.escape(fig.stem)}' src='data:image/png;base64,"
+                             f"{_png_base64(fig)}'><figcaption>{html.escape(fig.name)}</figcaption></figure>")
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+    def write(self, path: str | Path) -> Path:
+        text = self.render()
+        return atomic_write(path, lambda f: f.write(text), mode="w")
