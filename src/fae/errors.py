@@ -19,3 +19,15 @@ class DataError(FAEError):
 
 class CheckpointError(FAEError):
     """A checkpoint or exported model is missing, corrupt, or does not match the config."""
+
+
+class BackboneMismatchError(CheckpointError):
+    """Features, a backbone or a pixel decoder do not match the backbone an FAE was trained on."""
+
+
+class TrainingError(FAEError):
+    """Training cannot continue (e.g. a non-finite loss under ``train.nan_policy=stop``)."""
+
+
+class LatentCacheError(CheckpointError):
+    """A latent cache is incomplete, corrupt, or was written by a different FAE than the one given."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fae.backbones.preprocess import preprocess_images
+
 
 @dataclass(frozen=True)
 class BackboneInfo:
@@ -25,6 +27,9 @@ class BackboneInfo:
     std: tuple[float, float, float]
     source: str  # hub id or package the weights come from
     description: str = ""
+    family: str = ""  # adapter family: "efficientnet", "dinov2", "siglip", "siglip2", "tiny-vit"
+    patch_size: int = 0  # pixels per token side (the network's total stride)
+    interpolation: str = "bicubic"  # resize mode the model's own image processor uses
 
     @property
     def num_tokens(self) -> int:
@@ -32,7 +37,11 @@ class BackboneInfo:
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses implement ``forward_features(pixels) -> tokens``."""
+    """Base class: subclasses set ``info`` and implement ``forward_features(pixels) -> tokens``.
+
+    ``preprocess`` (shared) turns user images into normalised model input; subclasses only
+    override it when their model needs a special layout (SigLIP2 NaFlex patches).
+    """
 
     info: BackboneInfo
 
@@ -48,13 +57,42 @@ class Backbone(nn.Module):
     def resolution(self) -> int:
         return self.info.resolution
 
+    @property
+    def device(self) -> torch.device:
+        param = next(self.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        param = next(self.parameters(), None)
+        return param.dtype if param is not None else torch.float32
+
+    def freeze(self) -> "Backbone":
+        """Eval mode and no gradients: backbones are never trained in FAE."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # A frozen backbone stays in eval mode (BatchNorm statistics, dropout) even when a parent
+        # module is switched to train mode.
+        return super().train(False)
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """images [B, C, H, W] uint8/float -> normalised pixels [B, 3, S, S] on the model's device."""
+        info = self.info
+        return preprocess_images(images, info.resolution, info.mean, info.std, info.interpolation,
+                                 device=self.device, dtype=self.compute_dtype)
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, C, H, W] (uint8 or float in [0, 1]) -> tokens [B, N, D] (float32)."""
-        return self.forward_features(self.preprocess(images)).float()
+        with torch.inference_mode():
+            tokens = self.forward_features(self.preprocess(images)).float()  # [B, N, D]
+        if not torch.is_inference_mode_enabled():
+            # Inference tensors cannot be saved for backward; a trainable encoder consumes these.
+            tokens = tokens.clone()
+        return tokens

@@ -1,0 +1,12 @@
+"""Latent generation: the diffusion transformer, flow transport and samplers.
+
+This package sees only latents; it never imports backbones or the autoencoder.
+"""
+from fae.generation.config import SIZES, STYLES, GeneratorConfig
+from fae.generation.generator import Generator
+from fae.generation.model import DiffusionTransformer, build_generator
+from fae.generation.samplers import GuidedVelocity, SamplerConfig, integrate
+from fae.generation.transport import Transport, TransportConfig, shift_time
+
+__all__ = ["SIZES", "STYLES", "GeneratorConfig", "Generator", "DiffusionTransformer", "build_generator",
+           "GuidedVelocity", "SamplerConfig", "integrate", "Transport", "TransportConfig", "shift_time"]

@@ -2,16 +2,33 @@
 
 A stage owns its models, data and loss; the engine owns everything else (devices, DDP/FSDP,
 precision, optimisers, schedules, accumulation, clipping, EMA, checkpoints, resume, logging).
-Stages never copy the loop.
+Stages never copy the loop. A stage module (``fae.training.stages.<name>``) defines
+``CONFIG_CLASS`` (a dataclass with a ``train: TrainConfig`` field) and ``build_stage(cfg)``.
 
-Multiple optimisers (the pixel decoder's GAN) are *phases*: each step runs every phase in order;
-a phase trains only its own modules with its own AdamW. During a phase, the modules it does not
-train are passed to ``loss`` unwrapped (no DDP) and with ``requires_grad`` off, so e.g. the
-generator phase can call the discriminator without touching its gradients.
+Rules the engine relies on:
+
+- ``build_stage(cfg)`` and ``build_models("meta")`` must be cheap and need no weights, data or
+  network (``--dry-run`` calls them). Load frozen helpers (backbone, FAE) in ``setup(device)``.
+- ``build_models`` returns only *trainable* modules; parameters that should stay frozen inside
+  them have ``requires_grad=False`` when returned, and the engine never turns them on.
+- Call each module you get in ``loss`` through its ``forward`` (``models["x"](...)``), never
+  through another method: DDP synchronises gradients, and FSDP gathers weights, only in
+  ``forward``.
+- ``loss`` receives the DataLoader's batch (default collate) already on the engine's device, and
+  the global RNGs (torch, numpy, python) seeded from ``(train.seed, rank, step)``; draw noise from
+  them (``torch.randn``), not from your own generators, and a resume is exact.
+- Batch sizes are global: each rank's ``loss`` sees ``batch_size / (world_size * grad_accum)``
+  items. Return the *mean* loss over them.
+
+Multiple optimisers (the pixel decoder's GAN) are *phases*: each step runs every phase in order on
+the same batch; a phase trains only its own modules with its own AdamW. During a phase, the modules
+it trains are passed DDP-wrapped, and the modules it does not train are passed unwrapped (no DDP)
+and with ``requires_grad`` off, so e.g. the generator phase can call the discriminator without
+touching its gradients (use ``.detach()`` or ``torch.no_grad()`` on the other side).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +42,8 @@ from fae.training.config import OptimConfig
 @dataclass
 class Phase:
     name: str  # "main", "generator", "discriminator", ...
-    modules: list[str]  # keys of Stage.build_models() this phase's optimiser trains
-    optim: OptimConfig
+    modules: list[str] = field(default_factory=list)  # keys of build_models() it trains; [] = all
+    optim: OptimConfig = field(default_factory=OptimConfig)
     start_step: int = 0  # the phase is skipped before this step (e.g. a GAN warm-up)
 
 
@@ -37,25 +54,27 @@ class Stage:
     config: Any
 
     def build_models(self, device: torch.device | str) -> dict[str, nn.Module]:
-        """Trainable modules, by name. Frozen helpers (backbone, FAE) live on the stage itself."""
+        """Trainable modules, by name, on ``device`` ("meta" for ``--dry-run``)."""
         raise NotImplementedError
+
+    def setup(self, device: torch.device) -> None:
+        """Load frozen helpers (backbone, FAE, perceptual net) onto ``device``. Optional."""
 
     def ema_modules(self) -> list[str]:
         """Names of modules whose EMA the engine keeps (evaluation/export use the EMA copy)."""
         return []
 
     def phases(self) -> list[Phase]:
-        return [Phase("main", list(self.build_models_names()), self.config.train.optim)]
-
-    def build_models_names(self) -> list[str]:
-        raise NotImplementedError
+        """Default: one phase "main" training every module with ``train.optim``."""
+        return [Phase("main", [], self.config.train.optim)]
 
     def train_dataset(self) -> Dataset:
+        """Map-style dataset; the engine shards, shuffles and batches it (see sampler.py)."""
         raise NotImplementedError
 
     def loss(self, phase: str, batch: Any, models: dict[str, nn.Module], step: int
              ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
-        """Scalar loss to minimise for ``phase`` and named values to log (detached)."""
+        """Scalar loss to minimise for ``phase`` and named scalar values to log (detached)."""
         raise NotImplementedError
 
     def evaluate(self, models: dict[str, nn.Module], step: int, run_dir: Path) -> dict[str, float]:
@@ -63,7 +82,7 @@ class Stage:
         return {}
 
     def export(self, models: dict[str, nn.Module], run_dir: Path) -> Path | None:
-        """Write the final artifact (e.g. ``run_dir/export``) from EMA weights. Optional."""
+        """Write the final artifact (e.g. ``run_dir/export``) from EMA weights, on rank 0. Optional."""
         return None
 
     def describe(self) -> dict[str, str]:

@@ -1,0 +1,333 @@
+"""The FAE model object: frozen-backbone tokens <-> latent z <-> tokens (<-> pixels).
+
+    images --backbone--> tokens x [B, N, D] --normalise--> encoder --> (mu, log sigma^2) [B, N, 2c]
+       --> z [B, c, h, w] --> feature decoder --> x_hat (normalised) --denormalise--> [B, N, D]
+       --> pixel decoder (optional, engineer F's ``PixelDecoder``) --> images in [0, 1]
+
+An export is a folder with ``config.json`` + ``model.safetensors`` (Hugging Face layout). It
+records which backbone the FAE was trained on (name, resolution, width, grid), the feature
+normalisation statistics, the latent per-channel mean / std (measured after training, for the
+generator), the pixel decoder's config when one is attached, and an identity hash of the latent
+space (see :meth:`FAE.identity`). The backbone's own weights are never saved: it is loaded from
+the registry on first use, or attached with :meth:`FAE.attach_backbone`; either way a backbone
+that differs from the recorded one is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from fae.autoencoder.encoder import EncoderConfig, build_encoder
+from fae.autoencoder.feature_decoder import FeatureDecoder, FeatureDecoderConfig
+from fae.autoencoder.normalization import FeatureNormalizer
+from fae.autoencoder.vae import DiagonalGaussian, gaussian_kl
+from fae.config import from_dict, to_dict
+from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "fae-autoencoder"
+FORMAT_VERSION = 1
+# Tensors that define the latent space (what a latent cache must agree on); see FAE.identity.
+_IDENTITY_PREFIXES = ("normalizer.", "encoder.", "decoder.")
+
+
+@dataclass
+class FAEConfig:
+    """Architecture of one FAE (``model:`` in the autoencoder run config).
+
+    Args:
+        backbone: registry name of the frozen backbone (``fae backbones`` lists them).
+        resolution: backbone input size in pixels; null = the registry's default.
+        token_dim: backbone width D; null = from the registry (a given value is checked).
+        grid: token grid (h, w); null = from the registry.
+        latent_channels: c, the latent width per token (paper 32).
+        feature_norm: "dataset" = per-channel mean/std of the training tokens (see
+            ``normalization.py``); "none" = raw tokens.
+        encoder: encoder settings (kind attention | linear | transformer).
+        decoder: feature decoder settings.
+    """
+
+    backbone: str = "dinov2-g14"
+    resolution: int | None = None
+    token_dim: int | None = None
+    grid: tuple[int, int] | None = None
+    latent_channels: int = 32
+    feature_norm: Literal["dataset", "none"] = "dataset"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: FeatureDecoderConfig = field(default_factory=FeatureDecoderConfig)
+
+    def validate(self) -> None:
+        if self.latent_channels < 1:
+            raise ConfigError(f"config key 'model.latent_channels' must be >= 1, got {self.latent_channels}")
+
+    def resolved(self) -> "FAEConfig":
+        """A copy with resolution / token_dim / grid filled from the backbone registry (no weights)."""
+        if None not in (self.resolution, self.token_dim, self.grid):
+            return self
+        from fae.backbones.registry import get_info
+
+        info = get_info(self.backbone, resolution=self.resolution)
+        for key, known in (("token_dim", info.dim), ("grid", tuple(info.grid))):
+            given = getattr(self, key)
+            if given is not None and (tuple(given) if key == "grid" else given) != known:
+                raise ConfigError(f"config key 'model.{key}' is {given}, but backbone '{self.backbone}' "
+                                  f"at {info.resolution} px has {known}; leave it null")
+        return replace(self, resolution=info.resolution, token_dim=info.dim, grid=tuple(info.grid))
+
+
+class FAE(nn.Module):
+    """Feature auto-encoder over a frozen backbone's patch tokens.
+
+    Args:
+        config: the architecture; missing backbone dims are looked up in the registry.
+    """
+
+    def __init__(self, config: FAEConfig):
+        super().__init__()
+        config = config.resolved()
+        self.config = config
+        dim, grid, c = config.token_dim, tuple(config.grid), config.latent_channels
+        self.normalizer = FeatureNormalizer(dim, enabled=config.feature_norm == "dataset")
+        self.encoder = build_encoder(config.encoder, dim, grid, c)
+        self.decoder = FeatureDecoder(config.decoder, dim, grid, c)
+        # Per-channel statistics of the latent mean over the training set (for the generator).
+        self.register_buffer("latent_mean", torch.zeros(c))
+        self.register_buffer("latent_std", torch.ones(c))
+        self.pixel_decoder: nn.Module | None = None
+        object.__setattr__(self, "_backbone", None)  # not a submodule: never saved, never trained
+
+    # ---- shapes and helpers ------------------------------------------------------------------
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(c, h, w) of one latent."""
+        return (self.config.latent_channels, *self.config.grid)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.grid[0] * self.config.grid[1]
+
+    def _device(self) -> torch.device:
+        return self.latent_mean.device
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        want = (self.num_tokens, self.config.token_dim)
+        if tokens.ndim != 3 or tuple(tokens.shape[1:]) != want:
+            raise BackboneMismatchError(
+                f"FAE (backbone '{self.config.backbone}') expects tokens [B, {want[0]}, {want[1]}], "
+                f"got {list(tokens.shape)}: the features come from a different backbone or resolution")
+
+    def _to_latent_grid(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, c = x.shape
+        h, w = self.config.grid
+        return x.transpose(1, 2).reshape(B, c, h, w)  # [B, N, c] -> [B, c, h, w]
+
+    # ---- backbone ----------------------------------------------------------------------------
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The frozen backbone, loaded from the registry on first use."""
+        if self._backbone is None:
+            from fae.backbones import load_backbone
+
+            self.attach_backbone(load_backbone(self.config.backbone, device=self._device(),
+                                               resolution=self.config.resolution))
+        return self._backbone
+
+    def attach_backbone(self, backbone: nn.Module) -> "FAE":
+        """Use ``backbone`` for images; refused unless it is the one this FAE was trained on."""
+        info, cfg = backbone.info, self.config
+        got = (info.name, info.resolution, info.dim, tuple(info.grid))
+        want = (cfg.backbone, cfg.resolution, cfg.token_dim, tuple(cfg.grid))
+        if got != want:
+            raise BackboneMismatchError(
+                f"this FAE was trained on backbone '{want[0]}' at {want[1]} px (D={want[2]}, grid "
+                f"{want[3]}), but was given '{got[0]}' at {got[1]} px (D={got[2]}, grid {got[3]})")
+        object.__setattr__(self, "_backbone", backbone)
+        return self
+
+    def tokens_from(self, images_or_tokens: torch.Tensor) -> torch.Tensor:
+        """images [B, C, H, W] (through the backbone) or raw tokens [B, N, D] -> raw tokens [B, N, D]."""
+        x = images_or_tokens
+        if x.ndim == 4:
+            x = self.backbone(x)  # [B, N, D] float32
+        self._check_tokens(x)
+        return x.to(self._device(), torch.float32)
+
+    # ---- the auto-encoder ----------------------------------------------------------------------
+
+    def posterior(self, tokens: torch.Tensor) -> DiagonalGaussian:
+        """Raw tokens [B, N, D] -> q(z|x) with mean / logvar [B, N, c]."""
+        return DiagonalGaussian(self.encoder(self.normalizer.normalize(tokens)))  # moments [B, N, 2c]
+
+    def encode(self, images_or_tokens: torch.Tensor, sample: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images or raw tokens -> latent z [B, c, h, w]: the posterior mean, or a sample."""
+        post = self.posterior(self.tokens_from(images_or_tokens))
+        return self._to_latent_grid(post.sample(generator) if sample else post.mean)
+
+    def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, c, h, w] -> tokens in the normalised feature space [B, N, D] (the training target)."""
+        if tuple(z.shape[1:]) != self.latent_shape:
+            raise ConfigError(f"FAE latents must be [B, {', '.join(map(str, self.latent_shape))}], "
+                              f"got {list(z.shape)}")
+        return self.decoder(z.to(self._device(), torch.float32))
+
+    def decode_features(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, c, h, w] -> reconstructed tokens [B, N, D] in the backbone's raw feature scale."""
+        return self.normalizer.denormalize(self.decode_normalized(z))
+
+    def forward(self, tokens: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+        """Training pass on raw tokens [B, N, D].
+
+        Returns tensors only (DDP-friendly): ``target`` and ``recon`` [B, N, D] in the normalised
+        feature space (the stage Ia L2 is taken there), posterior ``mean`` / ``logvar`` [B, N, c].
+        The sample's noise comes from the global torch RNG (the engine seeds it per step).
+        """
+        self._check_tokens(tokens)
+        target = self.normalizer.normalize(tokens.float())  # [B, N, D]
+        post = DiagonalGaussian(self.encoder(target))  # [B, N, c] each
+        z = self._to_latent_grid(post.sample() if sample else post.mean)  # [B, c, h, w]
+        return {"target": target, "recon": self.decoder(z), "mean": post.mean, "logvar": post.logvar}
+
+    # ---- pixels ------------------------------------------------------------------------------
+
+    def set_pixel_decoder(self, module: nn.Module | None) -> "FAE":
+        """Attach a ``PixelDecoder`` (raw tokens -> images in [-1, 1]); it is saved in the export."""
+        if module is not None and (module.token_dim, tuple(module.grid)) != (self.config.token_dim,
+                                                                             tuple(self.config.grid)):
+            raise BackboneMismatchError(
+                f"pixel decoder takes tokens of width {module.token_dim} on grid {tuple(module.grid)}, "
+                f"this FAE makes width {self.config.token_dim} on grid {tuple(self.config.grid)}")
+        self.pixel_decoder = module
+        return self
+
+    def decode_features_to_pixels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw tokens [B, N, D] -> images [B, C, H, W] in [0, 1] through the pixel decoder."""
+        if self.pixel_decoder is None:
+            raise CheckpointError("this FAE has no pixel decoder: train one with `fae train pixel-decoder` "
+                                  "and attach it with FAE.set_pixel_decoder(...)")
+        from fae.autoencoder.pixel_decoder import to_pixels01
+
+        return to_pixels01(self.pixel_decoder(tokens))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, c, h, w] -> images [B, C, H, W] in [0, 1] (needs a pixel decoder)."""
+        return self.decode_features_to_pixels(self.decode_features(z))
+
+    # ---- statistics --------------------------------------------------------------------------
+
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean / std [D] of the training tokens (see ``normalization.py``)."""
+        self.normalizer.set_stats(mean.to(self._device()), std.to(self._device()))
+
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean / std [c] of the encoded training latents (read by the generator)."""
+        c = self.config.latent_channels
+        if mean.shape != (c,) or std.shape != (c,):
+            raise ConfigError(f"latent statistics must have shape [{c}], got {list(mean.shape)} / {list(std.shape)}")
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
+
+    # ---- export ------------------------------------------------------------------------------
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+
+    def identity(self) -> str:
+        """sha256 (hex) of the tensors that define the latent space: normaliser, encoder, decoder.
+
+        Two FAEs with the same identity map the same tokens to the same latents and back; the
+        latent statistics and the pixel decoder are left out so that attaching a pixel decoder
+        later does not invalidate a latent cache written by this FAE.
+        """
+        from safetensors.torch import save
+
+        tensors = {k: v for k, v in self._tensors().items() if k.startswith(_IDENTITY_PREFIXES)}
+        return hashlib.sha256(save(tensors)).hexdigest()
+
+    def export_config(self) -> dict[str, Any]:
+        cfg = self.config
+        pixel = self.pixel_decoder.export_config() if self.pixel_decoder is not None else None
+        return {"format": FORMAT, "version": FORMAT_VERSION, "identity": self.identity(),
+                "backbone": {"name": cfg.backbone, "resolution": cfg.resolution, "dim": cfg.token_dim,
+                             "grid": list(cfg.grid)},
+                "feature_norm": {"kind": cfg.feature_norm, "mean": self.normalizer.mean.tolist(),
+                                 "std": self.normalizer.std.tolist()},
+                "latent_stats": {"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()},
+                "config": to_dict(cfg), "pixel_decoder": pixel}
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder/config.json`` + ``folder/model.safetensors`` atomically; returns the folder."""
+        from fae.io import atomic_save_json, atomic_save_safetensors
+
+        folder = Path(folder)
+        atomic_save_safetensors(self._tensors(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        atomic_save_json(self.export_config(), folder / CONFIG_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
+                        backbone: nn.Module | None = None) -> "FAE":
+        """Rebuild an export; ``backbone`` (optional) is attached after the mismatch check."""
+        folder = Path(folder)
+        data = _read_export_config(folder)
+        model = cls(from_dict(FAEConfig, data["config"], prefix="config"))
+        if data.get("pixel_decoder"):
+            from fae.autoencoder.pixel_decoder import PixelDecoder
+
+            model.set_pixel_decoder(PixelDecoder.from_export_config(data["pixel_decoder"]))
+        _load_weights(model, folder / WEIGHTS_NAME)
+        if model.identity() != data.get("identity"):
+            raise CheckpointError(f"'{folder / WEIGHTS_NAME}' does not hash to the identity recorded in "
+                                  f"'{folder / CONFIG_NAME}': the export is corrupt or was edited")
+        model = model.to(device).eval()
+        if backbone is not None:
+            model.attach_backbone(backbone)
+        return model
+
+
+def _read_export_config(folder: Path) -> dict[str, Any]:
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"FAE folder '{folder}' has no '{name}' (expected the export of "
+                                  f"`fae train autoencoder`, written by FAE.save_pretrained)")
+    try:
+        data = json.loads((folder / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"'{folder / CONFIG_NAME}' is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "config" not in data:
+        raise CheckpointError(f"'{folder / CONFIG_NAME}' is not an FAE export (format '{FORMAT}' expected)")
+    return data
+
+
+def _load_weights(model: FAE, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"cannot read '{path}': {e}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in '{path}' do not match its config.json: {e}") from None
+
+
+def fae_loss(out: dict[str, torch.Tensor], kl_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Stage Ia loss on ``FAE.forward``'s output: ||x_hat - x||^2 + beta * KL (paper).
+
+    Both terms are means per element (MSE over the B*N*D normalised feature entries, KL over the
+    B*N*c latent entries), so ``kl_weight`` = beta does not depend on the batch or grid size.
+    """
+    rec = (out["recon"].float() - out["target"].float()).square().mean()
+    kl = gaussian_kl(out["mean"], out["logvar"]).mean()
+    loss = rec + kl_weight * kl
+    return loss, {"rec": rec.detach(), "kl": kl.detach()}

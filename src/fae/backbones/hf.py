@@ -1,0 +1,201 @@
+"""Hugging Face ``transformers`` vision towers: DINOv2 (+registers), SigLIP, SigLIP2 NaFlex.
+
+Every adapter returns patch tokens only, in row-major grid order:
+- DINOv2: ``last_hidden_state`` (after the final LayerNorm) minus the CLS token and, for the
+  register variants, the register tokens -> ``[B, (S/14)^2, D]`` (16x16 at 224 px);
+- SigLIP: ``last_hidden_state`` (after ``post_layernorm``; SigLIP has no CLS token);
+- SigLIP2 NaFlex: the model takes flattened patches ``[B, N, p*p*3]`` + ``pixel_attention_mask``
+  + ``spatial_shapes``; we run it at a fixed square size so no patch is padding.
+
+Width and grid come from the loaded config; under a registry name they must agree with the entry
+("weights of the wrong shape" otherwise). Missing folders and unreachable hub ids raise
+:class:`fae.errors.WeightsNotFoundError` saying how to supply weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fae.backbones.base import Backbone, BackboneInfo
+from fae.backbones.weights import WeightsSource, how_to_supply, hub_offline, hub_reachable, resolve_weights
+from fae.errors import ConfigError, WeightsNotFoundError
+
+# config.model_type -> (family, transformers class name)
+MODEL_TYPES = {
+    "dinov2": ("dinov2", "Dinov2Model"),
+    "dinov2_with_registers": ("dinov2", "Dinov2WithRegistersModel"),
+    "siglip": ("siglip", "SiglipVisionModel"),
+    "siglip_vision_model": ("siglip", "SiglipVisionModel"),
+    "siglip2": ("siglip2", "Siglip2VisionModel"),
+    "siglip2_vision_model": ("siglip2", "Siglip2VisionModel"),
+}
+FAMILY_OF_GENERIC = {"dinov2": "dinov2", "dinov2-reg": "dinov2", "siglip": "siglip", "siglip2": "siglip2"}
+NORMALISATION = {"dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic"),
+                 "siglip": ((0.5,) * 3, (0.5,) * 3, "bicubic"),
+                 "siglip2": ((0.5,) * 3, (0.5,) * 3, "bilinear")}
+
+
+def _read_model_type(source: WeightsSource, name: str) -> str:
+    """``model_type`` from a local folder's config.json (hub ids: from the registry entry)."""
+    import json
+    path = Path(source.location) / "config.json"
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights for '{name}': '{source.location}' is not a Hugging Face "
+                                   f"model folder (no config.json). " + how_to_supply(name))
+    try:
+        return json.loads(path.read_text())["model_type"]
+    except (ValueError, KeyError) as e:
+        raise WeightsNotFoundError(f"weights for '{name}': cannot read model_type from '{path}': {e}") from None
+
+
+def _from_pretrained(class_name: str, source: WeightsSource, name: str) -> torch.nn.Module:
+    """Load ``transformers.<class_name>``; every failure becomes a WeightsNotFoundError."""
+    import transformers
+    cls = getattr(transformers, class_name)
+    if source.local:
+        return _call(cls, source.location, name, local_files_only=True)
+    try:  # the HF cache first: works offline, no network round trip
+        return cls.from_pretrained(source.location, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or broken cache); try the hub below
+        pass
+    if hub_offline() or not hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub is unreachable"
+        raise WeightsNotFoundError(f"weights for '{name}': hub id '{source.location}' is not in the "
+                                   f"local cache and {why}. " + how_to_supply(name))
+    return _call(cls, source.location, name, local_files_only=False)
+
+
+def _call(cls, location: str, name: str, local_files_only: bool) -> torch.nn.Module:
+    try:
+        return cls.from_pretrained(location, local_files_only=local_files_only)
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, shape errors inside transformers
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsNotFoundError(f"cannot load weights for '{name}' from '{location}' "
+                                   f"({type(e).__name__}: {first}). " + how_to_supply(name)) from None
+
+
+def _patch_size(config) -> int:
+    p = config.patch_size
+    return int(p[0] if isinstance(p, (tuple, list)) else p)
+
+
+def _config_resolution(config) -> int:
+    size = getattr(config, "image_size", None)
+    if size is None:  # SigLIP2 NaFlex: a patch budget instead of a size
+        return int(round(config.num_patches ** 0.5)) * _patch_size(config)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _check_shape(info: BackboneInfo, config, location: str) -> None:
+    """A folder loaded under a registry name must have that entry's width and patch size."""
+    dim, patch = int(config.hidden_size), _patch_size(config)
+    if dim != info.dim or patch != info.patch_size:
+        raise WeightsNotFoundError(
+            f"weights of the wrong shape for '{info.name}': '{location}' has token width {dim} and "
+            f"patch {patch}, the registry entry expects width {info.dim} and patch {info.patch_size}. "
+            f"Point weights= at the right model, or load any folder with the generic name "
+            f"load_backbone('hf', weights=<folder>).")
+
+
+class HFBackbone(Backbone):
+    """A frozen ``transformers`` vision tower returning patch tokens.
+
+    Args:
+        info: name, width, grid, resolution and normalisation (from the registry or the config).
+        model: the loaded ``Dinov2Model`` / ``Dinov2WithRegistersModel`` / ``SiglipVisionModel`` /
+            ``Siglip2VisionModel``.
+    """
+
+    def __init__(self, info: BackboneInfo, model: torch.nn.Module):
+        super().__init__()
+        self.info = info
+        self.model = model
+        self.prefix_tokens = 0  # CLS + registers at the front of DINOv2's sequence
+        if info.family == "dinov2":
+            self.prefix_tokens = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self.freeze()
+
+    @classmethod
+    def from_registry(cls, info: BackboneInfo, source: WeightsSource) -> "HFBackbone":
+        class_name = None
+        if source.local:
+            model_type = _read_model_type(source, info.name)
+            family, class_name = _family_of(model_type, info.name, source)
+            if family != info.family or class_name != _registry_class(info):
+                raise WeightsNotFoundError(f"weights of the wrong kind for '{info.name}': "
+                                           f"'{source.location}' holds a '{model_type}' model, expected "
+                                           f"{_registry_class(info)}. " + how_to_supply(info.name))
+        class_name = class_name or _registry_class(info)
+        model = _from_pretrained(class_name, source, info.name)
+        _check_shape(info, model.config, source.location)
+        return cls(info, model)
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.info.family == "siglip2":
+            return self._siglip2_tokens(pixels)
+        if self.info.family == "siglip":
+            native = _config_resolution(self.model.config)
+            out = self.model(pixel_values=pixels, interpolate_pos_encoding=pixels.shape[-1] != native)
+            return out.last_hidden_state  # [B, N, D] (SigLIP has no CLS token)
+        out = self.model(pixel_values=pixels)  # DINOv2 interpolates its position embeddings itself
+        return out.last_hidden_state[:, self.prefix_tokens:]  # [B, N, D]
+
+    def _siglip2_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = self.info.patch_size
+        B, C, H, W = pixels.shape
+        h, w = H // p, W // p
+        # [B, C, h, p, w, p] -> [B, h, w, p, p, C] -> [B, h*w, p*p*C]: the NaFlex processor's order
+        patches = pixels[..., :h * p, :w * p].reshape(B, C, h, p, w, p).permute(0, 2, 4, 3, 5, 1)
+        patches = patches.reshape(B, h * w, p * p * C)
+        mask = torch.ones(B, h * w, dtype=torch.long, device=pixels.device)  # no padding patches
+        shapes = torch.tensor([[h, w]] * B, dtype=torch.long, device=pixels.device)
+        out = self.model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        return out.last_hidden_state  # [B, h*w, D]
+
+
+def _family_of(model_type: str, name: str, source: WeightsSource) -> tuple[str, str]:
+    if model_type not in MODEL_TYPES:
+        raise WeightsNotFoundError(f"weights for '{name}': '{source.location}' holds a '{model_type}' "
+                                   f"model; supported: {', '.join(sorted(MODEL_TYPES))}")
+    return MODEL_TYPES[model_type]
+
+
+def _registry_class(info: BackboneInfo) -> str:
+    if info.family == "dinov2":
+        return "Dinov2WithRegistersModel" if info.name.endswith("-reg") else "Dinov2Model"
+    return "Siglip2VisionModel" if info.family == "siglip2" else "SiglipVisionModel"
+
+
+def load_generic_hf(name: str, weights: str | None, resolution: int | None) -> HFBackbone:
+    """Any supported HF vision model from a folder; width/grid/resolution from its config.
+
+    ``resolution`` defaults to the config's ``image_size`` (NaFlex: sqrt(num_patches) * patch).
+    """
+    if weights is None:
+        raise ConfigError(f"backbone '{name}' is generic: pass weights=<Hugging Face model folder>")
+    source = resolve_weights(name, weights, None)
+    if not source.local:
+        raise WeightsNotFoundError(f"backbone '{name}' loads local folders only; '{weights}' is not one")
+    model_type = _read_model_type(source, name)
+    family, class_name = _family_of(model_type, name, source)
+    wanted = FAMILY_OF_GENERIC.get(name)
+    if wanted is not None and (wanted != family or (name == "dinov2-reg") != (model_type == "dinov2_with_registers")):
+        raise WeightsNotFoundError(f"weights of the wrong kind for '{name}': '{source.location}' holds "
+                                   f"a '{model_type}' model; use the name 'hf' to load any kind")
+    model = _from_pretrained(class_name, source, name)
+    return HFBackbone(_info_from_config(name, family, model.config, source, resolution), model)
+
+
+def _info_from_config(name: str, family: str, config, source: WeightsSource,
+                      resolution: int | None) -> BackboneInfo:
+    patch = _patch_size(config)
+    res = resolution or _config_resolution(config)
+    if res < patch:
+        raise ConfigError(f"backbone '{name}': resolution {res} is smaller than its patch size {patch}")
+    mean, std, mode = NORMALISATION[family]
+    return BackboneInfo(name=f"{name}:{Path(source.location).name}", dim=int(config.hidden_size),
+                        grid=(res // patch, res // patch), resolution=res, mean=mean, std=std,
+                        source=source.location, description=f"{family} from a local folder",
+                        family=family, patch_size=patch, interpolation=mode)
+

@@ -1,0 +1,34 @@
+"""``fae cache-latents --config FILE [key=value ...]``: encode a dataset with a trained FAE.
+
+Runs unchanged under ``torchrun --nproc_per_node=N -m fae cache-latents ...`` (ranks split the
+shards); re-running the same command resumes an interrupted cache.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from fae.config import load_config
+    from fae.data.latent_cache import CacheConfig, cache_latents
+    from fae.training import distributed as du
+
+    cfg = load_config(CacheConfig, args.config, args.overrides)
+    try:
+        folder = cache_latents(cfg)
+        main = du.is_main()  # read before the process group is gone
+    finally:
+        du.destroy_distributed()
+    if main:
+        print(f"latent cache: {folder.resolve()}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("cache-latents", help="encode a dataset with a trained FAE into a "
+                                   "latent cache", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config file (fae, out, data, flip, ...)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. fae=runs/fae/export out=runs/latents flip=true")
+    parser.set_defaults(func=run)

@@ -1,0 +1,92 @@
+"""One config section and one factory for every image dataset FAE reads.
+
+``build_dataset(DataConfig(...))`` returns a ``torch.utils.data.Dataset`` whose items are
+``(uint8 image [C, H, W], int label)`` (label -1 when unlabelled). Backbones do their own
+resizing/normalisation, so datasets stay uint8 and cheap to batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from fae.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images to read.
+
+    Args:
+        name: "fashion-mnist" (IDX files), "imagefolder" (ImageNet layout, labelled) or "folder"
+            (every image below ``root``, unlabelled).
+        root: dataset folder (fashion-mnist: default $FAE_FASHION_MNIST or
+            /usr/share/datasets/fashion-mnist; required for the folder datasets).
+        split: "train"/"test" for fashion-mnist; for folders the sub-folder ``root/split`` when it
+            exists, else ``root`` itself.
+        limit: keep only this many items (fashion-mnist: the first ones; folders: evenly spaced).
+        image_size: ADM center crop to this size (BOX halvings, BICUBIC resize, center crop);
+            None keeps the stored size (folders then need equal-size images to batch).
+        flip: random horizontal flip with p = 0.5 (training augmentation).
+        skip_corrupt: replace unreadable images by the next readable one with a warning, instead
+            of raising DataError (folders only).
+    """
+
+    name: Literal["fashion-mnist", "imagefolder", "folder"] = "fashion-mnist"
+    root: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    image_size: int | None = None
+    flip: bool = False
+    skip_corrupt: bool = False
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"config key 'data.limit': must be positive, got {self.limit}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise ConfigError(f"config key 'data.image_size': must be positive, got {self.image_size}")
+        if self.name in ("imagefolder", "folder") and not self.root:
+            raise ConfigError(f"config key 'data.root': dataset '{self.name}' needs a folder")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+class TransformedDataset(Dataset):
+    """Wraps an in-memory dataset (Fashion-MNIST) with the ADM crop and/or a random flip.
+
+    Args:
+        base: dataset of ``(uint8 image [C, H, W], label)``.
+        image_size: ADM center crop size, or None.
+        flip: random horizontal flip with p = 0.5.
+    """
+
+    def __init__(self, base: Dataset, image_size: int | None, flip: bool):
+        self.base, self.image_size, self.flip = base, image_size, flip
+        self.classes = getattr(base, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from fae.data.transforms import center_crop_tensor, random_hflip
+        image, label = self.base[i]
+        if self.image_size is not None and tuple(image.shape[-2:]) != (self.image_size,) * 2:
+            image = center_crop_tensor(image, self.image_size)
+        return (random_hflip(image) if self.flip else image), label
+
+
+def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
+    """The dataset ``cfg`` describes; ``split`` overrides ``cfg.split`` (e.g. "test" for eval)."""
+    cfg.validate()
+    split = split or cfg.split
+    if cfg.name == "fashion-mnist":
+        from fae.data.fashion_mnist import FashionMNIST
+        base = FashionMNIST(split=split, root=cfg.root, limit=cfg.limit)
+        return TransformedDataset(base, cfg.image_size, cfg.flip) if (cfg.image_size or cfg.flip) else base
+    from fae.data.imagefolder import ImageFolder, ImageFolderUnlabelled
+    cls = ImageFolder if cfg.name == "imagefolder" else ImageFolderUnlabelled
+    return cls(cfg.root, split=split, limit=cfg.limit, image_size=cfg.image_size, flip=cfg.flip,
+               skip_corrupt=cfg.skip_corrupt)

@@ -1,0 +1,40 @@
+"""Image transforms of the data pipeline (PIL / uint8 in, uint8 tensors out; no torchvision).
+
+``center_crop_arr`` is the ADM (guided-diffusion) ImageNet preprocessing that FID reference
+batches are made with: halve with a BOX filter while the short side is at least twice the target
+(cheap, alias-free), then one BICUBIC resize to short side == ``size``, then a center crop.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
+    """ADM center crop: PIL image -> uint8 array [size, size(, C)]."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
+    arr = np.asarray(image)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top:top + size, left:left + size]
+
+
+def to_chw_uint8(arr: np.ndarray) -> torch.Tensor:
+    """uint8 array [H, W] or [H, W, C] -> contiguous tensor [C, H, W]."""
+    t = torch.from_numpy(np.array(arr, order="C"))  # own, writable copy (PIL arrays are read-only)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def random_hflip(image: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """Flip [C, H, W] left-right with probability p (torch RNG, so DataLoader seeding applies)."""
+    return image.flip(-1) if torch.rand(()) < p else image
+
+
+def center_crop_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
+    """ADM center crop applied to a uint8 tensor [C, H, W] (C = 1 or 3) -> [C, size, size]."""
+    arr = image.permute(1, 2, 0).numpy()  # [H, W, C]
+    pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    return to_chw_uint8(center_crop_arr(pil, size))

@@ -1,0 +1,102 @@
+"""Linear probing: a multinomial logistic-regression head on frozen, pooled features.
+
+The paper measures how much pretrained information an FAE keeps by a linear probe on DINOv2
+features reconstructed by the FAE (86.17% vs 87.00% for raw DINOv2-g on ImageNet). Here the head
+is trained full-batch with L-BFGS on precomputed features (fast on CPU: a few seconds for 10^4 x
+10^3 features), with L2 weight decay, on standardised features (train-split mean/std).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fae.errors import DataError
+
+
+def _as_tensor(x, dtype) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return t.detach().to("cpu", dtype)
+
+
+def _check(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
+        raise DataError(f"linear probe needs pooled features [N, D] with one D, got train "
+                        f"{tuple(train_x.shape)} and test {tuple(test_x.shape)}")
+    if train_x.shape[0] != train_y.shape[0] or test_x.shape[0] != test_y.shape[0]:
+        raise DataError(f"features and labels differ in count: train {train_x.shape[0]} vs "
+                        f"{train_y.shape[0]}, test {test_x.shape[0]} vs {test_y.shape[0]}")
+    if train_x.shape[0] == 0 or test_x.shape[0] == 0:
+        raise DataError("linear probe got an empty train or test set")
+    if (train_y < 0).any() or (test_y < 0).any():
+        raise DataError("linear probe needs class labels >= 0 (this dataset is unlabelled)")
+
+
+def _standardize(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale each feature to zero mean / unit std using the train split's statistics only."""
+    mean = train_x.mean(0, keepdim=True)  # [1, D]
+    std = train_x.std(0, keepdim=True).clamp_min(1e-6)  # constant features stay 0
+    return (train_x - mean) / std, (test_x - mean) / std
+
+
+def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices  # [N, k]
+    return float((top == labels[:, None]).any(dim=1).double().mean())
+
+
+def linear_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, seed: int = 0,
+                 standardize: bool = True, weight_decay: float = 1e-4, num_classes: int | None = None,
+                 dtype: torch.dtype = torch.float64) -> dict[str, float]:
+    """Train a linear classifier on ``train_x`` and score it on ``test_x``.
+
+    Args:
+        train_x, test_x: pooled features [N, D] (numpy or torch).
+        train_y, test_y: integer class labels [N].
+        epochs: L-BFGS iterations over the full training set (each is one full-batch pass plus
+            line-search evaluations).
+        seed: seeds the (small random) initial weights; the result is deterministic given it.
+        standardize: z-score features with the train split's mean/std first.
+        weight_decay: L2 penalty ``weight_decay / 2 * |W|^2`` added to the mean cross-entropy.
+        num_classes: number of classes (default: max label + 1 over both splits).
+        dtype: compute dtype (float64: reproducible and well-conditioned for L-BFGS).
+
+    Returns:
+        ``{"top1", "top5", "train_top1", "train_loss", "num_train", "num_test", "num_classes", "dim"}``.
+    """
+    train_x, test_x = _as_tensor(train_x, dtype), _as_tensor(test_x, dtype)
+    train_y, test_y = _as_tensor(train_y, torch.long), _as_tensor(test_y, torch.long)
+    _check(train_x, train_y, test_x, test_y)
+    if standardize:
+        train_x, test_x = _standardize(train_x, test_x)
+    classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    weight, bias = _fit(train_x, train_y, classes, epochs, seed, weight_decay)
+    with torch.no_grad():
+        train_logits = train_x @ weight.T + bias  # [N, K]
+        test_logits = test_x @ weight.T + bias
+        train_loss = F.cross_entropy(train_logits, train_y)
+    return {"top1": _topk_accuracy(test_logits, test_y, 1), "top5": _topk_accuracy(test_logits, test_y, 5),
+            "train_top1": _topk_accuracy(train_logits, train_y, 1), "train_loss": float(train_loss),
+            "num_train": int(train_x.shape[0]), "num_test": int(test_x.shape[0]),
+            "num_classes": classes, "dim": int(train_x.shape[1])}
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, epochs: int, seed: int,
+         weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-batch L-BFGS on mean cross-entropy + L2 (weights only, not the bias)."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(classes, x.shape[1], generator=gen, dtype=x.dtype) * 0.01).requires_grad_()
+    bias = torch.zeros(classes, dtype=x.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=epochs, history_size=20,
+                                  tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + 0.5 * weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()

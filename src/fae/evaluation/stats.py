@@ -1,0 +1,148 @@
+"""Streamed feature statistics and ADM-format ``.npz`` files (sample batches, reference statistics).
+
+ADM sample batch (what ``fae sample`` writes and guided-diffusion's ``evaluator.py`` reads):
+``arr_0`` uint8 ``[N, H, W, 3]`` (NHWC) plus optional labels as ``arr_1`` or ``labels``.
+ADM reference batch (e.g. ``VIRTUAL_imagenet256_labeled.npz``): ``arr_0`` images and precomputed
+``mu``/``sigma`` (pool_3, 2048-d) and ``mu_s``/``sigma_s`` (mixed_6/conv spatial, 2023-d).
+A statistics-only file (what ``fae eval ref-stats`` writes) holds those four arrays plus ``count``
+and, optionally, ``pool_features`` (needed for KID and precision/recall).
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fae.errors import DataError
+from fae.io import atomic_write
+
+
+class StreamingStats:
+    """Running mean and covariance of feature batches (float64 sums, exact up to rounding).
+
+    Args:
+        dim: feature width.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.count = 0
+        self.total = np.zeros(dim, dtype=np.float64)  # sum x       [D]
+        self.outer = np.zeros((dim, dim), dtype=np.float64)  # sum x x^T   [D, D]
+
+    def update(self, features: np.ndarray | torch.Tensor) -> None:
+        x = _as_numpy(features).astype(np.float64).reshape(-1, self.dim)  # [B, D]
+        self.count += x.shape[0]
+        self.total += x.sum(axis=0)
+        self.outer += x.T @ x
+
+    def merge(self, other: "StreamingStats") -> None:
+        """Add another accumulator's sums (e.g. from another rank)."""
+        self.count += other.count
+        self.total += other.total
+        self.outer += other.outer
+
+    def mean(self) -> np.ndarray:
+        self._check()
+        return self.total / self.count
+
+    def cov(self) -> np.ndarray:
+        """Unbiased covariance (divides by N - 1, like ``np.cov``)."""
+        self._check()
+        if self.count < 2:
+            raise DataError(f"covariance needs at least 2 feature vectors, got {self.count}")
+        mu = self.mean()
+        return (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
+
+    def _check(self) -> None:
+        if self.count == 0:
+            raise DataError("no features were accumulated: the image set is empty")
+
+
+@dataclass
+class InceptionStats:
+    """What FID/sFID (and, with ``pool_features``, KID and precision/recall) need of one image set."""
+
+    mu: np.ndarray  # [2048]
+    sigma: np.ndarray  # [2048, 2048]
+    mu_s: np.ndarray | None = None  # [2023] spatial (sFID)
+    sigma_s: np.ndarray | None = None  # [2023, 2023]
+    count: int = 0  # images the statistics were computed from (0: unknown, e.g. ADM files)
+    pool_features: np.ndarray | None = None  # [N, 2048] float32, for KID / precision-recall
+
+    def save(self, path: str | Path, with_features: bool = True) -> Path:
+        arrays = {"mu": self.mu, "sigma": self.sigma, "count": np.int64(self.count)}
+        if self.mu_s is not None:
+            arrays.update(mu_s=self.mu_s, sigma_s=self.sigma_s)
+        if with_features and self.pool_features is not None:
+            arrays["pool_features"] = self.pool_features.astype(np.float32)
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"'{path}' does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"'{path}' is not a readable .npz file: {e}") from None
+
+
+def write_sample_batch(path: str | Path, images: np.ndarray | torch.Tensor,
+                       labels: np.ndarray | torch.Tensor | None = None) -> Path:
+    """Write an ADM sample batch: ``images`` uint8 NHWC [N, H, W, C] -> ``arr_0``; labels -> ``arr_1``."""
+    images = _as_numpy(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(f"ADM batches hold uint8 [N, H, W, 1|3] images, got {images.dtype} "
+                        f"{tuple(images.shape)}")
+    arrays = {"arr_0": images}
+    if labels is not None:
+        labels = _as_numpy(labels).astype(np.int64).reshape(-1)
+        if labels.shape[0] != images.shape[0]:
+            raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        arrays["arr_1"] = labels
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_sample_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an ADM batch -> (uint8 images NHWC [N, H, W, C], labels [N] or None)."""
+    with _open_npz(path) as data:
+        if "arr_0" not in data.files:
+            raise DataError(f"'{path}' has no 'arr_0' image array (keys: {', '.join(data.files)})")
+        images = data["arr_0"]
+        labels = data["labels"] if "labels" in data.files else data.get("arr_1")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(f"'{path}': arr_0 must be uint8 [N, H, W, 1|3] (NHWC), got {images.dtype} "
+                        f"{tuple(images.shape)}")
+    return images, (None if labels is None else labels.astype(np.int64).reshape(-1))
+
+
+def has_stats(path: str | Path) -> bool:
+    """Does this .npz hold precomputed ``mu``/``sigma`` (an ADM reference batch or a stats file)?"""
+    with _open_npz(path) as data:
+        return "mu" in data.files and "sigma" in data.files
+
+
+def read_stats(path: str | Path) -> InceptionStats:
+    """Precomputed statistics from an ADM reference batch or a ``fae eval ref-stats`` file."""
+    with _open_npz(path) as data:
+        files = set(data.files)
+        if not {"mu", "sigma"} <= files:
+            raise DataError(f"'{path}' holds no precomputed 'mu'/'sigma' (keys: {', '.join(sorted(files))})")
+        stats = InceptionStats(
+            mu=data["mu"].astype(np.float64), sigma=data["sigma"].astype(np.float64),
+            mu_s=data["mu_s"].astype(np.float64) if "mu_s" in files else None,
+            sigma_s=data["sigma_s"].astype(np.float64) if "sigma_s" in files else None,
+            count=int(data["count"]) if "count" in files else 0,
+            pool_features=data["pool_features"] if "pool_features" in files else None)
+    if stats.mu.shape != (stats.sigma.shape[0],) or stats.sigma.ndim != 2:
+        raise DataError(f"'{path}': mu {stats.mu.shape} and sigma {stats.sigma.shape} do not match")
+    return stats

@@ -1,0 +1,153 @@
+"""``Generator``: a trained latent generator ready to sample, and its on-disk export.
+
+Export folder (Hugging Face convention): ``config.json`` (architecture, transport, default sampler,
+the identity of the FAE whose latents it models) + ``model.safetensors`` (EMA network weights and
+the latent cache's per-channel ``latent_mean`` / ``latent_std``). The network works on normalised
+latents (z - mean) / std; :meth:`Generator.sample` returns latents in the FAE's own scale, ready
+for ``FAE.decode``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from fae.config import from_dict, to_dict
+from fae.errors import CheckpointError
+from fae.generation.config import GeneratorConfig
+from fae.generation.model import DiffusionTransformer
+from fae.generation.samplers import GuidedVelocity, SamplerConfig, integrate
+from fae.generation.seeding import randn_per_sample, sample_generators
+from fae.generation.transport import TransportConfig
+from fae.io import atomic_save_json, atomic_save_safetensors
+
+FORMAT = "fae-generator"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+class Generator(nn.Module):
+    """Network + transport + latent statistics.
+
+    Args:
+        model_config: architecture of the diffusion transformer.
+        transport: the transport it was trained with (its shift is the sampler's default).
+        latent_mean, latent_std: per-channel statistics [c] used to normalise the training latents.
+        sampling: default sampler settings (overridable per call).
+        fae_identity: the manifest entry of the FAE whose latents this models (checked by ``fae sample``).
+        network: an existing network to wrap (e.g. the EMA model during training) instead of a
+            freshly initialised one; ``model_config`` is then ignored.
+    """
+
+    def __init__(self, model_config: GeneratorConfig, transport: TransportConfig | None = None,
+                 latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None,
+                 sampling: SamplerConfig | None = None, fae_identity: dict[str, Any] | None = None,
+                 network: DiffusionTransformer | None = None):
+        super().__init__()
+        self.model = network if network is not None else DiffusionTransformer(model_config)
+        self.transport = transport or TransportConfig()
+        self.sampling = sampling or SamplerConfig()
+        self.fae_identity = dict(fae_identity or {})
+        c = self.model.config.latent_channels
+        device = next(self.model.parameters()).device
+        mean = torch.zeros(c) if latent_mean is None else latent_mean.float().reshape(c)
+        std = torch.ones(c) if latent_std is None else latent_std.float().reshape(c)
+        mean, std = mean.to(device), std.to(device)
+        self.register_buffer("latent_mean", mean)
+        self.register_buffer("latent_std", std)
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return self.model.config
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """FAE latents [B, c, h, w] -> the network's scale."""
+        return (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The network's scale -> FAE latents (the inverse of :meth:`normalize`)."""
+        return z * self.latent_std.view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def sample(self, indices: list[int] | range, labels: torch.Tensor | None = None, seed: int = 0,
+               config: SamplerConfig | None = None, batch_size: int = 64) -> torch.Tensor:
+        """Latents [len(indices), c, h, w] in the FAE's scale; sample i is a function of
+        (seed, indices[i], labels[i]) only, whatever the batch size."""
+        return torch.cat(list(self.iter_samples(indices, labels, seed, config, batch_size)))
+
+    @torch.no_grad()
+    def iter_samples(self, indices: list[int] | range, labels: torch.Tensor | None = None, seed: int = 0,
+                     config: SamplerConfig | None = None, batch_size: int = 64) -> Iterator[torch.Tensor]:
+        """Yield batches of latents (see :meth:`sample`), so callers can decode as they go."""
+        config = config or self.sampling
+        indices = list(indices)
+        if labels is not None:
+            self.model.conditioner.check(labels)
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start:start + batch_size]
+            cond = None if labels is None else labels[start:start + len(batch)]
+            yield self._sample_batch(batch, cond, seed, config)
+
+    def _sample_batch(self, indices: list[int], cond: torch.Tensor | None, seed: int,
+                      config: SamplerConfig) -> torch.Tensor:
+        device = self.latent_mean.device
+        generators = sample_generators(seed, indices)
+        x = randn_per_sample(generators, self.config.latent_shape).to(device)  # [B, c, h, w], t = 1
+        if cond is not None:
+            cond = cond.to(device)
+        null = None if cond is None else self.model.conditioner.null_like(cond)
+        velocity = GuidedVelocity(self.model, cond, null, config)
+        shape = self.config.latent_shape
+        z = integrate(velocity, x, config, shift=self.transport.shift,
+                      noise=lambda step: randn_per_sample(generators, shape))
+        return self.denormalize(z.float()).cpu()
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write config.json + model.safetensors (atomically) into ``folder``."""
+        folder = Path(folder)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(latent_mean=self.latent_mean, latent_std=self.latent_std)
+        atomic_save_safetensors(tensors, folder / WEIGHTS_FILE, metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "model": to_dict(self.config), "transport": to_dict(self.transport),
+                "sampling": to_dict(self.sampling), "fae": self.fae_identity}
+        atomic_save_json(meta, folder / CONFIG_FILE)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> Generator:
+        """Load an export written by :meth:`save_pretrained` (errors name the folder)."""
+        meta = read_export_config(folder)
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(Path(folder) / WEIGHTS_FILE), device=str(device))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"cannot read '{Path(folder) / WEIGHTS_FILE}': {e}") from None
+        with torch.device(device):
+            gen = cls(from_dict(GeneratorConfig, meta["model"], "model"),
+                      from_dict(TransportConfig, meta["transport"], "transport"),
+                      sampling=from_dict(SamplerConfig, meta["sampling"], "sampling"),
+                      fae_identity=meta.get("fae"))
+        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            gen.model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in '{folder}' do not match its config.json: {e}") from None
+        gen.latent_mean.copy_(tensors["latent_mean"])
+        gen.latent_std.copy_(tensors["latent_std"])
+        return gen.eval()
+
+
+def read_export_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"'{folder}' is not an exported generator: '{path.name}' is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"'{path}' is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"'{folder}' holds a '{meta.get('format')}' export, not a generator")
+    return meta

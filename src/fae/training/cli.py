@@ -1,0 +1,61 @@
+"""``fae train <stage> --config FILE [--dry-run] [--resume/--no-resume] [--force] key=value...``
+
+Runs unchanged under ``torchrun --nproc_per_node=N -m fae train ...`` (and multi-node through
+torchrun's rendezvous).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# Stage name -> module defining CONFIG_CLASS and build_stage(cfg).
+STAGES = {
+    "autoencoder": "fae.training.stages.autoencoder",
+    "pixel-decoder": "fae.training.stages.pixel_decoder",
+    "generator": "fae.training.stages.generator",
+    "toy": "fae.training.stages.toy",
+}
+
+
+def load_stage(name: str, config: str | None, overrides: list[str]):
+    """Import the stage module, validate its config (file + overrides) and build the stage."""
+    from fae.config import load_config
+
+    module = importlib.import_module(STAGES[name])
+    cfg = load_config(module.CONFIG_CLASS, config, overrides)
+    return module.build_stage(cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fae.training import distributed as du
+    from fae.training.engine import dry_run, train
+
+    stage = load_stage(args.stage, args.config, args.overrides)
+    if args.dry_run:
+        dry_run(stage)
+        return 0
+    try:
+        result = train(stage, resume=args.resume, force=args.force)
+    finally:
+        du.destroy_distributed()
+    if du.is_main():
+        print(f"run folder: {result['run_dir']}")
+        print(f"export: {result['export'] or '(this stage exports nothing)'}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a stage (autoencoder, pixel-decoder, "
+                                   "generator, toy)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=list(STAGES), help="which stage to train")
+    parser.add_argument("--config", help="YAML config file (default: the schema's defaults)")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config, build the "
+                        "models on the meta device, print parameter counts and the run folder, exit")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue from the newest checkpoint in train.run_dir (default: on)")
+    parser.add_argument("--force", action="store_true", help="resume a run folder holding a "
+                        "different config; with --no-resume, delete its checkpoints first")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.steps=100 train.optim.lr=3e-4")
+    parser.set_defaults(func=run)

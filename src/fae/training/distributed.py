@@ -1,0 +1,137 @@
+"""Process-group helpers that also work in a single process without ``torchrun``.
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) :func:`init_distributed` joins the
+process group - NCCL when CUDA is available, gloo on CPU - and multi-node runs work through
+torchrun's rendezvous. Without those variables everything below is a no-op for rank 0 of 1.
+Other engineers use these from sampling/FID code, so keep the signatures stable.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _launched() -> bool:
+    """True when started by torchrun (or any launcher that sets the env:// variables)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_s: float = 1800.0) -> torch.device:
+    """Join the process group if launched by torchrun (idempotent); return this rank's device."""
+    device = default_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if _launched() and not is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    return device
+
+
+def destroy_distributed() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_initialized() and world_size() > 1:
+        dist.barrier()
+
+
+def shard_range(n: int) -> range:
+    """This rank's contiguous slice of ``n`` items; slices are in rank order and cover ``n``.
+
+    The first ``n % world_size`` ranks get one extra item, so sizes differ by at most one.
+    """
+    size, r = world_size(), rank()
+    base, extra = divmod(n, size)
+    start = r * base + min(r, extra)
+    return range(start, start + base + (1 if r < extra else 0))
+
+
+def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``t`` along dim 0, in rank order (dim-0 sizes may differ).
+
+    With :func:`shard_range` shards this restores the original item order.
+    """
+    if world_size() == 1:
+        return t
+    t = t.contiguous()
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
+    sizes = [int(s.item()) for s in sizes]
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over ranks (a new tensor; ``t`` is left untouched)."""
+    t = t.clone()
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(t) / world_size()
+
+
+def all_gather_object(obj: object) -> list:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` as held by rank ``src``, on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def check_replicas_equal(tensors: list[torch.Tensor]) -> bool:
+    """True when every rank holds bit-identical ``tensors`` (compares a byte digest per rank)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return len(set(all_gather_object(digest.hexdigest()))) == 1

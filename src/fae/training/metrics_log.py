@@ -1,0 +1,87 @@
+"""``metrics.jsonl`` (one JSON object per line) plus TensorBoard events when it is installed.
+
+Only rank 0 writes. On resume, lines logged after the checkpoint being resumed are dropped, so
+the file never holds two different values for the same step.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from fae.io import atomic_write
+
+
+class MetricsLog:
+    """Append-only metrics log of a run folder.
+
+    Args:
+        run_dir: the run folder (``metrics.jsonl`` and ``tensorboard/`` go there).
+        enabled: False on ranks other than 0 (every call is then a no-op).
+        resume_step: the step the run resumes from; later lines are removed. None: keep all.
+        tensorboard: also write TensorBoard events if ``tensorboard`` is importable.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None,
+                 tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        if tensorboard:
+            self.writer = _tensorboard_writer(Path(run_dir) / "tensorboard")
+
+    def _truncate_after(self, step: int) -> None:
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and _step_of(line) <= step]
+        atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept)), mode="w")
+
+    def log(self, step: int, values: dict[str, float], kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, **{k: _jsonable(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl`` (optionally only one ``kind``)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf literals
+    return value
+
+
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(folder))

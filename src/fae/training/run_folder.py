@@ -1,0 +1,81 @@
+"""The run folder: resolved ``config.yaml`` beside the checkpoints, and the resume/force rules.
+
+- resume (default): a folder holding the same config continues from its newest checkpoint; a
+  folder holding a different config is refused (the message names the differing keys) unless
+  ``force``, which resumes with the new config and keeps the old one as ``config.previous.yaml``.
+- no resume: a folder that already has checkpoints is refused unless ``force``, which deletes
+  them (and ``metrics.jsonl``/``eval.json``) and starts from step 0.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fae.config import to_dict
+from fae.errors import CheckpointError
+from fae.io import atomic_write
+
+# Keys that may change between a run and its resumption without changing its results.
+VOLATILE_KEYS = frozenset({
+    "train.log_every", "train.ckpt_every", "train.keep_last", "train.milestones",
+    "train.eval_every", "train.progress", "train.num_workers", "train.max_nan_skips",
+})
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ (volatile keys ignored), sorted."""
+    a, b = flatten(old), flatten(new)
+    keys = (set(a) | set(b)) - VOLATILE_KEYS
+    return sorted(k for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def _yaml_roundtrip(cfg: Any) -> dict:
+    """The config as it reads back from YAML (tuples become lists), for a fair comparison."""
+    return yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def prepare_run_folder(cfg: Any, run_dir: str | Path, resume: bool, force: bool,
+                       has_checkpoints: bool, write: bool = True) -> None:
+    """Apply the resume/force rules to ``run_dir`` and write ``config.yaml`` (when ``write``).
+
+    Call on every rank with ``write`` only on rank 0; every rank raises the same error.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    new = _yaml_roundtrip(cfg)
+    if not resume and has_checkpoints:
+        if not force:
+            raise CheckpointError(f"run folder '{run_dir}' already holds checkpoints; resume it "
+                                  "(drop --no-resume), pick another train.run_dir, or pass "
+                                  "--force to delete them and start again")
+        if write:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            for name in ("metrics.jsonl", "eval.json"):
+                (run_dir / name).unlink(missing_ok=True)
+    elif config_path.exists():
+        old = yaml.safe_load(config_path.read_text()) or {}
+        diff = config_differences(old, new)
+        if diff and not force:
+            shown = ", ".join(f"{k} ({flatten(old).get(k, '<absent>')!r} -> "
+                              f"{flatten(new).get(k, '<absent>')!r})" for k in diff[:6])
+            raise CheckpointError(f"run folder '{run_dir}' holds a different config: {shown}"
+                                  f"{' ...' if len(diff) > 6 else ''}. Use another train.run_dir, "
+                                  "or pass --force to continue it with the new config")
+        if diff and write:
+            shutil.copyfile(config_path, run_dir / "config.previous.yaml")
+    if write:
+        text = yaml.safe_dump(new, sort_keys=False)
+        atomic_write(config_path, lambda f: f.write(text), mode="w")

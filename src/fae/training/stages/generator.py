@@ -1,0 +1,187 @@
+"""``fae train generator``: a SiT / LightningDiT on a latent cache (FAE paper, Sec. 3.3).
+
+Data: the latent cache written by ``fae cache-latents``, normalised per channel with the cache's
+statistics (and its flipped copies when present). Loss: the flow-matching velocity MSE of
+``fae.generation.transport`` with the configured t-sampling and shift. The engine keeps an EMA of
+the network; evaluation and the export use it. The export (``run_dir/export``) is a
+``Generator`` folder holding the EMA weights, the cache statistics (to un-normalise samples) and
+the identity of the FAE that wrote the cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fae.errors import ConfigError, LatentCacheError
+from fae.generation import Generator, GeneratorConfig, SamplerConfig, Transport, TransportConfig
+from fae.generation.model import build_generator, format_params
+from fae.training.config import OptimConfig, TrainConfig
+from fae.training.stage import Stage
+
+
+def _default_train() -> TrainConfig:
+    # Paper: AdamW lr 1e-4 constant, batch 512, EMA.
+    return TrainConfig(run_dir="runs/generator", batch_size=512, ema_decay=0.9999,
+                       optim=OptimConfig(lr=1e-4, schedule="constant", grad_clip=None))
+
+
+@dataclass
+class LatentDataConfig:
+    """Where the training latents come from.
+
+    Args:
+        cache: folder written by ``fae cache-latents``.
+        fae: the FAE export the generator is for (optional); the cache must have been written by it.
+            When set, evaluation also decodes a grid of samples to PNG (if it has a pixel decoder).
+        flip: train on the cache's horizontally flipped copies too (when it stored them).
+    """
+
+    cache: str = "runs/latents"
+    fae: str | None = None
+    flip: bool = True
+
+
+@dataclass
+class GeneratorEvalConfig:
+    """Held-out figures computed at evaluation (EMA weights).
+
+    Args:
+        loss_items: cache items whose velocity loss (fixed noise and times) is reported as val_loss.
+        grid_samples: samples decoded into ``run_dir/samples/step_XXXXXXX.png`` (needs data.fae).
+        seed: seed of the evaluation noise and samples.
+    """
+
+    loss_items: int = 256
+    grid_samples: int = 16
+    seed: int = 0
+
+
+@dataclass
+class GeneratorRunConfig:
+    """``fae train generator`` config: train / model / transport / sampling / data / eval sections."""
+
+    train: TrainConfig = field(default_factory=_default_train)
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    sampling: SamplerConfig = field(default_factory=SamplerConfig)
+    data: LatentDataConfig = field(default_factory=LatentDataConfig)
+    eval: GeneratorEvalConfig = field(default_factory=GeneratorEvalConfig)
+
+
+class GeneratorStage(Stage):
+    """Args: config: a :class:`GeneratorRunConfig`."""
+
+    name = "generator"
+
+    def __init__(self, config: GeneratorRunConfig):
+        config.model.resolved()  # validate the architecture now, before any work
+        config.transport.validate()
+        config.sampling.validate()
+        self.config = config
+        self.transport = Transport(config.transport)
+        self.cache = None
+        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def build_models(self, device) -> dict[str, nn.Module]:
+        return {"generator": build_generator(self.config.model, device)}
+
+    def ema_modules(self) -> list[str]:
+        return ["generator"]
+
+    def setup(self, device: torch.device) -> None:
+        """Open the cache; check it was written by ``data.fae`` and fits the model."""
+        from fae.data.latent_cache import LatentCache
+
+        data, model = self.config.data, self.config.model.resolved()
+        self.cache = LatentCache(data.cache, fae=data.fae)
+        if tuple(self.cache.latent_shape) != model.latent_shape:
+            raise LatentCacheError(f"latent cache '{data.cache}' holds latents of shape "
+                                   f"{list(self.cache.latent_shape)}, but model.latent_channels / "
+                                   f"model.latent_size say {list(model.latent_shape)}")
+        labels = self.cache.labels()
+        if model.num_classes > 0 and len(labels) and (labels.min() < 0 or labels.max() >= model.num_classes):
+            raise ConfigError(f"config key 'model.num_classes' is {model.num_classes}, but cache "
+                              f"'{data.cache}' has labels in [{int(labels.min())}, {int(labels.max())}] "
+                              f"(-1 = unlabelled: use model.num_classes=0)")
+        self.stats = self.cache.stats()
+        self.device = device
+
+    def train_dataset(self):
+        from fae.data.latent_cache import LatentDataset
+
+        return LatentDataset(self.cache, *self.stats, flip=self.config.data.flip)
+
+    def _cond(self, labels: torch.Tensor) -> torch.Tensor | None:
+        return labels if self.config.model.num_classes > 0 else None
+
+    def loss(self, phase, batch, models, step):
+        latents, labels = batch  # [b, c, h, w] normalised, [b]
+        loss = self.transport.loss(models["generator"], latents, self._cond(labels))
+        return loss, {}
+
+    def evaluate(self, models, step: int, run_dir: Path) -> dict[str, float]:
+        """val_loss: the loss on the first cache items with fixed noise and times (low variance,
+        comparable across evaluations); plus a sample grid when data.fae is set."""
+        network = models["generator"]
+        device = next(network.parameters()).device
+        dataset = self.train_dataset()
+        n = min(self.config.eval.loss_items, len(self.cache))
+        if n == 0:
+            return {}
+        latents, labels = (torch.stack(x) if isinstance(x[0], torch.Tensor) else torch.tensor(x)
+                           for x in zip(*(dataset[i] for i in range(n))))
+        generator = torch.Generator(device=device).manual_seed(self.config.eval.seed)
+        loss = self.transport.loss(network, latents.to(device), self._cond(labels.to(device)),
+                                   generator=generator)
+        if self.config.data.fae and self.config.eval.grid_samples > 0:
+            from fae.training import distributed as du
+
+            if du.is_main():
+                self._sample_grid(network, step, run_dir)
+        return {"val_loss": float(loss)}
+
+    def wrap(self, network: nn.Module) -> Generator:
+        """The network as a :class:`Generator` with this run's statistics and settings."""
+        return Generator(self.config.model, self.config.transport, *self.stats,
+                         sampling=self.config.sampling, fae_identity=self.cache.identity, network=network)
+
+    def _sample_grid(self, network: nn.Module, step: int, run_dir: Path) -> Path | None:
+        from fae.autoencoder import FAE
+        from fae.generation.seeding import balanced_labels
+        from fae.report import image_grid, save_png
+
+        fae = FAE.from_pretrained(self.config.data.fae, device=next(network.parameters()).device)
+        if fae.pixel_decoder is None:
+            return None
+        n = self.config.eval.grid_samples
+        classes = list(range(self.config.model.num_classes))
+        labels = balanced_labels(range(n), classes) if classes else None
+        latents = self.wrap(network).sample(range(n), labels, seed=self.config.eval.seed)
+        images = fae.decode(latents.to(fae.latent_mean.device))  # [n, C, H, W] in [0, 1]
+        ncol = max(1, int(n ** 0.5))
+        return save_png(image_grid(images, ncol=ncol), run_dir / "samples" / f"step_{step:07d}.png")
+
+    def export(self, models, run_dir: Path) -> Path:
+        return self.wrap(models["generator"]).save_pretrained(run_dir / "export")
+
+    def describe(self) -> dict[str, str]:
+        cfg = self.config.model.resolved()
+        style = {"sit": "SiT", "lightningdit": "LightningDiT"}[cfg.style]
+        blocks = f"norm={cfg.norm}, mlp={cfg.mlp}, rope={cfg.rope}, qk_norm={cfg.qk_norm}"
+        params = build_generator(cfg, "meta").num_params()
+        return {"generator": f"{style}-{cfg.size}/{cfg.patch_size} ({cfg.depth} x {cfg.dim}, {cfg.heads} "
+                             f"heads; {blocks}) on {cfg.latent_channels}x{cfg.latent_size}x"
+                             f"{cfg.latent_size} latents: {format_params(params)} parameters",
+                "transport": f"{self.config.transport.time_sampling} t, shift {self.config.transport.shift} "
+                             f"(paper form; t = 1 is noise)",
+                "data": f"latent cache {self.config.data.cache}"}
+
+
+CONFIG_CLASS = GeneratorRunConfig
+
+
+def build_stage(cfg: GeneratorRunConfig) -> GeneratorStage:
+    return GeneratorStage(cfg)
