@@ -79,6 +79,14 @@ def test_tiny_vit_is_seeded_and_leaves_global_rng_alone():
     assert ta.std() > 0.1  # real features, not constants
 
 
+def test_bf16_backbone_returns_float32_tokens_close_to_fp32():
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    full = load_backbone("tiny-vit")(x)
+    half = load_backbone("tiny-vit", dtype=torch.bfloat16)(x)
+    assert half.dtype == torch.float32
+    assert (half - full).abs().mean() < 0.05 * full.abs().mean()
+
+
 def test_registry_infos_without_weights():
     names = {i.name for i in list_backbones()}
     assert {"efficientnet-lite0", "tiny-vit", "dinov2-g14", "dinov2-g14-reg",
@@ -177,6 +185,12 @@ def test_registry_name_with_wrong_weights_or_missing_folder(tmp_path, monkeypatc
     monkeypatch.setenv("FAE_WEIGHTS_DINOV2_S14", str(tmp_path / "d"))
     with pytest.raises(WeightsNotFoundError, match="wrong shape"):
         load_backbone("dinov2-s14")
+    # one folder for many backbones: $FAE_WEIGHTS_DIR/<name>/
+    monkeypatch.delenv("FAE_WEIGHTS_DINOV2_S14")
+    monkeypatch.setenv("FAE_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "d").rename(tmp_path / "dinov2-b14")
+    with pytest.raises(WeightsNotFoundError, match=r"dinov2-b14' has token width 32"):
+        load_backbone("dinov2-b14")
 
 
 def test_hub_id_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
@@ -194,6 +208,10 @@ def test_corrupt_efficientnet_weights_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsNotFoundError, match="bad.pth"):
         load_backbone("efficientnet-lite0", weights=str(bad))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"_fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(WeightsNotFoundError, match="wrong.pth.*do not fit EfficientNet-Lite0"):
+        load_backbone("efficientnet-lite0", weights=str(wrong))
 
 
 def test_extract_tokens_matches_direct_calls():

@@ -106,12 +106,13 @@ class Report:
 
     title: str
     intro: str = ""
-    sections: list[tuple[str, str, list[Path], list[tuple[str, list[list[str]]]]]] = field(default_factory=list)
+    sections: list[tuple[str, str, list[Path], list[tuple[str, list[list[str]]]], bool]] = field(default_factory=list)
 
     def add(self, heading: str, text: str = "", figures: Sequence[Path] = (),
-            tables: Sequence[tuple[str, list[list[str]]]] = ()) -> None:
-        """A section: heading, a paragraph, PNG figures, and (caption, rows) tables (row 0 = header)."""
-        self.sections.append((heading, text, [Path(f) for f in figures], list(tables)))
+            tables: Sequence[tuple[str, list[list[str]]]] = (), code: bool = False) -> None:
+        """A section: heading, a paragraph (``code``: shown verbatim, monospaced), PNG figures, and
+        (caption, rows) tables (row 0 = header)."""
+        self.sections.append((heading, text, [Path(f) for f in figures], list(tables), code))
 
     def render(self) -> str:
         parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
@@ -120,10 +121,11 @@ class Report:
                  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
                  "td:first-child,th:first-child{text-align:left}</style></head><body>",
                  f"<h1>{html.escape(self.title)}</h1><p>{html.escape(self.intro)}</p>"]
-        for heading, text, figures, tables in self.sections:
+        for heading, text, figures, tables, code in self.sections:
             parts.append(f"<h2>{html.escape(heading)}</h2>")
             if text:
-                parts.append(f"<p>{html.escape(text)}</p>")
+                tag = "pre" if code else "p"
+                parts.append(f"<{tag}>{html.escape(text)}</{tag}>")
             for caption, rows in tables:
                 parts.append(f"<table><caption>{html.escape(caption)}</caption>")
                 for i, row in enumerate(rows):

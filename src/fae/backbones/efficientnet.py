@@ -30,7 +30,19 @@ def packaged_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def _weights_file(path: Path) -> Path:
+    """A ``.pth`` file, or a folder holding exactly one (e.g. ``$FAE_WEIGHTS_DIR/efficientnet-lite0/``)."""
+    if path.is_dir():
+        found = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
+        if len(found) != 1:
+            raise WeightsNotFoundError(f"EfficientNet-Lite0 weights folder '{path}' must hold exactly one "
+                                       f".pth/.pt file, found {len(found)}")
+        return found[0]
+    return path
+
+
 def _load_state_dict(path: Path) -> dict:
+    path = _weights_file(path)
     if not path.is_file():
         raise WeightsNotFoundError(
             f"EfficientNet-Lite0 weights file '{path}' does not exist. Pass weights=<file.pth>, set "

@@ -75,6 +75,16 @@ def _call(cls, location: str, name: str, local_files_only: bool) -> torch.nn.Mod
                                    f"({type(e).__name__}: {first}). " + how_to_supply(name)) from None
 
 
+def _local_config(class_name: str, source: WeightsSource, name: str):
+    """The vision config of a local folder (a full SigLIP folder yields its ``vision_config``)."""
+    import transformers
+    config_class = getattr(transformers, class_name).config_class
+    try:
+        return config_class.from_pretrained(source.location, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - malformed config.json
+        raise WeightsNotFoundError(f"cannot read the config of '{source.location}' for '{name}': {e}") from None
+
+
 def _patch_size(config) -> int:
     p = config.patch_size
     return int(p[0] if isinstance(p, (tuple, list)) else p)
@@ -127,6 +137,8 @@ class HFBackbone(Backbone):
                                            f"'{source.location}' holds a '{model_type}' model, expected "
                                            f"{_registry_class(info)}. " + how_to_supply(info.name))
         class_name = class_name or _registry_class(info)
+        if source.local:  # reject a wrong-width folder before reading (possibly GBs of) weights
+            _check_shape(info, _local_config(class_name, source, info.name), source.location)
         model = _from_pretrained(class_name, source, info.name)
         _check_shape(info, model.config, source.location)
         return cls(info, model)

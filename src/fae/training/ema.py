@@ -60,6 +60,7 @@ class EMA:
 
     @torch.no_grad()
     def _swap(self) -> None:
+        _reshard(self.module)
         params = dict(self.module.named_parameters())
         for name, shadow in self.shadow.items():
             live = params[name].detach().clone()
@@ -79,6 +80,14 @@ class EMA:
         self.updates = int(state["updates"])
         for name, shadow in self.shadow.items():
             _copy_full_into(shadow, state["shadow"][name])
+
+
+def _reshard(module: nn.Module) -> None:
+    """FSDP2 leaves a root module unsharded after a forward without backward (evaluation); put
+    its sharded parameters back so names map to the shards again."""
+    for child in module.modules():
+        if hasattr(child, "reshard") and hasattr(child, "unshard"):
+            child.reshard()
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from fae.errors import ConfigError
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Stage
 from fae.training.stages.autoencoder_data import (TokenDataset, feature_metrics, load_or_extract_tokens,
-                                                  measure_feature_stats, measure_latent_stats)
+                                                  feature_stats, measure_latent_stats)
 
 
 def _paper_train() -> TrainConfig:
@@ -159,7 +159,7 @@ class AutoencoderStage(Stage):
             for split in dict.fromkeys([cfg.data.split, cfg.eval.split]):
                 self.tokens[split] = load_or_extract_tokens(self, split)
         if cfg.model.feature_norm == "dataset":
-            mean, std = measure_feature_stats(self)
+            mean, std = feature_stats(self)
             self.fae.set_feature_stats(mean, std)
 
     def train_dataset(self) -> Dataset:

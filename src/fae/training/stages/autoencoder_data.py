@@ -121,6 +121,30 @@ def held_out_batches(stage) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 # ---- statistics --------------------------------------------------------------------------------
 
+def feature_stats(stage) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature statistics of this run: read from ``run_dir/feature_stats.safetensors`` when a
+    previous start measured them for the same data and backbone, else measured and written."""
+    from safetensors.torch import load_file
+
+    from fae.io import atomic_save_safetensors
+
+    path = Path(stage.config.train.run_dir) / "feature_stats.safetensors"
+    key = hashlib.sha256(f"{cache_key(stage, stage.config.data.split)}/{stage.config.stats_images}"
+                         .encode()).hexdigest()
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                data = load_file(str(path))
+                return data["mean"], data["std"]
+    mean, std = measure_feature_stats(stage)
+    if du.is_main():
+        atomic_save_safetensors({"mean": mean, "std": std}, path, metadata={"key": key})
+    du.barrier()
+    return mean, std
+
+
 @torch.no_grad()
 def measure_feature_stats(stage) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean/std [D] of the first ``stats_images`` training tokens (all ranks agree)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fae.errors import ConfigError, LatentCacheError
-from fae.generation import Generator, GeneratorConfig, SamplerConfig, Transport, TransportConfig
+from fae.generation import SIZES, Generator, GeneratorConfig, SamplerConfig, Transport, TransportConfig
 from fae.generation.model import build_generator, format_params
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Stage
@@ -49,7 +49,8 @@ class GeneratorEvalConfig:
     """Held-out figures computed at evaluation (EMA weights).
 
     Args:
-        loss_items: cache items whose velocity loss (fixed noise and times) is reported as val_loss.
+        loss_items: first cache items whose velocity loss, with fixed noise and times, is reported
+            as fixed_noise_loss (training items: the cache has no held-out split).
         grid_samples: samples decoded into ``run_dir/samples/step_XXXXXXX.png`` (needs data.fae).
         seed: seed of the evaluation noise and samples.
     """
@@ -123,16 +124,17 @@ class GeneratorStage(Stage):
         return loss, {}
 
     def evaluate(self, models, step: int, run_dir: Path) -> dict[str, float]:
-        """val_loss: the loss on the first cache items with fixed noise and times (low variance,
-        comparable across evaluations); plus a sample grid when data.fae is set."""
+        """fixed_noise_loss: the loss on the first cache items with fixed noise and times (low
+        variance, comparable across evaluations); plus a sample grid when data.fae is set."""
         network = models["generator"]
         device = next(network.parameters()).device
         dataset = self.train_dataset()
         n = min(self.config.eval.loss_items, len(self.cache))
         if n == 0:
             return {}
-        latents, labels = (torch.stack(x) if isinstance(x[0], torch.Tensor) else torch.tensor(x)
-                           for x in zip(*(dataset[i] for i in range(n))))
+        items = [dataset[i] for i in range(n)]
+        latents = torch.stack([z for z, _ in items])  # [n, c, h, w]
+        labels = torch.tensor([y for _, y in items])  # [n]
         generator = torch.Generator(device=device).manual_seed(self.config.eval.seed)
         loss = self.transport.loss(network, latents.to(device), self._cond(labels.to(device)),
                                    generator=generator)
@@ -141,7 +143,7 @@ class GeneratorStage(Stage):
 
             if du.is_main():
                 self._sample_grid(network, step, run_dir)
-        return {"val_loss": float(loss)}
+        return {"fixed_noise_loss": float(loss)}
 
     def wrap(self, network: nn.Module) -> Generator:
         """The network as a :class:`Generator` with this run's statistics and settings."""
@@ -172,7 +174,8 @@ class GeneratorStage(Stage):
         style = {"sit": "SiT", "lightningdit": "LightningDiT"}[cfg.style]
         blocks = f"norm={cfg.norm}, mlp={cfg.mlp}, rope={cfg.rope}, qk_norm={cfg.qk_norm}"
         params = build_generator(cfg, "meta").num_params()
-        return {"generator": f"{style}-{cfg.size}/{cfg.patch_size} ({cfg.depth} x {cfg.dim}, {cfg.heads} "
+        size = cfg.size if SIZES[cfg.size] == (cfg.depth, cfg.dim, cfg.heads) else "custom"
+        return {"generator": f"{style}-{size}/{cfg.patch_size} ({cfg.depth} x {cfg.dim}, {cfg.heads} "
                              f"heads; {blocks}) on {cfg.latent_channels}x{cfg.latent_size}x"
                              f"{cfg.latent_size} latents: {format_params(params)} parameters",
                 "transport": f"{self.config.transport.time_sampling} t, shift {self.config.transport.shift} "

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from fae.autoencoder.discriminator import DiscriminatorConfig, PatchDiscriminator
 from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_loss, hinge_g_loss,
@@ -85,6 +86,10 @@ class PixelDecoderRunConfig:
         fae: FAE export folder; required for finetune, optional for Ib (then the evaluation also
             decodes the FAE reconstructions).
         init_from: stage-Ib export to start from; required for finetune.
+        cache_tokens: run the frozen networks over the training set once at start-up and keep the
+            decoder's clean inputs (Ib: backbone tokens; II: FAE x_hat) in memory (our option for
+            small datasets / CPU; noise is still drawn fresh every step). Needs data.flip=false.
+        cache_dtype: storage dtype of that cache.
     """
 
     stage: Literal["noisy-features", "finetune"] = "noisy-features"
@@ -93,6 +98,8 @@ class PixelDecoderRunConfig:
     backbone_weights: str | None = None
     fae: str | None = None
     init_from: str | None = None
+    cache_tokens: bool = False
+    cache_dtype: Literal["float32", "float16"] = "float16"
     data: DataConfig = field(default_factory=DataConfig)
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -106,6 +113,8 @@ class PixelDecoderRunConfig:
         if self.stage == "finetune" and not (self.fae and self.init_from):
             raise ConfigError("stage=finetune needs config keys 'fae' (the FAE export) and 'init_from' "
                               "(the stage-Ib pixel decoder export)")
+        if self.cache_tokens and self.data.flip:
+            raise ConfigError("cache_tokens=true caches the tokens of unflipped images: set data.flip=false")
         if self.noise.sigma < 0:
             raise ConfigError(f"config key 'noise.sigma' must be >= 0, got {self.noise.sigma}")
         if self.noise.scale is not None and self.noise.scale <= 0:
@@ -121,19 +130,37 @@ CONFIG_CLASS = PixelDecoderRunConfig
 
 # ---- noise ---------------------------------------------------------------------------------------
 
+def token_rms(tokens: torch.Tensor) -> float:
+    """The norm scale s = sqrt(mean x^2) over all entries of tokens [..., D]."""
+    if tokens.numel() == 0:
+        raise ConfigError("cannot measure the token scale: the training dataset is empty")
+    return tokens.double().square().mean().sqrt().item()
+
+
 @torch.no_grad()
-def measure_token_scale(backbone: nn.Module, dataset, num_images: int, batch_size: int = 64) -> float:
-    """RMS of the token entries over the first ``num_images`` images: sqrt(mean x^2)."""
-    total, count = 0.0, 0
-    n = min(num_images, len(dataset))
+def map_dataset(fn, dataset, num_images: int | None = None, batch_size: int = 64,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``fn(images [b, C, H, W] uint8) -> [b, ...]`` over the first ``num_images`` items, on the CPU."""
+    n = len(dataset) if num_images is None else min(num_images, len(dataset))
+    out = []
     for start in range(0, n, batch_size):
         images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
-        tokens = backbone(images).double()  # [b, N, D]
-        total += tokens.square().sum().item()
-        count += tokens.numel()
-    if count == 0:
-        raise ConfigError("cannot measure the token scale: the training dataset is empty")
-    return (total / count) ** 0.5
+        out.append(fn(images).to("cpu", dtype))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+class CachedInputs(Dataset):
+    """Items ``(image, label, decoder input [N, D])`` from a dataset and its precomputed inputs."""
+
+    def __init__(self, base: Dataset, inputs: torch.Tensor):
+        self.base, self.inputs = base, inputs
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return image, label, self.inputs[i]
 
 
 def add_token_noise(tokens: torch.Tensor, sigma: float, scale: float, mode: str = "fixed") -> torch.Tensor:
@@ -189,6 +216,8 @@ class PixelDecoderStage(Stage):
         self.perceptual: nn.Module | None = None
         self.ib_decoder: PixelDecoder | None = None  # stage II: the untouched Ib weights, for the grid
         self.token_scale: float | None = config.noise.scale
+        self._train_inputs: torch.Tensor | None = None  # cache_tokens: clean inputs [N, T, D]
+        self.eval_inputs: dict[str, torch.Tensor] | None = None  # held-out images + inputs, built once
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, fakes) of the last G phase
 
     @property
@@ -240,8 +269,13 @@ class PixelDecoderStage(Stage):
             self.perceptual.to(device)
         if self.finetune:  # the untouched Ib weights, for the comparison column of the grid
             self.ib_decoder = self._load_ib_decoder().to(device).requires_grad_(False).eval()
-        elif self.token_scale is None and cfg.noise.sigma > 0:
-            self.token_scale = measure_token_scale(self.backbone, self.train_dataset(), cfg.noise.scale_images)
+        if cfg.cache_tokens:
+            dtype = getattr(torch, cfg.cache_dtype)
+            self._train_inputs = map_dataset(self.clean_inputs, self._base_dataset(), dtype=dtype)
+        if self.token_scale is None and cfg.noise.sigma > 0:
+            sample = (self._train_inputs[:cfg.noise.scale_images] if cfg.cache_tokens else
+                      map_dataset(self.clean_inputs, self._base_dataset(), cfg.noise.scale_images))
+            self.token_scale = token_rms(sample)  # [n, N, D] -> s
 
     def ema_modules(self) -> list[str]:
         return ["pixel_decoder"] if self.config.train.ema_decay is not None else []
@@ -254,21 +288,38 @@ class PixelDecoderStage(Stage):
                                 start_step=cfg.loss.gan_start_step))
         return phases
 
-    def train_dataset(self):
+    def _base_dataset(self) -> Dataset:
         from fae.data.datasets import build_dataset
 
         return build_dataset(self.config.data)
 
+    def train_dataset(self) -> Dataset:
+        """Items (image, label), or (image, label, cached clean input) with cache_tokens."""
+        base = self._base_dataset()
+        if self._train_inputs is None:
+            return base
+        if len(self._train_inputs) != len(base):
+            raise ConfigError(f"token cache holds {len(self._train_inputs)} items, the dataset {len(base)}")
+        return CachedInputs(base, self._train_inputs)
+
     # -- inputs --
 
     @torch.no_grad()
-    def input_tokens(self, images: torch.Tensor, train: bool = True) -> torch.Tensor:
-        """images -> the decoder's input [B, N, D]: noisy backbone tokens (Ib) or FAE x_hat (II)."""
+    def clean_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """images -> the decoder's clean input [B, N, D]: backbone tokens (Ib) or FAE x_hat (II)."""
         tokens = self.backbone(images)  # [B, N, D] raw
         if self.finetune:
             return self.fae.decode_features(self.fae.encode(tokens))  # x_hat [B, N, D]
+        return tokens
+
+    @torch.no_grad()
+    def input_tokens(self, batch: Any) -> torch.Tensor:
+        """A training batch -> decoder input [B, N, D]; stage Ib adds the Gaussian noise."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        cached = isinstance(batch, (list, tuple)) and len(batch) > 2
+        tokens = batch[2].float() if cached else self.clean_inputs(images)  # [B, N, D]
         noise = self.config.noise
-        if train and noise.sigma > 0:
+        if noise.sigma > 0:
             tokens = add_token_noise(tokens, noise.sigma, self.token_scale, noise.mode)
         return tokens
 
@@ -276,17 +327,17 @@ class PixelDecoderStage(Stage):
 
     def loss(self, phase: str, batch: Any, models: dict[str, nn.Module], step: int
              ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
         if phase == DISCRIMINATOR:
-            return self._discriminator_loss(images, models)
-        return self._generator_loss(images, models, step)
+            return self._discriminator_loss(batch, models)
+        return self._generator_loss(batch, models, step)
 
-    def _generator_loss(self, images: torch.Tensor, models: dict[str, nn.Module], step: int):
+    def _generator_loss(self, batch: Any, models: dict[str, nn.Module], step: int):
         cfg = self.config.loss
         decoder = models["pixel_decoder"]
         device = _unwrap(decoder).head.weight.device
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
         real = to_unit_range(images.to(device))  # [B, C, H, W] in [-1, 1]
-        fake = decoder(self.input_tokens(images), clamp=False)  # [B, C, H, W]
+        fake = decoder(self.input_tokens(batch), clamp=False)  # [B, C, H, W]
         rec, logs = reconstruction_loss(fake, real, cfg.l1_weight, cfg.l2_weight)
         total = rec
         if self.perceptual is not None:
@@ -304,7 +355,8 @@ class PixelDecoderStage(Stage):
         logs["loss"] = total.detach()
         return total, logs
 
-    def _discriminator_loss(self, images: torch.Tensor, models: dict[str, nn.Module]):
+    def _discriminator_loss(self, batch: Any, models: dict[str, nn.Module]):
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
         disc = models["discriminator"]
         device = next(_unwrap(disc).parameters()).device
         real = to_unit_range(images.to(device))
@@ -312,7 +364,7 @@ class PixelDecoderStage(Stage):
             fake = self._cache[1]  # the generator phase's output for this very batch
         else:
             with torch.no_grad():
-                fake = models["pixel_decoder"](self.input_tokens(images), clamp=False)
+                fake = models["pixel_decoder"](self.input_tokens(batch), clamp=False)
         logits_real, logits_fake = disc(real), disc(fake.detach())  # [B, 1, h, w]
         d_loss = hinge_d_loss(logits_real, logits_fake)
         return d_loss, {"d_loss": d_loss.detach(), "logits_real": logits_real.detach().mean(),

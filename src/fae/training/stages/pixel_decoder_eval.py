@@ -18,21 +18,35 @@ from fae.autoencoder.pixel_decoder import to_pixels01
 
 
 @torch.no_grad()
-def decode_held_out(backbone: nn.Module, decoders: dict[str, nn.Module], dataset, batch_size: int = 64,
-                    fae: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Decode every image of ``dataset``; returns {"original": uint8 [N, C, H, W],
-    "<decoder>/true": float [N, C, H, W] in [0, 1], "<decoder>/fae": ... (with an FAE)}."""
-    out: dict[str, list[torch.Tensor]] = {"original": []}
+def held_out_inputs(backbone: nn.Module, dataset, batch_size: int = 64, fae: nn.Module | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """{"original": uint8 [N, C, H, W], "true": tokens [N, T, D], "fae": x_hat [N, T, D] (with an FAE)}."""
+    out: dict[str, list[torch.Tensor]] = {"original": [], "true": []}
     for start in range(0, len(dataset), batch_size):
         images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
+        tokens = backbone(images)  # [B, T, D] raw
         out["original"].append(images)
-        tokens = backbone(images)  # [B, N, D] raw
-        x_hat = fae.decode_features(fae.encode(tokens)) if fae is not None else None
-        for name, decoder in decoders.items():
-            out.setdefault(f"{name}/true", []).append(to_pixels01(decoder(tokens)).cpu())
-            if x_hat is not None:
-                out.setdefault(f"{name}/fae", []).append(to_pixels01(decoder(x_hat)).cpu())
+        out["true"].append(tokens.cpu())
+        if fae is not None:
+            out.setdefault("fae", []).append(fae.decode_features(fae.encode(tokens)).cpu())  # x_hat
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def decode_inputs(decoders: dict[str, nn.Module], inputs: dict[str, torch.Tensor], batch_size: int = 64
+                  ) -> dict[str, torch.Tensor]:
+    """{"original": ..., "<decoder>/<input>": float [N, C, H, W] in [0, 1]} for every pair."""
+    out = {"original": inputs["original"]}
+    for name, decoder in decoders.items():
+        device = next(decoder.parameters()).device
+        for source in ("true", "fae"):
+            if source not in inputs:
+                continue
+            tokens = inputs[source]
+            out[f"{name}/{source}"] = torch.cat([
+                to_pixels01(decoder(tokens[i:i + batch_size].to(device))).cpu()
+                for i in range(0, len(tokens), batch_size)])
+    return out
 
 
 def quantize(images01: torch.Tensor) -> torch.Tensor:
@@ -50,28 +64,29 @@ def image_scores(original: torch.Tensor, decoded: torch.Tensor) -> dict[str, flo
 
 
 @torch.no_grad()
-def rfid(original: torch.Tensor, decoded: torch.Tensor, batch_size: int = 50) -> float:
-    """FID between InceptionV3 pool features of the originals and of the decodings (uint8)."""
-    from fae.evaluation.fid import fid_from_features
-    from fae.evaluation.inception import load_inception
-
-    net = load_inception()
-    feats = []
-    for images in (original, quantize(decoded)):
-        feats.append(torch.cat([net(images[i:i + batch_size])["pool"] for i in range(0, len(images), batch_size)]))
-    return fid_from_features(feats[0].numpy(), feats[1].numpy())
+def inception_pool(net: nn.Module, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> InceptionV3 pool_3 features [N, 2048] (the FID features)."""
+    return torch.cat([net(images[i:i + batch_size])["pool"].cpu() for i in range(0, len(images), batch_size)])
 
 
 def score_all(decoded: dict[str, torch.Tensor], with_rfid: bool) -> dict[str, float]:
-    """{"<decoder>/<input>/psnr": ..., ".../ssim": ..., ".../rfid": ...} for every decoding."""
+    """{"<decoder>/<input>/psnr": ..., "/ssim": ..., "/rfid": ...} for every decoding. rFID is the
+    FID between the held-out originals and their decodings (InceptionV3 pool features)."""
     metrics = {}
+    if with_rfid:
+        from fae.evaluation.fid import fid_from_features
+        from fae.evaluation.inception import load_inception
+
+        net = load_inception()
+        real_features = inception_pool(net, decoded["original"]).numpy()
     for key, images in decoded.items():
         if key == "original":
             continue
         for metric, value in image_scores(decoded["original"], images).items():
             metrics[f"{key}/{metric}"] = value
         if with_rfid:
-            metrics[f"{key}/rfid"] = rfid(decoded["original"], images)
+            fake_features = inception_pool(net, quantize(images)).numpy()
+            metrics[f"{key}/rfid"] = fid_from_features(real_features, fake_features)
     return metrics
 
 
@@ -97,9 +112,11 @@ def evaluate_reconstructions(stage, decoder: nn.Module, step: int, run_dir: Path
     decoders = {label: decoder}
     if stage.ib_decoder is not None:
         decoders = {"Ib": stage.ib_decoder, **decoders}
+    if stage.eval_inputs is None:  # the frozen networks run over the held-out set only once
+        stage.eval_inputs = held_out_inputs(stage.backbone, stage.eval_dataset(), cfg.batch_size, stage.fae)
     was_training = decoder.training
     decoder.eval()
-    decoded = decode_held_out(stage.backbone, decoders, stage.eval_dataset(), cfg.batch_size, stage.fae)
+    decoded = decode_inputs(decoders, stage.eval_inputs, cfg.batch_size)
     decoder.train(was_training)
     metrics = score_all(decoded, cfg.rfid)
     if is_main() and cfg.grid_images > 0:

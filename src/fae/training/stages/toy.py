@@ -20,14 +20,9 @@ from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Phase, Stage
 
 
-def _default_train() -> TrainConfig:
-    return TrainConfig(run_dir="runs/toy", steps=60, batch_size=16, log_every=10, ckpt_every=20,
-                       ema_decay=0.99, optim=OptimConfig(lr=3e-3))
-
-
 @dataclass
 class ToyConfig:
-    train: TrainConfig = field(default_factory=_default_train)
+    train: TrainConfig = field(default_factory=TrainConfig)
     samples: int = 256  # training set size
     dim: int = 8
     hidden: int = 32

@@ -1,0 +1,150 @@
+"""The ``fae eval`` verbs as Python functions: each takes its config and returns its results dict.
+
+All of them run unchanged under ``torchrun``: images are sharded over ranks, features/sums are
+gathered, and rank 0 writes the results file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fae.errors import ConfigError, DataError
+from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig
+from fae.evaluation.stats import InceptionStats, NpzImages, has_stats, read_stats
+from fae.io import atomic_save_json
+from fae.training import distributed as dist
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> this rank's device (joins the process group under torchrun); else ``name``."""
+    device = dist.init_distributed()
+    return device if name == "auto" else torch.device(name)
+
+
+def _has_images(path: str) -> bool:
+    import numpy as np
+    with np.load(path, allow_pickle=False) as data:
+        return "arr_0" in data.files
+
+
+def load_set_stats(path: str, net, *, need_features: bool, batch_size: int, progress: bool,
+                   desc: str) -> InceptionStats:
+    """Statistics of an image batch or stats file; precomputed mu/sigma are kept as given (ADM)."""
+    from fae.evaluation.features import compute_inception_stats
+
+    if not Path(path).is_file():
+        raise DataError(f"'{path}' does not exist")
+    if has_stats(path):
+        stats = read_stats(path)
+        if need_features and stats.pool_features is None and _has_images(path):
+            images = NpzImages(path)
+            stats.pool_features = compute_inception_stats(images, net, batch_size=batch_size,
+                                                          progress=progress, desc=desc).pool_features
+            stats.count = stats.count or len(images)
+        return stats
+    return compute_inception_stats(NpzImages(path), net, batch_size=batch_size,
+                                   keep_features=need_features, progress=progress, desc=desc)
+
+
+def run_fid(cfg: FidConfig) -> dict:
+    """Score ``cfg.samples`` against ``cfg.ref``; writes JSON on rank 0 and returns the results."""
+    from fae.evaluation.inception import load_inception
+    from fae.evaluation.suite import generation_metrics
+
+    if not cfg.samples or not cfg.ref:
+        raise ConfigError("fae eval fid needs both samples=<.npz> and ref=<.npz> (or --samples/--ref)")
+    device = resolve_device(cfg.device)
+    net = load_inception(device=device)
+    need = any(m in cfg.metrics for m in ("kid", "pr"))
+    kwargs = dict(need_features=need, batch_size=cfg.batch_size, progress=cfg.progress)
+    samples = load_set_stats(cfg.samples, net, desc="samples", **kwargs)
+    reference = load_set_stats(cfg.ref, net, desc="reference", **kwargs)
+    results = generation_metrics(samples, reference, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
+                                 kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k)
+    results.update(samples=str(cfg.samples), ref=str(cfg.ref))
+    out = cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json"
+    return _write(results, out)
+
+
+def run_ref_stats(cfg: RefStatsConfig) -> dict:
+    """Write reference statistics of ``cfg.images`` (an .npz) or of ``cfg.data``."""
+    from fae.evaluation.features import compute_inception_stats
+    from fae.evaluation.inception import load_inception
+
+    device = resolve_device(cfg.device)
+    net = load_inception(device=device)
+    if cfg.images:
+        source, label = NpzImages(cfg.images), cfg.images
+    else:
+        from fae.data.datasets import build_dataset
+        source, label = build_dataset(cfg.data), f"{cfg.data.name}:{cfg.data.split}"
+    stats = compute_inception_stats(source, net, batch_size=cfg.batch_size, keep_features=cfg.with_features,
+                                    progress=cfg.progress, desc="ref-stats")
+    if dist.is_main():
+        stats.save(cfg.out, with_features=cfg.with_features)
+    dist.barrier()
+    return {"source": label, "count": stats.count, "out": str(cfg.out), "with_features": cfg.with_features}
+
+
+def run_probe(cfg: ProbeConfig) -> dict:
+    """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features."""
+    from fae.data.datasets import build_dataset
+    from fae.evaluation.probe import linear_probe
+    from fae.evaluation.probe_features import pooled_features
+
+    device = resolve_device(cfg.device)
+    encoder = _probe_encoder(cfg, device)
+    splits = {}
+    for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit)):
+        dataset = build_dataset(cfg.data, split=split)
+        if limit is not None:
+            dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+        splits[split] = pooled_features(encoder, dataset, batch_size=cfg.batch_size,
+                                        progress=cfg.progress, desc=f"probe {split}")
+    result = linear_probe(*splits["train"], *splits["test"], epochs=cfg.epochs, seed=cfg.seed,
+                          weight_decay=cfg.weight_decay)
+    result.update(features=cfg.features, backbone=encoder.name, fae=cfg.fae)
+    return _write(result, cfg.out)
+
+
+def _probe_encoder(cfg: ProbeConfig, device: torch.device):
+    from fae.evaluation.probe_features import BackboneFeatures, FAEFeatures
+
+    if cfg.fae:
+        from fae.autoencoder import FAE
+        fae = FAE.from_pretrained(cfg.fae).to(device).eval()
+        return FAEFeatures(fae, cfg.features)
+    from fae.backbones import load_backbone
+    return BackboneFeatures(load_backbone(cfg.backbone, weights=cfg.weights, device=device,
+                                          resolution=cfg.resolution))
+
+
+def run_recon(cfg: ReconConfig) -> dict:
+    """Feature cosine / relative L2, PSNR, SSIM and rFID of an exported FAE on ``cfg.data``."""
+    from fae.autoencoder import FAE
+    from fae.data.datasets import build_dataset
+    from fae.evaluation.recon import reconstruction_metrics
+
+    device = resolve_device(cfg.device)
+    fae = FAE.from_pretrained(cfg.fae).to(device).eval()
+    if cfg.pixels and fae.pixel_decoder is None:
+        raise ConfigError(f"the FAE in '{cfg.fae}' has no pixel decoder: pass pixels=false for feature "
+                          "metrics only, or export an FAE with a trained pixel decoder")
+    dataset = build_dataset(cfg.data)
+    if cfg.limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
+    results = reconstruction_metrics(fae, dataset, batch_size=cfg.batch_size, pixels=cfg.pixels,
+                                     rfid=cfg.rfid, progress=cfg.progress)
+    results.update(fae=cfg.fae, data=f"{cfg.data.name}:{cfg.data.split}")
+    return _write(results, cfg.out)
+
+
+def _write(results: dict, out: str) -> dict:
+    """Rank 0 writes ``out`` (JSON); every rank returns the results with ``out`` recorded."""
+    results = {**results, "out": str(out)}
+    if dist.is_main():
+        atomic_save_json(json.loads(json.dumps(results, default=float)), out)
+    dist.barrier()
+    return results

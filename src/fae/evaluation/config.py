@@ -1,0 +1,144 @@
+"""Configs of the ``fae eval`` verbs (YAML + ``key=value`` overrides, validated by ``fae.config``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fae.data.datasets import DataConfig
+from fae.errors import ConfigError
+from fae.evaluation.fid import PR_NEAREST_K
+
+
+@dataclass
+class FidConfig:
+    """``fae eval fid``: score a sample batch against a reference.
+
+    Args:
+        samples: ADM ``.npz`` sample batch (``arr_0`` uint8 NHWC) or a statistics file.
+        ref: ADM reference batch (``arr_0`` and/or precomputed ``mu``/``sigma``/``mu_s``/``sigma_s``)
+            or a ``fae eval ref-stats`` file. Precomputed statistics are used as they are.
+        metrics: any of fid, sfid, kid, pr (precision/recall).
+        batch_size: images per Inception forward pass on each rank.
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+        kid_subsets / kid_subset_size: KID's random subsets (Binkowski et al.: 100 x 1000).
+        pr_k: nearest-neighbour k of improved precision/recall (ADM: 3).
+        out: where to write the JSON results (default: next to the samples, ``<stem>.metrics.json``).
+        progress: show tqdm bars.
+    """
+
+    samples: str | None = None
+    ref: str | None = None
+    metrics: list[str] = field(default_factory=lambda: ["fid", "sfid", "kid", "pr"])
+    batch_size: int = 50
+    device: str = "auto"
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = PR_NEAREST_K
+    out: str | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        bad = [m for m in self.metrics if m not in ("fid", "sfid", "kid", "pr")]
+        if bad:
+            raise ConfigError(f"config key 'metrics': unknown metric(s) {bad}; choose from fid, sfid, kid, pr")
+        _positive("batch_size", self.batch_size)
+        _positive("pr_k", self.pr_k)
+
+
+@dataclass
+class RefStatsConfig:
+    """``fae eval ref-stats``: Inception statistics of a reference image set.
+
+    Args:
+        data: the dataset to read (``fae.data.datasets.DataConfig``), unless ``images`` is given.
+        images: an ``.npz`` of uint8 NHWC images (``arr_0``) to use instead of ``data``.
+        out: the statistics file to write (``mu, sigma, mu_s, sigma_s, count[, pool_features]``).
+        with_features: also store the [N, 2048] pool features (for KID and precision/recall).
+        batch_size, device, progress: as for ``fae eval fid``.
+    """
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(split="test"))
+    images: str | None = None
+    out: str = "runs/eval/ref_stats.npz"
+    with_features: bool = True
+    batch_size: int = 50
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        _positive("batch_size", self.batch_size)
+
+
+@dataclass
+class ProbeConfig:
+    """``fae eval probe``: top-1 of a linear classifier on pooled features (train split -> test split).
+
+    Args:
+        backbone: registry name of the frozen backbone (ignored with ``fae``: the FAE's own is used).
+        resolution: backbone input size (null: the registry default).
+        weights: local weights folder / file for the backbone (offline use).
+        fae: an exported FAE folder; then ``features`` picks what is probed.
+        features: "raw" backbone tokens, FAE "latent" z, or FAE-"reconstructed" tokens (mean-pooled).
+        data: dataset (its ``split`` is ignored: the probe trains on "train", scores on "test").
+        train_limit / test_limit: use only the first N images of each split.
+        epochs: L-BFGS iterations; weight_decay: L2 penalty; seed: makes the result deterministic.
+        batch_size: images per backbone forward pass; device: as for ``fae eval fid``.
+        out: JSON results file.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    resolution: int | None = None
+    weights: str | None = None
+    fae: str | None = None
+    features: Literal["raw", "latent", "reconstructed"] = "raw"
+    data: DataConfig = field(default_factory=DataConfig)
+    train_limit: int | None = None
+    test_limit: int | None = None
+    epochs: int = 100
+    weight_decay: float = 1e-2
+    seed: int = 0
+    batch_size: int = 128
+    device: str = "auto"
+    out: str = "runs/eval/probe.json"
+    progress: bool = True
+
+    def validate(self) -> None:
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        if self.features != "raw" and not self.fae:
+            raise ConfigError(f"config key 'features': '{self.features}' features need an FAE (fae=DIR)")
+
+
+@dataclass
+class ReconConfig:
+    """``fae eval recon``: feature and pixel reconstruction metrics of an exported FAE.
+
+    Args:
+        fae: exported FAE folder (``config.json`` + ``model.safetensors``); required.
+        data: dataset to reconstruct (default: Fashion-MNIST test split).
+        limit: use only the first N images (null: all of ``data``).
+        pixels: decode to pixels for PSNR / SSIM / rFID (needs a pixel decoder in the export).
+        rfid: compute rFID (Inception on originals vs reconstructions).
+        batch_size, device, progress: as for ``fae eval fid``.
+        out: JSON results file.
+    """
+
+    fae: str | None = None
+    data: DataConfig = field(default_factory=lambda: DataConfig(split="test"))
+    limit: int | None = None
+    pixels: bool = True
+    rfid: bool = True
+    batch_size: int = 32
+    device: str = "auto"
+    out: str = "runs/eval/recon.json"
+    progress: bool = True
+
+    def validate(self) -> None:
+        _positive("batch_size", self.batch_size)
+        if not self.fae:
+            raise ConfigError("config key 'fae': reconstruction metrics need an exported FAE folder")
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"config key '{key}' must be >= 1, got {value}")

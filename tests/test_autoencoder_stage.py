@@ -1,0 +1,120 @@
+"""`fae train autoencoder`: dry run at the paper's sizes, real-feature overfit, tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from fae.autoencoder import FAE, FAEConfig
+from fae.autoencoder.model import fae_loss
+from fae.config import from_dict, load_config
+from fae.errors import ConfigError
+from fae.training.stages.autoencoder import AutoencoderRunConfig, build_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_CONFIG = ROOT / "configs" / "imagenet256" / "fae_dinov2g.yaml"
+DEMO_CONFIG = ROOT / "configs" / "demo" / "autoencoder.yaml"
+
+
+def test_dry_run_of_the_paper_config_has_the_paper_sizes(capsys):
+    from fae.cli import main
+
+    assert main(["train", "autoencoder", "--config", str(PAPER_CONFIG), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    encoder, decoder = map(float, re.search(r"encoder ([\d.]+)M .* feature decoder ([\d.]+)M", out).groups())
+    assert encoder == pytest.approx(38.17, rel=0.02)
+    assert decoder == pytest.approx(170.43, rel=0.02)
+    assert "dinov2-g14 at 224 px -> tokens 16x16x1536" in out
+    assert "global batch 1024" in out and "cosine, 1000 warm-up" in out
+
+
+def test_demo_config_validates_and_is_small():
+    stage = build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG))
+    fae = stage.build_models("meta")["fae"]
+    assert fae.latent_shape == (32, 4, 4) and fae.config.token_dim == 1280
+    assert sum(p.numel() for p in fae.parameters()) < 5e6
+
+
+def test_cache_tokens_refuses_flip():
+    with pytest.raises(ConfigError, match="data.flip"):
+        load_config(AutoencoderRunConfig, None, ["cache_tokens=true", "data.flip=true"])
+
+
+def test_overfits_a_small_batch_of_real_features():
+    """EfficientNet-Lite0 (ImageNet weights) tokens of 16 Fashion-MNIST images: loss falls >= 10x."""
+    from fae.backbones import load_backbone
+    from fae.data.fashion_mnist import FashionMNIST
+
+    backbone = load_backbone("efficientnet-lite0", resolution=128)
+    tokens = backbone(FashionMNIST("train", limit=16).images)  # [16, 16, 1280]
+    torch.manual_seed(0)
+    cfg = from_dict(FAEConfig, {"backbone": "efficientnet-lite0", "resolution": 128, "latent_channels": 16,
+                                "encoder": {"heads": 4, "head_dim": 32},
+                                "decoder": {"depth": 2, "width": 128, "heads": 4}})
+    fae = FAE(cfg).attach_backbone(backbone)
+    fae.set_feature_stats(tokens.mean(dim=(0, 1)), tokens.std(dim=(0, 1)).clamp_min(1e-6))
+    opt = torch.optim.AdamW(fae.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(200):
+        loss, _ = fae_loss(fae(tokens, sample=True), kl_weight=1e-4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] * 10 <= losses[0], (losses[0], losses[-1])
+
+
+def _tiny_run_overrides(tmp_path: Path, cache: bool) -> list[str]:
+    return [f"train.run_dir={tmp_path / 'run'}", "train.steps=20", "train.batch_size=8",
+            "train.log_every=10", "train.ckpt_every=0", "train.progress=false", "train.tensorboard=false",
+            "train.optim.lr=3e-3", "model.backbone=tiny-vit", "model.latent_channels=4",
+            "model.encoder.heads=2", "model.encoder.head_dim=16",
+            "model.decoder.depth=1", "model.decoder.width=32", "model.decoder.heads=2",
+            "data.limit=64", "eval.limit=32", "eval.batch_size=16", "stats_images=64",
+            f"cache_tokens={str(cache).lower()}", f"eval.probe={str(cache).lower()}",
+            "eval.probe_epochs=10", f"token_cache_dir={tmp_path / 'cache'}"]
+
+
+def test_train_end_to_end_with_cached_tokens(tmp_path, capsys):
+    from fae.training.engine import train
+
+    stage = build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG, _tiny_run_overrides(tmp_path, True)))
+    result = train(stage)
+    caches = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert [p.name.split("-")[0] for p in caches] == ["test", "train"]
+    ev = result["eval"]
+    for key in ("cosine", "rel_l2", "kl", "latent_std_mean", "probe_top1_raw", "probe_top1_recon"):
+        assert key in ev and ev[key] == ev[key]
+    assert -1 <= ev["cosine"] <= 1 and ev["rel_l2"] > 0
+    fae = FAE.from_pretrained(result["export"])
+    stats = json.loads((tmp_path / "run" / "latent_stats.json").read_text())
+    assert stats["identity"] == fae.identity()
+    assert fae.latent_std.tolist() == pytest.approx(stats["std"]) and min(stats["std"]) > 0
+    # Stored feature statistics are the training tokens' (not the identity defaults).
+    train_tokens = stage.tokens["train"].tokens.float()
+    torch.testing.assert_close(fae.normalizer.mean, train_tokens.mean(dim=(0, 1)), rtol=1e-4, atol=1e-4)
+
+    # A second run with the same data + backbone reuses the cache; another data.limit does not.
+    mtimes = [p.stat().st_mtime_ns for p in caches]
+    again = _tiny_run_overrides(tmp_path, True) + [f"train.run_dir={tmp_path / 'run2'}", "train.steps=1"]
+    train(build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG, again)))
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache").glob("*.safetensors"))] == mtimes
+    other = again + [f"train.run_dir={tmp_path / 'run3'}", "data.limit=32"]
+    train(build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG, other)))
+    assert len(list((tmp_path / "cache").glob("train-*.safetensors"))) == 2
+
+
+def test_train_with_the_backbone_in_the_loop(tmp_path):
+    """cache_tokens=false: images go through the frozen backbone inside each step."""
+    from fae.training.engine import train
+
+    overrides = _tiny_run_overrides(tmp_path, False) + ["data.flip=true"]
+    stage = build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG, overrides))
+    result = train(stage)
+    assert not (tmp_path / "cache").exists()
+    assert 0 < result["eval"]["rel_l2"] and result["eval"]["cosine"] > 0
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "main/rec" in first and "main/kl" in first

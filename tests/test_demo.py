@@ -1,0 +1,91 @@
+"""`fae demo --quick` end to end on a tiny subset (through fae.cli.main), then a re-run that skips.
+
+The test shrinks the quick profile further with demo-level overrides: EfficientNet-Lite0 at 64 px
+(2x2 tokens: the backbone is the costly part on CPU), a few hundred images, tens of steps, and
+tiny evaluation sets. It checks that every artifact exists and loads, that the report inlines its
+figures, that the metrics are finite and in sane ranges, and that a second run skips every stage.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from fae.cli import main
+
+TINY = [
+    "backbone_resolution=64",
+    "autoencoder.overrides.train.steps=60", "autoencoder.overrides.data.limit=300",
+    "autoencoder.overrides.eval.limit=100", "autoencoder.overrides.stats_images=300",
+    "autoencoder.overrides.train.log_every=10", "autoencoder.overrides.eval.probe=false",
+    "pixel_decoder_ib.overrides.train.steps=30", "pixel_decoder_ib.overrides.train.batch_size=8",
+    "pixel_decoder_ib.overrides.train.ckpt_every=30", "pixel_decoder_ib.overrides.train.log_every=10",
+    "pixel_decoder_ib.overrides.noise.scale_images=32", "pixel_decoder_ib.overrides.eval.limit=16",
+    "pixel_decoder_ii.overrides.train.steps=10", "pixel_decoder_ii.overrides.train.batch_size=8",
+    "pixel_decoder_ii.overrides.train.ckpt_every=10", "pixel_decoder_ii.overrides.train.log_every=5",
+    "pixel_decoder_ii.overrides.eval.limit=16",
+    "latents.limit=300",
+    "generator.overrides.train.steps=60", "generator.overrides.train.batch_size=32",
+    "generator.overrides.train.log_every=10", "generator.overrides.eval.grid_samples=0",
+    "eval.test_images=60", "eval.probe_train_images=300", "eval.probe_epochs=50",
+    "eval.fid_samples=40", "eval.grid_per_class=2", "eval.sampling.steps=8", "eval.batch_size=50",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_demo_writes_report_figures_and_exports(demo_run, capsys):
+    out = demo_run
+    html = (out / "report.html").read_text()
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    for name in ("reconstructions.png", "samples.png", "cfg_off_vs_on.png", "loss_autoencoder.png",
+                 "loss_pixel_decoder_ib.png", "loss_pixel_decoder_ii.png", "loss_generator.png"):
+        assert name in figures
+    assert len(re.findall(r"src='data:image/png;base64,", html)) == len(figures)  # self-contained
+    for words in ("Quality floors", "generation FID", "FAE.from_pretrained"):
+        assert words in html
+
+    from fae.autoencoder import FAE
+    from fae.generation import Generator
+
+    fae = FAE.from_pretrained(out / "pixel_decoder_ii" / "export")
+    generator = Generator.from_pretrained(out / "generator" / "export")
+    z = generator.sample(range(3), torch.tensor([0, 5, 9]), seed=0,
+                         config=generator.sampling.__class__(steps=4))
+    images = fae.decode(z)
+    assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    timings = json.loads((out / "timings.json").read_text())
+    assert [s["status"] for s in timings["steps"]].count("ran") == 6
+
+
+@pytest.mark.slow
+def test_demo_metrics_are_sane(demo_run):
+    m = json.loads((demo_run / "eval" / "metrics.json").read_text())["metrics"]
+    for key in ("probe_raw", "probe_reconstructed", "probe_latent", "class_accuracy_cfg",
+                "class_accuracy_no_cfg"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert m["probe_raw"] > 0.5  # 10 classes: chance is 0.1
+    assert m["probe_reconstructed"] > 0.2 and m["probe_latent"] > 0.2
+    assert m["psnr_from_features"] > 10 and m["psnr_from_latents"] > 10
+    assert 0 < m["ssim_from_latents"] <= 1
+    assert 0 < m["feature_cosine"] <= 1
+    for key in ("rfid", "fid_cfg"):
+        assert math.isfinite(m[key]) and m[key] > 0, key
+    assert m["fid_samples"] == 40 and m["test_images"] == 60
+
+
+@pytest.mark.slow
+def test_demo_rerun_skips_every_stage(demo_run, capsys):
+    assert main(["demo", "--quick", "--out", str(demo_run), *TINY]) == 0
+    timings = json.loads((demo_run / "timings.json").read_text())
+    assert all(s["status"].startswith("skipped") for s in timings["steps"]), timings
+    assert "report: " in capsys.readouterr().out

@@ -1,0 +1,144 @@
+"""The pixel-decoder stage: noise scale, GAN phases, and stage Ib -> II through the training engine.
+
+Everything runs on tiny-vit (4x4 tokens of width 64) and 28 px Fashion-MNIST images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fae.config import from_dict
+from fae.training.stages.pixel_decoder import (CONFIG_CLASS, add_token_noise, build_stage,
+                                               token_rms)
+
+
+def tiny_config(run_dir: Path, **overrides) -> "CONFIG_CLASS":
+    data = {
+        "backbone": "tiny-vit",
+        "data": {"name": "fashion-mnist", "limit": 64},
+        "pixel_decoder": {"depth": 1, "dim": 32, "heads": 2, "out_channels": 1, "image_size": 28},
+        "noise": {"sigma": 0.4, "scale_images": 32},
+        "loss": {"perceptual": "none", "gan_weight": 0.1, "gan_start_step": 0},
+        "discriminator": {"channels": 8, "layers": 2, "groups": 4},
+        "eval": {"limit": 16, "batch_size": 16, "grid_images": 4},
+        "train": {"run_dir": str(run_dir), "steps": 6, "batch_size": 8, "log_every": 3,
+                  "ckpt_every": 0, "progress": False, "tensorboard": False, "ema_decay": None,
+                  "optim": {"lr": 1e-3}},
+    }
+    for key, value in overrides.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return from_dict(CONFIG_CLASS, data)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_noise_has_the_configured_scale_relative_to_the_token_norm(tmp_path):
+    stage = build_stage(tiny_config(tmp_path, **{"noise.sigma": 0.4}))
+    stage.build_models("cpu")
+    stage.setup(torch.device("cpu"))
+    images = torch.stack([stage.train_dataset()[i][0] for i in range(32)])
+    tokens = 3.7 * stage.backbone(images)  # a backbone with a non-unit feature scale
+    assert stage.token_scale == pytest.approx(token_rms(stage.backbone(images)), rel=1e-6)
+    scale = token_rms(tokens)
+    torch.manual_seed(0)
+    for mode, expected in (("fixed", 0.4), ("uniform", 0.4 / 3 ** 0.5)):  # E[U(0,s)^2] = s^2 / 3
+        noise = add_token_noise(tokens, 0.4, scale, mode) - tokens  # [32, 16, 64]
+        # measured: RMS noise norm / RMS token norm
+        ratio = noise.norm(dim=-1).square().mean().sqrt() / tokens.norm(dim=-1).square().mean().sqrt()
+        assert ratio.item() == pytest.approx(expected, rel=0.08 if mode == "uniform" else 0.02)
+    # the stage adds the same kind of noise to the batches it trains on
+    batch = (images, torch.zeros(32))
+    noisy = stage.input_tokens(batch) - stage.backbone(images)
+    ratio = noisy.norm(dim=-1).square().mean().sqrt() / stage.backbone(images).norm(dim=-1).square().mean().sqrt()
+    assert ratio.item() == pytest.approx(0.4, rel=0.02)
+
+
+def test_generator_and_discriminator_losses_update_their_own_parameters_only(tmp_path):
+    stage = build_stage(tiny_config(tmp_path))
+    models = stage.build_models("cpu")
+    stage.setup(torch.device("cpu"))
+    images = torch.stack([stage.train_dataset()[i][0] for i in range(8)])
+    batch = [images, torch.zeros(8, dtype=torch.long)]
+    everything = [p for m in models.values() for p in m.parameters()]
+    for phase, own in (("generator", "pixel_decoder"), ("discriminator", "discriminator")):
+        # all parameters require grad and one optimiser holds them all: only the phase's own move
+        before = {n: [p.detach().clone() for p in m.parameters()] for n, m in models.items()}
+        opt = torch.optim.SGD(everything, lr=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss, logs = stage.loss(phase, batch, models, step=0)
+        loss.backward()
+        opt.step()
+        for name, module in models.items():
+            moved = any(not torch.equal(a, p) for a, p in zip(before[name], module.parameters()))
+            assert moved == (name == own), (phase, name)
+            grads = [p.grad for p in module.parameters()]
+            assert all(g is None for g in grads) == (name != own), (phase, name)
+    assert {"g_loss", "gan_adaptive_weight", "l1"} <= set(stage.loss("generator", batch, models, 0)[1])
+    assert stage.loss("generator", batch, models, 0)[1]["gan_adaptive_weight"] > 0
+
+
+def tiny_fae_export(folder: Path) -> Path:
+    from fae.autoencoder.model import FAE, FAEConfig
+    from fae.autoencoder.encoder import EncoderConfig
+    from fae.autoencoder.feature_decoder import FeatureDecoderConfig
+
+    torch.manual_seed(1)
+    fae = FAE(FAEConfig(backbone="tiny-vit", latent_channels=4, feature_norm="none",
+                        encoder=EncoderConfig(heads=2, head_dim=16),
+                        decoder=FeatureDecoderConfig(depth=1, width=32, heads=2)))
+    return fae.save_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_stage_ib_then_ii_through_the_engine(tmp_path):
+    from fae.autoencoder.model import FAE
+    from fae.autoencoder.pixel_decoder import PixelDecoder
+    from fae.training.engine import train
+
+    # stage Ib: the decoder alone is exported; metrics and a grid are written at the eval
+    ib = train(build_stage(tiny_config(tmp_path / "ib", **{"cache_tokens": True})))
+    ib_export = Path(ib["export"])
+    assert {"Ib/true/psnr", "Ib/true/ssim"} <= set(ib["eval"])
+    assert (tmp_path / "ib" / "recon_0000006.png").is_file()
+    ib_decoder = PixelDecoder.from_pretrained(ib_export)
+
+    fae_dir = tiny_fae_export(tmp_path / "fae")
+    fae_files = {name: sha256(fae_dir / name) for name in ("config.json", "model.safetensors")}
+
+    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_export),
+                      **{"noise.sigma": 0.0, "train.steps": 4})
+    stage = build_stage(cfg)
+    start = stage.build_models("cpu")["pixel_decoder"]  # what the engine starts from
+    for (name, a), b in zip(start.state_dict().items(), ib_decoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    ii = train(stage)
+    fae_identity = FAE.from_pretrained(fae_dir).identity()
+    assert stage.fae.identity() == fae_identity  # the frozen FAE is untouched in memory ...
+    assert {name: sha256(fae_dir / name) for name in fae_files} == fae_files  # ... and on disk
+    assert {"Ib/fae/psnr", "II/fae/psnr", "II/true/ssim"} <= set(ii["eval"])
+    assert (tmp_path / "ii" / "recon_0000004.png").is_file()
+
+    # stage II exports a complete FAE: from_pretrained restores the image path z -> x_hat -> pixels
+    exported = FAE.from_pretrained(ii["export"])
+    assert exported.identity() == fae_identity
+    tuned = exported.pixel_decoder
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(),
+                                                      ib_decoder.state_dict().values()))
+    images = torch.stack([stage.eval_dataset()[i][0] for i in range(4)])
+    z = exported.encode(images)
+    pixels = exported.decode(z)
+    assert pixels.shape == (4, 1, 28, 28) and pixels.min() >= 0 and pixels.max() <= 1
+    expected = (tuned(exported.decode_features(z)) + 1) / 2
+    assert torch.allclose(pixels, expected.clamp(0, 1))
+    config = json.loads((Path(ii["export"]) / "config.json").read_text())
+    assert config["pixel_decoder"]["pixel_decoder"]["depth"] == 1

@@ -1,0 +1,120 @@
+"""Two ranks (gloo, CPU) through torchrun: replicas stay identical and match one process with the
+same global batch; FSDP2 too; a two-phase (GAN) stage under DDP; the single-process helpers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fae.config import load_config
+from fae.training import distributed as du
+from fae.training.engine import Trainer
+from fae.training.metrics_log import read_metrics
+from fae.training.sampler import StepBatchSampler
+from fae.training.stages.toy import ToyConfig, ToyStage
+from fae.training.wrappers import unwrap
+from training_dist_worker import COMMON, RUNS
+from training_helpers import single_thread
+
+WORKER = Path(__file__).with_name("training_dist_worker.py")
+# Measured: losses agree to ~2e-7 relative, weights to ~5e-10 (DDP) / ~4e-9 (FSDP) absolute; the
+# difference is only the order of the float32 gradient sum (all-reduce vs one batch).
+LOSS_RTOL, PARAM_ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=0", str(WORKER), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _load(out: Path, name: str) -> tuple[dict, dict]:
+    return (torch.load(out / f"{name}-rank0.pt", weights_only=False),
+            torch.load(out / f"{name}-rank1.pt", weights_only=False))
+
+
+def _single_process(tmp_path: Path, name: str) -> tuple[dict, list[float]]:
+    overrides = [o for o in COMMON + RUNS[name] if not o.startswith("train.distributed")]
+    cfg = load_config(ToyConfig, None, overrides + [f"train.run_dir={tmp_path / name}"])
+    with single_thread():
+        trainer = Trainer(ToyStage(cfg))
+        trainer.run()
+        trainer.close()
+    params = {f"{n}.{k}": v for n, m in trainer.modules.items() for k, v in m.state_dict().items()}
+    return params, [r["main/loss"] for r in read_metrics(tmp_path / name, "train")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_two_ranks_match_one_rank_with_the_same_global_batch(two_ranks, tmp_path, name):
+    rank0, rank1 = _load(two_ranks, name)
+    assert rank0["identical"] and rank1["identical"]  # checked inside the process group
+    for key, value in rank0["params"].items():
+        assert torch.equal(value, rank1["params"][key]), key
+    params, losses = _single_process(tmp_path, name)
+    for key, value in params.items():
+        torch.testing.assert_close(rank0["params"][key], value, rtol=0, atol=PARAM_ATOL, msg=key)
+    distributed = [r["main/loss"] for r in read_metrics(two_ranks / name, "train")]
+    assert len(distributed) == len(losses) == 8
+    torch.testing.assert_close(torch.tensor(distributed), torch.tensor(losses), rtol=LOSS_RTOL, atol=0)
+
+
+@pytest.mark.slow
+def test_two_phase_stage_under_ddp(two_ranks):
+    rank0, rank1 = _load(two_ranks, "ddp-gan")
+    assert rank0["identical"] and rank1["identical"]
+    for key, value in rank0["params"].items():
+        assert torch.equal(value, rank1["params"][key]), key
+    records = read_metrics(two_ranks / "ddp-gan", "train")
+    assert "generator/loss" not in records[1] and "generator/loss" in records[2]
+    assert rank0["result"]["export"] and rank0["result"]["eval"]["mean_error"] >= 0
+
+
+def test_single_process_helpers():
+    assert du.world_size() == 1 and du.rank() == 0 and du.is_main()
+    du.barrier()
+    t = torch.arange(6.0).reshape(3, 2)
+    assert du.all_gather_tensor(t) is t
+    assert du.shard_range(10) == range(10)
+    assert du.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert du.check_replicas_equal([t])
+
+
+def test_shard_range_covers_in_rank_order(monkeypatch):
+    monkeypatch.setattr(du, "world_size", lambda: 4)
+    shards = []
+    for r in range(4):
+        monkeypatch.setattr(du, "rank", lambda r=r: r)
+        shards.append(du.shard_range(10))
+    assert [len(s) for s in shards] == [3, 3, 2, 2]
+    assert [i for s in shards for i in s] == list(range(10))
+
+
+def test_ranks_split_exactly_the_single_process_batch():
+    def step_items(world: int, accum: int, step: int) -> list[int]:
+        samplers = [StepBatchSampler(50, 8, accum, r, world, seed=3) for r in range(world)]
+        return sorted(k for s in samplers for m in range(accum) for k in s.keys(step, m))
+
+    for step in (0, 6, 7):  # step 6 straddles the epoch boundary at item 50
+        assert step_items(2, 1, step) == step_items(1, 1, step) == step_items(2, 2, step)
+    sampler = StepBatchSampler(50, 10, 1, 0, 1, seed=3)
+    epoch0 = [i for s in range(5) for i, _ in sampler.keys(s, 0)]
+    epoch1 = [i for s in range(5, 10) for i, _ in sampler.keys(s, 0)]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(50))  # each item once per epoch
+    assert epoch0 != epoch1  # reshuffled every epoch
+
+
+def test_unwrap_sees_through_compile():
+    module = torch.nn.Linear(2, 2)
+    assert unwrap(torch.compile(module)) is module
+    assert unwrap(module) is module

@@ -1,0 +1,45 @@
+"""Shared helpers for tests/test_training_*.py: build toy stages and compare checkpoint states."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from fae.config import load_config
+from fae.training.stages.toy import ToyConfig, ToyStage
+
+
+def toy_stage(run_dir: Path, *overrides: str) -> ToyStage:
+    base = ["train.steps=6", "train.batch_size=8", "train.log_every=1", "train.ckpt_every=2",
+            "train.progress=false", "train.ema_decay=0.9", "train.optim.lr=0.003",
+            "train.tensorboard=false", f"train.run_dir={run_dir}"]
+    return ToyStage(load_config(ToyConfig, None, base + list(overrides)))
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread, as in the subprocesses, so float results are bit-comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_bitwise_equal(a, b, path: str = "state") -> None:
+    """Recursively compare nested containers of tensors/numbers; tensors must match exactly."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f"{path} differs (max |diff| {(a.double() - b.double()).abs().max()})"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))} differ"
+        for k in a:
+            assert_bitwise_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
