@@ -62,6 +62,12 @@ def test_efficientnet_resolution_override_and_input_conventions():
     # uint8, float in [0, 1] and grayscale-as-RGB are the same image
     torch.testing.assert_close(small(gray.float() / 255), tokens)
     torch.testing.assert_close(small(gray.expand(-1, 3, -1, -1)), tokens)
+    # CPU micro-batching (a speed setting) does not change the result
+    whole = load_backbone("efficientnet-lite0", resolution=64)
+    whole.cpu_micro_batch = None
+    many = torch.randint(0, 256, (10, 3, 64, 64), dtype=torch.uint8)
+    torch.testing.assert_close(load_backbone("efficientnet-lite0", resolution=64)(many), whole(many),
+                               rtol=1e-4, atol=1e-4)
     # a trainable layer may consume the tokens (no inference-tensor error in backward)
     layer = torch.nn.Linear(1280, 1)
     layer(tokens).sum().backward()

@@ -30,8 +30,9 @@ TINY = [
     "latents.limit=300",
     "generator.overrides.train.steps=60", "generator.overrides.train.batch_size=32",
     "generator.overrides.train.log_every=10", "generator.overrides.eval.grid_samples=0",
-    "eval.test_images=60", "eval.probe_train_images=300", "eval.probe_epochs=50",
-    "eval.fid_samples=40", "eval.grid_per_class=2", "eval.sampling.steps=8", "eval.batch_size=50",
+    "generator.overrides.model.depth=2", "generator.overrides.model.dim=64",
+    "eval.test_images=40", "eval.probe_train_images=300", "eval.probe_epochs=50",
+    "eval.fid_samples=20", "eval.grid_per_class=2", "eval.sampling.steps=8", "eval.batch_size=50",
 ]
 
 
@@ -80,7 +81,7 @@ def test_demo_metrics_are_sane(demo_run):
     assert 0 < m["feature_cosine"] <= 1
     for key in ("rfid", "fid_cfg"):
         assert math.isfinite(m[key]) and m[key] > 0, key
-    assert m["fid_samples"] == 40 and m["test_images"] == 60
+    assert m["fid_samples"] == 20 and m["test_images"] == 40
 
 
 @pytest.mark.slow

@@ -64,11 +64,14 @@ def test_noise_has_the_configured_scale_relative_to_the_token_norm(tmp_path):
 
 
 def test_generator_and_discriminator_losses_update_their_own_parameters_only(tmp_path):
-    stage = build_stage(tiny_config(tmp_path))
+    # perceptual=backbone: the feature-matching loss backpropagates through the frozen backbone
+    stage = build_stage(tiny_config(tmp_path, **{"loss.perceptual": "backbone"}))
     models = stage.build_models("cpu")
     stage.setup(torch.device("cpu"))
     images = torch.stack([stage.train_dataset()[i][0] for i in range(8)])
     batch = [images, torch.zeros(8, dtype=torch.long)]
+    same = stage.perceptual(images.float() / 127.5 - 1, images.float() / 127.5 - 1)
+    assert torch.allclose(same, torch.zeros(8), atol=1e-6)
     everything = [p for m in models.values() for p in m.parameters()]
     for phase, own in (("generator", "pixel_decoder"), ("discriminator", "discriminator")):
         # all parameters require grad and one optimiser holds them all: only the phase's own move
@@ -83,7 +86,8 @@ def test_generator_and_discriminator_losses_update_their_own_parameters_only(tmp
             assert moved == (name == own), (phase, name)
             grads = [p.grad for p in module.parameters()]
             assert all(g is None for g in grads) == (name != own), (phase, name)
-    assert {"g_loss", "gan_adaptive_weight", "l1"} <= set(stage.loss("generator", batch, models, 0)[1])
+    assert all(p.grad is None for p in stage.backbone.parameters())
+    assert {"g_loss", "gan_adaptive_weight", "l1", "perceptual"} <= set(stage.loss("generator", batch, models, 0)[1])
     assert stage.loss("generator", batch, models, 0)[1]["gan_adaptive_weight"] > 0
 
 

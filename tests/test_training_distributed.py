@@ -32,7 +32,7 @@ def two_ranks(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=0", str(WORKER), str(out)]
+           "--standalone", str(WORKER), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -70,14 +70,29 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(two_ranks, tmp_path
 
 
 @pytest.mark.slow
-def test_two_phase_stage_under_ddp(two_ranks):
-    rank0, rank1 = _load(two_ranks, "ddp-gan")
+@pytest.mark.parametrize("name", ["ddp-gan", "fsdp-gan"])
+def test_two_phase_stage_on_two_ranks(two_ranks, name):
+    rank0, rank1 = _load(two_ranks, name)
     assert rank0["identical"] and rank1["identical"]
     for key, value in rank0["params"].items():
         assert torch.equal(value, rank1["params"][key]), key
-    records = read_metrics(two_ranks / "ddp-gan", "train")
+    records = read_metrics(two_ranks / name, "train")
     assert "generator/loss" not in records[1] and "generator/loss" in records[2]
     assert rank0["result"]["export"] and rank0["result"]["eval"]["mean_error"] >= 0
+    # DDP and FSDP run the same computation (same seeds per rank): same weights.
+    other = _load(two_ranks, "ddp-gan")[0]["params"]
+    for key, value in rank0["params"].items():
+        torch.testing.assert_close(value, other[key], rtol=0, atol=PARAM_ATOL, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_resume_on_two_ranks_is_bitwise_exact(two_ranks, name):
+    resumed, _ = _load(two_ranks, f"{name}-resumed")
+    uninterrupted, _ = _load(two_ranks, name)
+    assert resumed["result"]["resumed_from"] == 4
+    for key, value in uninterrupted["params"].items():
+        assert torch.equal(value, resumed["params"][key]), key
 
 
 def test_single_process_helpers():

@@ -13,39 +13,51 @@ from fae.training.engine import Trainer
 from fae.training.stages.toy import ToyConfig, ToyStage
 
 COMMON = ["train.steps=8", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=4",
-          "train.progress=false", "train.ema_decay=0.9", "augment=true"]
+          "train.progress=false", "train.ema_decay=0.9", "augment=true", "train.tensorboard=false"]
 RUNS = {
     "ddp": [],
     "ddp-gan": ["two_phase=true", "generator_start_step=2"],
     "fsdp": ["train.distributed=fsdp", "train.grad_accum=2"],
+    "fsdp-gan": ["train.distributed=fsdp", "two_phase=true", "generator_start_step=2"],
 }
+# Trained to step 4 first, then resumed (through the FSDP/DDP load path) to step 8.
+RESUMED = {"ddp-resumed": RUNS["ddp"], "fsdp-resumed": RUNS["fsdp"]}
+
+
+def _trainer(out: Path, name: str, extra: list[str], steps: int) -> Trainer:
+    overrides = COMMON + extra + [f"train.run_dir={out / name}", f"train.steps={steps}"]
+    return Trainer(ToyStage(load_config(ToyConfig, None, overrides)), force=True)
+
+
+def _run(trainer: Trainer) -> dict:
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def _save(out: Path, name: str, trainer: Trainer, result: dict) -> None:
+    params = {f"{n}.{k}": v.detach().cpu().clone()
+              for n, m in trainer.modules.items() for k, v in _full_state(m).items()}
+    identical = du.check_replicas_equal(list(params.values()))
+    torch.save({"params": params, "result": result, "identical": identical},
+               out / f"{name}-rank{du.rank()}.pt")
 
 
 def main(out: Path) -> None:
     du.init_distributed()
     for name, extra in RUNS.items():
-        cfg = load_config(ToyConfig, None, COMMON + extra + [f"train.run_dir={out / name}"])
-        trainer = Trainer(ToyStage(cfg), resume=False)
-        try:
-            result = trainer.run()
-            params = {f"{n}.{k}": v.detach().cpu().clone()
-                      for n, m in trainer.modules.items() for k, v in _full_state(m).items()}
-            identical = du.check_replicas_equal(list(params.values()))
-        finally:
-            trainer.close()
-        torch.save({"params": params, "result": result, "identical": identical},
-                   out / f"{name}-rank{du.rank()}.pt")
+        trainer = _trainer(out, name, extra, 8)
+        _save(out, name, trainer, _run(trainer))
+    for name, extra in RESUMED.items():
+        _run(_trainer(out, name, extra, 4))
+        trainer = _trainer(out, name, extra, 8)  # steps differ: --force resumes anyway
+        _save(out, name, trainer, _run(trainer))
     du.destroy_distributed()
 
 
-def _full_state(module):
-    from fae.training.checkpoint import model_state
-
-    return model_state(module) if du.rank() == 0 else _gathered(module)
-
-
-def _gathered(module):
-    """Every rank's own view of the full weights (FSDP gathers; DDP holds a replica)."""
+def _full_state(module) -> dict:
+    """Every rank's view of the full weights (FSDP gathers the shards; DDP holds a replica)."""
     return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v)
             for k, v in module.state_dict().items()}
 

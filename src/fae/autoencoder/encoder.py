@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fae.autoencoder.feature_decoder import cpu_rope
 from fae.errors import ConfigError
-from fae.nn import Attention, Rope2D, TransformerBlock
+from fae.nn import Attention, TransformerBlock
 
 EncoderKind = Literal["attention", "linear", "transformer"]
 
@@ -72,7 +73,10 @@ def _position_embedding(enabled: bool, tokens: int, dim: int) -> nn.Parameter | 
     """Learned [1, N, D] table, small init (ViT/MAE style), or None."""
     if not enabled:
         return None
-    return nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+    table = nn.Parameter(torch.empty(1, tokens, dim))
+    if not table.is_meta:  # normal_ on meta imports torch._dynamo (~20 s); nothing to fill there
+        nn.init.normal_(table, std=0.02)
+    return table
 
 
 class AttentionEncoder(nn.Module):
@@ -119,7 +123,7 @@ class TransformerEncoder(nn.Module):
             raise ConfigError(f"config key 'encoder.heads': {config.heads} heads do not split width "
                               f"{dim} into a head dim divisible by 4 (needed by 2-D RoPE)")
         self.pos_embed = _position_embedding(config.pos_embed, grid[0] * grid[1], dim)
-        self.rope = Rope2D(grid, dim // config.heads)
+        self.rope = cpu_rope(grid, dim // config.heads)
         self.blocks = nn.ModuleList(TransformerBlock(dim, config.heads, config.mlp_ratio, style="lightning")
                                     for _ in range(config.depth))
         self.norm = nn.RMSNorm(dim, eps=1e-6)

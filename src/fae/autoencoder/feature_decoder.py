@@ -50,6 +50,14 @@ class FeatureDecoderConfig:
             raise ConfigError(f"config key 'decoder.heads' must be >= 1, got {self.heads}")
 
 
+def cpu_rope(grid: tuple[int, int], head_dim: int) -> Rope2D:
+    """Rope2D with its tables computed on the CPU even inside ``with torch.device("meta")``:
+    arange on meta goes through torch._refs and imports torch._dynamo (~20 s on a busy CPU). The
+    tables are non-persistent buffers; ``.to(device)`` moves them with the module."""
+    with torch.device("cpu"):
+        return Rope2D(grid, head_dim)
+
+
 class FeatureDecoder(nn.Module):
     """z [B, c, h, w] -> tokens [B, h*w, D] (in the FAE's normalised feature space).
 
@@ -68,8 +76,10 @@ class FeatureDecoder(nn.Module):
                               f"{width} into a head dim divisible by 4 (needed by 2-D RoPE)")
         self.grid = tuple(grid)
         self.embed = nn.Linear(latent_channels, width)
-        self.pos_embed = nn.Parameter(torch.randn(1, grid[0] * grid[1], width) * 0.02)
-        self.rope = Rope2D(self.grid, width // config.heads)
+        self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1], width))  # [1, N, W]
+        if not self.pos_embed.is_meta:  # normal_ on meta imports torch._dynamo (slow); skip it
+            nn.init.normal_(self.pos_embed, std=0.02)
+        self.rope = cpu_rope(self.grid, width // config.heads)
         self.blocks = nn.ModuleList(TransformerBlock(width, config.heads, config.mlp_ratio, style="lightning")
                                     for _ in range(config.depth))
         self.norm = nn.RMSNorm(width, eps=1e-6) if config.final_norm else nn.Identity()

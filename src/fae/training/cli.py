@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         result = train(stage, resume=args.resume, force=args.force)
+        main = du.is_main()
     finally:
         du.destroy_distributed()
-    if du.is_main():
+    if main:
         print(f"run folder: {result['run_dir']}")
         print(f"export: {result['export'] or '(this stage exports nothing)'}")
     return 0

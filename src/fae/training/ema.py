@@ -11,6 +11,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from fae.training.wrappers import reshard
+
 
 class EMA:
     """EMA of ``module``'s trainable parameters.
@@ -43,6 +45,7 @@ class EMA:
     def update(self) -> None:
         """shadow <- decay * shadow + (1 - decay) * param (Polyak averaging)."""
         weight = 1.0 - self.current_decay()
+        reshard(self.module)
         params = dict(self.module.named_parameters())
         names = list(self.shadow)
         torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names],
@@ -60,7 +63,7 @@ class EMA:
 
     @torch.no_grad()
     def _swap(self) -> None:
-        _reshard(self.module)
+        reshard(self.module)  # FSDP: names must map to the shards
         params = dict(self.module.named_parameters())
         for name, shadow in self.shadow.items():
             live = params[name].detach().clone()
@@ -80,14 +83,6 @@ class EMA:
         self.updates = int(state["updates"])
         for name, shadow in self.shadow.items():
             _copy_full_into(shadow, state["shadow"][name])
-
-
-def _reshard(module: nn.Module) -> None:
-    """FSDP2 leaves a root module unsharded after a forward without backward (evaluation); put
-    its sharded parameters back so names map to the shards again."""
-    for child in module.modules():
-        if hasattr(child, "reshard") and hasattr(child, "unshard"):
-            child.reshard()
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from fae.training.progress import Progress
 from fae.training.run_folder import prepare_run_folder
 from fae.training.sampler import SeededDataset, StepBatchSampler, derive_seed, seed_all
 from fae.training.stage import Stage
-from fae.training.wrappers import is_fsdp, unwrap, wrap
+from fae.training.wrappers import is_fsdp, reshard, unwrap, wrap
 
 
 def train(stage: Stage, resume: bool = True, force: bool = False) -> dict:
@@ -89,8 +89,8 @@ class Trainer:
         self.step, self.nan_skips, self.last_saved = 0, 0, -1
         self._build()
         self.resumed_from = self._resume() if resume else None
-        self.metrics = MetricsLog(self.run_dir, enabled=du.is_main(), resume_step=self.resumed_from
-                                  if self.resumed_from is not None else None,
+        # Lines after the resumed step (or all, when starting at 0) belong to a lost future.
+        self.metrics = MetricsLog(self.run_dir, enabled=du.is_main(), resume_step=self.step,
                                   tensorboard=self.cfg.tensorboard)
 
     # ------------------------------------------------------------------ set-up
@@ -225,6 +225,8 @@ class Trainer:
                 continue
             values[f"lr/{runner.name}"] = runner.schedule.apply(self.step - runner.phase.start_step)
             local = self._run_phase(runner, micro_batches)
+            for module in self.modules.values():
+                reshard(module)  # FSDP: modules used frozen in this phase keep full weights
             keys = sorted(local)
             reduced = du.all_reduce_mean(torch.stack([local[k] for k in keys])).tolist()
             stats = dict(zip(keys, reduced))
@@ -317,7 +319,8 @@ class Trainer:
         """``stage.evaluate`` on every rank with EMA weights; rank 0 logs it as kind "eval"."""
         with self.ema_weights() as models, torch.no_grad():
             results = self.stage.evaluate(models, self.step, self.run_dir) or {}
-        results = {k: float(v) for k, v in results.items()}
+        results = {k: float(v) if isinstance(v, (int, float, torch.Tensor)) else v
+                   for k, v in results.items()}
         if results:
             self.metrics.log(self.step, results, kind="eval")
         return results

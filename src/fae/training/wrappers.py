@@ -89,3 +89,14 @@ def _fully_shard(module: nn.Module) -> None:
                 if any(p.requires_grad for p in block.parameters()):
                     fully_shard(block)
     fully_shard(module)
+
+
+def reshard(module: nn.Module) -> None:
+    """Put FSDP2 modules back into their sharded state. FSDP2 keeps a root module's full weights
+    after a forward that has no backward (a frozen use in another phase, evaluation); parameter
+    names then map to unsharded tensors. No-op for other modules."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for child in unwrap(module).modules():
+        if isinstance(child, FSDPModule):
+            child.reshard()

@@ -33,6 +33,7 @@ from fae.data.datasets import DataConfig
 from fae.errors import ConfigError
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Phase, Stage
+from fae.training.stages.pixel_decoder_inputs import CachedInputs, add_token_noise, map_dataset, token_rms
 
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"
 
@@ -126,51 +127,6 @@ class PixelDecoderRunConfig:
 
 
 CONFIG_CLASS = PixelDecoderRunConfig
-
-
-# ---- noise ---------------------------------------------------------------------------------------
-
-def token_rms(tokens: torch.Tensor) -> float:
-    """The norm scale s = sqrt(mean x^2) over all entries of tokens [..., D]."""
-    if tokens.numel() == 0:
-        raise ConfigError("cannot measure the token scale: the training dataset is empty")
-    return tokens.double().square().mean().sqrt().item()
-
-
-@torch.no_grad()
-def map_dataset(fn, dataset, num_images: int | None = None, batch_size: int = 64,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``fn(images [b, C, H, W] uint8) -> [b, ...]`` over the first ``num_images`` items, on the CPU."""
-    n = len(dataset) if num_images is None else min(num_images, len(dataset))
-    out = []
-    for start in range(0, n, batch_size):
-        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
-        out.append(fn(images).to("cpu", dtype))
-    return torch.cat(out) if out else torch.empty(0)
-
-
-class CachedInputs(Dataset):
-    """Items ``(image, label, decoder input [N, D])`` from a dataset and its precomputed inputs."""
-
-    def __init__(self, base: Dataset, inputs: torch.Tensor):
-        self.base, self.inputs = base, inputs
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        image, label = self.base[i]
-        return image, label, self.inputs[i]
-
-
-def add_token_noise(tokens: torch.Tensor, sigma: float, scale: float, mode: str = "fixed") -> torch.Tensor:
-    """tokens [B, N, D] + N(0, (sigma_b * scale)^2); sigma_b = sigma, or ~U[0, sigma] per sample."""
-    if sigma == 0:
-        return tokens
-    std = torch.full((tokens.shape[0], 1, 1), sigma, device=tokens.device, dtype=tokens.dtype)
-    if mode == "uniform":
-        std = std * torch.rand_like(std)  # [B, 1, 1]
-    return tokens + torch.randn_like(tokens) * std * scale
 
 
 @contextlib.contextmanager
@@ -276,6 +232,14 @@ class PixelDecoderStage(Stage):
             sample = (self._train_inputs[:cfg.noise.scale_images] if cfg.cache_tokens else
                       map_dataset(self.clean_inputs, self._base_dataset(), cfg.noise.scale_images))
             self.token_scale = token_rms(sample)  # [n, N, D] -> s
+        self._log_description()
+
+    def _log_description(self) -> None:
+        """Print the stage's settings (perceptual choice, measured noise scale) into the run log."""
+        from fae.training.distributed import is_main
+
+        if is_main():
+            print("\n".join(f"{key}: {value}" for key, value in self.describe().items()), flush=True)
 
     def ema_modules(self) -> list[str]:
         return ["pixel_decoder"] if self.config.train.ema_decay is not None else []

@@ -69,23 +69,25 @@ def inception_pool(net: nn.Module, images: torch.Tensor, batch_size: int = 50) -
     return torch.cat([net(images[i:i + batch_size])["pool"].cpu() for i in range(0, len(images), batch_size)])
 
 
-def score_all(decoded: dict[str, torch.Tensor], with_rfid: bool) -> dict[str, float]:
+def score_all(decoded: dict[str, torch.Tensor], rfid_images: int = 0) -> dict[str, float]:
     """{"<decoder>/<input>/psnr": ..., "/ssim": ..., "/rfid": ...} for every decoding. rFID is the
-    FID between the held-out originals and their decodings (InceptionV3 pool features)."""
+    FID between the first ``rfid_images`` held-out originals and their decodings (InceptionV3
+    pool features; 0 skips it). PSNR / SSIM use every image."""
     metrics = {}
+    with_rfid = rfid_images > 0
     if with_rfid:
         from fae.evaluation.fid import fid_from_features
         from fae.evaluation.inception import load_inception
 
         net = load_inception()
-        real_features = inception_pool(net, decoded["original"]).numpy()
+        real_features = inception_pool(net, decoded["original"][:rfid_images]).numpy()
     for key, images in decoded.items():
         if key == "original":
             continue
         for metric, value in image_scores(decoded["original"], images).items():
             metrics[f"{key}/{metric}"] = value
         if with_rfid:
-            fake_features = inception_pool(net, quantize(images)).numpy()
+            fake_features = inception_pool(net, quantize(images[:rfid_images])).numpy()
             metrics[f"{key}/rfid"] = fid_from_features(real_features, fake_features)
     return metrics
 
@@ -118,7 +120,7 @@ def evaluate_reconstructions(stage, decoder: nn.Module, step: int, run_dir: Path
     decoder.eval()
     decoded = decode_inputs(decoders, stage.eval_inputs, cfg.batch_size)
     decoder.train(was_training)
-    metrics = score_all(decoded, cfg.rfid)
+    metrics = score_all(decoded, len(decoded["original"]) if cfg.rfid else 0)
     if is_main() and cfg.grid_images > 0:
         save_grid(decoded, run_dir / f"recon_{step:07d}.png", cfg.grid_images)
     return metrics
