@@ -49,34 +49,41 @@ def diffusers_dit(reference, channels: int, latent: int, patch: int):
     return model, lambda z, t, y: model(z, timestep=t * 1000, class_labels=y, return_dict=False)[0]
 
 
-def time_calls(fn, iters: int) -> float:
-    """Seconds per call (median of ``iters`` after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def measure(model, call, batch_train: int, batch_sample: int, iters: int, shape) -> dict[str, float]:
+def step_functions(model, call, batch_train: int, batch_sample: int, shape) -> dict:
+    """Closures running one training step and one inference forward for ``model``."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     z, t, y = torch.randn(batch_train, *shape), torch.rand(batch_train), torch.randint(0, 1000, (batch_train,))
+    zs, ts, ys = (torch.randn(batch_sample, *shape), torch.rand(batch_sample),
+                  torch.randint(0, 1000, (batch_sample,)))
 
     def train_step():
+        model.train()
         opt.zero_grad(set_to_none=True)
         (call(z, t, y) - z).square().mean().backward()
         opt.step()
 
-    model.train()
-    train_s = time_calls(train_step, iters)
-    zs, ts, ys = (torch.randn(batch_sample, *shape), torch.rand(batch_sample),
-                  torch.randint(0, 1000, (batch_sample,)))
-    model.eval()
-    with torch.inference_mode():
-        sample_s = time_calls(lambda: call(zs, ts, ys), iters)
-    return {"train_img_s": batch_train / train_s, "eval_img_s": batch_sample / sample_s}
+    def eval_step():
+        model.eval()
+        with torch.inference_mode():
+            call(zs, ts, ys)
+
+    return {"train": (train_step, batch_train), "eval": (eval_step, batch_sample)}
+
+
+def interleaved(rows: dict[str, dict], iters: int) -> dict[str, dict[str, float]]:
+    """images/s per row and kind: the models take turns call by call (after one warm-up call
+    each), so load from other users of a shared machine hits them alike; median of ``iters``."""
+    times: dict[str, dict[str, list[float]]] = {name: {"train": [], "eval": []} for name in rows}
+    for kind in ("train", "eval"):
+        for name in rows:
+            rows[name][kind][0]()  # warm-up (and compilation)
+        for _ in range(iters):
+            for name, steps in rows.items():
+                start = time.perf_counter()
+                steps[kind][0]()
+                times[name][kind].append(time.perf_counter() - start)
+    return {name: {f"{kind}_img_s": rows[name][kind][1] / sorted(ts)[len(ts) // 2]
+                   for kind, ts in kinds.items()} for name, kinds in times.items()}
 
 
 def main() -> None:
@@ -98,20 +105,23 @@ def main() -> None:
     model, call = ours(args.size, args.channels, args.latent, args.patch)
     flops = model.flops_per_sample()
     reference, ref_call = diffusers_dit(model, args.channels, args.latent, args.patch)
-    print(f"threads {torch.get_num_threads()}  fp32 matmul peak {peak / 1e9:.1f} GFLOP/s  "
-          f"forward {flops / 1e9:.1f} GFLOP/img  params ours {model.num_params() / 1e6:.1f}M "
+    print(f"threads {torch.get_num_threads()}  size {args.size}/{args.patch} on {args.channels}x{args.latent}x"
+          f"{args.latent}  forward {flops / 1e9:.1f} GFLOP/img  params ours {model.num_params() / 1e6:.1f}M "
           f"diffusers {sum(p.numel() for p in reference.parameters()) / 1e6:.1f}M")
-    rows = {"diffusers DiT": measure(reference, ref_call, args.train_batch, args.sample_batch, args.iters, shape),
-            "ours (eager)": measure(model, call, args.train_batch, args.sample_batch, args.iters, shape)}
+    rows = {"diffusers DiT": step_functions(reference, ref_call, args.train_batch, args.sample_batch, shape),
+            "ours (eager)": step_functions(model, call, args.train_batch, args.sample_batch, shape)}
     if args.compile:
         compiled = torch.compile(model)
-        rows["ours (compile)"] = measure(model, lambda z, t, y: compiled(z, t, y), args.train_batch,
-                                         args.sample_batch, args.iters, shape)
+        rows["ours (compile)"] = step_functions(model, lambda z, t, y: compiled(z, t, y), args.train_batch,
+                                                args.sample_batch, shape)
+    rows = interleaved(rows, args.iters)
+    peak = max(peak, matmul_peak())  # the machine may be shared: keep the better measurement
     print_table(rows, flops, peak, args.sampler_steps)
 
 
 def print_table(rows: dict[str, dict[str, float]], flops: float, peak: float, steps: int) -> None:
     base = rows["diffusers DiT"]
+    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (best of start and end); MFU = achieved / peak")
     print(f"{'model':<16} {'train img/s':>12} {'train MFU':>10} {'x diffusers':>12} "
           f"{'eval img/s':>11} {'eval MFU':>9} {'x diffusers':>12} {f'{steps}-step img/s':>15}")
     for name, r in rows.items():

@@ -1,14 +1,15 @@
 """Reconstruction table of the pixel decoder: Fashion-MNIST test split, EfficientNet-Lite0 features.
 
-    .venv/bin/python bench/pixel_decoder_table.py [--images 500] [--rfid-images 100]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/pixel_decoder_table.py [--images 500] [--rfid-images 50]
 
-Trains whatever is missing with the demo configs (each step is skipped when its export exists):
-stage Ia (configs/demo/autoencoder.yaml, the FAE), stage Ib (configs/demo/pixel_decoder_ib.yaml)
-and stage II (configs/demo/pixel_decoder_ii.yaml). Then it decodes the first ``--images`` test
-images with the Ib decoder and with the II decoder, from (a) the true backbone tokens and (b) the
-FAE reconstructions x_hat, and prints PSNR / SSIM (all images) and rFID (the first
-``--rfid-images``; FID at such small N is biased upwards: compare rows, not with papers).
-Writes ``<out>/table.md``, ``<out>/table.json`` and ``<out>/recon_grid.png``.
+Trains whatever is missing into ``--out`` (each run is skipped when its export exists; a killed
+run resumes): a short stage Ia FAE (configs/demo/autoencoder.yaml with FAE_OVERRIDES below; or
+pass ``--fae DIR`` to use an existing FAE export), stage Ib (configs/demo/pixel_decoder_ib.yaml)
+and stage II (configs/demo/pixel_decoder_ii.yaml on that FAE and that Ib export). Then it decodes
+the first ``--images`` test images with the Ib decoder and with the II decoder, from (a) the true
+backbone tokens and (b) the FAE reconstructions x_hat, and prints PSNR / SSIM (all images) and
+rFID (the first ``--rfid-images``; FID at such small N is biased upwards and noisy: compare rows,
+not with published numbers). Writes ``table.md``, ``table.json`` and ``recon_grid.png`` in ``--out``.
 """
 from __future__ import annotations
 
@@ -24,23 +25,27 @@ CONFIGS = {"autoencoder": "configs/demo/autoencoder.yaml", "ib": "configs/demo/p
            "ii": "configs/demo/pixel_decoder_ii.yaml"}
 
 
-def ensure_export(stage: str, config: str, export: Path) -> Path:
-    """Train ``stage`` with ``config`` unless ``export`` already exists (resumes a killed run)."""
+# A short FAE run for the table (the full demo FAE is E's 1500-step configs/demo/autoencoder.yaml).
+FAE_OVERRIDES = ["train.steps=300", "train.ckpt_every=100", "train.eval_every=0", "eval.probe=false"]
+DEMO_TOKEN_CACHE = ROOT / "runs/demo/autoencoder/token_cache"  # reused when the demo made it
+
+
+def ensure_export(stage: str, config: str, overrides: list[str]) -> Path:
+    """Train ``stage`` with ``config`` + overrides unless its export already exists."""
+    from fae.config import read_yaml
+
+    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.run_dir=")),
+                   read_yaml(ROOT / config)["train"]["run_dir"])
+    export = ROOT / run_dir / "export"
     if (export / "config.json").is_file():
-        print(f"[skip] {export} exists")
+        print(f"[skip] {export} exists", flush=True)
         return export
     from fae.training.cli import load_stage
     from fae.training.engine import train
 
-    print(f"[train] fae train {stage} --config {config}", flush=True)
-    result = train(load_stage(stage, str(ROOT / config), []))
+    print(f"[train] fae train {stage} {' '.join(overrides)} --config {config}", flush=True)
+    result = train(load_stage(stage, str(ROOT / config), overrides))
     return Path(result["export"])
-
-
-def run_dir_of(config: str) -> Path:
-    from fae.config import read_yaml
-
-    return ROOT / read_yaml(ROOT / config)["train"]["run_dir"]
 
 
 def build_table(metrics: dict[str, float], rfid_images: int) -> str:
@@ -58,7 +63,8 @@ def build_table(metrics: dict[str, float], rfid_images: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=500, help="held-out test images for PSNR/SSIM")
-    parser.add_argument("--rfid-images", type=int, default=100, help="of those, images for rFID (0: skip)")
+    parser.add_argument("--rfid-images", type=int, default=50, help="of those, images for rFID (0: skip)")
+    parser.add_argument("--fae", default=None, help="an existing FAE export (default: train a short one)")
     parser.add_argument("--out", default="runs/demo/pixel_decoder_table", help="output folder")
     args = parser.parse_args(argv)
 
@@ -68,9 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     from fae.data.datasets import DataConfig, build_dataset
     from fae.training.stages.pixel_decoder_eval import decode_inputs, held_out_inputs, save_grid, score_all
 
-    fae_dir = ensure_export("autoencoder", CONFIGS["autoencoder"], run_dir_of(CONFIGS["autoencoder"]) / "export")
-    ib_dir = ensure_export("pixel-decoder", CONFIGS["ib"], run_dir_of(CONFIGS["ib"]) / "export")
-    ii_dir = ensure_export("pixel-decoder", CONFIGS["ii"], run_dir_of(CONFIGS["ii"]) / "export")
+    out = ROOT / args.out
+    if args.fae:
+        fae_dir = Path(args.fae)
+    else:
+        cache = [f"token_cache_dir={DEMO_TOKEN_CACHE}"] if DEMO_TOKEN_CACHE.is_dir() else []
+        fae_dir = ensure_export("autoencoder", CONFIGS["autoencoder"],
+                                [f"train.run_dir={out / 'fae'}", *FAE_OVERRIDES, *cache])
+    ib_dir = ensure_export("pixel-decoder", CONFIGS["ib"], [f"train.run_dir={out / 'ib'}"])
+    ii_dir = ensure_export("pixel-decoder", CONFIGS["ii"], [f"train.run_dir={out / 'ii'}", f"fae={fae_dir}",
+                                                            f"init_from={ib_dir}"])
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -83,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     decoded = decode_inputs(decoders, inputs, batch_size=100)
     metrics = score_all(decoded, min(args.rfid_images, args.images))
 
-    out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     grid = save_grid(decoded, out / "recon_grid.png", rows=8)
     table = build_table(metrics, min(args.rfid_images, args.images))

@@ -24,6 +24,7 @@ TINY = [
     "pixel_decoder_ib.overrides.train.steps=30", "pixel_decoder_ib.overrides.train.batch_size=8",
     "pixel_decoder_ib.overrides.train.ckpt_every=30", "pixel_decoder_ib.overrides.train.log_every=10",
     "pixel_decoder_ib.overrides.noise.scale_images=32", "pixel_decoder_ib.overrides.eval.limit=16",
+    "pixel_decoder_ib.overrides.data.limit=200", "pixel_decoder_ii.overrides.data.limit=200",
     "pixel_decoder_ii.overrides.train.steps=10", "pixel_decoder_ii.overrides.train.batch_size=8",
     "pixel_decoder_ii.overrides.train.ckpt_every=10", "pixel_decoder_ii.overrides.train.log_every=5",
     "pixel_decoder_ii.overrides.eval.limit=16",
@@ -90,3 +91,16 @@ def test_demo_rerun_skips_every_stage(demo_run, capsys):
     timings = json.loads((demo_run / "timings.json").read_text())
     assert all(s["status"].startswith("skipped") for s in timings["steps"]), timings
     assert "report: " in capsys.readouterr().out
+
+
+def test_low_rank_fid_equals_the_matrix_square_root_form():
+    import numpy as np
+
+    from fae.demo_eval import fid_from_samples
+    from fae.evaluation.fid import fid_from_features
+
+    rng = np.random.default_rng(0)
+    for n1, n2, d in ((30, 40, 50), (300, 200, 50)):  # rank-deficient, then full-rank covariances
+        a = rng.normal(size=(n1, d))
+        b = rng.normal(size=(n2, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.2
+        assert fid_from_samples(a, b) == pytest.approx(fid_from_features(a, b), rel=1e-6)

@@ -95,6 +95,18 @@ def test_resume_on_two_ranks_is_bitwise_exact(two_ranks, name):
         assert torch.equal(value, resumed["params"][key]), key
 
 
+@pytest.mark.slow
+def test_fae_train_cli_under_torchrun(two_ranks):
+    from fae.training.checkpoint import load_file
+
+    cli = load_file(two_ranks / "cli" / "checkpoints" / "step-00000008.pt")
+    api = load_file(two_ranks / "ddp" / "checkpoints" / "step-00000008.pt")
+    assert cli["world_size"] == 2 and len(cli["rng"]) == 2  # every rank's RNG state is saved
+    for key, value in api["models"]["net"].items():
+        assert torch.equal(value, cli["models"]["net"][key]), key
+    assert (two_ranks / "cli" / "export" / "model.safetensors").is_file()
+
+
 def test_single_process_helpers():
     assert du.world_size() == 1 and du.rank() == 0 and du.is_main()
     du.barrier()

@@ -179,3 +179,18 @@ def test_bf16_autocast_trains(tmp_path):
     losses = [r["main/loss"] for r in read_metrics(tmp_path / "run", "train")]
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.dtype == torch.float32 for p in trainer.modules["net"].parameters())  # fp32 master
+
+
+def test_cosine_schedule_with_warmup():
+    from fae.training.config import OptimConfig
+    from fae.training.schedule import lr_at
+
+    optim = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10, min_lr=1e-5)
+    total = 111  # steps 10..110 decay: step 60 is half way, step 110 the last
+    assert lr_at(0, optim, total) == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
+    assert lr_at(9, optim, total) == pytest.approx(1e-3)
+    assert lr_at(10, optim, total) == pytest.approx(1e-3)
+    assert lr_at(60, optim, total) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr_at(110, optim, total) == pytest.approx(1e-5)
+    constant = OptimConfig(lr=1e-4, warmup_steps=4)
+    assert [lr_at(s, constant, 100) for s in (0, 3, 50)] == pytest.approx([2.5e-5, 1e-4, 1e-4])

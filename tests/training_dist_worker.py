@@ -53,7 +53,12 @@ def main(out: Path) -> None:
         _run(_trainer(out, name, extra, 4))
         trainer = _trainer(out, name, extra, 8)  # steps differ: --force resumes anyway
         _save(out, name, trainer, _run(trainer))
-    du.destroy_distributed()
+    # Last, the command line itself (it tears the process group down when it is done).
+    from fae.cli import main as fae_main
+
+    code = fae_main(["train", "toy", *COMMON, *RUNS["ddp"], f"train.run_dir={out / 'cli'}"])
+    if code != 0:
+        raise SystemExit(code)
 
 
 def _full_state(module) -> dict:

@@ -103,6 +103,11 @@ def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         dotted = f"{prefix}.{name}" if prefix else name
+        default = _field_default(fields[name])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):
+            # A partial section overrides the field's own default (which may differ from the
+            # class defaults, e.g. a paper config's TrainConfig), not the bare class.
+            value = _deep_merge(to_dict(default), value)
         kwargs[name] = _coerce(value, hints[name], dotted)
     try:
         obj = schema(**kwargs)
@@ -112,6 +117,24 @@ def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
     if callable(check):
         check()
     return obj
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return None
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def to_dict(cfg: Any) -> Any:

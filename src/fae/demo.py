@@ -178,8 +178,8 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else float("inf")
 
 
-def stage_status(stage, upstream: list[Path]) -> str:
-    """"done" (skip), "resume", "restart" (stale: config or inputs changed) or "new"."""
+def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
+    """("done" (skip) | "resume" | "restart" (stale) | "new", why)."""
     import yaml
 
     from fae.training.run_folder import _yaml_roundtrip, config_differences
@@ -187,19 +187,20 @@ def stage_status(stage, upstream: list[Path]) -> str:
     cfg = stage.config
     run_dir = Path(cfg.train.run_dir)
     if not (run_dir / "config.yaml").is_file():
-        return "new"
+        return "new", ""
     old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    if config_differences(old, _yaml_roundtrip(cfg)):
-        return "restart"
+    changed = config_differences(old, _yaml_roundtrip(cfg))
+    if changed:
+        return "restart", "config changed: " + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
     checkpoints = sorted((run_dir / "checkpoints").glob("step-*.pt"))
     newest_input = max((_mtime(p) for p in upstream), default=0.0)
     if any(_mtime(p) < newest_input for p in checkpoints):
-        return "restart"  # trained on inputs that have since been rebuilt
+        return "restart", "its inputs were rebuilt"
     eval_file, export = run_dir / "eval.json", run_dir / "export" / "config.json"
     if eval_file.is_file() and export.is_file() and _mtime(export) >= newest_input:
         if json.loads(eval_file.read_text()).get("step") == cfg.train.steps:
-            return "done"
-    return "resume" if checkpoints else "new"
+            return "done", ""
+    return ("resume", "") if checkpoints else ("new", "")
 
 
 def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upstream: list[Path],
@@ -211,7 +212,7 @@ def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upst
 
     config = str(_resolve(run.config, base)) if run.config else None
     stage = load_stage(kind, config, run.override_list() + overrides)
-    status = stage_status(stage, upstream)
+    status, why = stage_status(stage, upstream)
     export = Path(stage.config.train.run_dir) / "export"
     if status == "done":
         try:
@@ -220,11 +221,13 @@ def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upst
         except FAEError as e:
             print(f"[demo] {export} is unusable ({e}); re-exporting", flush=True)
             status = "resume"
+    if status == "restart":
+        print(f"[demo] starting {stage.config.train.run_dir} again ({why})", flush=True)
     try:
         train(stage, resume=status != "restart", force=status == "restart")
     finally:
         du.destroy_distributed()
-    return {"new": "ran", "resume": "resumed", "restart": "restarted (config or inputs changed)"}.get(status, "ran")
+    return {"new": "ran", "resume": "resumed", "restart": f"restarted ({why})"}[status]
 
 
 def _resolve(path: str, base: Path) -> Path:

@@ -12,9 +12,10 @@ slice and rank 0 assembles the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ class SampleConfig:
         grid: PNG grid path (default: ``out`` with ``.png``); grid_count samples are shown.
         grid_count: how many samples the grid shows.
         sampling: overrides of the generator's stored sampler settings (keys of ``SamplerConfig``).
+        precision: "fp32" (default) or "bf16" autocast for the generator and decoder on CUDA
+            (users of peer systems saw bf16 sampling shift FID: compare like with like).
     """
 
     generator: str = ""
@@ -50,6 +53,7 @@ class SampleConfig:
     grid: str | None = None
     grid_count: int = 64
     sampling: dict[str, Any] = field(default_factory=dict)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def check(self) -> None:
         """Called when sampling starts (flags may fill the required folders after loading)."""
@@ -130,7 +134,10 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
     classes = class_list(generator, cfg.classes)
     out = Path(cfg.out)
     indices = shard_indices(cfg.num, du.rank(), du.world_size())
-    parts = list(generate_images(generator, fae, indices, classes, cfg.seed, sampling, cfg.batch_size))
+    bf16 = cfg.precision == "bf16" and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        parts = list(generate_images(generator, fae, indices, classes, cfg.seed, sampling, cfg.batch_size))
     images = np.concatenate([p[0] for p in parts]) if parts else None
     labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     if du.world_size() > 1:

@@ -35,6 +35,7 @@ class EMA:
         if names is None:
             names = [n for n, p in params.items() if p.requires_grad]
         self.shadow = {n: params[n].detach().clone() for n in names}
+        self.sharded = any(hasattr(t, "device_mesh") for t in self.shadow.values())  # FSDP DTensors
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -45,7 +46,8 @@ class EMA:
     def update(self) -> None:
         """shadow <- decay * shadow + (1 - decay) * param (Polyak averaging)."""
         weight = 1.0 - self.current_decay()
-        reshard(self.module)
+        if self.sharded:
+            reshard(self.module)
         params = dict(self.module.named_parameters())
         names = list(self.shadow)
         torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach() for n in names],
@@ -63,7 +65,8 @@ class EMA:
 
     @torch.no_grad()
     def _swap(self) -> None:
-        reshard(self.module)  # FSDP: names must map to the shards
+        if self.sharded:
+            reshard(self.module)  # FSDP: names must map to the shards
         params = dict(self.module.named_parameters())
         for name, shadow in self.shadow.items():
             live = params[name].detach().clone()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from fae.config import to_dict
@@ -125,6 +124,7 @@ class Trainer:
         self.wrapped = {n: wrap(m.to(self.device), self.device, cfg.distributed, cfg.compile,
                                 cfg.find_unused_parameters) for n, m in models.items()}
         self.modules = {n: unwrap(m) for n, m in self.wrapped.items()}
+        self.sharded = any(is_fsdp(m) for m in self.modules.values())
         self.runners = [build_runner(p, self.wrapped, self.trainable, self.device, cfg.steps)
                         for p in phases]
         self.emas = {}
@@ -225,8 +225,9 @@ class Trainer:
                 continue
             values[f"lr/{runner.name}"] = runner.schedule.apply(self.step - runner.phase.start_step)
             local = self._run_phase(runner, micro_batches)
-            for module in self.modules.values():
-                reshard(module)  # FSDP: modules used frozen in this phase keep full weights
+            if self.sharded:
+                for module in self.modules.values():
+                    reshard(module)  # FSDP: modules used frozen in this phase keep full weights
             keys = sorted(local)
             reduced = du.all_reduce_mean(torch.stack([local[k] for k in keys])).tolist()
             stats = dict(zip(keys, reduced))
@@ -329,7 +330,7 @@ class Trainer:
         """``stage.export`` on rank 0 with EMA weights (FSDP: from gathered full weights)."""
         path = None
         with self.ema_weights() as models:
-            if any(is_fsdp(m) for m in models.values()):
+            if self.sharded:
                 states = {n: model_state(m) for n, m in models.items()}  # collective
                 if du.is_main():
                     models = self.stage.build_models("cpu")

@@ -17,6 +17,8 @@ Rules the engine relies on:
 - ``loss`` receives the DataLoader's batch (default collate) already on the engine's device, and
   the global RNGs (torch, numpy, python) seeded from ``(train.seed, rank, step)``; draw noise from
   them (``torch.randn``), not from your own generators, and a resume is exact.
+- With ``train.distributed=fsdp`` each element of every ``nn.ModuleList`` (the transformer
+  blocks) becomes its own FSDP2 unit, then the whole module; keep blocks in ModuleLists.
 - Batch sizes are global: each rank's ``loss`` sees ``batch_size / (world_size * grad_accum)``
   items. Return the *mean* loss over them.
 

@@ -1,0 +1,58 @@
+"""The typed config system: strict keys, types, overrides that keep section defaults."""
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from fae.config import load_config, save_yaml
+from fae.errors import ConfigError
+from fae.training.config import TrainConfig
+
+
+@dataclass
+class Model:
+    width: int = 8
+    kind: Literal["a", "b"] = "a"
+    dropout: float | None = None
+
+
+@dataclass
+class Run:
+    model: Model = field(default_factory=lambda: Model(width=32))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1_000_000, batch_size=1024))
+
+
+def test_partial_override_keeps_the_sections_own_defaults():
+    cfg = load_config(Run, None, ["train.run_dir=runs/x", "train.optim.lr=3e-4"])
+    assert cfg.train.steps == 1_000_000 and cfg.train.batch_size == 1024
+    assert cfg.train.run_dir == "runs/x" and cfg.train.optim.lr == pytest.approx(3e-4)
+    assert cfg.model.width == 32
+
+
+def test_yaml_file_round_trip_and_scientific_floats(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  width: 4\n  kind: b\ntrain:\n  optim:\n    lr: 1e-4\n")
+    cfg = load_config(Run, path)
+    assert (cfg.model.width, cfg.model.kind, cfg.train.optim.lr) == (4, "b", 1e-4)
+    save_yaml(cfg, tmp_path / "saved.yaml")
+    assert load_config(Run, tmp_path / "saved.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.widht=3", "unknown config key 'model.widht'"),
+    ("model.width=three", "config key 'model.width': expected an integer"),
+    ("model.kind=c", "config key 'model.kind'"),
+    ("train.optim.betas=[0.9]", "config key 'train.optim.betas'"),
+    ("train.steps=-1", "train.steps"),
+    ("nokey", "key=value"),
+])
+def test_bad_keys_and_types_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(Run, None, [override])
+
+
+def test_optional_and_missing_file(tmp_path):
+    assert load_config(Run, None, ["model.dropout=0.1"]).model.dropout == pytest.approx(0.1)
+    assert load_config(Run, None, ["model.dropout=null"]).model.dropout is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Run, tmp_path / "missing.yaml")
