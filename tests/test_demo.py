@@ -21,8 +21,11 @@ TINY = [
     "autoencoder.overrides.train.steps=60", "autoencoder.overrides.data.limit=300",
     "autoencoder.overrides.eval.limit=100", "autoencoder.overrides.stats_images=300",
     "autoencoder.overrides.train.log_every=10", "autoencoder.overrides.eval.probe=false",
-    "pixel_decoder_ib.overrides.train.steps=30", "pixel_decoder_ib.overrides.train.batch_size=8",
-    "pixel_decoder_ib.overrides.train.ckpt_every=30", "pixel_decoder_ib.overrides.train.log_every=10",
+    "autoencoder.overrides.train.optim.warmup_steps=10",
+    "pixel_decoder_ib.overrides.train.steps=80", "pixel_decoder_ib.overrides.train.batch_size=16",
+    "pixel_decoder_ib.overrides.train.ckpt_every=80", "pixel_decoder_ib.overrides.train.log_every=10",
+    "pixel_decoder_ib.overrides.train.optim.warmup_steps=5",
+    "pixel_decoder_ii.overrides.train.optim.warmup_steps=2",
     "pixel_decoder_ib.overrides.noise.scale_images=32", "pixel_decoder_ib.overrides.eval.limit=16",
     "pixel_decoder_ib.overrides.data.limit=200", "pixel_decoder_ii.overrides.data.limit=200",
     "pixel_decoder_ii.overrides.train.steps=10", "pixel_decoder_ii.overrides.train.batch_size=8",
@@ -32,6 +35,7 @@ TINY = [
     "generator.overrides.train.steps=60", "generator.overrides.train.batch_size=32",
     "generator.overrides.train.log_every=10", "generator.overrides.eval.grid_samples=0",
     "generator.overrides.model.depth=2", "generator.overrides.model.dim=64",
+    "generator.overrides.train.optim.warmup_steps=5",
     "eval.test_images=40", "eval.probe_train_images=300", "eval.probe_epochs=50",
     "eval.fid_samples=20", "eval.grid_per_class=2", "eval.sampling.steps=8", "eval.batch_size=50",
 ]
@@ -104,3 +108,18 @@ def test_low_rank_fid_equals_the_matrix_square_root_form():
         a = rng.normal(size=(n1, d))
         b = rng.normal(size=(n2, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.2
         assert fid_from_samples(a, b) == pytest.approx(fid_from_features(a, b), rel=1e-6)
+
+
+def test_demo_config_quick_profile_and_overrides():
+    from fae.demo import load_demo_config
+    from fae.errors import ConfigError
+
+    default, base = load_demo_config(None, quick=False, overrides=[])
+    quick, _ = load_demo_config(None, quick=True, overrides=["autoencoder.overrides.train.steps=7"])
+    assert (base / default.autoencoder.config).is_file()
+    assert quick.backbone_resolution < default.backbone_resolution
+    assert quick.eval.fid_samples < default.eval.fid_samples
+    assert "train.steps=7" in quick.autoencoder.override_list()  # the command line wins over --quick
+    assert "train.steps=300" in quick.generator.override_list()
+    with pytest.raises(ConfigError, match="eval.fid_sample"):
+        load_demo_config(None, quick=False, overrides=["eval.fid_sample=3"])

@@ -94,8 +94,8 @@ def test_generator_export_round_trip_is_exact(tmp_path):
                     sampling=SamplerConfig(steps=3, cfg_scale=2.0), fae_identity={"hash": "abc"})
     for p in gen.model.parameters():  # make the zero-initialised parts non-trivial
         p.data.normal_(std=0.1)
-    gen.save_pretrained(tmp_path / "gen")
-    loaded = Generator.from_pretrained(tmp_path / "gen")
+    gen.save_pretrained(tmp_path / "run" / "export")
+    loaded = Generator.from_pretrained(tmp_path / "run")  # a run folder means its EMA export
     assert loaded.transport.shift == 0.4 and loaded.sampling.cfg_scale == 2.0
     assert loaded.fae_identity == {"hash": "abc"}
     labels = torch.tensor([0, 1, 2])

@@ -159,8 +159,10 @@ def test_two_ranks_under_torchrun_write_the_same_samples_as_one(workdir, trained
     double = workdir / "samples_two.npz"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "fae",
-                           *sample_args(workdir, trained[1]["export"], double)],
+    # key=value form: torchrun's own parser would take `--num` for its `--numa-binding`.
+    args = ["sample", f"generator={trained[1]['export']}", f"fae={workdir / 'fae'}", "num=20", "classes=[0,3]",
+            "batch_size=8", f"out={double}", "sampling.steps=4"]
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "fae", *args],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("samples:") == 1  # only rank 0 reports

@@ -25,7 +25,7 @@ Loading what the demo exported, in a few lines of Python::
     labels = torch.arange(10)                                       # one sample per class
     z = generator.sample(range(10), labels, seed=0)                 # latents [10, 32, 4, 4]
     images = fae.decode(z)                                          # [10, 1, 28, 28] in [0, 1]
-    z_test = fae.encode(images_uint8)                               # images -> latents (any size)
+    z_again = fae.encode((images * 255).round().to(torch.uint8))    # images -> latents
 """
 from __future__ import annotations
 
@@ -167,11 +167,11 @@ def load_demo_config(path: str | Path | None, quick: bool, overrides: list[str])
 
 @dataclass
 class Step:
-    """One step of the pipeline: runs ``action`` unless its outputs are fresh (``check``)."""
+    """One step of the pipeline. ``run`` skips the work when the step's outputs are still valid and
+    returns what it did ("ran", "resumed", "restarted (why)", "skipped (outputs valid)")."""
 
     title: str
-    folder: Path
-    run: Callable[[], str]  # does the work; returns "ran" / "resumed" / "restarted" / "skipped"
+    run: Callable[[], str]
 
 
 def _mtime(path: Path) -> float:
@@ -277,17 +277,17 @@ def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
     root = [f"data.root={cfg.data_root}"] if cfg.data_root else []
     common = lambda d: [f"train.run_dir={d}"] + root  # noqa: E731
     steps = [
-        Step("stage Ia: FAE encoder + feature decoder", ae, lambda: train_stage(
+        Step("stage Ia: FAE encoder + feature decoder", lambda: train_stage(
             "autoencoder", cfg.autoencoder, base, common(ae) + [f"model.resolution={res}"], [], FAE.from_pretrained)),
-        Step("stage Ib: pixel decoder on noisy backbone features", ib, lambda: train_stage(
+        Step("stage Ib: pixel decoder on noisy backbone features", lambda: train_stage(
             "pixel-decoder", cfg.pixel_decoder_ib, base, common(ib) + [f"backbone_resolution={res}"], [],
             PixelDecoder.from_pretrained)),
-        Step("stage II: pixel decoder fine-tuned on FAE features", ii, lambda: train_stage(
+        Step("stage II: pixel decoder fine-tuned on FAE features", lambda: train_stage(
             "pixel-decoder", cfg.pixel_decoder_ii, base,
             common(ii) + [f"backbone_resolution={res}", f"fae={ae / 'export'}", f"init_from={ib / 'export'}"],
             [ae / "export" / "config.json", ib / "export" / "config.json"], FAE.from_pretrained)),
-        Step("latent cache of the training images", lat, lambda: cache_step(cfg, ii / "export", lat)),
-        Step("class-conditional generator", gen, lambda: train_stage(
+        Step("latent cache of the training images", lambda: cache_step(cfg, ii / "export", lat)),
+        Step("class-conditional generator", lambda: train_stage(
             "generator", cfg.generator, base,
             [f"train.run_dir={gen}", f"data.cache={lat}", f"data.fae={ii / 'export'}",
              f"model.latent_size={grid[0]}", "model.num_classes=10"],

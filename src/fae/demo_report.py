@@ -8,6 +8,7 @@ the time each step took.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ STAGES = (("autoencoder", "stage Ia: FAE (encoder + feature decoder)"),
           ("generator", "generator (flow matching on FAE latents)"))
 PROBE_GAP_FLOOR = 0.02  # reconstructed-feature probe within 2 points of the raw-feature probe
 CLASS_ACCURACY_FLOOR = 0.85  # share of samples assigned to their requested class
+PHASE_NAMES = {"main": "training loss", "generator": "pixel decoder",
+               "discriminator": "discriminator (hinge)"}
 SCALE = 3  # 28 px Fashion-MNIST tiles drawn at 84 px
 
 
@@ -71,7 +74,7 @@ def loss_figure(run_dir: Path, title: str):
         for key, value in row.items():
             wanted = key.endswith("/loss") if kind == "train" else key in ("loss", "fixed_noise_loss")
             if wanted and isinstance(value, (int, float)) and math.isfinite(value):
-                name = key.replace("/loss", "") if kind == "train" else f"eval {key}"
+                name = PHASE_NAMES.get(key[:-len("/loss")], key) if kind == "train" else f"eval {key}"
                 xs, ys = series.setdefault(name, ([], []))
                 xs.append(row["step"])
                 ys.append(float(value))
@@ -144,7 +147,7 @@ def floor_rows(m: dict[str, Any]) -> list[list[str]]:
 def timing_rows(timings: list[dict[str, Any]], total: float) -> list[list[str]]:
     rows = [["step", "status", "wall (s)", "CPU (s)"]]
     rows += [[t["step"], t["status"], f"{t['wall_s']:.1f}", f"{t['cpu_s']:.1f}"] for t in timings]
-    rows.append(["total", "", f"{total:.1f}", ""])
+    rows.append(["total", "", f"{total:.1f}", f"{sum(t['cpu_s'] for t in timings):.1f}"])
     return rows
 
 
@@ -162,7 +165,7 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
                     intro=f"EfficientNet-Lite0 (ImageNet weights) at {cfg.backbone_resolution} px -> "
                           f"FAE latents -> pixel decoder; class-conditional flow-matching generator on the "
                           f"latents. Every stage trained on this machine's CPU in {total:.0f} s in all.")
-    report.add("Quality floors", tables=[("the issue's floors (default run)", floor_rows(metrics))])
+    report.add("Quality floors", tables=[("the issue's floors (they apply to the default run)", floor_rows(metrics))])
     report.add("Metrics", tables=[("Fashion-MNIST test split", metrics_rows(metrics))])
     report.add("Reconstructions", "Test images; decoded from the raw backbone features by the stage-Ib "
                "decoder, and from the FAE latents (encode -> feature decoder -> stage-II decoder).",
@@ -175,6 +178,6 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
                figures=[p for k, p in figures.items() if k.startswith("loss_")])
     report.add("Time per step", tables=[("wall-clock and CPU seconds (CPU counts every core)",
                                          timing_rows(timings, total))])
-    snippet = demo_doc.split("::", 1)[1] if "::" in demo_doc else ""
+    snippet = textwrap.dedent(demo_doc.split("::", 1)[1]).strip("\n")
     report.add("Load the exports", snippet.replace("runs/demo", str(out)), code=True)
     return report.write(out / "report.html")

@@ -7,7 +7,8 @@ Writes an ADM-format ``.npz`` (``arr_0``: uint8 [N, H, W, 3]; ``labels``: int64 
 of the first samples beside it. Sample i has class ``classes[i % len(classes)]`` (equal counts per
 class when len(classes) divides N) and its own noise seeded by (seed, i), so the result does not
 depend on the batch size or the number of ranks. Under torchrun each rank samples a contiguous
-slice and rank 0 assembles the file.
+slice and rank 0 assembles the file; there, pass settings as ``key=value`` (``num=50000``):
+torchrun's own parser mistakes ``--num`` for its ``--numa-binding``.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Three variants, chosen by ``EncoderConfig.kind`` alone (the paper's encoder abla
   which a per-token map cannot (paper, "why one layer").
 - ``linear``: a per-token linear map D -> 2c (the ablation's weakest encoder).
 - ``transformer``: ``depth`` pre-norm LightningDiT blocks (RMSNorm + SwiGLU + 2-D RoPE) at width
-  D, then RMSNorm and a linear map to 2c (the deeper ablation; it overfits the weak adaptation
+  D (or ``width``), then RMSNorm and a linear map to 2c (the deeper ablation; it overfits the weak adaptation
   objective and loses pretrained information, paper: probe 85.74% vs 86.17% for one layer).
 
 Parameter count of the paper encoder at D = 1536, c = 32 (biases included): QKV 1536 -> 18432
@@ -53,6 +53,8 @@ class EncoderConfig:
             transformer kinds; the "input embedding" step of the paper's figure).
         depth: number of blocks of the transformer kind (paper ablation: 6).
         mlp_ratio: MLP ratio of the transformer kind's blocks.
+        width: block width of the transformer kind; null = the token width D (paper). A smaller
+            width adds a linear D -> width input projection (for CPU-sized ablations).
     """
 
     kind: EncoderKind = "attention"
@@ -62,6 +64,7 @@ class EncoderConfig:
     pos_embed: bool = True
     depth: int = 6
     mlp_ratio: float = 4.0
+    width: int | None = None
 
     def validate(self) -> None:
         for key in ("heads", "head_dim", "depth"):
@@ -119,21 +122,24 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, config: EncoderConfig, dim: int, grid: tuple[int, int], latent_channels: int):
         super().__init__()
-        if dim % config.heads or (dim // config.heads) % 4:
+        width = config.width or dim
+        if width % config.heads or (width // config.heads) % 4:
             raise ConfigError(f"config key 'encoder.heads': {config.heads} heads do not split width "
-                              f"{dim} into a head dim divisible by 4 (needed by 2-D RoPE)")
-        self.pos_embed = _position_embedding(config.pos_embed, grid[0] * grid[1], dim)
-        self.rope = cpu_rope(grid, dim // config.heads)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, config.heads, config.mlp_ratio, style="lightning")
+                              f"{width} into a head dim divisible by 4 (needed by 2-D RoPE)")
+        self.proj_in = nn.Linear(dim, width) if width != dim else nn.Identity()
+        self.pos_embed = _position_embedding(config.pos_embed, grid[0] * grid[1], width)
+        self.rope = cpu_rope(grid, width // config.heads)
+        self.blocks = nn.ModuleList(TransformerBlock(width, config.heads, config.mlp_ratio, style="lightning")
                                     for _ in range(config.depth))
-        self.norm = nn.RMSNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, 2 * latent_channels)
+        self.norm = nn.RMSNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, 2 * latent_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj_in(x)  # [B, N, W]
         if self.pos_embed is not None:
-            x = x + self.pos_embed  # [B, N, D]
+            x = x + self.pos_embed  # [B, N, W]
         for block in self.blocks:
-            x = block(x, rope=self.rope)  # [B, N, D]
+            x = block(x, rope=self.rope)  # [B, N, W]
         return self.head(self.norm(x))  # [B, N, 2c]
 
 

