@@ -33,14 +33,20 @@ def test_paper_sizes_on_meta_device():
     assert n_params(fae.encoder) == pytest.approx(38.17e6, rel=0.02)
     assert n_params(fae.decoder) == pytest.approx(170.43e6, rel=0.02)
     assert n_params(fae.decoder) == 170_426_880  # exact: see feature_decoder.py
+    with torch.device("meta"):  # the ablation encoders, by config alone
+        deep = FAE(load_config(FAEConfig, None, ["encoder.kind=transformer"]))
+        linear = FAE(load_config(FAEConfig, None, ["encoder.kind=linear"]))
+    assert n_params(deep.encoder) == 6 * 28_330_496 + 256 * 1536 + 1536 + 1536 * 64 + 64
+    assert n_params(linear.encoder) == 1536 * 64 + 64
 
 
-@pytest.mark.parametrize("kind", ["attention", "linear", "transformer"])
-def test_encoder_variants_by_config_alone(tmp_path, kind):
-    """Only `model.encoder.kind=...` changes; every variant encodes, decodes and learns."""
+@pytest.mark.parametrize("overrides", [["encoder.kind=attention"], ["encoder.kind=linear"],
+                                       ["encoder.kind=transformer"], ["encoder.kind=transformer", "encoder.width=32"]])
+def test_encoder_variants_by_config_alone(tmp_path, overrides):
+    """Only `encoder.kind=...` changes; every variant encodes, decodes and learns."""
     path = tmp_path / "fae.yaml"
     path.write_text(json.dumps(TINY))
-    cfg = load_config(FAEConfig, path, [f"encoder.kind={kind}"])
+    cfg = load_config(FAEConfig, path, overrides)
     torch.manual_seed(0)
     fae = FAE(cfg)
     # tiny-vit: 4x4 grid of 64-d tokens; rank 4 per token, so c = 4 can carry them.

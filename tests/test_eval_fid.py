@@ -44,6 +44,13 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_shift():
     assert fid_from_features(x, x + 1.0) == pytest.approx(16.0, rel=1e-8)  # |dmu|^2 only
 
 
+def test_low_rank_fid_route_matches_full_computation():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 50)), rng.normal(size=(30, 50)) * 2 + 1  # N < D: rank-deficient covariances
+    full = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert fid_from_features(x, y) == pytest.approx(full, rel=1e-7)
+
+
 def test_sqrtm_fallback_on_crafted_ill_conditioned_case():
     # Rank-2 covariances in 4-D with a 1e12 spread of scales: scipy's Schur sqrtm of S1 S2 returns
     # NaNs here. The exact answer: tr (X X^T Y Y^T)^(1/2) = nuclear norm of X^T Y.

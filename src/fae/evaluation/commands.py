@@ -137,7 +137,7 @@ def run_recon(cfg: ReconConfig) -> dict:
     if cfg.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
     results = reconstruction_metrics(fae, dataset, batch_size=cfg.batch_size, pixels=cfg.pixels,
-                                     rfid=cfg.rfid, progress=cfg.progress)
+                                     rfid=cfg.rfid, sqrt_method=cfg.sqrt_method, progress=cfg.progress)
     results.update(fae=cfg.fae, data=f"{cfg.data.name}:{cfg.data.split}")
     return _write(results, cfg.out)
 

@@ -161,7 +161,18 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEAREST_K) 
 
 
 def fid_from_features(features1: np.ndarray, features2: np.ndarray, method: str = "sqrtm") -> float:
-    """FID between two feature sets [N, D] (unbiased covariances, as ``np.cov``)."""
+    """FID between two feature sets [N, D] (unbiased covariances, as ``np.cov``).
+
+    With fewer points than dimensions (N1, N2 < D) the covariances are low-rank,
+    ``S_i = A_i^T A_i`` with ``A_i = (X_i - mu_i) / sqrt(N_i - 1)``, and the exact identity
+    ``tr (S1 S2)^(1/2) = |A1 A2^T|_*`` (nuclear norm of an N1 x N2 matrix) replaces the D x D root.
+    """
     f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
-    return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False),
-                            method)
+    if max(f1.shape[0], f2.shape[0]) >= f1.shape[1]:
+        return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False),
+                                method)
+    a1 = (f1 - f1.mean(0)) / np.sqrt(f1.shape[0] - 1)  # [N1, D]
+    a2 = (f2 - f2.mean(0)) / np.sqrt(f2.shape[0] - 1)  # [N2, D]
+    diff = f1.mean(0) - f2.mean(0)
+    trace_root = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
+    return float(max(diff @ diff + (a1 * a1).sum() + (a2 * a2).sum() - 2 * trace_root, 0.0))

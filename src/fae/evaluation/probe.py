@@ -46,7 +46,7 @@ def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, seed: int = 0,
-                 standardize: bool = True, weight_decay: float = 1e-4, num_classes: int | None = None,
+                 standardize: bool = True, weight_decay: float = 3e-2, num_classes: int | None = None,
                  dtype: torch.dtype = torch.float64) -> dict[str, float]:
     """Train a linear classifier on ``train_x`` and score it on ``test_x``.
 
@@ -97,6 +97,11 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, epochs: int, seed: int,
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny latency-bound matmuls: more threads only add sync overhead
+    try:
+        with torch.enable_grad():
+            optimizer.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     return weight.detach(), bias.detach()

@@ -17,11 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from fae.errors import DataError
-from fae.evaluation.fid import frechet_distance
+from fae.evaluation.fid import fid_from_features
 from fae.evaluation.image_metrics import psnr_per_image, ssim_per_image
-from fae.evaluation.inception import POOL_DIM
-from fae.evaluation.features import reduce_stats
-from fae.evaluation.stats import StreamingStats
 from fae.training import distributed as dist
 
 
@@ -79,7 +76,8 @@ class _Sums:
 
 @torch.no_grad()
 def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool = True,
-                           rfid: bool = True, inception=None, progress: bool = True) -> dict:
+                           rfid: bool = True, inception=None, sqrt_method: str = "sqrtm",
+                           progress: bool = True) -> dict:
     """Feature (and, with ``pixels``, PSNR/SSIM/rFID) reconstruction metrics over ``dataset``.
 
     Args:
@@ -89,6 +87,7 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
         pixels: also decode to pixels (needs a pixel decoder) for PSNR / SSIM / rFID.
         rfid: compute rFID (needs ``inception`` or loads it).
         inception: an ``InceptionFeatures`` network (default: loaded on the FAE's device).
+        sqrt_method: FID matrix square root, "sqrtm" (checked, with fallback) or "eigh".
         progress: show a tqdm bar on rank 0.
     """
     from tqdm.auto import tqdm
@@ -99,7 +98,7 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
         raise DataError(f"reconstruction metrics need at least 2 images, got {len(dataset)}")
     if pixels and rfid and inception is None:
         inception = load_inception(device=next(fae.parameters()).device)
-    sums, real_stats, fake_stats = _Sums(), StreamingStats(POOL_DIM), StreamingStats(POOL_DIM)
+    sums, real_feats, fake_feats = _Sums(), [], []
     shard = dist.shard_range(len(dataset))
     bar = tqdm(total=len(shard), desc="recon", unit="img", disable=not (progress and dist.is_main()))
     for start in range(shard.start, shard.stop, batch_size):
@@ -113,14 +112,21 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
             original = match_reference(images, recon)
             batch.update(psnr=psnr_per_image(original, recon), ssim=ssim_per_image(original, recon))
             if rfid:
-                real_stats.update(inception((original * 255).round())["pool"])
-                fake_stats.update(inception((recon * 255).round())["pool"])  # uint8 quantisation
+                real_feats.append(inception((original * 255).round())["pool"].cpu())
+                fake_feats.append(inception((recon * 255).round())["pool"].cpu())  # uint8 quantisation
         sums.add(**batch)
         bar.update(images.shape[0])
     bar.close()
     keys = _Sums.keys if pixels else _Sums.keys[:2]
     out = {"num_images": len(dataset), **sums.means(keys)}
     if pixels and rfid:
-        real, fake = reduce_stats(real_stats), reduce_stats(fake_stats)
-        out["rfid"] = frechet_distance(fake.mean(), fake.cov(), real.mean(), real.cov())
+        real, fake = _gather(real_feats), _gather(fake_feats)  # [N, 2048] each, dataset order
+        out["rfid"] = fid_from_features(fake, real, method=sqrt_method)
     return out
+
+
+def _gather(parts: list[torch.Tensor]):
+    local = torch.cat(parts)
+    if dist.world_size() > 1:
+        local = dist.all_gather_tensor(local.to(dist.default_device())).cpu()
+    return local.double().numpy()

@@ -38,7 +38,8 @@ class SamplerConfig:
         cfg_scale: guidance scale w (1 = no guidance).
         cfg_interval: [t_low, t_high]: ``cfg_scale`` applies only for t in this range (e.g. [0, 0.7]).
         cfg_schedule: piecewise-constant scales as [t_low, t_high, scale] triples; when given it
-            replaces cfg_scale / cfg_interval, and times outside every piece use w = 1.
+            replaces cfg_scale / cfg_interval; the first piece containing t wins (bounds are
+            inclusive) and times outside every piece use w = 1.
         diffusion_norm: SDE noise level ``norm`` in g(t)^2 = 2 * norm * t.
     """
 

@@ -10,6 +10,10 @@ The frozen backbone turns images into tokens x; the FAE learns x -> z -> x_hat w
   by any later run with the same key.
 - ``cache_tokens: false`` (ImageNet): images are read and the backbone runs inside every step.
 
+The feature statistics are measured once per run folder (first ``stats_images`` training images,
+sharded over ranks) and kept in ``run_dir/feature_stats.safetensors``, so a resume does not
+measure them again.
+
 Held-out metrics (each evaluation): cosine similarity and relative L2 of reconstructed vs original
 raw tokens, normalised MSE, KL, latent per-channel mean/std, and optionally a linear probe (head
 trained on raw pooled train features, scored on raw vs reconstructed held-out features - the
@@ -207,8 +211,8 @@ class AutoencoderStage(Stage):
         with torch.device("meta"):
             fae = FAE(fae_cfg)
         count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"  # noqa: E731
-        return {"parameters": f"encoder {count(fae.encoder)} (paper 38.17M), feature decoder "
-                              f"{count(fae.decoder)} (paper 170.43M)",
+        return {"parameters": f"encoder {count(fae.encoder)} ({cfg.model.encoder.kind}), feature decoder "
+                              f"{count(fae.decoder)} (paper: 38.17M attention encoder, 170.43M decoder)",
                 "backbone": f"{fae_cfg.backbone} at {fae_cfg.resolution} px -> tokens "
                             f"{fae_cfg.grid[0]}x{fae_cfg.grid[1]}x{fae_cfg.token_dim}",
                 "latent": f"{cfg.model.latent_channels}x{fae_cfg.grid[0]}x{fae_cfg.grid[1]} "

@@ -1,0 +1,103 @@
+"""The ``fae eval`` verbs end to end on tiny inputs, and FAE reconstruction metrics."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fae.cli import main
+from fae.config import from_dict
+from fae.data.fashion_mnist import FashionMNIST
+from fae.evaluation.image_metrics import psnr_per_image
+from fae.evaluation.recon import feature_cosine, match_reference, reconstruction_metrics
+from fae.evaluation.stats import read_stats, write_sample_batch
+
+TINY_FAE = {"backbone": "tiny-vit", "latent_channels": 4, "encoder": {"heads": 2, "head_dim": 16},
+            "decoder": {"depth": 1, "width": 32, "heads": 2}}
+
+
+@pytest.fixture(scope="module")
+def fae_dir(tmp_path_factory):
+    """An (untrained) tiny-vit FAE with a 1-channel 28 px pixel decoder, exported."""
+    from fae.autoencoder import FAE, FAEConfig
+    from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
+
+    torch.manual_seed(0)
+    fae = FAE(from_dict(FAEConfig, TINY_FAE))
+    decoder = PixelDecoder(PixelDecoderConfig(depth=1, dim=32, heads=2, out_channels=1, image_size=28),
+                           token_dim=fae.config.token_dim, grid=tuple(fae.config.grid))
+    fae.set_pixel_decoder(decoder)
+    return fae.save_pretrained(tmp_path_factory.mktemp("fae") / "export")
+
+
+def _json_out(capsys) -> dict:
+    out = capsys.readouterr().out
+    assert "fae eval" in out and "wrote" in out
+    return json.loads(out.splitlines()[0])
+
+
+def test_ref_stats_then_fid(tmp_path, capsys):
+    stats_path = tmp_path / "ref.npz"
+    assert main(["eval", "ref-stats", "--out", str(stats_path), "data.split=test", "data.limit=6",
+                 "progress=false"]) == 0
+    assert _json_out(capsys)["count"] == 6
+    ref = read_stats(stats_path)
+    assert ref.count == 6 and ref.pool_features.shape == (6, 2048) and ref.mu_s.shape == (2023,)
+
+    images = FashionMNIST("train", limit=6).images.permute(0, 2, 3, 1).numpy()  # [6, 28, 28, 1] NHWC
+    samples = write_sample_batch(tmp_path / "samples.npz", images, np.arange(6))
+    assert main(["eval", "fid", "--samples", str(samples), "--ref", str(stats_path), "sqrt_method=eigh",
+                 "kid_subsets=3", "kid_subset_size=5", "pr_k=2", "progress=false"]) == 0
+    result = _json_out(capsys)
+    written = json.loads((tmp_path / "samples.metrics.json").read_text())
+    assert written["fid"] == result["fid"] > 0 and result["sfid"] > 0
+    assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+    assert result["kid"] is not None and result["inception_score"] is None
+
+    # a statistics file scored against itself: FID 0 without running the network
+    assert main(["eval", "fid", "--samples", str(stats_path), "--ref", str(stats_path), "metrics=[fid]",
+                 "sqrt_method=eigh", f"out={tmp_path / 'self.json'}"]) == 0
+    assert _json_out(capsys)["fid"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_verb_errors_name_the_problem(tmp_path, capsys):
+    assert main(["eval", "fid", "--samples", str(tmp_path / "missing.npz"), "--ref", str(tmp_path / "x.npz")]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    assert main(["eval", "fid", "metrics=[fid,bogus]"]) == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_probe_verb_raw_latent_and_reconstructed(tmp_path, capsys, fae_dir):
+    common = ["train_limit=40", "test_limit=20", "epochs=10", "progress=false", "batch_size=20"]
+    assert main(["eval", "probe", "--backbone", "tiny-vit", f"out={tmp_path / 'raw.json'}", *common]) == 0
+    raw = _json_out(capsys)
+    assert raw["dim"] == 64 and raw["num_train"] == 40 and raw["num_test"] == 20 and 0 <= raw["top1"] <= 1
+    assert json.loads((tmp_path / "raw.json").read_text())["top1"] == raw["top1"]
+    for kind, dim in (("latent", 4), ("reconstructed", 64)):
+        assert main(["eval", "probe", "--fae", str(fae_dir), "--features", kind,
+                     f"out={tmp_path / kind}.json", *common]) == 0
+        assert _json_out(capsys)["dim"] == dim
+    assert main(["eval", "probe", "--features", "latent"]) == 2  # needs an FAE
+    assert "fae=DIR" in capsys.readouterr().err
+
+
+def test_recon_metrics_match_direct_computation(tmp_path, capsys, fae_dir):
+    from fae.autoencoder import FAE
+
+    assert main(["eval", "recon", "--fae", str(fae_dir), "limit=4", "sqrt_method=eigh", "progress=false",
+                 f"out={tmp_path / 'recon.json'}"]) == 0
+    result = _json_out(capsys)
+    assert result["num_images"] == 4 and result["rfid"] > 0 and -1 <= result["ssim"] <= 1
+
+    fae = FAE.from_pretrained(fae_dir)
+    dataset = FashionMNIST("test", limit=4)
+    again = reconstruction_metrics(fae, dataset, batch_size=3, rfid=False, progress=False)
+    images = dataset.images  # [4, 1, 28, 28]
+    with torch.no_grad():
+        tokens = fae.tokens_from(images)
+        tokens_hat = fae.decode_features(fae.encode(tokens))
+        recon = fae.decode_features_to_pixels(tokens_hat).clamp(0, 1)
+    assert again["feature_cosine"] == pytest.approx(float(feature_cosine(tokens, tokens_hat).mean()), rel=1e-6)
+    assert again["psnr"] == pytest.approx(float(psnr_per_image(match_reference(images, recon), recon).mean()),
+                                          rel=1e-6)
+    assert again["feature_cosine"] == pytest.approx(result["feature_cosine"], rel=1e-6)
