@@ -59,6 +59,15 @@ def test_ref_stats_then_fid(tmp_path, capsys):
                  "sqrt_method=eigh", f"out={tmp_path / 'self.json'}"]) == 0
     assert _json_out(capsys)["fid"] == pytest.approx(0.0, abs=1e-6)
 
+    # an ADM reference batch (arr_0 + mu/sigma/mu_s/sigma_s): its precomputed statistics are used
+    # as given, not recomputed from arr_0 (here arr_0 holds other images, so recomputing gives FID > 0)
+    adm = tmp_path / "VIRTUAL_like.npz"
+    np.savez(adm, arr_0=images, mu=ref.mu, sigma=ref.sigma, mu_s=ref.mu_s, sigma_s=ref.sigma_s)
+    assert main(["eval", "fid", "--samples", str(stats_path), "--ref", str(adm), "metrics=[fid,sfid]",
+                 "sqrt_method=eigh", f"out={tmp_path / 'adm.json'}"]) == 0
+    adm_result = _json_out(capsys)
+    assert adm_result["fid"] == pytest.approx(0.0, abs=1e-6) and adm_result["sfid"] == pytest.approx(0.0, abs=1e-6)
+
 
 def test_fid_verb_errors_name_the_problem(tmp_path, capsys):
     assert main(["eval", "fid", "--samples", str(tmp_path / "missing.npz"), "--ref", str(tmp_path / "x.npz")]) == 2

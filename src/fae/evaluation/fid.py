@@ -20,7 +20,8 @@ import warnings
 import numpy as np
 import torch
 
-SQRTM_TOL = 1e-6  # max relative residual |R R - A| / |A| and imaginary share |Im R| / |R|
+SQRTM_RESIDUAL_TOL = 1e-6  # max relative residual |R R - A| / |A| of an accepted square root
+SQRTM_IMAG_TOL = 1e-3  # max imaginary share |Im R| / |R| (ADM allows 1e-3 on the diagonal, absolute)
 PR_NEAREST_K = 3  # ADM suite's k for improved precision/recall
 SQRT_METHODS = ("sqrtm", "eigh")
 
@@ -69,11 +70,11 @@ def _sqrtm_ok(root: np.ndarray, target: np.ndarray) -> bool:
     if not np.all(np.isfinite(root)):
         return False
     scale = np.linalg.norm(root)
-    if np.iscomplexobj(root) and np.linalg.norm(root.imag) > SQRTM_TOL * max(scale, 1e-300):
+    if np.iscomplexobj(root) and np.linalg.norm(root.imag) > SQRTM_IMAG_TOL * max(scale, 1e-300):
         return False
     real = root.real
     residual = np.linalg.norm(real @ real - target)
-    return bool(residual <= SQRTM_TOL * max(np.linalg.norm(target), 1e-300))
+    return bool(residual <= SQRTM_RESIDUAL_TOL * max(np.linalg.norm(target), 1e-300))
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,

@@ -29,7 +29,6 @@ scaled as ``(x - 128) / 128`` (TF-FID). No quantisation happens after the resize
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -59,7 +58,6 @@ def torchscript_path() -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
 def _load_torchscript(path: str) -> torch.jit.ScriptModule:
     try:
         module = torch.jit.load(path, map_location="cpu")
@@ -147,5 +145,5 @@ class InceptionFeatures(nn.Module):
 
 
 def load_inception(device: str | torch.device = "cpu", channels_last: bool = True) -> InceptionFeatures:
-    """The FID network (cached TorchScript, frozen)."""
+    """The FID network (frozen; each call loads its own copy of the TorchScript, ~90 MB)."""
     return InceptionFeatures(device=device, channels_last=channels_last)
