@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fae.autoencoder.feature_decoder import cpu_rope
 from fae.errors import ConfigError
-from fae.nn import Attention, TransformerBlock
+from fae.nn import Attention, Rope2D, TransformerBlock
 
 EncoderKind = Literal["attention", "linear", "transformer"]
 
@@ -128,7 +127,7 @@ class TransformerEncoder(nn.Module):
                               f"{width} into a head dim divisible by 4 (needed by 2-D RoPE)")
         self.proj_in = nn.Linear(dim, width) if width != dim else nn.Identity()
         self.pos_embed = _position_embedding(config.pos_embed, grid[0] * grid[1], width)
-        self.rope = cpu_rope(grid, width // config.heads)
+        self.rope = Rope2D(grid, width // config.heads)
         self.blocks = nn.ModuleList(TransformerBlock(width, config.heads, config.mlp_ratio, style="lightning")
                                     for _ in range(config.depth))
         self.norm = nn.RMSNorm(width, eps=1e-6)

@@ -50,6 +50,32 @@ class FeatureDecoderConfig:
             raise ConfigError(f"config key 'decoder.heads' must be >= 1, got {self.heads}")
 
 
+class FeatureDecoderConfig:
+    """Feature decoder settings (``model.decoder`` in YAML).
+
+    Args:
+        depth: number of transformer blocks (paper 6).
+        width: block width; null = the backbone token width D (paper: 1536 = D).
+        heads: attention heads (paper 24; head dim = width // heads must be divisible by 4).
+        mlp_ratio: MLP ratio (paper 4; SwiGLU keeps the parameter count of a ratio-4 MLP).
+        final_norm: RMSNorm after the last block (see the module docstring for why it is off).
+    """
+
+    depth: int = 6
+    width: int | None = None
+    heads: int = 24
+    mlp_ratio: float = 4.0
+    final_norm: bool = False
+
+    def validate(self) -> None:
+        if self.depth < 0:
+            raise ConfigError(f"config key 'decoder.depth' must be >= 0, got {self.depth}")
+        if self.width is not None and self.width < 1:
+            raise ConfigError(f"config key 'decoder.width' must be >= 1, got {self.width}")
+        if self.heads < 1:
+            raise ConfigError(f"config key 'decoder.heads' must be >= 1, got {self.heads}")
+
+
 def cpu_rope(grid: tuple[int, int], head_dim: int) -> Rope2D:
     """Rope2D with its tables computed on the CPU even inside ``with torch.device("meta")``:
     arange on meta goes through torch._refs and imports torch._dynamo (~20 s on a busy CPU). The
@@ -79,7 +105,7 @@ class FeatureDecoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1], width))  # [1, N, W]
         if not self.pos_embed.is_meta:  # normal_ on meta imports torch._dynamo (slow); skip it
             nn.init.normal_(self.pos_embed, std=0.02)
-        self.rope = cpu_rope(self.grid, width // config.heads)
+        self.rope = Rope2D(self.grid, width // config.heads)
         self.blocks = nn.ModuleList(TransformerBlock(width, config.heads, config.mlp_ratio, style="lightning")
                                     for _ in range(config.depth))
         self.norm = nn.RMSNorm(width, eps=1e-6) if config.final_norm else nn.Identity()

@@ -15,9 +15,11 @@ def rope_2d_angles(grid: tuple[int, int], head_dim: int, theta: float = 10000.0)
         raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
     h, w = grid
     quarter = head_dim // 4
-    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # [d/4]
-    rows = torch.arange(h, dtype=torch.float64).repeat_interleave(w)  # [N]
-    cols = torch.arange(w, dtype=torch.float64).repeat(h)  # [N]
+    # Built on the CPU even under ``with torch.device("meta")`` (dry runs): tables are tiny.
+    cpu = torch.device("cpu")
+    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64, device=cpu) / quarter)  # [d/4]
+    rows = torch.arange(h, dtype=torch.float64, device=cpu).repeat_interleave(w)  # [N]
+    cols = torch.arange(w, dtype=torch.float64, device=cpu).repeat(h)  # [N]
     angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=-1)  # [N, d/2]
     return angles.float()
 

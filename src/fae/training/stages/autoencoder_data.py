@@ -76,7 +76,8 @@ def load_or_extract_tokens(stage, split: str) -> TokenDataset:
         data = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise DataError(f"token cache '{path}' is unreadable ({e}); delete it to rebuild") from None
-    print(f"token cache ({split}): {path} [{tuple(data['tokens'].shape)}]", flush=True)
+    if du.is_main():
+        print(f"token cache ({split}): {path} [{tuple(data['tokens'].shape)}]", flush=True)
     return TokenDataset(data["tokens"], data["labels"])
 
 
