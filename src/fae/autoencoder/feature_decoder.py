@@ -50,40 +50,6 @@ class FeatureDecoderConfig:
             raise ConfigError(f"config key 'decoder.heads' must be >= 1, got {self.heads}")
 
 
-class FeatureDecoderConfig:
-    """Feature decoder settings (``model.decoder`` in YAML).
-
-    Args:
-        depth: number of transformer blocks (paper 6).
-        width: block width; null = the backbone token width D (paper: 1536 = D).
-        heads: attention heads (paper 24; head dim = width // heads must be divisible by 4).
-        mlp_ratio: MLP ratio (paper 4; SwiGLU keeps the parameter count of a ratio-4 MLP).
-        final_norm: RMSNorm after the last block (see the module docstring for why it is off).
-    """
-
-    depth: int = 6
-    width: int | None = None
-    heads: int = 24
-    mlp_ratio: float = 4.0
-    final_norm: bool = False
-
-    def validate(self) -> None:
-        if self.depth < 0:
-            raise ConfigError(f"config key 'decoder.depth' must be >= 0, got {self.depth}")
-        if self.width is not None and self.width < 1:
-            raise ConfigError(f"config key 'decoder.width' must be >= 1, got {self.width}")
-        if self.heads < 1:
-            raise ConfigError(f"config key 'decoder.heads' must be >= 1, got {self.heads}")
-
-
-def cpu_rope(grid: tuple[int, int], head_dim: int) -> Rope2D:
-    """Rope2D with its tables computed on the CPU even inside ``with torch.device("meta")``:
-    arange on meta goes through torch._refs and imports torch._dynamo (~20 s on a busy CPU). The
-    tables are non-persistent buffers; ``.to(device)`` moves them with the module."""
-    with torch.device("cpu"):
-        return Rope2D(grid, head_dim)
-
-
 class FeatureDecoder(nn.Module):
     """z [B, c, h, w] -> tokens [B, h*w, D] (in the FAE's normalised feature space).
 
