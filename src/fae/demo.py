@@ -223,6 +223,8 @@ def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upst
             status = "resume"
     if status == "restart":
         print(f"[demo] starting {stage.config.train.run_dir} again ({why})", flush=True)
+    if status == "new":  # killed before its first checkpoint: drop that attempt's log lines
+        (Path(stage.config.train.run_dir) / "metrics.jsonl").unlink(missing_ok=True)
     try:
         train(stage, resume=status != "restart", force=status == "restart")
     finally:
