@@ -11,7 +11,8 @@ Measured (all on the first ``eval.test_images`` test images unless said otherwis
 * generation FID of ``eval.fid_samples`` class-balanced samples (with CFG, and optionally without)
   against the test images (the reference set's size is reported beside it);
 * class accuracy of the samples: the raw linear head (real training images, pooled backbone
-  features) applied to the backbone features of each generated image, compared to its requested class.
+  features) applied to the backbone features of each generated image, compared to its requested class;
+  the same head on the decoded test reconstructions tells how much of a miss the pixel decoder causes.
 
 Results go to ``out/eval/metrics.json`` with the tensors the figures need (``out/eval/images.pt``);
 a re-run reuses them while the exports they came from are unchanged.
@@ -228,6 +229,9 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     m["class_accuracy_cfg"] = probe(train["raw"], pooled_backbone(fae, guided, ev.batch_size), labels)
     m["class_accuracy_no_cfg"] = probe(train["raw"], pooled_backbone(fae, plain, ev.batch_size), labels[:n_off])
     m["class_accuracy_samples_no_cfg"] = n_off
+    # The same head on decoded test reconstructions: how much of a miss is the pixel decoder's.
+    m["class_accuracy_reconstructions"] = probe(train["raw"], pooled_backbone(fae, test["from_latents"],
+                                                                              ev.batch_size), test["labels"])
 
     net = load_inception()
     feats = lambda images, desc: inception_features(net, images, ev.batch_size, desc)  # noqa: E731

@@ -129,6 +129,9 @@ def metrics_rows(m: dict[str, Any]) -> list[list[str]]:
              ["samples assigned to requested class, no CFG", _pct(m["class_accuracy_no_cfg"]),
               f"{m['class_accuracy_samples_no_cfg']} samples; raw head"],
              ["sampler", m["cfg"], ""]]
+    if "class_accuracy_reconstructions" in m:
+        rows.insert(-1, ["decoded test reconstructions assigned to their class",
+                         _pct(m["class_accuracy_reconstructions"]), f"{n} test images; raw head"])
     return rows
 
 
