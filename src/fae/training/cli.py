@@ -39,9 +39,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 def _split_options(args: argparse.Namespace) -> argparse.Namespace:
     """Options may follow the stage name, mixed with the overrides (argparse cannot parse that
     with sub-commands, so the tail is parsed again here)."""
-    tail = argparse.ArgumentParser(prog=f"fae train {args.stage}", add_help=False)
+    module = importlib.import_module(STAGES[args.stage])
+    tail = argparse.ArgumentParser(prog=f"fae train {args.stage}", description=module.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_options(tail)
-    tail.add_argument("overrides", nargs="*")
+    tail.add_argument("overrides", nargs="*", metavar="key=value",
+                      help=f"overrides of {module.CONFIG_CLASS.__name__} keys, e.g. train.steps=100")
     extra = tail.parse_intermixed_args(args.overrides)
     args.config = extra.config or args.config
     args.dry_run = args.dry_run or extra.dry_run
