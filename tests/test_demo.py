@@ -79,7 +79,8 @@ def test_demo_writes_report_figures_and_exports(demo_run, capsys):
 def test_demo_metrics_are_sane(demo_run):
     m = json.loads((demo_run / "eval" / "metrics.json").read_text())["metrics"]
     for key in ("probe_raw", "probe_reconstructed", "probe_latent", "class_accuracy_cfg",
-                "class_accuracy_no_cfg"):
+                "class_accuracy_no_cfg", "class_accuracy_reconstructions", "latent_class_accuracy_cfg",
+                "latent_class_accuracy_no_cfg"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["probe_raw"] > 0.5  # 10 classes: chance is 0.1
     assert m["probe_reconstructed"] > 0.2 and m["probe_latent"] > 0.2

@@ -132,6 +132,12 @@ def metrics_rows(m: dict[str, Any]) -> list[list[str]]:
     if "class_accuracy_reconstructions" in m:
         rows.insert(-1, ["decoded test reconstructions assigned to their class",
                          _pct(m["class_accuracy_reconstructions"]), f"{n} test images; raw head"])
+    if "latent_class_accuracy_cfg" in m:
+        rows.insert(-1, ["generated latents assigned to requested class, CFG",
+                         _pct(m["latent_class_accuracy_cfg"]), f"{n_fid} samples; latent head"])
+        rows.insert(-1, ["generated latents assigned to requested class, no CFG",
+                         _pct(m["latent_class_accuracy_no_cfg"]),
+                         f"{m['class_accuracy_samples_no_cfg']} samples; latent head"])
     return rows
 
 
@@ -142,8 +148,14 @@ def floor_rows(m: dict[str, Any]) -> list[list[str]]:
     return [["floor", "measured", "verdict"],
             ["probe on reconstructed features within 2 points of raw", f"gap {100 * gap:.2f} points",
              verdict(gap <= PROBE_GAP_FLOOR, f"{100 * (gap - PROBE_GAP_FLOOR):.2f} points")],
-            [">= 85% of samples assigned to their class (CFG)", _pct(acc),
+            [">= 85% of samples assigned to their class (CFG; decoded images, head on real "
+             "backbone features)", _pct(acc),
              verdict(acc >= CLASS_ACCURACY_FLOOR, f"{100 * (CLASS_ACCURACY_FLOOR - acc):.2f} points")],
+            *([[">= 85% of samples assigned to their class (CFG; generated latents, head on real "
+                "FAE latents)", _pct(m["latent_class_accuracy_cfg"]),
+                verdict(m["latent_class_accuracy_cfg"] >= CLASS_ACCURACY_FLOOR,
+                        f"{100 * (CLASS_ACCURACY_FLOOR - m['latent_class_accuracy_cfg']):.2f} points")]]
+              if "latent_class_accuracy_cfg" in m else []),
             ["generation FID reported with N", f"{m['fid_cfg']:.2f} (N = {m['fid_samples']})", "met"]]
 
 
