@@ -120,3 +120,31 @@ def test_overfits_a_small_batch_to_high_psnr():
     score = psnr01(decoded, real)
     assert math.isfinite(score) and score >= 27.0, (score, baseline)
     assert score > baseline + 12
+
+
+def test_seam_refiner_starts_as_identity_learns_and_round_trips(tmp_path):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    plain = PixelDecoder(tiny(), token_dim=16, grid=(4, 4))
+    refined = PixelDecoder(replace(tiny(), refine_channels=8), token_dim=16, grid=(4, 4))
+    refined.load_state_dict(plain.state_dict(), strict=False)  # same ViT, refiner as initialised
+    tokens = torch.randn(3, 16, 16)
+    assert torch.equal(refined(tokens), plain(tokens))  # zero-initialised output conv: identity
+
+    target = torch.rand(3, 1, 28, 28) * 2 - 1
+    opt = torch.optim.Adam(refined.refine.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = (refined(tokens, clamp=False) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # the refiner alone lowers the loss
+
+    refined.save_pretrained(tmp_path / "dec")
+    again = PixelDecoder.from_pretrained(tmp_path / "dec")
+    assert again.config.refine_channels == 8 and torch.equal(again(tokens), refined(tokens))
+    with pytest.raises(ConfigError, match="refine_channels"):
+        PixelDecoder(replace(tiny(), refine_channels=-1), token_dim=16, grid=(4, 4))

@@ -43,6 +43,10 @@ class PixelDecoderConfig:
             projection (our choice: makes the decoder indifferent to the backbone's feature
             scale); "none" feeds raw tokens to the projection.
         qk_norm: RMSNorm on queries/keys (our choice, off by default; helps bf16 at scale).
+        refine_channels: width of an optional residual 3x3-conv refinement on the output image
+            (0 = off, the paper's pure ViT). Our addition for coarse token grids (the CPU demo's 4x4),
+            where each token paints a large patch and the patch seams stay visible; the second conv
+            starts at zero, so the module starts as the identity.
     """
 
     depth: int = 24
@@ -53,8 +57,11 @@ class PixelDecoderConfig:
     image_size: int = 256
     input_norm: Literal["layer", "none"] = "layer"
     qk_norm: bool = False
+    refine_channels: int = 0
 
     def validate(self) -> None:
+        if self.refine_channels < 0:
+            raise ConfigError(f"config key 'pixel_decoder.refine_channels' must be >= 0, got {self.refine_channels}")
         for key in ("depth", "dim", "heads", "out_channels", "image_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'pixel_decoder.{key}' must be >= 1, got {getattr(self, key)}")
@@ -104,6 +111,7 @@ class PixelDecoder(nn.Module):
             for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim, eps=1e-6)
         self.head = nn.Linear(config.dim, ph * pw * c)  # one token -> one patch of pixels
+        self.refine = SeamRefiner(c, config.refine_channels) if config.refine_channels else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -143,6 +151,8 @@ class PixelDecoder(nn.Module):
             x = block(x)  # [B, N, dim]
         x = self.head(self.norm(x))  # [B, N, ph*pw*C]
         images = self.unpatchify(x)  # [B, C, H, W]
+        if self.refine is not None:
+            images = self.refine(images)  # [B, C, H, W]
         return images.clamp(-1.0, 1.0) if clamp else images
 
     # ---- serialisation: config.json + model.safetensors ------------------------------------------
@@ -186,6 +196,20 @@ class PixelDecoder(nn.Module):
         except RuntimeError as e:
             raise CheckpointError(f"weights in '{folder / WEIGHTS_NAME}' do not match its config: {e}") from None
         return model.to(device)
+
+
+class SeamRefiner(nn.Module):
+    """images + conv3x3(GELU(conv3x3(images))): mixes pixels across patch borders (5x5 reach)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(channels, width, 3, padding=1)
+        self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # starts as the identity
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images + self.conv_out(nn.functional.gelu(self.conv_in(images)))  # [B, C, H, W]
 
 
 def to_pixels01(images: torch.Tensor) -> torch.Tensor:
