@@ -30,6 +30,7 @@ import torch
 from fae.config import to_dict
 
 NUM_CLASSES = 10
+INCEPTION_CPU_BATCH = 16  # on a 2-core CPU ~15% faster than batches of 50-100 (bench/inception_throughput.py)
 
 
 def _fingerprint(cfg, out: Path) -> dict[str, Any]:
@@ -152,14 +153,10 @@ def pooled_backbone(fae, images01: torch.Tensor, batch_size: int) -> torch.Tenso
                       for i in range(0, len(images01), batch_size)])
 
 
-INCEPTION_CPU_BATCH = 16
-
-
 def inception_features(net, images: torch.Tensor, batch_size: int, desc: str) -> np.ndarray:
     """InceptionV3 pool_3 features [n, 2048] (float64) of uint8 images."""
     from fae.evaluation.features import compute_inception_stats
 
-    # On a 2-core CPU, batches of 16 run ~15% faster than 50-100 (bench/inception_throughput.py).
     stats = compute_inception_stats(images, net, batch_size=min(batch_size, INCEPTION_CPU_BATCH),
                                     keep_features=True, desc=desc)
     return stats.pool_features.astype(np.float64)

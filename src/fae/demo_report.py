@@ -141,22 +141,25 @@ def metrics_rows(m: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _verdict(ok: bool, miss_points: float) -> str:
+    return "met" if ok else f"missed by {miss_points:.2f} points"
+
+
+def _class_floor_row(label: str, acc: float) -> list[str]:
+    return [f">= 85% of samples assigned to their class (CFG; {label})", _pct(acc),
+            _verdict(acc >= CLASS_ACCURACY_FLOOR, 100 * (CLASS_ACCURACY_FLOOR - acc))]
+
+
 def floor_rows(m: dict[str, Any]) -> list[list[str]]:
     gap = m["probe_raw"] - m["probe_reconstructed"]
-    acc = m["class_accuracy_cfg"]
-    verdict = lambda ok, margin: "met" if ok else f"missed by {margin}"  # noqa: E731
-    return [["floor", "measured", "verdict"],
+    rows = [["floor", "measured", "verdict"],
             ["probe on reconstructed features within 2 points of raw", f"gap {100 * gap:.2f} points",
-             verdict(gap <= PROBE_GAP_FLOOR, f"{100 * (gap - PROBE_GAP_FLOOR):.2f} points")],
-            [">= 85% of samples assigned to their class (CFG; decoded images, head on real "
-             "backbone features)", _pct(acc),
-             verdict(acc >= CLASS_ACCURACY_FLOOR, f"{100 * (CLASS_ACCURACY_FLOOR - acc):.2f} points")],
-            *([[">= 85% of samples assigned to their class (CFG; generated latents, head on real "
-                "FAE latents)", _pct(m["latent_class_accuracy_cfg"]),
-                verdict(m["latent_class_accuracy_cfg"] >= CLASS_ACCURACY_FLOOR,
-                        f"{100 * (CLASS_ACCURACY_FLOOR - m['latent_class_accuracy_cfg']):.2f} points")]]
-              if "latent_class_accuracy_cfg" in m else []),
-            ["generation FID reported with N", f"{m['fid_cfg']:.2f} (N = {m['fid_samples']})", "met"]]
+             _verdict(gap <= PROBE_GAP_FLOOR, 100 * (gap - PROBE_GAP_FLOOR))],
+            _class_floor_row("decoded images, head on real backbone features", m["class_accuracy_cfg"])]
+    if "latent_class_accuracy_cfg" in m:
+        rows.append(_class_floor_row("generated latents, head on real FAE latents", m["latent_class_accuracy_cfg"]))
+    rows.append(["generation FID reported with N", f"{m['fid_cfg']:.2f} (N = {m['fid_samples']})", "met"])
+    return rows
 
 
 def timing_rows(timings: list[dict[str, Any]], total: float) -> list[list[str]]:
