@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from fae.autoencoder import FAE, FAEConfig, FeatureNormalizer, FeatureStats
+from fae.autoencoder import FAE, FAEConfig, FeatureNormalizer
+from fae.stats import ChannelStats
 from fae.autoencoder.vae import DiagonalGaussian
 from fae.config import from_dict, load_config
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
@@ -88,7 +89,7 @@ def test_vae_head_mean_sample_and_kl():
 
 def test_feature_stats_stream_and_normalizer_inverts():
     x = torch.randn(10, 16, 8, dtype=torch.float64) * torch.arange(1, 9) + 5
-    stats = FeatureStats(8)
+    stats = ChannelStats(8)
     for chunk in x.split(3):
         stats.update(chunk)
     mean, std = stats.mean_std()
@@ -165,7 +166,7 @@ def test_corrupt_or_foreign_export_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="identity"):
         FAE.from_pretrained(folder)
-    with pytest.raises(CheckpointError, match="no 'config.json'"):
+    with pytest.raises(CheckpointError, match="'config.json' is missing"):
         FAE.from_pretrained(tmp_path / "missing")
 
 

@@ -107,6 +107,9 @@ def test_recon_metrics_match_direct_computation(tmp_path, capsys, fae_dir):
         tokens_hat = fae.decode_features(fae.encode(tokens))
         recon = fae.decode_features_to_pixels(tokens_hat).clamp(0, 1)
     assert again["feature_cosine"] == pytest.approx(float(feature_cosine(tokens, tokens_hat).mean()), rel=1e-6)
-    assert again["psnr"] == pytest.approx(float(psnr_per_image(match_reference(images, recon), recon).mean()),
+    saved = (recon * 255).round() / 255  # the uint8 rule: scores see what a saved PNG holds
+    assert again["psnr"] == pytest.approx(float(psnr_per_image(match_reference(images, saved), saved).mean()),
+                                          rel=1e-9)
+    assert again["psnr"] != pytest.approx(float(psnr_per_image(match_reference(images, recon), recon).mean()),
                                           rel=1e-6)
     assert again["feature_cosine"] == pytest.approx(result["feature_cosine"], rel=1e-6)

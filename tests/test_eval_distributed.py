@@ -66,7 +66,7 @@ def test_two_ranks_match_one_process(tmp_path):
 
 
 if __name__ == "__main__":
-    from fae.training import distributed as dist
+    from fae import distributed as dist
 
     dist.init_distributed()
     assert dist.world_size() == 2

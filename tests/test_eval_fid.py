@@ -51,13 +51,17 @@ def test_low_rank_fid_route_matches_full_computation():
     assert fid_from_features(x, y) == pytest.approx(full, rel=1e-7)
 
 
-def test_sqrtm_fallback_on_crafted_ill_conditioned_case():
-    # Rank-2 covariances in 4-D with a 1e12 spread of scales: scipy's Schur sqrtm of S1 S2 returns
-    # NaNs here. The exact answer: tr (X X^T Y Y^T)^(1/2) = nuclear norm of X^T Y.
+def test_ill_conditioned_case_is_exact_and_a_failing_sqrtm_falls_back(monkeypatch):
+    # Rank-2 covariances in 4-D with a 1e12 spread of scales: older scipy's Schur sqrtm returned NaNs
+    # here (1.17 does not). The exact answer: tr (X X^T Y Y^T)^(1/2) = nuclear norm of X^T Y.
     rng = np.random.default_rng(69)
     x = rng.normal(size=(4, 2)) * np.array([1e6, 1e-6])
     y = rng.normal(size=(4, 2)) * np.array([1e-6, 1e6])
     expected = np.linalg.svd(x.T @ y, compute_uv=False).sum()
+    value, _ = trace_sqrt_product(x @ x.T, y @ y.T)  # whichever route the checks accept
+    assert value == pytest.approx(expected, rel=1e-6)
+    from scipy import linalg
+    monkeypatch.setattr(linalg, "sqrtm", lambda a, *args, **kw: np.full_like(a, np.nan))
     with pytest.warns(RuntimeWarning, match="fallback"):
         value, method = trace_sqrt_product(x @ x.T, y @ y.T)
     assert method == "eigh"

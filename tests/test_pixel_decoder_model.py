@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig, to_pixels01, to_unit_range
+from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
+from fae.images import from_unit_range, to_unit_range
 from fae.config import load_config
 from fae.errors import CheckpointError, ConfigError
 
@@ -83,7 +84,7 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path):
     assert loaded.export_config() == model.export_config()
     tokens = torch.randn(2, 16, 64)
     assert torch.equal(loaded(tokens), model(tokens))
-    with pytest.raises(CheckpointError, match="has no"):
+    with pytest.raises(CheckpointError, match="is missing"):
         PixelDecoder.from_pretrained(tmp_path / "missing")
 
 
@@ -114,7 +115,7 @@ def test_overfits_a_small_batch_to_high_psnr():
         loss.backward()
         opt.step()
     with torch.no_grad():
-        decoded = to_pixels01(model(tokens))
+        decoded = from_unit_range(model(tokens))
     real = images.float() / 255
     baseline = psnr01(real.mean(0, keepdim=True).expand_as(real), real)
     score = psnr01(decoded, real)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fae.config import load_config
-from fae.training import distributed as du
+from fae import distributed as du
 from fae.training.engine import Trainer
 from fae.training.metrics_log import read_metrics
 from fae.training.sampler import StepBatchSampler

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from fae.config import load_config
-from fae.training import distributed as du
+from fae import distributed as du
 from fae.training.engine import Trainer
 from fae.training.stages.toy import ToyConfig, ToyStage
 

@@ -206,7 +206,7 @@ def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
 def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upstream: list[Path],
                 loader: Callable[[Path], Any]) -> str:
     """Build the stage from its config + overrides and train it through the one training loop."""
-    from fae.training import distributed as du
+    from fae import distributed as du
     from fae.training.cli import load_stage
     from fae.training.engine import train
 

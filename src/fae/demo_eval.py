@@ -94,7 +94,7 @@ def train_features(fae, dataset, batch_size: int) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def test_pass(fae, ib_decoder, dataset, batch_size: int) -> dict[str, torch.Tensor]:
     """One pass over the test images: pooled features, feature errors and both decodings."""
-    from fae.autoencoder.pixel_decoder import to_pixels01
+    from fae.images import from_unit_range
     from fae.evaluation.recon import feature_cosine, feature_relative_l2
 
     keys = ("raw", "recon", "latent", "cosine", "rel_l2", "original", "from_features", "from_latents",
@@ -107,7 +107,7 @@ def test_pass(fae, ib_decoder, dataset, batch_size: int) -> dict[str, torch.Tens
         values = {"raw": tokens.mean(1), "recon": x_hat.mean(1), "latent": z.mean(dim=(2, 3)),
                   "cosine": feature_cosine(tokens, x_hat).float(),
                   "rel_l2": feature_relative_l2(tokens, x_hat).float(), "original": images,
-                  "from_features": to_pixels01(ib_decoder(tokens)),  # [b, C, H, W] in [0, 1]
+                  "from_features": from_unit_range(ib_decoder(tokens)),  # [b, C, H, W] in [0, 1]
                   "from_latents": fae.decode_features_to_pixels(x_hat), "labels": y}
         for k, v in values.items():
             parts[k].append(v.cpu())

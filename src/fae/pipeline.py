@@ -124,7 +124,7 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
     from fae.autoencoder import FAE
     from fae.generation import Generator
     from fae.generation.seeding import shard_indices
-    from fae.training import distributed as du
+    from fae import distributed as du
 
     cfg.check()
     device = du.init_distributed()
@@ -189,7 +189,7 @@ def _write_grid(images: np.ndarray, path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from fae.config import load_config
-    from fae.training import distributed as du
+    from fae import distributed as du
 
     cfg = load_config(SampleConfig, args.config, args.overrides)
     flags = {"generator": args.generator, "fae": args.fae, "num": args.num, "out": args.out,

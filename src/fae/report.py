@@ -1,57 +1,20 @@
-"""Pictures and a self-contained HTML report: image grids, loss curves, metric tables.
+"""Loss curves and a self-contained HTML report (figures inlined as base64 PNG, tables).
 
-Everything returns or writes PNG; the HTML inlines the PNGs (base64) so one file can be mailed.
+Image grids and PNG writing live in ``fae.images``; this module only adds plots and the page.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from fae.io import atomic_write
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] uint8, or float in [0, 1] -> uint8 [N, 3, H, W] (grayscale repeated)."""
-    if images.dtype != torch.uint8:
-        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return images.cpu()
-
-
-def image_grid(images: torch.Tensor, ncol: int, scale: int = 1, pad: int = 2,
-               row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
-               label_width: int = 110) -> Image.Image:
-    """Tile N images row-major into a grid with optional row/column captions."""
-    images = to_uint8(images)
-    n, _, h, w = images.shape
-    nrow = (n + ncol - 1) // ncol
-    h, w = h * scale, w * scale
-    left = label_width if row_labels else 0
-    top = 16 if col_labels else 0
-    canvas = Image.new("RGB", (left + ncol * (w + pad) + pad, top + nrow * (h + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        tile = Image.fromarray(images[i].permute(1, 2, 0).numpy())
-        if scale != 1:
-            tile = tile.resize((w, h), Image.NEAREST)
-        canvas.paste(tile, (left + pad + c * (w + pad), top + pad + r * (h + pad)))
-    for r, text in enumerate(row_labels or []):
-        draw.text((4, top + pad + r * (h + pad) + h // 2 - 6), str(text), fill="black", font=font)
-    for c, text in enumerate(col_labels or []):
-        draw.text((left + pad + c * (w + pad) + 2, 2), str(text), fill="black", font=font)
-    return canvas
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
@@ -80,20 +43,6 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title:
     plt.close(fig)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a metrics.jsonl file (missing file -> [])."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def _png_base64(path: Path) -> str:

@@ -15,7 +15,6 @@ that differs from the recorded one is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -29,11 +28,8 @@ from fae.autoencoder.normalization import FeatureNormalizer
 from fae.autoencoder.vae import DiagonalGaussian, gaussian_kl
 from fae.config import from_dict, to_dict
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
+from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable, load_strict
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT = "fae-autoencoder"
-FORMAT_VERSION = 1
 # Tensors that define the latent space (what a latent cache must agree on); see FAE.identity.
 _IDENTITY_PREFIXES = ("normalizer.", "encoder.", "decoder.")
 
@@ -82,12 +78,14 @@ class FAEConfig:
         return replace(self, resolution=info.resolution, token_dim=info.dim, grid=tuple(info.grid))
 
 
-class FAE(nn.Module):
+class FAE(Exportable, nn.Module):
     """Feature auto-encoder over a frozen backbone's patch tokens.
 
     Args:
         config: the architecture; missing backbone dims are looked up in the registry.
     """
+
+    export_format = "fae-autoencoder"
 
     def __init__(self, config: FAEConfig):
         super().__init__()
@@ -214,9 +212,9 @@ class FAE(nn.Module):
         if self.pixel_decoder is None:
             raise CheckpointError("this FAE has no pixel decoder: train one with `fae train pixel-decoder` "
                                   "and attach it with FAE.set_pixel_decoder(...)")
-        from fae.autoencoder.pixel_decoder import to_pixels01
+        from fae.images import from_unit_range
 
-        return to_pixels01(self.pixel_decoder(tokens))
+        return from_unit_range(self.pixel_decoder(tokens))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, c, h, w] -> images [B, C, H, W] in [0, 1] (needs a pixel decoder)."""
@@ -256,69 +254,41 @@ class FAE(nn.Module):
     def export_config(self) -> dict[str, Any]:
         cfg = self.config
         pixel = self.pixel_decoder.export_config() if self.pixel_decoder is not None else None
-        return {"format": FORMAT, "version": FORMAT_VERSION, "identity": self.identity(),
+        return {"identity": self.identity(),
                 "backbone": {"name": cfg.backbone, "resolution": cfg.resolution, "dim": cfg.token_dim,
                              "grid": list(cfg.grid)},
+                "latent_shape": list(self.latent_shape),
                 "feature_norm": {"kind": cfg.feature_norm, "mean": self.normalizer.mean.tolist(),
                                  "std": self.normalizer.std.tolist()},
                 "latent_stats": {"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()},
                 "config": to_dict(cfg), "pixel_decoder": pixel}
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``folder/config.json`` + ``folder/model.safetensors`` atomically; returns the folder."""
-        from fae.io import atomic_save_json, atomic_save_safetensors
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        return self._tensors()
 
-        folder = Path(folder)
-        atomic_save_safetensors(self._tensors(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
-        atomic_save_json(self.export_config(), folder / CONFIG_NAME)
-        return folder
+    @classmethod
+    def from_export(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> "FAE":
+        if "config" not in config:
+            raise CheckpointError(f"'{folder / CONFIG_FILE}' has no 'config' section")
+        model = cls(from_dict(FAEConfig, config["config"], prefix="config"))
+        if config.get("pixel_decoder"):
+            from fae.autoencoder.pixel_decoder import PixelDecoder
+
+            model.set_pixel_decoder(PixelDecoder.from_export_config(config["pixel_decoder"]))
+        load_strict(model, tensors, folder)
+        if model.identity() != config.get("identity"):
+            raise CheckpointError(f"'{folder / WEIGHTS_FILE}' does not hash to the identity recorded in "
+                                  f"'{folder / CONFIG_FILE}': the export is corrupt or was edited")
+        return model
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
                         backbone: nn.Module | None = None) -> "FAE":
         """Rebuild an export; ``backbone`` (optional) is attached after the mismatch check."""
-        folder = Path(folder)
-        data = _read_export_config(folder)
-        model = cls(from_dict(FAEConfig, data["config"], prefix="config"))
-        if data.get("pixel_decoder"):
-            from fae.autoencoder.pixel_decoder import PixelDecoder
-
-            model.set_pixel_decoder(PixelDecoder.from_export_config(data["pixel_decoder"]))
-        _load_weights(model, folder / WEIGHTS_NAME)
-        if model.identity() != data.get("identity"):
-            raise CheckpointError(f"'{folder / WEIGHTS_NAME}' does not hash to the identity recorded in "
-                                  f"'{folder / CONFIG_NAME}': the export is corrupt or was edited")
-        model = model.to(device).eval()
+        model = super().from_pretrained(folder, device)
         if backbone is not None:
             model.attach_backbone(backbone)
         return model
-
-
-def _read_export_config(folder: Path) -> dict[str, Any]:
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"FAE folder '{folder}' has no '{name}' (expected the export of "
-                                  f"`fae train autoencoder`, written by FAE.save_pretrained)")
-    try:
-        data = json.loads((folder / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"'{folder / CONFIG_NAME}' is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or "config" not in data:
-        raise CheckpointError(f"'{folder / CONFIG_NAME}' is not an FAE export (format '{FORMAT}' expected)")
-    return data
-
-
-def _load_weights(model: FAE, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"cannot read '{path}': {e}") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in '{path}' do not match its config.json: {e}") from None
 
 
 def fae_loss(out: dict[str, torch.Tensor], kl_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

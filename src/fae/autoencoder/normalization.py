@@ -7,8 +7,8 @@ Why this choice (the paper does not say how it scales the targets): it is invert
 every channel on the same footing in the L2 loss (DINOv2 / EfficientNet channels differ in scale
 by orders of magnitude), and it is a pair of vectors stored inside the exported FAE.
 
-Statistics are accumulated in float64 (sum and sum of squares over all tokens of all images), so
-streaming them over a large dataset in batches gives the same answer as one pass.
+The statistics are measured with :class:`fae.stats.ChannelStats` (float64 sums over all tokens of
+all images, merged across ranks).
 """
 from __future__ import annotations
 
@@ -16,37 +16,6 @@ import torch
 from torch import nn
 
 from fae.errors import ConfigError
-
-
-class FeatureStats:
-    """Streaming per-channel mean / std of tokens [..., D] in float64.
-
-    Args:
-        dim: the token width D.
-    """
-
-    def __init__(self, dim: int):
-        self.dim = dim
-        self.count = 0
-        self.total = torch.zeros(dim, dtype=torch.float64)
-        self.total_sq = torch.zeros(dim, dtype=torch.float64)
-
-    def update(self, tokens: torch.Tensor) -> None:
-        """Add a batch of tokens [..., D]."""
-        if tokens.shape[-1] != self.dim:
-            raise ConfigError(f"feature statistics expect tokens of width {self.dim}, got {tokens.shape[-1]}")
-        flat = tokens.detach().reshape(-1, self.dim).to("cpu", torch.float64)  # [M, D]
-        self.count += flat.shape[0]
-        self.total += flat.sum(0)
-        self.total_sq += flat.square().sum(0)
-
-    def mean_std(self, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean [D], std [D]) in float32; std is floored at ``eps`` (dead channels stay finite)."""
-        if self.count == 0:
-            raise ConfigError("feature statistics: no tokens were seen (is the dataset empty?)")
-        mean = self.total / self.count
-        var = (self.total_sq / self.count - mean.square()).clamp_min(0.0)
-        return mean.float(), var.sqrt().clamp_min(eps).float()
 
 
 class FeatureNormalizer(nn.Module):

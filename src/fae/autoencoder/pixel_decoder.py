@@ -12,7 +12,6 @@ Input normalisation lives here (not in the caller): the decoder takes the backbo
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,10 +21,8 @@ from torch import nn
 
 from fae.config import from_dict
 from fae.errors import CheckpointError, ConfigError
+from fae.export import Exportable, load_strict
 from fae.nn import TransformerBlock, sincos_2d
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -84,7 +81,7 @@ def patch_size(image_size: int, grid: tuple[int, int]) -> tuple[int, int]:
     return image_size // h, image_size // w
 
 
-class PixelDecoder(nn.Module):
+class PixelDecoder(Exportable, nn.Module):
     """Raw backbone tokens [B, N, token_dim] -> images [B, C, H, W] in [-1, 1].
 
     Args:
@@ -92,6 +89,8 @@ class PixelDecoder(nn.Module):
         token_dim: width D of the input tokens (the backbone's width, e.g. 1536 for DINOv2-g).
         grid: token grid (h, w) with N = h * w, row-major.
     """
+
+    export_format = "fae-pixel-decoder"
 
     def __init__(self, config: PixelDecoderConfig, token_dim: int, grid: tuple[int, int]):
         super().__init__()
@@ -155,47 +154,29 @@ class PixelDecoder(nn.Module):
             images = self.refine(images)  # [B, C, H, W]
         return images.clamp(-1.0, 1.0) if clamp else images
 
-    # ---- serialisation: config.json + model.safetensors ------------------------------------------
+    # ---- export (fae.export: config.json + model.safetensors) ---------------------------------------
 
     def export_config(self) -> dict[str, Any]:
-        """Everything needed to rebuild this module (stored in config.json / inside an FAE export)."""
+        """Everything needed to rebuild this module (its config.json, and nested in an FAE export)."""
         return {"pixel_decoder": asdict(self.config), "token_dim": self.token_dim, "grid": list(self.grid)}
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()
 
     @classmethod
     def from_export_config(cls, data: dict[str, Any]) -> "PixelDecoder":
+        """A freshly initialised decoder of the architecture recorded in ``data``."""
         try:
             config = from_dict(PixelDecoderConfig, data["pixel_decoder"], prefix="pixel_decoder")
             return cls(config, int(data["token_dim"]), tuple(data["grid"]))
         except KeyError as e:
             raise CheckpointError(f"pixel decoder config lacks the key {e}") from None
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``folder/config.json`` + ``folder/model.safetensors`` (atomically)."""
-        from fae.io import atomic_save_json, atomic_save_safetensors
-
-        folder = Path(folder)
-        atomic_save_safetensors(self.state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
-        atomic_save_json({"model": "fae-pixel-decoder", **self.export_config()}, folder / CONFIG_NAME)
-        return folder
-
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "PixelDecoder":
-        """Rebuild from a folder written by ``save_pretrained``; errors name the missing file."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise CheckpointError(f"pixel decoder folder '{folder}' has no '{name}' "
-                                      f"(expected the export of `fae train pixel-decoder`)")
-        data = json.loads((folder / CONFIG_NAME).read_text())
-        model = cls.from_export_config(data)
-        state = load_file(str(folder / WEIGHTS_NAME), device=str(device))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in '{folder / WEIGHTS_NAME}' do not match its config: {e}") from None
-        return model.to(device)
+    def from_export(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> "PixelDecoder":
+        model = cls.from_export_config(config)
+        load_strict(model, tensors, folder)
+        return model
 
 
 class SeamRefiner(nn.Module):
@@ -210,15 +191,3 @@ class SeamRefiner(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images + self.conv_out(nn.functional.gelu(self.conv_in(images)))  # [B, C, H, W]
-
-
-def to_pixels01(images: torch.Tensor) -> torch.Tensor:
-    """Decoder output in [-1, 1] -> [0, 1] (the range FAE.decode returns)."""
-    return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] images -> float [-1, 1] (the decoder's target range)."""
-    if images.dtype == torch.uint8:
-        return images.float() / 127.5 - 1.0
-    return images.float() * 2.0 - 1.0

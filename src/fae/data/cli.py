@@ -11,7 +11,7 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from fae.config import load_config
     from fae.data.latent_cache import CacheConfig, cache_latents
-    from fae.training import distributed as du
+    from fae import distributed as du
 
     cfg = load_config(CacheConfig, args.config, args.overrides)
     try:

@@ -124,7 +124,7 @@ def cache_latents(cfg: CacheConfig) -> Path:
     under torchrun takes its share of the shards. Returns the cache folder."""
     from fae.autoencoder import FAE
     from fae.data.datasets import build_dataset
-    from fae.training import distributed as du
+    from fae import distributed as du
 
     cfg.validate()
     device = du.init_distributed()

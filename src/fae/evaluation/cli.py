@@ -38,7 +38,7 @@ def _overrides(args: argparse.Namespace, flags) -> list[str]:
 def _run(verb: str, args: argparse.Namespace) -> int:
     from fae.config import load_config
     from fae.evaluation import commands, config
-    from fae.training import distributed as dist
+    from fae import distributed as dist
 
     schema_name, _, flags = _VERBS[verb]
     cfg = load_config(getattr(config, schema_name), args.config, _overrides(args, flags))

@@ -14,7 +14,7 @@ from fae.errors import ConfigError, DataError
 from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig
 from fae.evaluation.stats import InceptionStats, NpzImages, has_stats, read_stats
 from fae.io import atomic_save_json
-from fae.training import distributed as dist
+from fae import distributed as dist
 
 
 def resolve_device(name: str) -> torch.device:

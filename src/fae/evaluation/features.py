@@ -15,7 +15,7 @@ import torch
 
 from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM, InceptionFeatures, resize_tf_bilinear
 from fae.evaluation.stats import InceptionStats, StreamingStats
-from fae.training import distributed as dist
+from fae import distributed as dist
 
 
 class ImageSource(Protocol):

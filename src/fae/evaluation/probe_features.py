@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fae.training import distributed as dist
+from fae import distributed as dist
 
 
 class BackboneFeatures:

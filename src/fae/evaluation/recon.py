@@ -4,9 +4,10 @@ For each image: tokens ``x = backbone(image)``, ``z = encode(x)`` (posterior mea
 ``x_hat = decode_features(z)``, ``image_hat = decode_features_to_pixels(x_hat)``.
 * feature cosine: mean over tokens of ``cos(x_n, x_hat_n)``, then over images;
 * feature relative L2: ``|x_hat - x| / |x|`` over all tokens of an image, then mean over images;
-* PSNR / SSIM: float reconstructions in [0, 1] vs the originals (``image_metrics``);
-* rFID: FID between the originals and the reconstructions quantised to uint8 (as saved images),
-  both through the ADM Inception path (the paper's rFID 0.68 for FAE-32 is on ImageNet 256 px).
+* PSNR / SSIM (:func:`image_scores`, the one rule every caller uses): the reconstruction quantised
+  to uint8 (``fae.images.quantize``: what a saved PNG holds) vs the uint8 original;
+* rFID: FID between the originals and the same uint8 reconstructions, both through the ADM
+  Inception path (the paper's rFID 0.68 for FAE-32 is on ImageNet 256 px).
 If the pixel decoder's output size differs from the stored images, the originals are resized to
 it (bilinear, antialiased) before PSNR / SSIM / rFID; grayscale originals are repeated to RGB when
 the decoder emits RGB.
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from fae.errors import DataError
 from fae.evaluation.fid import fid_from_features
 from fae.evaluation.image_metrics import psnr_per_image, ssim_per_image
-from fae.training import distributed as dist
+from fae.images import quantize
+from fae import distributed as dist
 
 
 def feature_cosine(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -52,6 +54,27 @@ def match_reference(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if x.shape[-2:] != like.shape[-2:]:
         x = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
     return x.clamp(0, 1)
+
+
+def image_scores(original: torch.Tensor, decoded: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image PSNR (dB) and SSIM [B] of decoded images against their originals.
+
+    ``original``: uint8 [B, C, H, W]; ``decoded``: float in [0, 1] (quantised to uint8 here first)
+    or uint8. Originals are matched to the decoded channels and size (:func:`match_reference`).
+    """
+    decoded = quantize(decoded).float() / 255.0
+    reference = match_reference(original, decoded)
+    return {"psnr": psnr_per_image(reference, decoded), "ssim": ssim_per_image(reference, decoded)}
+
+
+def mean_image_scores(original: torch.Tensor, decoded: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+    """Means over the set of :func:`image_scores` (computed in batches)."""
+    sums = {"psnr": 0.0, "ssim": 0.0}
+    for start in range(0, len(original), batch_size):
+        scores = image_scores(original[start:start + batch_size], decoded[start:start + batch_size])
+        for key, values in scores.items():
+            sums[key] += float(values.double().sum())
+    return {key: total / max(len(original), 1) for key, total in sums.items()}
 
 
 class _Sums:
@@ -108,12 +131,12 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
         batch = {"feature_cosine": feature_cosine(tokens, tokens_hat),
                  "feature_rel_l2": feature_relative_l2(tokens, tokens_hat)}
         if pixels:
-            recon = fae.decode_features_to_pixels(tokens_hat).float().cpu().clamp(0, 1)  # [B, C, H, W]
-            original = match_reference(images, recon)
-            batch.update(psnr=psnr_per_image(original, recon), ssim=ssim_per_image(original, recon))
+            recon = quantize(fae.decode_features_to_pixels(tokens_hat).cpu())  # uint8 [B, C, H, W]
+            batch.update(image_scores(images, recon))
             if rfid:
-                real_feats.append(inception((original * 255).round())["pool"].cpu())
-                fake_feats.append(inception((recon * 255).round())["pool"].cpu())  # uint8 quantisation
+                original = quantize(match_reference(images, recon))
+                real_feats.append(inception(original)["pool"].cpu())
+                fake_feats.append(inception(recon)["pool"].cpu())
         sums.add(**batch)
         bar.update(images.shape[0])
     bar.close()

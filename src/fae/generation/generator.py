@@ -8,7 +8,6 @@ for ``FAE.decode``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,18 +16,15 @@ from torch import nn
 
 from fae.config import from_dict, to_dict
 from fae.errors import CheckpointError
+from fae.export import Exportable, load_strict
 from fae.generation.config import GeneratorConfig
 from fae.generation.model import DiffusionTransformer
 from fae.generation.samplers import GuidedVelocity, SamplerConfig, integrate
 from fae.generation.seeding import randn_per_sample, sample_generators
 from fae.generation.transport import TransportConfig
-from fae.io import atomic_save_json, atomic_save_safetensors
-
-FORMAT = "fae-generator"
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
-class Generator(nn.Module):
+class Generator(Exportable, nn.Module):
     """Network + transport + latent statistics.
 
     Args:
@@ -40,6 +36,8 @@ class Generator(nn.Module):
         network: an existing network to wrap (e.g. the EMA model during training) instead of a
             freshly initialised one; ``model_config`` is then ignored.
     """
+
+    export_format = "fae-generator"
 
     def __init__(self, model_config: GeneratorConfig, transport: TransportConfig | None = None,
                  latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None,
@@ -104,53 +102,31 @@ class Generator(nn.Module):
                       noise=lambda step: randn_per_sample(generators, shape))
         return self.denormalize(z.float()).cpu()
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write config.json + model.safetensors (atomically) into ``folder``."""
-        folder = Path(folder)
+    # ---- export (fae.export: config.json + model.safetensors) ---------------------------------------
+
+    def export_config(self) -> dict[str, Any]:
+        return {"model": to_dict(self.config), "transport": to_dict(self.transport),
+                "sampling": to_dict(self.sampling), "fae": self.fae_identity}
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(latent_mean=self.latent_mean, latent_std=self.latent_std)
-        atomic_save_safetensors(tensors, folder / WEIGHTS_FILE, metadata={"format": FORMAT})
-        meta = {"format": FORMAT, "model": to_dict(self.config), "transport": to_dict(self.transport),
-                "sampling": to_dict(self.sampling), "fae": self.fae_identity}
-        atomic_save_json(meta, folder / CONFIG_FILE)
-        return folder
+        return tensors
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> Generator:
-        """Load an export written by :meth:`save_pretrained` (errors name the folder). A training
-        run folder works too: its ``export`` sub-folder (EMA weights) is used."""
-        if not (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / "export" / CONFIG_FILE).is_file():
-            folder = Path(folder) / "export"
-        meta = read_export_config(folder)
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(Path(folder) / WEIGHTS_FILE), device=str(device))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"cannot read '{Path(folder) / WEIGHTS_FILE}': {e}") from None
-        with torch.device(device):
-            gen = cls(from_dict(GeneratorConfig, meta["model"], "model"),
-                      from_dict(TransportConfig, meta["transport"], "transport"),
-                      sampling=from_dict(SamplerConfig, meta["sampling"], "sampling"),
-                      fae_identity=meta.get("fae"))
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            gen.model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights in '{folder}' do not match its config.json: {e}") from None
+    def from_export(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> "Generator":
+        missing = [k for k in ("model", "transport", "sampling") if k not in config]
+        if missing:
+            raise CheckpointError(f"'{folder}' is a generator export without the config section(s) "
+                                  f"{', '.join(missing)}")
+        gen = cls(from_dict(GeneratorConfig, config["model"], "model"),
+                  from_dict(TransportConfig, config["transport"], "transport"),
+                  sampling=from_dict(SamplerConfig, config["sampling"], "sampling"),
+                  fae_identity=config.get("fae"))
+        for key in ("latent_mean", "latent_std"):
+            if key not in tensors:
+                raise CheckpointError(f"weights in '{folder}' lack '{key}'")
+        load_strict(gen.model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, folder)
         gen.latent_mean.copy_(tensors["latent_mean"])
         gen.latent_std.copy_(tensors["latent_std"])
-        return gen.eval()
-
-
-def read_export_config(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"'{folder}' is not an exported generator: '{path.name}' is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"'{path}' is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"'{folder}' holds a '{meta.get('format')}' export, not a generator")
-    return meta
+        return gen

@@ -55,7 +55,7 @@ def _split_options(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.training import distributed as du
+    from fae import distributed as du
     from fae.training.engine import dry_run, train
 
     args = _split_options(args)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from fae.config import to_dict
 from fae.errors import CheckpointError, ConfigError, FAEError, TrainingError
 from fae.io import atomic_save_json
-from fae.training import distributed as du
+from fae import distributed as du
 from fae.training.checkpoint import (CheckpointManager, capture_rng, load_file, load_model_state,
                                      load_optimizer_state, model_state, optimizer_state, restore_rng)
 from fae.training.ema import EMA
@@ -80,7 +80,7 @@ class Trainer:
         self.stage = stage
         self.cfg = stage.config.train
         self.run_dir = Path(self.cfg.run_dir)
-        self.device = du.init_distributed()
+        self.device = du.device()
         self.micro = micro_batch_size(self.cfg.batch_size, self.cfg.grad_accum, du.world_size())
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.cfg.keep_last,
                                              self.cfg.milestones)

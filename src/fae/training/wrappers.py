@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fae.training import distributed as dist_utils
+from fae import distributed as dist_utils
 
 
 def _optimized_module_type() -> type | None:

@@ -18,7 +18,7 @@ from fae.autoencoder.normalization import FeatureStats
 from fae.autoencoder.vae import gaussian_kl
 from fae.config import to_dict
 from fae.errors import DataError
-from fae.training import distributed as du
+from fae import distributed as du
 
 
 class TokenDataset(Dataset):

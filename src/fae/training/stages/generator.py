@@ -139,7 +139,7 @@ class GeneratorStage(Stage):
         loss = self.transport.loss(network, latents.to(device), self._cond(labels.to(device)),
                                    generator=generator)
         if self.config.data.fae and self.config.eval.grid_samples > 0:
-            from fae.training import distributed as du
+            from fae import distributed as du
 
             if du.is_main():
                 self._sample_grid(network, step, run_dir)

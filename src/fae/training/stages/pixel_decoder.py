@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from fae.autoencoder.discriminator import DiscriminatorConfig, PatchDiscriminator
 from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_loss, hinge_g_loss,
                                     reconstruction_loss)
-from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig, to_pixels01, to_unit_range
+from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
+from fae.images import from_unit_range, to_unit_range
 from fae.data.datasets import DataConfig
 from fae.errors import ConfigError
 from fae.training.config import OptimConfig, TrainConfig
@@ -239,7 +240,7 @@ class PixelDecoderStage(Stage):
 
     def _log_description(self) -> None:
         """Print the stage's settings (perceptual choice, measured noise scale) into the run log."""
-        from fae.training.distributed import is_main
+        from fae.distributed import is_main
 
         if is_main():
             print("\n".join(f"{key}: {value}" for key, value in self.describe().items()), flush=True)

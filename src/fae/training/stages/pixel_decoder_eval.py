@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fae.autoencoder.pixel_decoder import to_pixels01
+from fae.images import from_unit_range
 
 
 @torch.no_grad()
@@ -44,7 +44,7 @@ def decode_inputs(decoders: dict[str, nn.Module], inputs: dict[str, torch.Tensor
                 continue
             tokens = inputs[source]
             out[f"{name}/{source}"] = torch.cat([
-                to_pixels01(decoder(tokens[i:i + batch_size].to(device))).cpu()
+                from_unit_range(decoder(tokens[i:i + batch_size].to(device))).cpu()
                 for i in range(0, len(tokens), batch_size)])
     return out
 
@@ -107,7 +107,7 @@ def save_grid(decoded: dict[str, torch.Tensor], path: Path, rows: int) -> Path:
 
 def evaluate_reconstructions(stage, decoder: nn.Module, step: int, run_dir: Path) -> dict[str, float]:
     """The stage's ``evaluate``: metrics for this decoder (and, in stage II, the Ib decoder)."""
-    from fae.training.distributed import is_main
+    from fae.distributed import is_main
 
     cfg = stage.config.eval
     label = "II" if stage.finetune else "Ib"

@@ -1,14 +1,18 @@
 """Process-group helpers that also work in a single process without ``torchrun``.
 
-Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) :func:`init_distributed` joins the
-process group - NCCL when CUDA is available, gloo on CPU - and multi-node runs work through
-torchrun's rendezvous. Without those variables everything below is a no-op for rank 0 of 1.
-Other engineers use these from sampling/FID code, so keep the signatures stable.
+Who starts the process group: entry points only. ``fae.cli.main`` wraps every verb in
+:func:`process_group`; a Python user running a library function under ``torchrun`` does the same
+(``with fae.distributed.process_group(): train(stage)``). Library code never starts or stops it: it
+asks :func:`device` for this rank's device and uses the rank helpers, which are no-ops for rank 0
+of 1 when no group exists. Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the group
+is NCCL when CUDA is available, gloo on CPU; multi-node runs work through torchrun's rendezvous.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -46,21 +50,41 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def device() -> torch.device:
+    """This rank's device (``cuda:LOCAL_RANK`` made current, else CPU); starts nothing."""
+    dev = default_device()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
+
+
 def init_distributed(timeout_s: float = 1800.0) -> torch.device:
-    """Join the process group if launched by torchrun (idempotent); return this rank's device."""
-    device = default_device()
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    """Join the process group if launched by torchrun (idempotent); return this rank's device.
+    Entry points only (see the module docstring)."""
+    device_ = device()
     if _launched() and not is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        backend = "nccl" if device_.type == "cuda" else "gloo"
+        kwargs = {"device_id": device_} if device_.type == "cuda" else {}
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
-    return device
+    return device_
 
 
 def destroy_distributed() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(timeout_s: float = 1800.0) -> Iterator[torch.device]:
+    """Join the process group for the block (when launched by torchrun) and leave it afterwards,
+    unless it was already running; yields this rank's device."""
+    owner = not is_initialized()
+    dev = init_distributed(timeout_s)
+    try:
+        yield dev
+    finally:
+        if owner:
+            destroy_distributed()
 
 
 def barrier() -> None:

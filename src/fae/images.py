@@ -1,0 +1,95 @@
+"""Image tensors: the one place that converts between value ranges, and draws image grids.
+
+Conventions used everywhere in FAE (stated once, here):
+
+* stored / saved images are ``uint8`` in [0, 255], ``[N, C, H, W]`` (ADM ``.npz`` files: NHWC);
+* model outputs for users are ``float`` in [0, 1] (``FAE.decode``);
+* the pixel decoder works in [-1, 1] (``to_unit_range`` / ``from_unit_range``).
+
+:func:`quantize` is the rule every image metric applies to a float image before it is scored:
+``round(clamp(x, 0, 1) * 255)`` - what a PNG of the image holds. PSNR, SSIM, rFID, FID and the
+class-accuracy checks all see these uint8 values, never the float ones.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def quantize(images01: torch.Tensor) -> torch.Tensor:
+    """float [..] in [0, 1] -> uint8 (round to nearest; out-of-range values are clamped)."""
+    if images01.dtype == torch.uint8:
+        return images01
+    return (images01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> float [-1, 1] (the pixel decoder's range)."""
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1.0
+    return images.float() * 2.0 - 1.0
+
+
+def from_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Pixel-decoder output in [-1, 1] -> float [0, 1] (what ``FAE.decode`` returns)."""
+    return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """[N, 1|3, H, W] -> [N, 3, H, W] (grayscale repeated; a view, no copy)."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
+    """uint8, or float in [0, 1], [N, C, H, W] -> uint8 [N, 3, H, W] on the CPU."""
+    return to_rgb(quantize(images)).cpu()
+
+
+def nchw_to_nhwc(images: torch.Tensor) -> np.ndarray:
+    """uint8 [N, C, H, W] tensor -> uint8 [N, H, W, C] array (the ADM ``.npz`` layout)."""
+    return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def nhwc_to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, C] array -> uint8 [N, C, H, W] tensor (a copy the caller owns)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def image_grid(images: torch.Tensor, ncol: int, scale: int = 1, pad: int = 2,
+               row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+               label_width: int = 110) -> Image.Image:
+    """Tile N images (uint8, or float in [0, 1]) row-major into a grid with optional captions."""
+    images = to_uint8_rgb(images)
+    n, _, h, w = images.shape
+    nrow = (n + ncol - 1) // ncol
+    h, w = h * scale, w * scale
+    left = label_width if row_labels else 0
+    top = 16 if col_labels else 0
+    canvas = Image.new("RGB", (left + ncol * (w + pad) + pad, top + nrow * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        tile = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+        if scale != 1:
+            tile = tile.resize((w, h), Image.NEAREST)
+        canvas.paste(tile, (left + pad + c * (w + pad), top + pad + r * (h + pad)))
+    for r, text in enumerate(row_labels or []):
+        draw.text((4, top + pad + r * (h + pad) + h // 2 - 6), str(text), fill="black", font=font)
+    for c, text in enumerate(col_labels or []):
+        draw.text((left + pad + c * (w + pad) + 2, 2), str(text), fill="black", font=font)
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PIL image as PNG atomically; returns the path."""
+    from fae.io import atomic_write
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
