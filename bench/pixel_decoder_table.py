@@ -40,7 +40,7 @@ def ensure_export(stage: str, config: str, overrides: list[str]) -> Path:
     if (export / "config.json").is_file():
         print(f"[skip] {export} exists", flush=True)
         return export
-    from fae.training.cli import load_stage
+    from fae.commands.train import load_stage
     from fae.training.engine import train
 
     print(f"[train] fae train {stage} {' '.join(overrides)} --config {config}", flush=True)

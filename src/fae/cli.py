@@ -1,41 +1,33 @@
-"""``fae <verb>``: a thin command line over library calls.
+"""``fae <verb>``: the command line. Each verb is a module of ``fae.commands`` (and the demo), listed
+here explicitly; each module's ``register(subparsers)`` adds its parser and sets ``func``.
 
-Each verb lives in the module that owns it; that module exposes ``register(subparsers)`` which
-adds its parser(s) and sets ``func`` (a callable taking the parsed ``argparse.Namespace``).
-Modules keep heavy imports inside their functions so ``fae --help`` stays fast.
+This is the entry point, so it owns the process group: under ``torchrun`` every verb runs inside
+``fae.distributed.process_group()``; verbs and the library never start or stop it themselves.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from fae.errors import FAEError
 
-# (module, verbs it registers) in the order they appear in --help.
-COMMAND_MODULES = (
-    "fae.demo",                # demo
-    "fae.training.cli",        # train {autoencoder, pixel-decoder, generator}
-    "fae.data.cli",            # cache-latents
-    "fae.pipeline",            # sample
-    "fae.evaluation.cli",      # eval {fid, ref-stats, probe, recon}
-    "fae.backbones.cli",       # backbones
-)
+
+def _verb_modules() -> list:
+    """The verb modules, in the order ``fae --help`` lists them."""
+    from fae.commands import backbones, cache_latents, eval, sample, train
+    from fae.demo import command as demo
+
+    return [demo, train, cache_latents, sample, eval, backbones]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fae import __version__
+
     parser = argparse.ArgumentParser(prog="fae", description="Feature Auto-Encoder: frozen visual "
                                      "encoders as latent spaces for image generation.")
-    from fae import __version__
     parser.add_argument("--version", action="version", version=f"fae {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # that verb is not built yet
-                continue
-            raise
+    for module in _verb_modules():
         module.register(sub)
     return parser
 
@@ -46,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from fae import distributed
+
     try:
-        result = args.func(args)
+        with distributed.process_group():
+            result = args.func(args)
     except FAEError as e:
         print(f"fae: error: {e}", file=sys.stderr)
         return 2

@@ -127,7 +127,7 @@ def cache_latents(cfg: CacheConfig) -> Path:
     from fae import distributed as du
 
     cfg.validate()
-    device = du.init_distributed()
+    device = du.device()
     fae = FAE.from_pretrained(cfg.fae, device=device)
     dataset = build_dataset(replace(cfg.data, flip=False))
     folder = Path(cfg.out)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fae.demo import CLASS_NAMES
+from fae.demo.pipeline import CLASS_NAMES
 
 STAGES = (("autoencoder", "stage Ia: FAE (encoder + feature decoder)"),
           ("pixel_decoder_ib", "stage Ib: pixel decoder on noisy features"),

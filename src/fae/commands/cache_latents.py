@@ -14,12 +14,8 @@ def run(args: argparse.Namespace) -> int:
     from fae import distributed as du
 
     cfg = load_config(CacheConfig, args.config, args.overrides)
-    try:
-        folder = cache_latents(cfg)
-        main = du.is_main()  # read before the process group is gone
-    finally:
-        du.destroy_distributed()
-    if main:
+    folder = cache_latents(cfg)
+    if du.is_main():
         print(f"latent cache: {folder.resolve()}")
     return 0
 

@@ -127,7 +127,7 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
     from fae import distributed as du
 
     cfg.check()
-    device = du.init_distributed()
+    device = du.device()
     generator = Generator.from_pretrained(cfg.generator, device=device)
     fae = FAE.from_pretrained(cfg.fae, device=device)
     check_pair(generator, fae, cfg.generator, cfg.fae)
@@ -196,12 +196,8 @@ def run(args: argparse.Namespace) -> int:
              "seed": args.seed, "batch_size": args.batch_size, "grid": args.grid,
              "classes": _parse_classes(args.classes)}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    try:
-        out = sample_to_npz(cfg)
-        main = du.is_main()  # read before the process group is gone
-    finally:
-        du.destroy_distributed()
-    if main:
+    out = sample_to_npz(cfg)
+    if du.is_main():
         grid = Path(cfg.grid) if cfg.grid else out.with_suffix(".png")
         print(f"samples: {out.resolve()} ({cfg.num} images)\ngrid: {grid.resolve()}")
     return 0

@@ -1,10 +1,14 @@
-"""The ``fae eval`` verbs as Python functions: each takes its config and returns its results dict.
+"""``fae eval {fid, ref-stats, probe, recon}``: each verb is a function taking its config and
+returning its results dict (``run_fid``, ...), plus the thin parser that calls it.
 
-All of them run unchanged under ``torchrun``: images are sharded over ranks, features/sums are
-gathered, and rank 0 writes the results file.
+Every verb takes ``--config FILE`` plus trailing ``key=value`` overrides; its convenience flags
+(``--samples``, ``--ref``, ``--fae``, ...) are overrides applied last. All of them run unchanged
+under ``torchrun --nproc_per_node=N -m fae eval ...``: images are sharded over ranks,
+features/sums are gathered, and rank 0 writes the results file.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -18,9 +22,8 @@ from fae import distributed as dist
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> this rank's device (joins the process group under torchrun); else ``name``."""
-    device = dist.init_distributed()
-    return device if name == "auto" else torch.device(name)
+    """"auto" -> this rank's device; else ``name``."""
+    return dist.device() if name == "auto" else torch.device(name)
 
 
 def _has_images(path: str) -> bool:
@@ -149,3 +152,66 @@ def _write(results: dict, out: str) -> dict:
         atomic_save_json(json.loads(json.dumps(results, default=float)), out)
     dist.barrier()
     return results
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+
+# verb -> (config class name, flags that map to config keys: (flag, key, help))
+_VERBS = {
+    "fid": ("FidConfig", "score an ADM sample batch against a reference (FID, sFID, KID, precision/recall)",
+            [("--samples", "samples", "ADM .npz sample batch (arr_0 uint8 NHWC) or stats file"),
+             ("--ref", "ref", "ADM reference batch / statistics .npz"),
+             ("--out", "out", "JSON results file")]),
+    "ref-stats": ("RefStatsConfig", "Inception reference statistics of a dataset or an .npz of images",
+                  [("--images", "images", ".npz of uint8 NHWC images (instead of data.*)"),
+                   ("--out", "out", "statistics .npz to write")]),
+    "probe": ("ProbeConfig", "linear-probe top-1 of backbone features, FAE latents or reconstructions",
+              [("--backbone", "backbone", "registry name of the backbone"),
+               ("--fae", "fae", "exported FAE folder"),
+               ("--features", "features", "raw | latent | reconstructed"),
+               ("--out", "out", "JSON results file")]),
+    "recon": ("ReconConfig", "reconstruction metrics of an exported FAE (feature cos/L2, PSNR, SSIM, rFID)",
+              [("--fae", "fae", "exported FAE folder"),
+               ("--out", "out", "JSON results file")]),
+}
+_RUNNERS = {"fid": "run_fid", "ref-stats": "run_ref_stats", "probe": "run_probe", "recon": "run_recon"}
+
+
+def _overrides(args: argparse.Namespace, flags) -> list[str]:
+    extra = [f"{key}={json.dumps(getattr(args, key))}" for _, key, _ in flags if getattr(args, key) is not None]
+    return list(args.overrides) + extra
+
+
+def _run(verb: str, args: argparse.Namespace) -> int:
+    from fae.config import load_config
+    from fae.evaluation import config
+
+    schema_name, _, flags = _VERBS[verb]
+    cfg = load_config(getattr(config, schema_name), args.config, _overrides(args, flags))
+    results = globals()[_RUNNERS[verb]](cfg)
+    if dist.is_main():
+        _print(verb, results)
+    return 0
+
+
+def _print(verb: str, results: dict) -> None:
+    from fae.evaluation.suite import format_table
+
+    print(json.dumps(results, default=float))
+    print(format_table({k: v for k, v in results.items() if k != "out"}))
+    print(f"fae eval {verb}: wrote {results['out']}")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate: FID/sFID/KID/precision-recall, reference "
+                                   "statistics, linear probe, reconstruction metrics")
+    verbs = parser.add_subparsers(dest="eval_verb", metavar="EVAL_VERB", required=True)
+    for verb, (_, help_text, flags) in _VERBS.items():
+        p = verbs.add_parser(verb, help=help_text, description=help_text)
+        p.add_argument("--config", help="YAML config file (default: the schema's defaults)")
+        for flag, key, flag_help in flags:
+            p.add_argument(flag, dest=key, default=None, help=flag_help)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        p.set_defaults(func=lambda args, verb=verb: _run(verb, args))

@@ -63,12 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(stage)
         return 0
-    try:
-        result = train(stage, resume=args.resume, force=args.force)
-        main = du.is_main()
-    finally:
-        du.destroy_distributed()
-    if main:
+    result = train(stage, resume=args.resume, force=args.force)
+    if du.is_main():
         print(f"run folder: {result['run_dir']}")
         print(f"export: {result['export'] or '(this stage exports nothing)'}")
     return 0

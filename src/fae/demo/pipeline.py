@@ -206,8 +206,7 @@ def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
 def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upstream: list[Path],
                 loader: Callable[[Path], Any]) -> str:
     """Build the stage from its config + overrides and train it through the one training loop."""
-    from fae import distributed as du
-    from fae.training.cli import load_stage
+    from fae.commands.train import load_stage
     from fae.training.engine import train
 
     config = str(_resolve(run.config, base)) if run.config else None
@@ -225,10 +224,7 @@ def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upst
         print(f"[demo] starting {stage.config.train.run_dir} again ({why})", flush=True)
     if status == "new":  # killed before its first checkpoint: drop that attempt's log lines
         (Path(stage.config.train.run_dir) / "metrics.jsonl").unlink(missing_ok=True)
-    try:
-        train(stage, resume=status != "restart", force=status == "restart")
-    finally:
-        du.destroy_distributed()
+    train(stage, resume=status != "restart", force=status == "restart")
     return {"new": "ran", "resume": "resumed", "restart": f"restarted ({why})"}[status]
 
 
@@ -311,8 +307,8 @@ def timed(title: str, action: Callable[[], str]) -> dict[str, Any]:
 
 def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) -> Path:
     """Run every stage (skipping fresh ones), evaluate, and write the report; returns report.html."""
-    from fae.demo_eval import evaluate_step
-    from fae.demo_report import write_report
+    from fae.demo.evaluate import evaluate_step
+    from fae.demo.report import write_report
     from fae.io import atomic_save_json
 
     out = Path(out).resolve()
@@ -333,29 +329,3 @@ def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) 
     report = write_report(cfg, out, metrics, timings, total, quick)
     print(f"\n[demo] finished in {total:.1f} s", flush=True)
     return report
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg, base = load_demo_config(args.config, args.quick, args.overrides)
-    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
-    report = run_demo(cfg, base, out, quick=args.quick)
-    print(f"report: {report}")
-    print(f"figures: {report.parent / 'figures'}")
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="train and evaluate the whole pipeline on Fashion-MNIST "
-                                   "(offline, CPU) and write an HTML report", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the ~3-minute version (smaller subsets "
-                        "and budgets: the config's 'quick' overrides)")
-    parser.add_argument("--out", help="output folder (default runs/demo, or runs/demo-quick with --quick)")
-    parser.add_argument("--config", help="demo config (default configs/demo/demo.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="demo config overrides, e.g. eval.fid_samples=500 "
-                             "autoencoder.overrides.train.steps=100")
-    parser.set_defaults(func=run)

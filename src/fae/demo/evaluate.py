@@ -188,7 +188,7 @@ def load_models(out: Path):
     from fae.autoencoder import FAE
     from fae.autoencoder.pixel_decoder import PixelDecoder
     from fae.generation import Generator
-    from fae.pipeline import check_pair
+    from fae.commands.sample import check_pair
 
     fae_dir, gen_dir = out / "pixel_decoder_ii" / "export", out / "generator" / "export"
     fae = FAE.from_pretrained(fae_dir)
@@ -203,7 +203,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from fae.evaluation.inception import load_inception
     from fae.evaluation.probe import linear_probe
     from fae.generation.seeding import balanced_labels
-    from fae.pipeline import sampler_config
+    from fae.commands.sample import sampler_config
 
     ev = cfg.eval
     fae, ib_decoder, generator = load_models(out)
