@@ -15,7 +15,7 @@ from fae import distributed as du
 from fae.training.engine import Trainer
 from fae.training.metrics_log import read_metrics
 from fae.training.sampler import StepBatchSampler
-from fae.training.stages.toy import ToyConfig, ToyStage
+from toy_stage import ToyConfig, ToyStage
 from fae.training.wrappers import unwrap
 from training_dist_worker import COMMON, RUNS
 from training_helpers import single_thread

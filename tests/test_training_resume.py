@@ -35,7 +35,7 @@ def _final_state(run_dir: Path, step: int) -> dict:
 @pytest.mark.slow
 def test_killed_run_resumes_bitwise_exact(tmp_path):
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
-    cmd = [sys.executable, "-m", "fae", "train", "toy", f"train.run_dir={killed_dir}",
+    cmd = [sys.executable, str(Path(__file__).with_name("toy_cli.py")), "train", "toy", f"train.run_dir={killed_dir}",
            "train.steps=6", "train.batch_size=8", "train.log_every=1", "train.progress=false",
            "train.ema_decay=0.9", "train.optim.lr=0.003", "train.tensorboard=false", *KILL_RUN]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,7 @@
-"""A tiny stage for tests and as an example of the stage contract (``fae train toy``).
+"""A tiny stage for the engine's tests, and an example of the stage contract.
+
+``register()`` adds it to ``fae train`` as ``toy`` (tests only; ``tests/toy_cli.py`` runs the CLI
+with it registered, for subprocess tests).
 
 Single phase: an MLP regresses ``y = tanh(x A) b`` from 8-d Gaussian inputs. With
 ``two_phase=true`` it is a small GAN instead (a linear generator and an MLP critic, each with its
@@ -127,3 +130,10 @@ CONFIG_CLASS = ToyConfig
 
 def build_stage(cfg: ToyConfig) -> ToyStage:
     return ToyStage(cfg)
+
+
+def register() -> None:
+    """Make ``fae train toy`` exist in this process (the module must be importable as toy_stage)."""
+    from fae.commands import train
+
+    train.STAGES.setdefault("toy", "toy_stage")

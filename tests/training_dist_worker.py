@@ -10,7 +10,7 @@ import torch
 from fae.config import load_config
 from fae import distributed as du
 from fae.training.engine import Trainer
-from fae.training.stages.toy import ToyConfig, ToyStage
+from toy_stage import ToyConfig, ToyStage, register
 
 COMMON = ["train.steps=8", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=4",
           "train.progress=false", "train.ema_decay=0.9", "augment=true", "train.tensorboard=false"]
@@ -45,7 +45,18 @@ def _save(out: Path, name: str, trainer: Trainer, result: dict) -> None:
 
 
 def main(out: Path) -> None:
-    du.init_distributed()
+    register()
+    with du.process_group():  # the entry point owns the group; the library never starts it
+        _train_all(out)
+    # Last, the command line itself (it joins and leaves the process group on its own).
+    from fae.cli import main as fae_main
+
+    code = fae_main(["train", "toy", *COMMON, *RUNS["ddp"], f"train.run_dir={out / 'cli'}"])
+    if code != 0:
+        raise SystemExit(code)
+
+
+def _train_all(out: Path) -> None:
     for name, extra in RUNS.items():
         trainer = _trainer(out, name, extra, 8)
         _save(out, name, trainer, _run(trainer))
@@ -53,12 +64,6 @@ def main(out: Path) -> None:
         _run(_trainer(out, name, extra, 4))
         trainer = _trainer(out, name, extra, 8)  # steps differ: --force resumes anyway
         _save(out, name, trainer, _run(trainer))
-    # Last, the command line itself (it tears the process group down when it is done).
-    from fae.cli import main as fae_main
-
-    code = fae_main(["train", "toy", *COMMON, *RUNS["ddp"], f"train.run_dir={out / 'cli'}"])
-    if code != 0:
-        raise SystemExit(code)
 
 
 def _full_state(module) -> dict:

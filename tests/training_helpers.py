@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from fae.config import load_config
-from fae.training.stages.toy import ToyConfig, ToyStage
+from toy_stage import ToyConfig, ToyStage, register
+
+register()  # `fae train toy` for the CLI tests
 
 
 def toy_stage(run_dir: Path, *overrides: str) -> ToyStage:
