@@ -17,7 +17,7 @@ import torch
 from fae.cli import main
 
 TINY = [
-    "backbone_resolution=64",
+    "backbone.resolution=64",
     "autoencoder.overrides.train.steps=60", "autoencoder.overrides.data.limit=300",
     "autoencoder.overrides.eval.limit=100", "autoencoder.overrides.stats_images=300",
     "autoencoder.overrides.train.log_every=10", "autoencoder.overrides.eval.probe=false",
@@ -100,27 +100,15 @@ def test_demo_rerun_skips_every_stage(demo_run, capsys):
     assert "report: " in capsys.readouterr().out
 
 
-def test_low_rank_fid_equals_the_matrix_square_root_form():
-    import numpy as np
-
-    from fae.demo_eval import fid_from_samples
-    from fae.evaluation.fid import fid_from_features
-
-    rng = np.random.default_rng(0)
-    for n1, n2, d in ((30, 40, 50), (300, 200, 50)):  # rank-deficient, then full-rank covariances
-        a = rng.normal(size=(n1, d))
-        b = rng.normal(size=(n2, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.2
-        assert fid_from_samples(a, b) == pytest.approx(fid_from_features(a, b), rel=1e-6)
-
-
 def test_demo_config_quick_profile_and_overrides():
-    from fae.demo import load_demo_config
+    from fae.demo.config import load_demo_config
     from fae.errors import ConfigError
 
     default, base = load_demo_config(None, quick=False, overrides=[])
     quick, _ = load_demo_config(None, quick=True, overrides=["autoencoder.overrides.train.steps=7"])
     assert (base / default.autoencoder.config).is_file()
-    assert quick.backbone_resolution < default.backbone_resolution
+    assert quick.backbone.resolution < default.backbone.resolution
+    assert default.backbone.name == "efficientnet-lite0"
     assert quick.eval.fid_samples < default.eval.fid_samples
     assert "train.steps=7" in quick.autoencoder.override_list()  # the command line wins over --quick
     assert "train.steps=300" in quick.generator.override_list()

@@ -6,7 +6,8 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.demo.pipeline import load_demo_config, run_demo
+    from fae.demo.config import load_demo_config
+    from fae.demo.pipeline import run_demo
 
     cfg, base = load_demo_config(args.config, args.quick, args.overrides)
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")

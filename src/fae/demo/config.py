@@ -1,0 +1,128 @@
+"""The demo's configuration (``configs/demo/demo.yaml``): which stage files it runs, the budget
+overrides it puts on them, and what the final evaluation measures."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fae.backbones import BackboneConfig
+from fae.errors import ConfigError
+
+DEFAULT_CONFIG = "demo.yaml"
+
+
+@dataclass
+class StageRun:
+    """One training stage of the demo.
+
+    Args:
+        config: that stage's YAML file (relative paths are read from the demo config's folder);
+            null = the stage schema's defaults (then ``overrides`` must size everything).
+        overrides: values the demo sets on top of it (budget: steps, subsets), as a mapping that
+            mirrors the stage config (``{train: {steps: 300}}``), so ``--quick`` and the command
+            line can change one key (``autoencoder.overrides.train.steps=300``).
+    """
+
+    config: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def override_list(self) -> list[str]:
+        """The mapping as the stage's ``key=value`` overrides (values as JSON, i.e. YAML)."""
+        from fae.training.run_folder import flatten
+
+        return [f"{k}={json.dumps(v)}" for k, v in flatten(self.overrides).items()]
+
+
+@dataclass
+class LatentsRun:
+    """The latent cache of the training images the generator learns from.
+
+    Args:
+        limit: first training images to encode (null = all 60000).
+        batch_size: images per encoder pass.
+    """
+
+    limit: int | None = 10000
+    batch_size: int = 100
+
+
+@dataclass
+class EvalSettings:
+    """What the final evaluation measures (all on the Fashion-MNIST test split).
+
+    Args:
+        test_images: first test images: probes, feature cosine, PSNR/SSIM, rFID and the FID reference.
+        probe_train_images: first training images the linear heads are trained on.
+        probe_epochs: L-BFGS iterations of each linear head.
+        fid_samples: generated images for FID (equal count per class).
+        fid_without_cfg: also compute the FID of samples drawn without guidance.
+        sampling: sampler overrides for the demo's samples (keys of ``SamplerConfig``; the CFG-off
+            samples use the same settings with ``cfg_scale: 1``).
+        grid_per_class: samples per class (row) in the sample grid.
+        recon_rows: test images in the reconstruction figure.
+        batch_size: images per forward pass.
+        seed: seed of the samples.
+    """
+
+    test_images: int = 1000
+    probe_train_images: int = 5000
+    probe_epochs: int = 100
+    fid_samples: int = 1000
+    fid_without_cfg: bool = True
+    sampling: dict[str, Any] = field(default_factory=dict)
+    grid_per_class: int = 8
+    recon_rows: int = 8
+    batch_size: int = 100
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("test_images", "probe_train_images", "fid_samples", "batch_size"):
+            if getattr(self, key) < 2:
+                raise ConfigError(f"config key 'eval.{key}' must be >= 2, got {getattr(self, key)}")
+
+
+@dataclass
+class DemoConfig:
+    """``configs/demo/demo.yaml``: the demo's sizes and budgets.
+
+    Args:
+        backbone: the frozen encoder of every stage, said once (EfficientNet-Lite0 at 128 px ->
+            4x4 tokens; stage II, the latent cache and the generator read it from the exports).
+        data_root: Fashion-MNIST folder (null = $FAE_FASHION_MNIST or /usr/share/datasets/fashion-mnist).
+        autoencoder, pixel_decoder_ib, pixel_decoder_ii, generator: the training stages.
+        latents: the latent cache.
+        eval: the final evaluation.
+        quick: demo-level ``key=value`` overrides that ``--quick`` applies to this file.
+    """
+
+    autoencoder: StageRun
+    pixel_decoder_ib: StageRun
+    pixel_decoder_ii: StageRun
+    generator: StageRun
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig("efficientnet-lite0", 128))
+    data_root: str | None = None
+    latents: LatentsRun = field(default_factory=LatentsRun)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    quick: list[str] = field(default_factory=list)
+
+
+def default_config_path() -> Path:
+    """``configs/demo/demo.yaml`` of the source checkout (or of the current folder)."""
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        path = root / "configs" / "demo" / DEFAULT_CONFIG
+        if path.is_file():
+            return path
+    raise ConfigError(f"cannot find configs/demo/{DEFAULT_CONFIG}; pass --config FILE")
+
+
+def load_demo_config(path: str | Path | None, quick: bool, overrides: list[str]) -> tuple[DemoConfig, Path]:
+    """The demo config: file, then its ``quick`` list (with ``--quick``), then command-line overrides."""
+    from fae.config import apply_overrides, from_dict, read_yaml
+
+    path = Path(path) if path else default_config_path()
+    data = read_yaml(path)
+    extra = list(data.get("quick", [])) if quick else []
+    cfg = from_dict(DemoConfig, apply_overrides(data, extra + list(overrides)))
+    return cfg, path.resolve().parent
