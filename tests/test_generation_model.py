@@ -104,3 +104,18 @@ def test_generator_export_round_trip_is_exact(tmp_path):
     assert torch.allclose(loaded.denormalize(loaded.normalize(z)), z, atol=1e-6)
     with pytest.raises(CheckpointError, match="config.json"):
         Generator.from_pretrained(tmp_path / "missing")
+
+
+def test_latent_shape_comes_from_upstream_and_explicit_values_must_agree():
+    bare = GeneratorConfig(depth=2, dim=32, heads=2)
+    with pytest.raises(ConfigError, match="model.latent_channels"):
+        bare.resolved()  # no default shape: it is the FAE's
+    filled = bare.with_latent_shape((4, 6, 6), "the FAE export 'x'")
+    assert filled.latent_shape == (4, 6, 6) and filled.resolved().latent_shape == (4, 6, 6)
+    assert tiny().with_latent_shape((4, 4, 4), "x").latent_shape == (4, 4, 4)  # agreeing values pass
+    with pytest.raises(ConfigError, match="'model.latent_size' is 4.*'y'"):
+        tiny().with_latent_shape((4, 8, 8), "the FAE export 'y'")
+    with pytest.raises(ConfigError, match="'model.latent_channels' is 4"):
+        tiny().with_latent_shape((32, 4, 4), "x")
+    with pytest.raises(ConfigError, match="non-square"):
+        bare.with_latent_shape((4, 4, 6), "x")

@@ -1,8 +1,13 @@
-"""Samplers against an analytic target, CFG, per-sample seeding and rank sharding."""
+"""Samplers against an analytic target, CFG, per-sample seeding and rank sharding, and the one
+sample-then-decode path (SampleDecoder) with its label, settings and pairing helpers."""
 import pytest
 import torch
+from torch import nn
 
+from fae.errors import ConfigError, LatentCacheError
 from fae.generation import Generator, GeneratorConfig
+from fae.generation.decode import SampleDecoder, check_pair, class_labels, class_list, sampler_config
+from fae.images import quantize
 from fae.generation.samplers import GuidedVelocity, SamplerConfig, guidance_scale, integrate
 from fae.generation.seeding import balanced_labels, shard_indices
 from fae.generation.transport import TransportConfig
@@ -111,3 +116,71 @@ def test_two_ranks_take_disjoint_indices_that_cover_everything_and_agree_with_on
     parts = [gen.sample(r, labels[r.start:r.stop], seed=1, batch_size=2) for r in
              (shard_indices(5, rank, 2) for rank in range(2))]
     assert torch.allclose(torch.cat(parts), single, atol=1e-5)
+
+
+class LinearDecoder(nn.Module):
+    """Stands in for an FAE: z [b, 4, 4, 4] -> sigmoid(linear) images [b, 1, 8, 8] in [0, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.map = nn.Linear(64, 64)
+        nn.init.normal_(self.map.weight, std=0.3, generator=torch.Generator().manual_seed(5))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.map(z.flatten(1))).view(-1, 1, 8, 8)
+
+
+def test_sample_decoder_equals_sample_then_decode_whatever_the_batch_size():
+    gen, decoder = tiny_generator(), LinearDecoder()
+    labels = torch.tensor([2, 0, 1, 1, 0, 2, 2])
+    indices = [3, 9, 0, 4, 12, 5, 7]  # any indices: each seeds its own noise
+    with torch.no_grad():
+        latents = gen.sample(indices, labels, seed=11)
+        expected = quantize(decoder.decode(latents))  # uint8 [7, 1, 8, 8]
+    for batch_size in (1, 3, 7, 64):
+        out = SampleDecoder(gen, decoder, batch_size=batch_size).all(indices, labels, seed=11)
+        assert out.images.dtype == torch.uint8 and out.images.shape == (7, 1, 8, 8)
+        assert torch.equal(out.images, expected)
+        assert torch.equal(out.labels, labels)
+        assert torch.allclose(out.latents, latents, atol=1e-5)
+    parts = list(SampleDecoder(gen, decoder, batch_size=3).batches(indices, labels, seed=11))
+    assert [len(p) for p in parts] == [3, 3, 1]
+    other_seed = SampleDecoder(gen, decoder).all(indices, labels, seed=12).images
+    assert not torch.equal(other_seed, expected)
+
+
+def test_sample_decoder_labels_default_to_cycled_classes_and_are_checked():
+    gen, decoder = tiny_generator(), LinearDecoder()
+    out = SampleDecoder(gen, decoder).all(range(5))
+    assert out.labels.tolist() == [0, 1, 2, 0, 1]  # class i % 3, as class_labels gives
+    assert torch.equal(out.images, SampleDecoder(gen, decoder).all(range(5), [0, 1, 2, 0, 1]).images)
+    with pytest.raises(ConfigError, match="one label per sample"):
+        SampleDecoder(gen, decoder).all(range(5), torch.tensor([0, 1]))
+    torch.manual_seed(0)
+    uncond = Generator(GeneratorConfig(depth=1, dim=32, heads=2, latent_channels=4, latent_size=4,
+                                       num_classes=0), sampling=SamplerConfig(steps=2)).eval()
+    out = SampleDecoder(uncond, decoder).all(range(3))
+    assert out.labels.tolist() == [-1, -1, -1] and out.images.shape == (3, 1, 8, 8)
+    with pytest.raises(ConfigError, match="unconditional"):
+        SampleDecoder(uncond, decoder).all(range(3), [0, 0, 0])
+    empty = SampleDecoder(gen, decoder).all(range(0))
+    assert len(empty) == 0 and empty.images.dtype == torch.uint8
+
+
+def test_labels_settings_and_pairing_helpers():
+    gen = tiny_generator()
+    assert class_list(gen) == [0, 1, 2] and class_list(gen, [2]) == [2]
+    assert class_labels(gen, range(4, 8), [0, 2]).tolist() == [0, 2, 0, 2]
+    with pytest.raises(ConfigError, match=r"\[5\]"):
+        class_list(gen, [0, 5])
+    cfg = sampler_config(gen, {"steps": 7, "cfg_scale": 2.0})
+    assert (cfg.method, cfg.steps, cfg.cfg_scale) == ("euler_maruyama", 7, 2.0)  # the stored method kept
+    assert sampler_config(gen).steps == 4
+    with pytest.raises(ConfigError, match="sampling.bogus"):
+        sampler_config(gen, {"bogus": 1})
+    gen.fae_identity = {"identity": "a" * 64}
+    check_pair(gen, "a" * 64, (4, 4, 4))
+    with pytest.raises(LatentCacheError, match="another FAE"):
+        check_pair(gen, "b" * 64, (4, 4, 4), "gen", "fae")
+    with pytest.raises(LatentCacheError, match=r"\[4, 8, 8\]"):
+        check_pair(gen, "a" * 64, (4, 8, 8))

@@ -1,17 +1,44 @@
 """``fae cache-latents --config FILE [key=value ...]``: encode a dataset with a trained FAE.
 
 Runs unchanged under ``torchrun --nproc_per_node=N -m fae cache-latents ...`` (ranks split the
-shards); re-running the same command resumes an interrupted cache.
+shards); re-running the same command resumes an interrupted cache. The cache records the FAE
+export's latent statistics; the generator trained on it normalises with them.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fae.data.latent_cache import CacheConfig
+
+
+def fae_record(fae) -> dict[str, Any]:
+    """What a cache (and a generator trained on it) records about the FAE that wrote it."""
+    cfg = fae.config
+    return {"identity": fae.identity(), "backbone": cfg.backbone, "resolution": cfg.resolution,
+            "latent_shape": list(fae.latent_shape)}
+
+
+def cache_latents(cfg: CacheConfig) -> Path:
+    """Load the FAE export ``cfg.fae`` on this rank's device and write (or resume) the cache
+    ``cfg.out``; returns the cache folder. The process group, if any, is the caller's."""
+    from fae import distributed as du
+    from fae.autoencoder import FAE
+    from fae.data.latent_cache import write_cache
+
+    cfg.validate()
+    device = du.device()
+    fae = FAE.from_pretrained(cfg.fae, device=device)
+    return write_cache(cfg, fae, identity=fae_record(fae), latent_mean=fae.latent_mean,
+                       latent_std=fae.latent_std, device=device)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.config import load_config
-    from fae.data.latent_cache import CacheConfig, cache_latents
     from fae import distributed as du
+    from fae.config import load_config
+    from fae.data.latent_cache import CacheConfig
 
     cfg = load_config(CacheConfig, args.config, args.overrides)
     folder = cache_latents(cfg)

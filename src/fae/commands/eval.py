@@ -4,62 +4,70 @@ returning its results dict (``run_fid``, ...), plus the thin parser that calls i
 Every verb takes ``--config FILE`` plus trailing ``key=value`` overrides; its convenience flags
 (``--samples``, ``--ref``, ``--fae``, ...) are overrides applied last. All of them run unchanged
 under ``torchrun --nproc_per_node=N -m fae eval ...``: images are sharded over ranks,
-features/sums are gathered, and rank 0 writes the results file.
+features/sums are gathered, and rank 0 writes the results file. The metrics themselves live in
+``fae.evaluation``; the process group is ``fae.cli.main``'s.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from fae.errors import ConfigError, DataError
-from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig
-from fae.evaluation.stats import InceptionStats, NpzImages, has_stats, read_stats
-from fae.io import atomic_save_json
-from fae import distributed as dist
+    from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig
+    from fae.evaluation.stats import InceptionStats
 
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> this rank's device; else ``name``."""
+    import torch
+
+    from fae import distributed as dist
+
     return dist.device() if name == "auto" else torch.device(name)
-
-
-def _has_images(path: str) -> bool:
-    import numpy as np
-    with np.load(path, allow_pickle=False) as data:
-        return "arr_0" in data.files
 
 
 def load_set_stats(path: str, net, *, need_features: bool, batch_size: int, progress: bool,
                    desc: str) -> InceptionStats:
-    """Statistics of an image batch or stats file; precomputed mu/sigma are kept as given (ADM)."""
+    """Statistics of an image batch or stats file; precomputed mu/sigma are kept as given (ADM),
+    and pool features are computed from its images only when a metric needs them."""
+    from fae.errors import DataError
     from fae.evaluation.features import compute_inception_stats
+    from fae.evaluation.stats import NpzImages, has_stats, read_stats
 
     if not Path(path).is_file():
         raise DataError(f"'{path}' does not exist")
-    if has_stats(path):
-        stats = read_stats(path)
-        if need_features and stats.pool_features is None and _has_images(path):
-            images = NpzImages(path)
-            stats.pool_features = compute_inception_stats(images, net, batch_size=batch_size,
-                                                          progress=progress, desc=desc).pool_features
-            stats.count = stats.count or len(images)
-        return stats
-    return compute_inception_stats(NpzImages(path), net, batch_size=batch_size,
-                                   keep_features=need_features, progress=progress, desc=desc)
+    if not has_stats(path):
+        return compute_inception_stats(NpzImages(path), net, batch_size=batch_size,
+                                       keep_features=need_features, progress=progress, desc=desc)
+    stats = read_stats(path)
+    if need_features and stats.pool_features is None and _has_images(path):
+        images = NpzImages(path)
+        stats.pool_features = compute_inception_stats(images, net, batch_size=batch_size,
+                                                      progress=progress, desc=desc).pool_features
+        stats.count = stats.count or len(images)
+    return stats
 
 
-def run_fid(cfg: FidConfig) -> dict:
+def _has_images(path: str) -> bool:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return "arr_0" in data.files
+
+
+def run_fid(cfg: FidConfig) -> dict[str, Any]:
     """Score ``cfg.samples`` against ``cfg.ref``; writes JSON on rank 0 and returns the results."""
+    from fae.errors import ConfigError
     from fae.evaluation.inception import load_inception
     from fae.evaluation.suite import generation_metrics
 
     if not cfg.samples or not cfg.ref:
         raise ConfigError("fae eval fid needs both samples=<.npz> and ref=<.npz> (or --samples/--ref)")
-    device = resolve_device(cfg.device)
-    net = load_inception(device=device)
+    net = load_inception(device=resolve_device(cfg.device))
     need = any(m in cfg.metrics for m in ("kid", "pr"))
     kwargs = dict(need_features=need, batch_size=cfg.batch_size, progress=cfg.progress)
     samples = load_set_stats(cfg.samples, net, desc="samples", **kwargs)
@@ -68,21 +76,22 @@ def run_fid(cfg: FidConfig) -> dict:
                                  kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k,
                                  sqrt_method=cfg.sqrt_method)
     results.update(samples=str(cfg.samples), ref=str(cfg.ref))
-    out = cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json"
-    return _write(results, out)
+    return _write(results, cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json")
 
 
-def run_ref_stats(cfg: RefStatsConfig) -> dict:
+def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:
     """Write reference statistics of ``cfg.images`` (an .npz) or of ``cfg.data``."""
+    from fae import distributed as dist
     from fae.evaluation.features import compute_inception_stats
     from fae.evaluation.inception import load_inception
+    from fae.evaluation.stats import NpzImages
 
-    device = resolve_device(cfg.device)
-    net = load_inception(device=device)
+    net = load_inception(device=resolve_device(cfg.device))
     if cfg.images:
         source, label = NpzImages(cfg.images), cfg.images
     else:
         from fae.data.datasets import build_dataset
+
         source, label = build_dataset(cfg.data), f"{cfg.data.name}:{cfg.data.split}"
     stats = compute_inception_stats(source, net, batch_size=cfg.batch_size, keep_features=cfg.with_features,
                                     progress=cfg.progress, desc="ref-stats")
@@ -92,21 +101,15 @@ def run_ref_stats(cfg: RefStatsConfig) -> dict:
     return {"source": label, "count": stats.count, "out": str(cfg.out), "with_features": cfg.with_features}
 
 
-def run_probe(cfg: ProbeConfig) -> dict:
+def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features."""
-    from fae.data.datasets import build_dataset
     from fae.evaluation.probe import linear_probe
     from fae.evaluation.probe_features import pooled_features
 
-    device = resolve_device(cfg.device)
-    encoder = _probe_encoder(cfg, device)
-    splits = {}
-    for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit)):
-        dataset = build_dataset(cfg.data, split=split)
-        if limit is not None:
-            dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-        splits[split] = pooled_features(encoder, dataset, batch_size=cfg.batch_size,
-                                        progress=cfg.progress, desc=f"probe {split}")
+    encoder = _probe_encoder(cfg, resolve_device(cfg.device))
+    splits = {split: pooled_features(encoder, _limited(cfg.data, split, limit), batch_size=cfg.batch_size,
+                                     progress=cfg.progress, desc=f"probe {split}")
+              for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit))}
     result = linear_probe(*splits["train"], *splits["test"], epochs=cfg.epochs, seed=cfg.seed,
                           weight_decay=cfg.weight_decay)
     result.update(features=cfg.features, backbone=encoder.name, fae=cfg.fae)
@@ -114,39 +117,53 @@ def run_probe(cfg: ProbeConfig) -> dict:
 
 
 def _probe_encoder(cfg: ProbeConfig, device: torch.device):
+    """Images -> pooled features: through the FAE when one is given, else the raw backbone."""
     from fae.evaluation.probe_features import BackboneFeatures, FAEFeatures
 
     if cfg.fae:
         from fae.autoencoder import FAE
-        fae = FAE.from_pretrained(cfg.fae).to(device).eval()
-        return FAEFeatures(fae, cfg.features)
+
+        return FAEFeatures(FAE.from_pretrained(cfg.fae, device=device), cfg.features)
     from fae.backbones import load_backbone
+
     return BackboneFeatures(load_backbone(cfg.backbone, weights=cfg.weights, device=device,
                                           resolution=cfg.resolution))
 
 
-def run_recon(cfg: ReconConfig) -> dict:
+def _limited(data, split: str | None, limit: int | None):
+    """The dataset ``data`` (split overridden when given), cut to its first ``limit`` items."""
+    import torch.utils.data
+
+    from fae.data.datasets import build_dataset
+
+    dataset = build_dataset(data, split=split)
+    if limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    return dataset
+
+
+def run_recon(cfg: ReconConfig) -> dict[str, Any]:
     """Feature cosine / relative L2, PSNR, SSIM and rFID of an exported FAE on ``cfg.data``."""
     from fae.autoencoder import FAE
-    from fae.data.datasets import build_dataset
+    from fae.errors import ConfigError
     from fae.evaluation.recon import reconstruction_metrics
 
-    device = resolve_device(cfg.device)
-    fae = FAE.from_pretrained(cfg.fae).to(device).eval()
+    fae = FAE.from_pretrained(cfg.fae, device=resolve_device(cfg.device))
     if cfg.pixels and fae.pixel_decoder is None:
         raise ConfigError(f"the FAE in '{cfg.fae}' has no pixel decoder: pass pixels=false for feature "
                           "metrics only, or export an FAE with a trained pixel decoder")
-    dataset = build_dataset(cfg.data)
-    if cfg.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(cfg.limit, len(dataset))))
-    results = reconstruction_metrics(fae, dataset, batch_size=cfg.batch_size, pixels=cfg.pixels,
-                                     rfid=cfg.rfid, sqrt_method=cfg.sqrt_method, progress=cfg.progress)
+    results = reconstruction_metrics(fae, _limited(cfg.data, None, cfg.limit), batch_size=cfg.batch_size,
+                                     pixels=cfg.pixels, rfid=cfg.rfid, sqrt_method=cfg.sqrt_method,
+                                     progress=cfg.progress)
     results.update(fae=cfg.fae, data=f"{cfg.data.name}:{cfg.data.split}")
     return _write(results, cfg.out)
 
 
-def _write(results: dict, out: str) -> dict:
+def _write(results: dict[str, Any], out: str) -> dict[str, Any]:
     """Rank 0 writes ``out`` (JSON); every rank returns the results with ``out`` recorded."""
+    from fae import distributed as dist
+    from fae.io import atomic_save_json
+
     results = {**results, "out": str(out)}
     if dist.is_main():
         atomic_save_json(json.loads(json.dumps(results, default=float)), out)
@@ -157,26 +174,28 @@ def _write(results: dict, out: str) -> dict:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-
-# verb -> (config class name, flags that map to config keys: (flag, key, help))
-_VERBS = {
-    "fid": ("FidConfig", "score an ADM sample batch against a reference (FID, sFID, KID, precision/recall)",
+# verb -> (config class in fae.evaluation.config, runner, help, flags mapping to config keys)
+_VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, str]]]] = {
+    "fid": ("FidConfig", run_fid,
+            "score an ADM sample batch against a reference (FID, sFID, KID, precision/recall)",
             [("--samples", "samples", "ADM .npz sample batch (arr_0 uint8 NHWC) or stats file"),
              ("--ref", "ref", "ADM reference batch / statistics .npz"),
              ("--out", "out", "JSON results file")]),
-    "ref-stats": ("RefStatsConfig", "Inception reference statistics of a dataset or an .npz of images",
+    "ref-stats": ("RefStatsConfig", run_ref_stats,
+                  "Inception reference statistics of a dataset or an .npz of images",
                   [("--images", "images", ".npz of uint8 NHWC images (instead of data.*)"),
                    ("--out", "out", "statistics .npz to write")]),
-    "probe": ("ProbeConfig", "linear-probe top-1 of backbone features, FAE latents or reconstructions",
+    "probe": ("ProbeConfig", run_probe,
+              "linear-probe top-1 of backbone features, FAE latents or reconstructions",
               [("--backbone", "backbone", "registry name of the backbone"),
                ("--fae", "fae", "exported FAE folder"),
                ("--features", "features", "raw | latent | reconstructed"),
                ("--out", "out", "JSON results file")]),
-    "recon": ("ReconConfig", "reconstruction metrics of an exported FAE (feature cos/L2, PSNR, SSIM, rFID)",
+    "recon": ("ReconConfig", run_recon,
+              "reconstruction metrics of an exported FAE (feature cos/L2, PSNR, SSIM, rFID)",
               [("--fae", "fae", "exported FAE folder"),
                ("--out", "out", "JSON results file")]),
 }
-_RUNNERS = {"fid": "run_fid", "ref-stats": "run_ref_stats", "probe": "run_probe", "recon": "run_recon"}
 
 
 def _overrides(args: argparse.Namespace, flags) -> list[str]:
@@ -185,18 +204,18 @@ def _overrides(args: argparse.Namespace, flags) -> list[str]:
 
 
 def _run(verb: str, args: argparse.Namespace) -> int:
+    from fae import distributed as dist
     from fae.config import load_config
     from fae.evaluation import config
 
-    schema_name, _, flags = _VERBS[verb]
-    cfg = load_config(getattr(config, schema_name), args.config, _overrides(args, flags))
-    results = globals()[_RUNNERS[verb]](cfg)
+    schema_name, runner, _, flags = _VERBS[verb]
+    results = runner(load_config(getattr(config, schema_name), args.config, _overrides(args, flags)))
     if dist.is_main():
         _print(verb, results)
     return 0
 
 
-def _print(verb: str, results: dict) -> None:
+def _print(verb: str, results: dict[str, Any]) -> None:
     from fae.evaluation.suite import format_table
 
     print(json.dumps(results, default=float))
@@ -208,7 +227,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate: FID/sFID/KID/precision-recall, reference "
                                    "statistics, linear probe, reconstruction metrics")
     verbs = parser.add_subparsers(dest="eval_verb", metavar="EVAL_VERB", required=True)
-    for verb, (_, help_text, flags) in _VERBS.items():
+    for verb, (_, _, help_text, flags) in _VERBS.items():
         p = verbs.add_parser(verb, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML config file (default: the schema's defaults)")
         for flag, key, flag_help in flags:

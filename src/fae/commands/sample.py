@@ -3,7 +3,7 @@
     fae sample --generator runs/gen/export --fae runs/fae/export --num 50000 --out samples.npz \
         [--classes 0,1,2] [--seed 0] [--batch-size 64] [--config FILE] [sampling.cfg_scale=1.5 ...]
 
-Writes an ADM-format ``.npz`` (``arr_0``: uint8 [N, H, W, 3]; ``labels``: int64 [N]) and a PNG grid
+Writes an ADM-format ``.npz`` (``arr_0``: uint8 [N, H, W, 3]; ``arr_1``: int64 labels [N]) and a PNG grid
 of the first samples beside it. Sample i has class ``classes[i % len(classes)]`` (equal counts per
 class when len(classes) divides N) and its own noise seeded by (seed, i), so the result does not
 depend on the batch size or the number of ranks. Under torchrun each rank samples a contiguous
@@ -16,12 +16,9 @@ import argparse
 import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
-import numpy as np
-import torch
-
-from fae.errors import ConfigError, LatentCacheError
+from fae.errors import ConfigError
 
 
 @dataclass
@@ -66,121 +63,84 @@ class SampleConfig:
                               f"{self.batch_size}")
 
 
-def sampler_config(generator, overrides: dict[str, Any]):
-    """The generator's stored sampler settings with ``overrides`` applied (validated)."""
-    from fae.config import from_dict, to_dict
-    from fae.generation.samplers import SamplerConfig
-
-    cfg = from_dict(SamplerConfig, {**to_dict(generator.sampling), **overrides}, prefix="sampling")
-    cfg.validate()
-    return cfg
-
-
-def check_pair(generator, fae, generator_dir: str, fae_dir: str) -> None:
-    """Refuse an FAE other than the one whose latents the generator was trained on."""
-    recorded = generator.fae_identity.get("identity")
-    if recorded is not None and recorded != fae.identity():
-        raise LatentCacheError(f"generator '{generator_dir}' was trained on latents of another FAE "
-                               f"(identity {recorded[:12]}...) than '{fae_dir}' "
-                               f"(identity {fae.identity()[:12]}...)")
-    if tuple(fae.latent_shape) != tuple(generator.config.latent_shape):
-        raise LatentCacheError(f"FAE '{fae_dir}' makes latents {list(fae.latent_shape)}, generator "
-                               f"'{generator_dir}' samples {list(generator.config.latent_shape)}")
-
-
-def class_list(generator, classes: list[int] | None) -> list[int] | None:
-    """Classes to cycle through; None for an unconditional generator."""
-    n = generator.config.num_classes
-    if n == 0:
-        if classes:
-            raise ConfigError("this generator is unconditional: do not pass classes")
-        return None
-    classes = list(range(n)) if not classes else list(classes)
-    bad = [c for c in classes if not 0 <= c < n]
-    if bad:
-        raise ConfigError(f"classes {bad} are outside the generator's [0, {n - 1}]")
-    return classes
-
-
-@torch.no_grad()
-def generate_images(generator, fae, indices: range, classes: list[int] | None, seed: int, sampling,
-                    batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (uint8 images [b, H, W, 3], labels [b]) for the given sample indices, in order."""
-    from fae.generation.seeding import balanced_labels
-    from fae.report import to_uint8
-
-    labels = balanced_labels(indices, classes) if classes is not None else None
-    device = fae.latent_mean.device
-    batches = generator.iter_samples(indices, labels, seed=seed, config=sampling, batch_size=batch_size)
-    for start, latents in zip(range(0, len(indices), batch_size), batches):
-        images = to_uint8(fae.decode(latents.to(device)))  # [b, 3, H, W]
-        batch_labels = (labels[start:start + len(latents)] if labels is not None
-                        else torch.full((len(latents),), -1))
-        yield images.permute(0, 2, 3, 1).numpy(), batch_labels.numpy()
-
-
 def sample_to_npz(cfg: SampleConfig) -> Path:
-    """Run ``fae sample`` from a config; returns the ``.npz`` path (on every rank)."""
+    """Run ``fae sample`` from a config; returns the ``.npz`` path (on every rank). Each rank draws
+    its contiguous slice of the sample indices; rank 0 assembles the file and the grid."""
+    import torch
+
+    from fae import distributed as du
     from fae.autoencoder import FAE
     from fae.generation import Generator
-    from fae.generation.seeding import shard_indices
-    from fae import distributed as du
+    from fae.evaluation.stats import write_sample_batch
+    from fae.generation.decode import SampleDecoder, check_pair, class_labels, sampler_config
 
     cfg.check()
     device = du.device()
     generator = Generator.from_pretrained(cfg.generator, device=device)
     fae = FAE.from_pretrained(cfg.fae, device=device)
-    check_pair(generator, fae, cfg.generator, cfg.fae)
-    sampling = sampler_config(generator, cfg.sampling)
-    classes = class_list(generator, cfg.classes)
-    out = Path(cfg.out)
-    indices = shard_indices(cfg.num, du.rank(), du.world_size())
+    check_pair(generator, fae.identity(), fae.latent_shape, cfg.generator, cfg.fae)
+    indices = du.shard_range(cfg.num)
+    labels = class_labels(generator, indices, cfg.classes)
+    decoder = SampleDecoder(generator, fae, sampler_config(generator, cfg.sampling), cfg.batch_size)
     bf16 = cfg.precision == "bf16" and device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast:
-        parts = list(generate_images(generator, fae, indices, classes, cfg.seed, sampling, cfg.batch_size))
-    images = np.concatenate([p[0] for p in parts]) if parts else None
-    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        samples = decoder.all(indices, labels, seed=cfg.seed, progress=du.is_main(), desc="sample")
+    out = Path(cfg.out)
     if du.world_size() > 1:
-        _write_npz(_part_path(out, du.rank()), images, labels)
+        _write_part(_part_path(out, du.rank()), samples)
     du.barrier()
     if du.is_main():
-        if du.world_size() > 1:
-            images, labels = _merge_parts(out, du.world_size())
-        _write_npz(out, images, labels)
+        images, labels = _merge_parts(out, du.world_size()) if du.world_size() > 1 else _adm_arrays(samples)
+        write_sample_batch(out, images, labels)
         _write_grid(images[:cfg.grid_count], Path(cfg.grid) if cfg.grid else out.with_suffix(".png"))
     du.barrier()
     return out
+
+
+def _adm_arrays(samples):
+    """SampleBatch -> (uint8 RGB [N, H, W, 3], int64 labels [N]): the ADM ``.npz`` layout."""
+    import numpy as np
+
+    from fae.images import nchw_to_nhwc, to_uint8_rgb
+
+    labels = samples.labels.numpy().astype(np.int64)
+    if len(samples) == 0:  # a rank with no samples (more ranks than samples)
+        return np.zeros((0, 1, 1, 3), np.uint8), labels
+    return nchw_to_nhwc(to_uint8_rgb(samples.images)), labels
 
 
 def _part_path(out: Path, rank: int) -> Path:
     return out.with_name(f".{out.stem}.rank{rank:03d}.npz")
 
 
-def _write_npz(path: Path, images: np.ndarray | None, labels: np.ndarray) -> None:
-    from fae.io import atomic_write
+def _write_part(path: Path, samples) -> Path:
+    from fae.evaluation.stats import write_sample_batch
 
-    if images is None:
-        images = np.zeros((0, 1, 1, 3), np.uint8)
-    atomic_write(path, lambda f: np.savez(f, arr_0=images, labels=labels))
+    return write_sample_batch(path, *_adm_arrays(samples))
 
 
-def _merge_parts(out: Path, world: int) -> tuple[np.ndarray, np.ndarray]:
+def _merge_parts(out: Path, world: int):
+    """Rank 0: every rank's part, in rank order (= sample order), as one (images, labels)."""
+    import numpy as np
+
+    from fae.evaluation.stats import read_sample_batch
+
     images, labels = [], []
     for rank in range(world):
         path = _part_path(out, rank)
-        with np.load(path) as part:
-            if len(part["labels"]):
-                images.append(part["arr_0"])
-                labels.append(part["labels"])
+        part_images, part_labels = read_sample_batch(path)
+        if len(part_labels):
+            images.append(part_images)
+            labels.append(part_labels)
         path.unlink()
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _write_grid(images: np.ndarray, path: Path) -> Path:
-    from fae.report import image_grid, save_png
+def _write_grid(images, path: Path) -> Path:
+    """PNG grid of uint8 NHWC images."""
+    from fae.images import image_grid, nhwc_to_nchw, save_png
 
-    tiles = torch.from_numpy(images).permute(0, 3, 1, 2)  # [n, 3, H, W] uint8
+    tiles = nhwc_to_nchw(images)  # [n, 3, H, W] uint8
     return save_png(image_grid(tiles, ncol=max(1, int(len(tiles) ** 0.5))), path)
 
 

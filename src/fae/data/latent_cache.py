@@ -1,17 +1,25 @@
 """Latent cache: a dataset encoded once by a trained FAE, for generator training.
 
-Folder layout (``fae cache-latents``):
+Folder layout (written by ``fae cache-latents``, i.e. ``fae.commands.cache_latents``):
 
     manifest.json              format, the FAE's identity (hash of the tensors that define its latent
-                               space, see ``FAE.identity``), backbone, resolution, latent shape,
-                               dataset, item count, shard plan, and ``complete`` once finished
+                               space), backbone, resolution, latent shape, the FAE's per-channel
+                               ``latent_stats`` (copied from its export), dataset, item count, shard
+                               plan, and ``complete`` once every shard is checked
     shard-00000.safetensors    ``latents`` [n, c, h, w] (posterior means), ``labels`` [n] int64, and
                                ``latents_flipped`` [n, c, h, w] when flipped copies were requested
-    stats.safetensors          per-channel ``mean`` / ``std`` [c] over every stored latent
+
+Latent statistics have one source: the FAE export (stage Ia measures them; ``FAE.latent_mean`` /
+``latent_std``). The cache records those numbers and never measures its own, so the generator, the
+cache and the FAE normalise latents identically. Caches of manifest version 1 measured their own
+statistics (``"stats"`` in the manifest and a ``stats.safetensors``); they still load and keep them.
 
 Shard ``i`` holds dataset items ``[i * shard_size, (i + 1) * shard_size)``. Ranks encode shards
 ``i = rank, rank + world, ...``; every shard is written atomically, so an interrupted run resumes by
 skipping the shards that exist. A cache is only ever extended by the FAE that started it.
+
+This module never imports the autoencoder: the writer takes any *encoder* (``encode(uint8 images
+[b, C, H, W]) -> z [b, c, h, w]``) plus what the manifest must say about it.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -29,9 +37,11 @@ from fae.data.datasets import DataConfig
 from fae.errors import ConfigError, LatentCacheError
 from fae.io import atomic_save_json, atomic_save_safetensors
 
-FORMAT = "fae-latent-cache"
-MANIFEST, STATS = "manifest.json", "stats.safetensors"
+FORMAT, VERSION = "fae-latent-cache", 2  # version 1: the cache measured its own statistics
+MANIFEST, LEGACY_STATS = "manifest.json", "stats.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Manifest keys a resumed run must share with the run that started the cache.
+_PLAN_KEYS = ("data", "count", "flip", "shard_size", "dtype")
 
 
 @dataclass
@@ -68,25 +78,53 @@ class CacheConfig:
                 raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
 
 
+class LatentEncoder(Protocol):
+    """What the writer needs from an FAE."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [b, C, H, W] -> latents [b, c, h, w]."""
+        ...
+
+
 def shard_path(folder: Path, index: int) -> Path:
-    return folder / f"shard-{index:05d}.safetensors"
+    return Path(folder) / f"shard-{index:05d}.safetensors"
 
 
-def fae_identity(fae: Any) -> dict[str, Any]:
-    """What a cache (and a generator trained on it) records about the FAE that wrote it."""
-    cfg = fae.config
-    return {"identity": fae.identity(), "backbone": cfg.backbone, "resolution": cfg.resolution,
-            "latent_shape": list(fae.latent_shape)}
+# ------------------------------------------------------------------------------ the FAE's export
+
+
+def read_fae_export(folder: str | Path) -> dict[str, Any]:
+    """What a cache needs from an FAE export's ``config.json`` (no weights are read):
+    ``identity``, ``latent_shape`` (c, h, w) and, when recorded, ``latent_stats``.
+
+    Exports written before ``latent_shape`` was recorded give it as ``config.latent_channels``
+    and ``backbone.grid``; both spellings are read.
+    """
+    from fae.export import CONFIG_FILE, read_export_config, resolve_folder
+
+    config = read_export_config(folder)
+    path = resolve_folder(folder) / CONFIG_FILE
+    if not isinstance(config.get("identity"), str):
+        raise LatentCacheError(f"'{folder}' holds a '{config['format']}' export, not an exported FAE "
+                               f"(no identity in '{path}')")
+    return {"identity": config["identity"], "latent_shape": _latent_shape(config, path),
+            "latent_stats": config.get("latent_stats")}
+
+
+def _latent_shape(config: dict[str, Any], path: Path) -> tuple[int, int, int]:
+    if "latent_shape" in config:
+        return tuple(int(v) for v in config["latent_shape"])
+    model, backbone = config.get("config") or {}, config.get("backbone") or {}
+    grid = backbone.get("grid") or model.get("grid")
+    if "latent_channels" not in model or not grid:
+        raise LatentCacheError(f"'{path}' records no latent shape (neither 'latent_shape' nor "
+                               f"'config.latent_channels' with 'backbone.grid')")
+    return int(model["latent_channels"]), int(grid[0]), int(grid[1])
 
 
 def read_fae_identity(folder: str | Path) -> str:
-    """The identity hash recorded in an FAE export's config.json (verified when it is loaded)."""
-    path = Path(folder) / "config.json"
-    try:
-        return json.loads(path.read_text())["identity"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise LatentCacheError(f"'{folder}' is not an exported FAE (no readable identity in "
-                               f"'{path}')") from None
+    """The identity hash recorded in an FAE export (verified when the FAE itself is loaded)."""
+    return read_fae_export(folder)["identity"]
 
 
 def mismatch_message(cache: str | Path, cache_id: dict[str, Any], fae: str | Path, fae_id: str) -> str:
@@ -98,10 +136,22 @@ def mismatch_message(cache: str | Path, cache_id: dict[str, Any], fae: str | Pat
 # --------------------------------------------------------------------------------------- writing
 
 
-def _plan(cfg: CacheConfig, identity: dict[str, Any], count: int) -> dict[str, Any]:
-    return {"format": FORMAT, "version": 1, "complete": False, "fae": identity, "fae_path": cfg.fae,
-            "data": to_dict(replace(cfg.data, flip=False)), "count": count, "flip": cfg.flip,
-            "shard_size": cfg.shard_size, "num_shards": math.ceil(count / cfg.shard_size),
+def stats_record(mean: torch.Tensor, std: torch.Tensor, channels: int, source: str) -> dict[str, list[float]]:
+    """The manifest's ``latent_stats``: per-channel mean / std [c] as given by the FAE export."""
+    mean, std = mean.detach().float().cpu().reshape(-1), std.detach().float().cpu().reshape(-1)
+    if mean.shape != (channels,) or std.shape != (channels,):
+        raise LatentCacheError(f"latent statistics of '{source}' have {mean.numel()} / {std.numel()} "
+                               f"channels, its latents {channels}")
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise LatentCacheError(f"latent statistics of '{source}' are degenerate (std {std.tolist()}); "
+                               f"re-export the FAE with `fae train autoencoder`")
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def _plan(cfg: CacheConfig, identity: dict[str, Any], stats: dict[str, list[float]], count: int) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "complete": False, "fae": identity, "fae_path": cfg.fae,
+            "latent_stats": stats, "data": to_dict(replace(cfg.data, flip=False)), "count": count,
+            "flip": cfg.flip, "shard_size": cfg.shard_size, "num_shards": math.ceil(count / cfg.shard_size),
             "dtype": cfg.dtype}
 
 
@@ -113,25 +163,50 @@ def _check_resumable(folder: Path, plan: dict[str, Any]) -> None:
     old = json.loads(path.read_text())
     if old.get("fae", {}).get("identity") != plan["fae"]["identity"]:
         raise LatentCacheError(mismatch_message(folder, old["fae"], plan["fae_path"], plan["fae"]["identity"]))
-    for key in ("data", "count", "flip", "shard_size", "dtype"):
+    for key in _PLAN_KEYS + (("latent_stats",) if "latent_stats" in old else ()):
         if old.get(key) != plan[key]:
             raise LatentCacheError(f"latent cache '{folder}' was started with {key}={old.get(key)!r}, "
                                    f"now {plan[key]!r}; use a new folder (or the original settings)")
 
 
-def cache_latents(cfg: CacheConfig) -> Path:
-    """Encode ``cfg.data`` with the FAE into ``cfg.out``; resumes an interrupted run. Every rank
-    under torchrun takes its share of the shards. Returns the cache folder."""
-    from fae.autoencoder import FAE
-    from fae.data.datasets import build_dataset
+def write_cache(cfg: CacheConfig, encoder: LatentEncoder, *, identity: dict[str, Any],
+                latent_mean: torch.Tensor, latent_std: torch.Tensor,
+                device: torch.device | str = "cpu") -> Path:
+    """Encode ``cfg.data`` with ``encoder`` into ``cfg.out``; resumes an interrupted run. Every rank
+    under torchrun takes its share of the shards. Returns the cache folder.
+
+    Args:
+        cfg: what to encode and how to store it.
+        encoder: ``encode(uint8 images [b, C, H, W] on device) -> latents [b, c, h, w]``.
+        identity: the manifest's ``fae`` entry (``identity``, ``backbone``, ``resolution``,
+            ``latent_shape``); a generator trained on the cache records it.
+        latent_mean, latent_std: the FAE export's per-channel latent statistics [c] (recorded as
+            the cache's statistics, not re-measured).
+        device: where the images go before ``encode``.
+    """
     from fae import distributed as du
+    from fae.data.datasets import build_dataset
 
     cfg.validate()
-    device = du.device()
-    fae = FAE.from_pretrained(cfg.fae, device=device)
     dataset = build_dataset(replace(cfg.data, flip=False))
     folder = Path(cfg.out)
-    plan = _plan(cfg, fae_identity(fae), len(dataset))
+    stats = stats_record(latent_mean, latent_std, identity["latent_shape"][0], cfg.fae)
+    plan = _plan(cfg, identity, stats, len(dataset))
+    _start(folder, plan)
+    todo = [i for i in range(du.rank(), plan["num_shards"], du.world_size())
+            if not _shard_done(shard_path(folder, i), plan)]
+    _encode_shards(encoder, dataset, folder, todo, cfg, plan, device, progress=cfg.progress and du.is_main())
+    du.barrier()
+    if du.is_main():
+        finish_cache(folder)
+    du.barrier()
+    return folder
+
+
+def _start(folder: Path, plan: dict[str, Any]) -> None:
+    """Rank 0 checks and writes the manifest; every rank raises the same error if it fails."""
+    from fae import distributed as du
+
     error = None
     if du.is_main():
         try:
@@ -142,14 +217,6 @@ def cache_latents(cfg: CacheConfig) -> Path:
     error = du.broadcast_object(error)
     if error is not None:
         raise LatentCacheError(error)
-    todo = [i for i in range(du.rank(), plan["num_shards"], du.world_size())
-            if not _shard_done(shard_path(folder, i), plan)]
-    _encode_shards(fae, dataset, folder, todo, cfg, plan, progress=cfg.progress and du.is_main())
-    du.barrier()
-    if du.is_main():
-        finish_cache(folder)
-    du.barrier()
-    return folder
 
 
 def _shard_done(path: Path, plan: dict[str, Any]) -> bool:
@@ -161,26 +228,34 @@ def _shard_done(path: Path, plan: dict[str, Any]) -> bool:
         return (f.metadata() or {}).get("fae_identity") == plan["fae"]["identity"]
 
 
+def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DataLoader's batches, built by the one stacking rule (mixed sizes name the fix)."""
+    from fae.data.batches import stack_images
+
+    return stack_images([image for image, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.long)
+
+
 @torch.inference_mode()
-def _encode_shards(fae, dataset: Dataset, folder: Path, todo: list[int], cfg: CacheConfig,
-                   plan: dict[str, Any], progress: bool) -> None:
+def _encode_shards(encoder: LatentEncoder, dataset: Dataset, folder: Path, todo: list[int], cfg: CacheConfig,
+                   plan: dict[str, Any], device: torch.device | str, progress: bool) -> None:
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(min(cfg.shard_size, plan["count"] - i * cfg.shard_size) for i in todo),
                disable=not progress, desc="cache-latents", unit="img")
-    device = fae.latent_mean.device
+    dtype = DTYPES[cfg.dtype]
     for index in todo:
         lo, hi = index * cfg.shard_size, min((index + 1) * cfg.shard_size, plan["count"])
+        # A DataLoader (not fae.data.batches.iterate_batches) so that num_workers can decode JPEGs.
         loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=cfg.batch_size,
-                            num_workers=cfg.num_workers)
+                            num_workers=cfg.num_workers, collate_fn=_collate)
         parts: dict[str, list[torch.Tensor]] = {"latents": [], "labels": [], "latents_flipped": []}
         for images, labels in loader:
             images = images.to(device)  # [b, C, H, W] uint8
-            parts["latents"].append(fae.encode(images).to("cpu", DTYPES[cfg.dtype]))  # [b, c, h, w]
+            parts["latents"].append(encoder.encode(images).to("cpu", dtype))  # [b, c, h, w]
             if cfg.flip:
-                parts["latents_flipped"].append(fae.encode(images.flip(-1)).to("cpu", DTYPES[cfg.dtype]))
-            parts["labels"].append(torch.as_tensor(labels, dtype=torch.long))
+                parts["latents_flipped"].append(encoder.encode(images.flip(-1)).to("cpu", dtype))
+            parts["labels"].append(labels)
             bar.update(len(images))
         tensors = {k: torch.cat(v) for k, v in parts.items() if v}
         atomic_save_safetensors(tensors, shard_path(folder, index),
@@ -189,30 +264,20 @@ def _encode_shards(fae, dataset: Dataset, folder: Path, todo: list[int], cfg: Ca
 
 
 def finish_cache(folder: str | Path) -> dict[str, Any]:
-    """Check every shard, write per-channel statistics, and mark the manifest complete."""
+    """Check that every shard is present, holds its items and only finite latents; then mark the
+    manifest complete. (Statistics are the FAE's, recorded when the cache was started.)"""
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
-    c = manifest["fae"]["latent_shape"][0]
-    total, total_sq, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
-    for i in range(manifest["num_shards"]):
-        for latents in _read_shard(folder, i, manifest).values():
-            z = latents.double().transpose(0, 1).reshape(c, -1)  # [c, n*h*w]
-            total += z.sum(1)
-            total_sq += z.square().sum(1)
-            n += z.shape[1]
-    if n == 0:
+    if manifest["count"] == 0:
         raise LatentCacheError(f"latent cache '{folder}' holds no latents (empty dataset?)")
-    mean = total / n
-    std = (total_sq / n - mean.square()).clamp_min(0).sqrt()
-    if not torch.isfinite(std).all() or (std == 0).any():
-        raise LatentCacheError(f"latent cache '{folder}': degenerate per-channel std {std.tolist()}")
-    atomic_save_safetensors({"mean": mean.float(), "std": std.float()}, folder / STATS)
-    manifest.update(complete=True, stats={"mean": mean.tolist(), "std": std.tolist()})
+    for index in range(manifest["num_shards"]):
+        _check_shard(folder, index, manifest)
+    manifest["complete"] = True
     atomic_save_json(manifest, folder / MANIFEST)
     return manifest
 
 
-def _read_shard(folder: Path, index: int, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _check_shard(folder: Path, index: int, manifest: dict[str, Any]) -> None:
     from safetensors.torch import load_file
 
     path = shard_path(folder, index)
@@ -220,7 +285,21 @@ def _read_shard(folder: Path, index: int, manifest: dict[str, Any]) -> dict[str,
         raise LatentCacheError(f"latent cache '{folder}' is missing '{path.name}': re-run "
                                f"`fae cache-latents` to finish it")
     tensors = load_file(str(path))
-    return {k: v for k, v in tensors.items() if k.startswith("latents")}
+    size = manifest["shard_size"]
+    n = min(size, manifest["count"] - index * size)
+    keys = ["latents"] + (["latents_flipped"] if manifest["flip"] else [])
+    shape = (n, *manifest["fae"]["latent_shape"])
+    for key in keys:
+        z = tensors.get(key)
+        if z is None or tuple(z.shape) != shape:
+            got = "nothing" if z is None else list(z.shape)
+            raise LatentCacheError(f"'{path}': '{key}' should be {list(shape)}, holds {got}; delete the "
+                                   f"shard and re-run `fae cache-latents`")
+        if not torch.isfinite(z).all():
+            raise LatentCacheError(f"'{path}': '{key}' holds non-finite latents (an FAE or dtype "
+                                   f"problem: try dtype=float32)")
+    if tuple(tensors.get("labels", torch.empty(0)).shape) != (n,):
+        raise LatentCacheError(f"'{path}': 'labels' should hold {n} items; delete the shard and re-run")
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -236,13 +315,7 @@ class LatentCache:
 
     def __init__(self, folder: str | Path, fae: str | Path | None = None):
         self.folder = Path(folder)
-        path = self.folder / MANIFEST
-        if not path.is_file():
-            raise LatentCacheError(f"'{folder}' is not a latent cache (no {MANIFEST}); write one with "
-                                   f"`fae cache-latents`")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise LatentCacheError(f"'{path}' is not a latent cache manifest")
+        self.manifest = read_manifest(self.folder)
         if not self.manifest.get("complete"):
             raise LatentCacheError(f"latent cache '{folder}' is incomplete: re-run `fae cache-latents` "
                                    f"with the same config to finish it")
@@ -265,12 +338,27 @@ class LatentCache:
     def has_flips(self) -> bool:
         return bool(self.manifest["flip"])
 
-    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (mean, std) [c] over every stored latent."""
-        from safetensors.torch import load_file
+    @property
+    def stats_source(self) -> str:
+        """Where :meth:`stats` comes from: the FAE export, or (version-1 caches) the cache itself."""
+        return "the FAE export" if "latent_stats" in self.manifest else "the cache (version 1)"
 
-        stats = load_file(str(self.folder / STATS))
-        return stats["mean"], stats["std"]
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (mean, std) [c]: the FAE export's latent statistics recorded in the manifest.
+        A version-1 cache gives the statistics it measured itself (stats.safetensors or manifest)."""
+        if "latent_stats" in self.manifest:
+            stats = self.manifest["latent_stats"]
+        elif (self.folder / LEGACY_STATS).is_file():
+            from safetensors.torch import load_file
+
+            stats = load_file(str(self.folder / LEGACY_STATS))
+        elif "stats" in self.manifest:
+            stats = self.manifest["stats"]
+        else:
+            raise LatentCacheError(f"latent cache '{self.folder}' records no latent statistics; "
+                                   f"re-run `fae cache-latents` into a new folder")
+        return (torch.as_tensor(stats["mean"], dtype=torch.float32),
+                torch.as_tensor(stats["std"], dtype=torch.float32))
 
     def _handle(self, shard: int):
         if shard not in self._handles:
@@ -292,6 +380,24 @@ class LatentCache:
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen their own handles
         return {**self.__dict__, "_handles": {}}
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """A cache folder's manifest (finished or not), checked to be one."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise LatentCacheError(f"'{folder}' is not a latent cache (no {MANIFEST}); write one with "
+                               f"`fae cache-latents`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LatentCacheError(f"'{path}' is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise LatentCacheError(f"'{path}' is not a latent cache manifest")
+    if manifest.get("version", 1) > VERSION:
+        raise LatentCacheError(f"latent cache '{folder}' has manifest version {manifest['version']}; "
+                               f"this version of fae reads up to {VERSION}: upgrade fae")
+    return manifest
 
 
 class LatentDataset(Dataset):

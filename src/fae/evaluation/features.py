@@ -13,8 +13,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from fae.data.batches import stack_images
 from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM, InceptionFeatures, resize_tf_bilinear
 from fae.evaluation.stats import InceptionStats, StreamingStats
+from fae.images import nhwc_to_nchw, quantize
 from fae import distributed as dist
 
 
@@ -40,14 +42,15 @@ class ArraySource:
         return int(self.images.shape[0])
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.images[start:stop])).permute(0, 3, 1, 2)
+        return nhwc_to_nchw(self.images[start:stop])
 
 
 class TensorSource:
-    """Images held as a tensor [N, C, H, W] (uint8, or float in [0, 1] which is scaled to 0..255)."""
+    """Images held as a tensor [N, C, H, W]: uint8, or float in [0, 1], which is quantised to uint8
+    first (``fae.images.quantize``: every metric scores what a saved PNG would hold)."""
 
     def __init__(self, images: torch.Tensor):
-        self.images = images if images.dtype == torch.uint8 else images.clamp(0, 1) * 255.0
+        self.images = quantize(images)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -71,10 +74,10 @@ class DatasetSource:
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         images = [self.dataset[i][0] for i in range(start, stop)]
-        if len({tuple(im.shape) for im in images}) == 1:
-            return torch.stack(images)  # [B, C, H, W] uint8
-        # mixed sizes: resize each to the Inception input now (the same resize the network uses)
-        return torch.stack([resize_tf_bilinear(im.float()[None])[0] for im in images])
+        if len({tuple(im.shape) for im in images}) > 1:
+            # mixed sizes: resize each to the Inception input now (the same resize the network uses)
+            return torch.stack([resize_tf_bilinear(im.float()[None])[0] for im in images])
+        return stack_images(images, start)  # [B, C, H, W] uint8
 
 
 def as_source(images) -> ImageSource:

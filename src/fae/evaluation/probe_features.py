@@ -1,21 +1,85 @@
-"""Pooled features for linear probing: raw backbone tokens, FAE latents or FAE-reconstructed tokens.
+"""Pooled features for linear probing: the one rule, used by ``fae eval probe``, the autoencoder
+stage's probe metrics and the demo.
 
-Each "feature encoder" maps uint8 images [B, C, H, W] to pooled features [B, F]:
-* raw: ``backbone(images)`` tokens [B, N, D] averaged over tokens -> [B, D];
-* latent: FAE ``encode`` (posterior mean) z [B, c, h, w] averaged over positions -> [B, c];
-* reconstructed: ``decode_features(encode(x))`` [B, N, D] averaged over tokens -> [B, D]
-  (the paper's probe on FAE-reconstructed DINOv2 features).
-Extraction is sharded over ranks under torchrun and gathered back in dataset order.
+From raw backbone tokens x [N, T, D] (:func:`probe_features`):
+* ``raw``: x averaged over tokens -> [N, D];
+* ``latent``: the FAE's posterior mean z = encode(x) [N, c, h, w] averaged over positions -> [N, c];
+* ``reconstructed``: decode_features(z) [N, T, D] averaged over tokens -> [N, D] (the paper's probe
+  on FAE-reconstructed DINOv2 features; it must stay close to ``raw``).
+
+Image-level wrappers (:class:`BackboneFeatures`, :class:`FAEFeatures`) run the backbone first, and
+:func:`pooled_features` streams a dataset through one of them, sharded over ranks under torchrun and
+gathered back in dataset order.
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 
 from fae import distributed as dist
+from fae.errors import ConfigError
+
+KINDS = ("raw", "latent", "reconstructed")
+
+
+def _check_kinds(kinds: Sequence[str], fae) -> tuple[str, ...]:
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ConfigError(f"probe feature kinds must be a non-empty subset of {list(KINDS)}, got {list(kinds)}")
+    if fae is None and kinds != ("raw",):
+        raise ConfigError(f"probe features {[k for k in kinds if k != 'raw']} need an FAE")
+    return kinds
+
+
+def _pool(fae, tokens: torch.Tensor, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """One batch of raw tokens [b, T, D] -> {kind: float32 [b, F]} on the CPU."""
+    out = {}
+    if "raw" in kinds:
+        out["raw"] = tokens.float().mean(dim=1)  # [b, D]
+    if "latent" in kinds or "reconstructed" in kinds:
+        z = fae.encode(tokens)  # [b, c, h, w], posterior mean
+        if "latent" in kinds:
+            out["latent"] = z.mean(dim=(2, 3))  # [b, c]
+        if "reconstructed" in kinds:
+            out["reconstructed"] = fae.decode_features(z).mean(dim=1)  # [b, T, D] -> [b, D]
+    return {k: v.float().cpu() for k, v in out.items()}
+
+
+@torch.no_grad()
+def probe_features(fae, tokens: torch.Tensor, kinds: Sequence[str], batch_size: int = 256
+                   ) -> dict[str, torch.Tensor]:
+    """Pooled probe features of raw backbone tokens.
+
+    Args:
+        fae: an FAE (``encode(tokens) -> z [b, c, h, w]``, ``decode_features(z) -> [b, T, D]``);
+            may be None when ``kinds`` is just ("raw",).
+        tokens: raw backbone tokens [N, T, D] (any device; batches are moved by the FAE).
+        kinds: subset of ``KINDS``.
+        batch_size: tokens per FAE pass.
+
+    Returns:
+        {kind: float32 [N, F]} on the CPU (F = D for raw / reconstructed, c for latent).
+    """
+    kinds = _check_kinds(kinds, fae)
+    if tokens.ndim != 3:
+        raise ConfigError(f"probe features take raw tokens [N, T, D], got shape {list(tokens.shape)}")
+    if batch_size < 1:
+        raise ConfigError(f"probe feature batch_size must be >= 1, got {batch_size}")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
+    for start in range(0, tokens.shape[0], batch_size):
+        for kind, pooled in _pool(fae, tokens[start:start + batch_size], kinds).items():
+            parts[kind].append(pooled)
+    if tokens.shape[0] == 0:
+        dims = {"raw": tokens.shape[-1], "reconstructed": tokens.shape[-1],
+                "latent": fae.latent_shape[0] if fae is not None else 0}
+        return {k: torch.empty(0, dims[k]) for k in kinds}
+    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 class BackboneFeatures:
-    """Mean-pooled raw tokens of a frozen backbone.
+    """uint8 images [B, C, H, W] -> mean-pooled raw tokens [B, D] of a frozen backbone.
 
     Args:
         backbone: a ``fae.backbones`` backbone.
@@ -27,11 +91,11 @@ class BackboneFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images).mean(dim=1)  # [B, N, D] -> [B, D]
+        return probe_features(None, self.backbone(images), ("raw",))["raw"]
 
 
 class FAEFeatures:
-    """Mean-pooled FAE latents or FAE-reconstructed tokens.
+    """uint8 images [B, C, H, W] -> pooled probe features [B, F] of one kind, through an FAE.
 
     Args:
         fae: an ``fae.autoencoder.FAE`` (its backbone is loaded lazily).
@@ -39,35 +103,28 @@ class FAEFeatures:
     """
 
     def __init__(self, fae, kind: str):
+        _check_kinds((kind,), fae)
         self.fae, self.kind = fae, kind
         self.name = fae.config.backbone
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.fae.tokens_from(images)  # [B, N, D]
-        if self.kind == "raw":
-            return tokens.mean(dim=1)
-        z = self.fae.encode(tokens)  # [B, c, h, w]
-        if self.kind == "latent":
-            return z.mean(dim=(2, 3))  # [B, c]
-        return self.fae.decode_features(z).mean(dim=1)  # [B, N, D] -> [B, D]
+        tokens = self.fae.tokens_from(images)  # [B, T, D]
+        return probe_features(self.fae, tokens, (self.kind,), batch_size=max(1, len(tokens)))[self.kind]
 
 
-def pooled_features(encoder, dataset, *, batch_size: int = 128, progress: bool = True,
-                    desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [N, F] float32, labels [N] int64) of ``dataset`` (items ``(image, label)``)."""
-    from tqdm.auto import tqdm
+def pooled_features(encoder: Callable[[torch.Tensor], torch.Tensor], dataset, *, batch_size: int = 128,
+                    progress: bool = True, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, F] float32, labels [N] int64) of ``dataset`` (items ``(uint8 image, label)``)
+    through ``encoder`` (images -> [b, F]); each rank encodes its shard, then all are gathered."""
+    from fae.data.batches import iterate_batches
 
     shard = dist.shard_range(len(dataset))
     feats, labels = [], []
-    bar = tqdm(total=len(shard), desc=desc, unit="img", disable=not (progress and dist.is_main()))
-    for start in range(shard.start, shard.stop, batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, shard.stop))]
-        images = torch.stack([image for image, _ in items])  # [B, C, H, W] uint8
-        feats.append(encoder(images).float().cpu())
-        labels.append(torch.tensor([int(label) for _, label in items], dtype=torch.long))
-        bar.update(len(items))
-    bar.close()
+    for images, y in iterate_batches(dataset, batch_size, indices=shard, desc=desc,
+                                     progress=progress and dist.is_main()):
+        feats.append(encoder(images).float().cpu())  # [b, F]
+        labels.append(y)
     feats = torch.cat(feats) if feats else torch.empty(0, 0)
     labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     if dist.world_size() > 1:

@@ -45,8 +45,10 @@ class GeneratorConfig:
             LightningDiT), "learned", or "none".
         mlp_ratio: MLP hidden ratio.
         patch_size: 1 (paper) or 2.
-        latent_channels: channels c of the latent (paper 32).
-        latent_size: latent grid side h = w (paper 16 for 256 px with DINOv2/14 at 224 px).
+        latent_channels: channels c of the latent (paper 32); null = from upstream (the FAE
+            export or latent cache the generator is trained on, see :meth:`with_latent_shape`).
+        latent_size: latent grid side h = w (paper 16 for 256 px with DINOv2/14 at 224 px); null =
+            from upstream, like ``latent_channels``.
         num_classes: class-conditional with this many classes (0 = unconditional); row
             ``num_classes`` of the embedding table is the null class used for CFG.
         class_dropout: probability a label is replaced by the null class in training (DiT: 0.1).
@@ -64,13 +66,19 @@ class GeneratorConfig:
     pos_embed: Literal["sincos", "learned", "none"] = "sincos"
     mlp_ratio: float = 4.0
     patch_size: int = 1
-    latent_channels: int = 32
-    latent_size: int = 16
+    latent_channels: int | None = None
+    latent_size: int | None = None
     num_classes: int = 1000
     class_dropout: float = 0.1
 
     def resolved(self) -> GeneratorConfig:
-        """A copy with every null field filled from ``size`` / ``style``."""
+        """A copy with every null field filled from ``size`` / ``style``; the latent shape has no
+        default and must be known (explicitly, or through :meth:`with_latent_shape`)."""
+        for key in ("latent_channels", "latent_size"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"config key 'model.{key}' is null: set it, or let `fae train "
+                                  f"generator` read it from the FAE export (data.fae) or the latent "
+                                  f"cache (data.cache)")
         depth, dim, heads = SIZES[self.size]
         style = STYLES[self.style]
         out = dataclasses.replace(
@@ -85,6 +93,20 @@ class GeneratorConfig:
         out.validate()
         return out
 
+    def with_latent_shape(self, shape: tuple[int, int, int], source: str) -> GeneratorConfig:
+        """A copy whose latent shape is ``shape`` = (c, h, w) as made upstream (``source`` names it
+        in errors); explicit values must agree with it."""
+        c, h, w = (int(v) for v in shape)
+        if h != w:
+            raise ConfigError(f"{source} makes latents {[c, h, w]} on a non-square grid; the generator "
+                              f"needs h = w (model.latent_size)")
+        for key, value in (("latent_channels", c), ("latent_size", h)):
+            given = getattr(self, key)
+            if given is not None and given != value:
+                raise ConfigError(f"config key 'model.{key}' is {given}, but {source} makes latents "
+                                  f"{[c, h, w]} ({key} = {value}); leave it null to use {value}")
+        return dataclasses.replace(self, latent_channels=c, latent_size=h)
+
     def validate(self) -> None:
         for key in ("depth", "dim", "heads", "patch_size", "latent_channels", "latent_size"):
             value = getattr(self, key)
@@ -92,7 +114,7 @@ class GeneratorConfig:
                 raise ConfigError(f"config key 'model.{key}' must be >= 1, got {value}")
         if self.patch_size not in (1, 2):
             raise ConfigError(f"config key 'model.patch_size' must be 1 or 2, got {self.patch_size}")
-        if self.latent_size % self.patch_size:
+        if self.latent_size is not None and self.latent_size % self.patch_size:
             raise ConfigError(f"config key 'model.latent_size' ({self.latent_size}) must be divisible "
                               f"by model.patch_size ({self.patch_size})")
         if self.num_classes < 0:

@@ -1,7 +1,10 @@
 """``fae train generator``: a SiT / LightningDiT on a latent cache (FAE paper, Sec. 3.3).
 
-Data: the latent cache written by ``fae cache-latents``, normalised per channel with the cache's
-statistics (and its flipped copies when present). Loss: the flow-matching velocity MSE of
+Data: the latent cache written by ``fae cache-latents``, normalised per channel with the
+statistics the cache records, which are the FAE export's (and its flipped copies when present).
+The latent shape (``model.latent_channels`` / ``model.latent_size``) is read from upstream when
+left null: the FAE export named by ``data.fae``, else the cache's manifest (JSON only, so
+``--dry-run`` works before any weights are loaded); explicit values must agree with it. Loss: the flow-matching velocity MSE of
 ``fae.generation.transport`` with the configured t-sampling and shift. The engine keeps an EMA of
 the network; evaluation and the export use it. The export (``run_dir/export``) is a
 ``Generator`` folder holding the EMA weights, the cache statistics (to un-normalise samples) and
@@ -9,7 +12,7 @@ the identity of the FAE that wrote the cache.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -78,6 +81,8 @@ class GeneratorStage(Stage):
     name = "generator"
 
     def __init__(self, config: GeneratorRunConfig):
+        model, self.latent_source = resolve_latent_shape(config.model, config.data)
+        config = replace(config, model=model)
         config.model.resolved()  # validate the architecture now, before any work
         config.transport.validate()
         config.sampling.validate()
@@ -100,8 +105,8 @@ class GeneratorStage(Stage):
         self.cache = LatentCache(data.cache, fae=data.fae)
         if tuple(self.cache.latent_shape) != model.latent_shape:
             raise LatentCacheError(f"latent cache '{data.cache}' holds latents of shape "
-                                   f"{list(self.cache.latent_shape)}, but model.latent_channels / "
-                                   f"model.latent_size say {list(model.latent_shape)}")
+                                   f"{list(self.cache.latent_shape)}, but the model is built for "
+                                   f"{list(model.latent_shape)} (from {self.latent_source})")
         labels = self.cache.labels()
         if model.num_classes > 0 and len(labels) and (labels.min() < 0 or labels.max() >= model.num_classes):
             raise ConfigError(f"config key 'model.num_classes' is {model.num_classes}, but cache "
@@ -151,20 +156,19 @@ class GeneratorStage(Stage):
                          sampling=self.config.sampling, fae_identity=self.cache.identity, network=network)
 
     def _sample_grid(self, network: nn.Module, step: int, run_dir: Path) -> Path | None:
+        """Decode ``eval.grid_samples`` samples (classes cycled) with the FAE into a PNG grid."""
         from fae.autoencoder import FAE
-        from fae.generation.seeding import balanced_labels
-        from fae.report import image_grid, save_png
+        from fae.generation.decode import SampleDecoder
+        from fae.images import image_grid, save_png
 
         fae = FAE.from_pretrained(self.config.data.fae, device=next(network.parameters()).device)
         if fae.pixel_decoder is None:
             return None
         n = self.config.eval.grid_samples
-        classes = list(range(self.config.model.num_classes))
-        labels = balanced_labels(range(n), classes) if classes else None
-        latents = self.wrap(network).sample(range(n), labels, seed=self.config.eval.seed)
-        images = fae.decode(latents.to(fae.latent_mean.device))  # [n, C, H, W] in [0, 1]
+        decoder = SampleDecoder(self.wrap(network), fae, self.config.sampling)
+        samples = decoder.all(range(n), seed=self.config.eval.seed)  # images uint8 [n, C, H, W]
         ncol = max(1, int(n ** 0.5))
-        return save_png(image_grid(images, ncol=ncol), run_dir / "samples" / f"step_{step:07d}.png")
+        return save_png(image_grid(samples.images, ncol=ncol), run_dir / "samples" / f"step_{step:07d}.png")
 
     def export(self, models, run_dir: Path) -> Path:
         return self.wrap(models["generator"]).save_pretrained(run_dir / "export")
@@ -180,7 +184,39 @@ class GeneratorStage(Stage):
                              f"{cfg.latent_size} latents: {format_params(params)} parameters",
                 "transport": f"{self.config.transport.time_sampling} t, shift {self.config.transport.shift} "
                              f"(paper form; t = 1 is noise)",
-                "data": f"latent cache {self.config.data.cache}"}
+                "data": f"latent cache {self.config.data.cache}; latent shape from {self.latent_source}"}
+
+
+def upstream_latent_shape(data: LatentDataConfig) -> tuple[tuple[int, int, int], str] | None:
+    """(c, h, w) of the latents the generator will see, and where it was read: the FAE export
+    ``data.fae`` when it exists, else the manifest of the cache ``data.cache``; None when neither
+    exists yet (e.g. a dry run before the FAE is trained). Reads JSON only."""
+    from fae.data.latent_cache import MANIFEST, read_fae_export, read_manifest
+
+    if data.fae and Path(data.fae).exists():
+        return read_fae_export(data.fae)["latent_shape"], f"the FAE export data.fae='{data.fae}'"
+    if (Path(data.cache) / MANIFEST).is_file():
+        shape = tuple(read_manifest(data.cache)["fae"]["latent_shape"])
+        return shape, f"the latent cache data.cache='{data.cache}'"
+    return None
+
+
+def resolve_latent_shape(model: GeneratorConfig, data: LatentDataConfig) -> tuple[GeneratorConfig, str]:
+    """``model`` with its latent shape filled (and explicit values checked) from upstream, and a
+    description of the source. Explicit values alone are used when nothing upstream exists yet."""
+    found = upstream_latent_shape(data)
+    if found is not None:
+        return model.with_latent_shape(*found), found[1]
+    missing = [f"'model.{k}'" for k in ("latent_channels", "latent_size") if getattr(model, k) is None]
+    if missing:
+        raise ConfigError(f"config key{'s' if len(missing) > 1 else ''} {' and '.join(missing)} "
+                          f"{'are' if len(missing) > 1 else 'is'} null and there is nothing to read them "
+                          f"from: data.fae ({data.fae or 'unset'}) names no FAE export and data.cache "
+                          f"('{data.cache}') holds no manifest. Point data.fae at the FAE export "
+                          f"(`fae train autoencoder` writes run_dir/export) or data.cache at a latent "
+                          f"cache (`fae cache-latents`), or set model.latent_channels and "
+                          f"model.latent_size to the FAE's latent c and h")
+    return model, "the config (model.latent_channels / model.latent_size)"
 
 
 CONFIG_CLASS = GeneratorRunConfig

@@ -1,0 +1,189 @@
+"""Sample, then decode: the one path from a trained generator to images.
+
+``fae sample``, the generator stage's preview grid and the demo all go through
+:class:`SampleDecoder`, so they draw the same image for the same (seed, index, label):
+
+    noise(seed, index) --Generator.iter_samples--> z [b, c, h, w] (the FAE's scale)
+        --decoder.decode--> float [b, C, H, W] in [0, 1] --fae.images.quantize--> uint8
+
+The decoder is duck-typed (anything with ``decode(z) -> images in [0, 1]``, e.g. an FAE with a
+pixel decoder): this package sees latents and never imports the autoencoder. The helpers beside it
+are the choices every caller makes the same way: which sampler settings (:func:`sampler_config`),
+which labels (:func:`class_list`, :func:`class_labels`), and whether the pair fits
+(:func:`check_pair`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from fae.config import from_dict, to_dict
+from fae.errors import ConfigError, LatentCacheError
+from fae.generation.samplers import SamplerConfig
+from fae.generation.seeding import balanced_labels
+
+UNCONDITIONAL = -1  # the label SampleBatch reports for samples of an unconditional generator
+
+
+@dataclass
+class SampleBatch:
+    """Samples in index order.
+
+    Attributes:
+        images: uint8 [b, C, H, W] (C as the decoder makes it, e.g. 1 for Fashion-MNIST).
+        labels: int64 [b]; -1 for an unconditional generator.
+        latents: float32 [b, c, h, w] in the FAE's scale (what was decoded).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    latents: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @staticmethod
+    def cat(parts: Sequence["SampleBatch"]) -> "SampleBatch":
+        """One batch holding ``parts`` in order (empty tensors when there are none)."""
+        if not parts:
+            return SampleBatch(torch.empty(0, 0, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
+                               torch.empty(0, 0, 0, 0))
+        return SampleBatch(*(torch.cat([getattr(p, k) for p in parts]) for k in ("images", "labels", "latents")))
+
+
+# ------------------------------------------------------------------------- settings and labels
+
+
+def sampler_config(generator, overrides: dict[str, Any] | None = None) -> SamplerConfig:
+    """The generator's stored sampler settings with ``overrides`` (``SamplerConfig`` keys) applied
+    and validated; an unknown key is a ConfigError naming ``sampling.<key>``."""
+    return from_dict(SamplerConfig, {**to_dict(generator.sampling), **(overrides or {})}, prefix="sampling")
+
+
+def class_list(generator, classes: Sequence[int] | None = None) -> list[int] | None:
+    """Classes to cycle through (default: all of the generator's); None for an unconditional one."""
+    n = generator.config.num_classes
+    if n == 0:
+        if classes:
+            raise ConfigError("this generator is unconditional: do not pass classes")
+        return None
+    classes = list(range(n)) if not classes else [int(c) for c in classes]
+    bad = [c for c in classes if not 0 <= c < n]
+    if bad:
+        raise ConfigError(f"classes {bad} are outside the generator's [0, {n - 1}]")
+    return classes
+
+
+def class_labels(generator, indices: Sequence[int] | range, classes: Sequence[int] | None = None
+                 ) -> torch.Tensor | None:
+    """Label [len(indices)] of each sample index, ``classes[index % len(classes)]`` (equal counts
+    per class when len(classes) divides N, the ADM convention); None when unconditional."""
+    chosen = class_list(generator, classes)
+    return None if chosen is None else balanced_labels(indices, chosen)
+
+
+def check_pair(generator, fae_identity: str, fae_latent_shape: Sequence[int],
+               generator_name: str = "the generator", fae_name: str = "the FAE") -> None:
+    """Refuse an FAE other than the one whose latents the generator was trained on.
+
+    Args:
+        generator: a :class:`fae.generation.Generator` (its ``fae_identity`` is the cache's record).
+        fae_identity: the FAE's identity hash (``FAE.identity()`` or its export's ``identity``).
+        fae_latent_shape: the FAE's (c, h, w).
+        generator_name, fae_name: how errors name the two (e.g. their folders).
+    """
+    recorded = generator.fae_identity.get("identity")
+    if recorded is not None and recorded != fae_identity:
+        raise LatentCacheError(f"generator '{generator_name}' was trained on latents of another FAE "
+                               f"(identity {recorded[:12]}...) than '{fae_name}' "
+                               f"(identity {fae_identity[:12]}...)")
+    if tuple(fae_latent_shape) != tuple(generator.config.latent_shape):
+        raise LatentCacheError(f"FAE '{fae_name}' makes latents {list(fae_latent_shape)}, generator "
+                               f"'{generator_name}' samples {list(generator.config.latent_shape)}")
+
+
+# ------------------------------------------------------------------------------ sample + decode
+
+
+def _device_of(decoder) -> torch.device:
+    """Where the decoder's weights live (an FAE: its latent statistics' device)."""
+    buffer = getattr(decoder, "latent_mean", None)
+    if isinstance(buffer, torch.Tensor):
+        return buffer.device
+    return next(decoder.parameters()).device
+
+
+class SampleDecoder:
+    """Draw samples from ``generator`` and decode them with ``fae``, batch by batch.
+
+    Sample i is a function of (seed, index, label) only (``Generator.iter_samples``), so the result
+    does not depend on ``batch_size``, on which other indices are drawn, or on the number of ranks.
+
+    Args:
+        generator: a :class:`fae.generation.Generator`.
+        fae: the decoder: ``decode(z [b, c, h, w]) -> float images [b, C, H, W] in [0, 1]`` (an FAE
+            with a pixel decoder); check it is the generator's with :func:`check_pair`.
+        sampling: sampler settings (default: the generator's stored ones).
+        batch_size: samples per generator and decoder pass.
+        device: where latents are decoded (default: the decoder's device).
+    """
+
+    def __init__(self, generator, fae, sampling: SamplerConfig | None = None, batch_size: int = 64,
+                 device: torch.device | str | None = None):
+        if batch_size < 1:
+            raise ConfigError(f"sampling batch_size must be >= 1, got {batch_size}")
+        self.generator, self.fae, self.batch_size = generator, fae, batch_size
+        self.sampling = sampling if sampling is not None else generator.sampling
+        self.sampling.validate()
+        self.device = torch.device(device) if device is not None else _device_of(fae)
+
+    def _labels(self, indices: list[int], labels: torch.Tensor | Sequence[int] | None) -> torch.Tensor | None:
+        if labels is None:
+            return class_labels(self.generator, indices)
+        if self.generator.config.num_classes == 0:
+            raise ConfigError("this generator is unconditional: do not pass labels")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (len(indices),):
+            raise ConfigError(f"need one label per sample index: {len(indices)} indices, labels of shape "
+                              f"{list(labels.shape)}")
+        return labels
+
+    @torch.no_grad()
+    def batches(self, indices: Sequence[int] | range, labels: torch.Tensor | Sequence[int] | None = None,
+                seed: int = 0) -> Iterator[SampleBatch]:
+        """Yield :class:`SampleBatch` es of up to ``batch_size`` samples, in index order.
+
+        Args:
+            indices: sample indices (each seeds its own noise).
+            labels: class of each sample [len(indices)]; default: cycle through every class
+                (:func:`class_labels`); must be None for an unconditional generator.
+            seed: base seed.
+        """
+        indices = [int(i) for i in indices]
+        labels = self._labels(indices, labels)
+        latents = self.generator.iter_samples(indices, labels, seed=seed, config=self.sampling,
+                                              batch_size=self.batch_size)
+        for start, z in zip(range(0, len(indices), self.batch_size), latents):
+            yield self._decode(z, None if labels is None else labels[start:start + len(z)])
+
+    def _decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> SampleBatch:
+        from fae.images import quantize
+
+        images = quantize(self.fae.decode(z.to(self.device))).cpu()  # [b, C, H, W] uint8
+        if labels is None:
+            labels = torch.full((len(z),), UNCONDITIONAL, dtype=torch.long)
+        return SampleBatch(images=images, labels=labels.cpu(), latents=z.float().cpu())
+
+    def all(self, indices: Sequence[int] | range, labels: torch.Tensor | Sequence[int] | None = None,
+            seed: int = 0, progress: bool = False, desc: str = "samples") -> SampleBatch:
+        """Every sample of :meth:`batches` in one :class:`SampleBatch` (optional tqdm bar)."""
+        from tqdm.auto import tqdm
+
+        parts = []
+        with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
+            for batch in self.batches(indices, labels, seed):
+                parts.append(batch)
+                bar.update(len(batch))
+        return SampleBatch.cat(parts)
