@@ -1,4 +1,5 @@
-"""The pixel-decoder stage: noise scale, GAN phases, and stage Ib -> II through the training engine.
+"""The pixel-decoder stage: noise scale, GAN phases, stage-II inputs and backbone, and stage Ib -> II
+through the training engine.
 
 Everything runs on tiny-vit (4x4 tokens of width 64) and 28 px Fashion-MNIST images.
 """
@@ -11,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from fae.autoencoder.noise import add_token_noise, token_rms
 from fae.config import from_dict
-from fae.training.stages.pixel_decoder import (CONFIG_CLASS, add_token_noise, build_stage,
-                                               token_rms)
+from fae.errors import ConfigError
+from fae.training.stages.pixel_decoder import CONFIG_CLASS, build_stage
 
 
 def tiny_config(run_dir: Path, **overrides) -> "CONFIG_CLASS":
     data = {
-        "backbone": "tiny-vit",
+        "backbone": {"name": "tiny-vit"},
         "data": {"name": "fashion-mnist", "limit": 64},
         "pixel_decoder": {"depth": 1, "dim": 32, "heads": 2, "out_channels": 1, "image_size": 28},
         "noise": {"sigma": 0.4, "scale_images": 32},
@@ -46,7 +48,7 @@ def test_noise_has_the_configured_scale_relative_to_the_token_norm(tmp_path):
     stage = build_stage(tiny_config(tmp_path, **{"noise.sigma": 0.4}))
     stage.build_models("cpu")
     stage.setup(torch.device("cpu"))
-    images = torch.stack([stage.train_dataset()[i][0] for i in range(32)])
+    images = stage.train_dataset().images[:32]
     tokens = 3.7 * stage.backbone(images)  # a backbone with a non-unit feature scale
     assert stage.token_scale == pytest.approx(token_rms(stage.backbone(images)), rel=1e-6)
     scale = token_rms(tokens)
@@ -63,17 +65,18 @@ def test_noise_has_the_configured_scale_relative_to_the_token_norm(tmp_path):
     assert ratio.item() == pytest.approx(0.4, rel=0.02)
 
 
-def test_generator_and_discriminator_losses_update_their_own_parameters_only(tmp_path):
+def test_decoder_and_discriminator_losses_update_their_own_parameters_only(tmp_path):
     # perceptual=backbone: the feature-matching loss backpropagates through the frozen backbone
     stage = build_stage(tiny_config(tmp_path, **{"loss.perceptual": "backbone"}))
     models = stage.build_models("cpu")
     stage.setup(torch.device("cpu"))
-    images = torch.stack([stage.train_dataset()[i][0] for i in range(8)])
+    images = stage.train_dataset().images[:8]
     batch = [images, torch.zeros(8, dtype=torch.long)]
     same = stage.perceptual(images.float() / 127.5 - 1, images.float() / 127.5 - 1)
     assert torch.allclose(same, torch.zeros(8), atol=1e-6)
     everything = [p for m in models.values() for p in m.parameters()]
-    for phase, own in (("generator", "pixel_decoder"), ("discriminator", "discriminator")):
+    assert [p.name for p in stage.phases()] == ["decoder", "discriminator"]
+    for phase, own in (("decoder", "pixel_decoder"), ("discriminator", "discriminator")):
         # all parameters require grad and one optimiser holds them all: only the phase's own move
         before = {n: [p.detach().clone() for p in m.parameters()] for n, m in models.items()}
         opt = torch.optim.SGD(everything, lr=0.1)
@@ -87,8 +90,8 @@ def test_generator_and_discriminator_losses_update_their_own_parameters_only(tmp
             grads = [p.grad for p in module.parameters()]
             assert all(g is None for g in grads) == (name != own), (phase, name)
     assert all(p.grad is None for p in stage.backbone.parameters())
-    assert {"g_loss", "gan_adaptive_weight", "l1", "perceptual"} <= set(stage.loss("generator", batch, models, 0)[1])
-    assert stage.loss("generator", batch, models, 0)[1]["gan_adaptive_weight"] > 0
+    assert {"g_loss", "gan_adaptive_weight", "l1", "perceptual"} <= set(stage.loss("decoder", batch, models, 0)[1])
+    assert stage.loss("decoder", batch, models, 0)[1]["gan_adaptive_weight"] > 0
 
 
 def tiny_fae_export(folder: Path) -> Path:
@@ -103,6 +106,48 @@ def tiny_fae_export(folder: Path) -> Path:
     return fae.save_pretrained(folder)
 
 
+def tiny_ib_export(folder: Path) -> Path:
+    """An untrained stage-Ib decoder of ``tiny_config``'s architecture (a valid ``init_from``)."""
+    from fae.autoencoder.pixel_decoder import PixelDecoder
+
+    return PixelDecoder(tiny_config(folder).pixel_decoder, 64, (4, 4)).save_pretrained(folder)
+
+
+def test_stage_ii_reads_the_backbone_from_the_fae_and_refuses_another(tmp_path):
+    fae_dir, ib_dir = tiny_fae_export(tmp_path / "fae"), tiny_ib_export(tmp_path / "ib")
+    ii = dict(stage="finetune", fae=str(fae_dir), init_from=str(ib_dir))
+    stage = build_stage(tiny_config(tmp_path / "ii", backbone=None, **ii))
+    assert (stage.backbone_config.name, stage.info.resolution, stage.info.grid) == ("tiny-vit", 32, (4, 4))
+    agreeing = build_stage(tiny_config(tmp_path / "ii", backbone={"name": "tiny-vit", "weights": None}, **ii))
+    assert agreeing.info == stage.info  # a section that agrees is fine (it may name the weights)
+    with pytest.raises(ConfigError, match=r"'tiny-vit' at 64 px.*'tiny-vit' at 32 px"):
+        build_stage(tiny_config(tmp_path / "ii", backbone={"name": "tiny-vit", "resolution": 64}, **ii))
+    with pytest.raises(ConfigError, match=r"'efficientnet-lite0' at 224 px.*trained on 'tiny-vit'"):
+        build_stage(tiny_config(tmp_path / "ii", backbone={"name": "efficientnet-lite0"}, **ii))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_stage_ii_inputs_are_exactly_x_hat_without_noise(tmp_path, cache):
+    from fae.backbones.token_cache import TokenCache
+
+    fae_dir, ib_dir = tiny_fae_export(tmp_path / "fae"), tiny_ib_export(tmp_path / "ib")
+    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_dir), backbone=None,
+                      cache_tokens=cache, **{"noise.sigma": 0.0, "eval.batch_size": 64})
+    stage = build_stage(cfg)
+    stage.build_models("cpu")
+    stage.setup(torch.device("cpu"))
+    dataset = stage.train_dataset()
+    items = [dataset[i] for i in range(64)]
+    batch = [torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])]
+    if cache:  # x_hat of the cached (fp16) tokens, computed once at set-up
+        batch.append(torch.stack([item[2] for item in items]))
+        tokens = TokenCache(tmp_path / "ii" / "token_cache", stage.backbone).tokens(cfg.data, progress=False)[0]
+    else:  # x_hat of the backbone's tokens, computed in the step
+        tokens = stage.backbone(batch[0])
+    expected = stage.fae.decode_features(stage.fae.encode(tokens.float()))  # [64, 16, 64]
+    assert torch.equal(stage.input_tokens(batch), expected)
+
+
 @pytest.mark.slow
 def test_stage_ib_then_ii_through_the_engine(tmp_path):
     from fae.autoencoder.model import FAE
@@ -114,12 +159,14 @@ def test_stage_ib_then_ii_through_the_engine(tmp_path):
     ib_export = Path(ib["export"])
     assert {"Ib/true/psnr", "Ib/true/ssim"} <= set(ib["eval"])
     assert (tmp_path / "ib" / "recon_0000006.png").is_file()
+    logged = [json.loads(line) for line in (tmp_path / "ib" / "metrics.jsonl").read_text().splitlines()]
+    assert {"decoder/loss", "discriminator/loss"} <= set(logged[0])
     ib_decoder = PixelDecoder.from_pretrained(ib_export)
 
     fae_dir = tiny_fae_export(tmp_path / "fae")
     fae_files = {name: sha256(fae_dir / name) for name in ("config.json", "model.safetensors")}
 
-    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_export),
+    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_export), backbone=None,
                       **{"noise.sigma": 0.0, "train.steps": 4})
     stage = build_stage(cfg)
     start = stage.build_models("cpu")["pixel_decoder"]  # what the engine starts from
@@ -138,7 +185,7 @@ def test_stage_ib_then_ii_through_the_engine(tmp_path):
     tuned = exported.pixel_decoder
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(),
                                                       ib_decoder.state_dict().values()))
-    images = torch.stack([stage.eval_dataset()[i][0] for i in range(4)])
+    images = stage.held_out_set().images[:4]
     z = exported.encode(images)
     pixels = exported.decode(z)
     assert pixels.shape == (4, 1, 28, 28) and pixels.min() >= 0 and pixels.max() <= 1

@@ -1,48 +1,62 @@
 """Stage Ia of the paper: the FAE encoder + feature decoder (``fae train autoencoder``).
 
-The frozen backbone turns images into tokens x; the FAE learns x -> z -> x_hat with
-``||x_hat - x||^2 + beta * KL`` on per-channel standardised features (see
-``fae/autoencoder/normalization.py``). Two ways to feed it:
+The frozen backbone (the ``backbone:`` section) turns images into tokens x; the FAE learns
+x -> z -> x_hat with ``||x_hat - x||^2 + beta * KL`` on per-channel standardised features (see
+``fae/autoencoder/normalization.py``). The FAE records the backbone it was trained on: the stage
+fills ``model.backbone`` / ``model.resolution`` from ``backbone.name`` / ``backbone.resolution``
+(setting them under ``model:`` is an error). Two ways to feed it:
 
-- ``cache_tokens: true`` (small datasets, the demo): the backbone runs once over the train and
-  held-out splits; tokens are stored as safetensors (fp16 by default) under ``token_cache_dir``
-  (default ``run_dir/token_cache``), keyed by a hash of the data config and backbone, and reused
-  by any later run with the same key.
+- ``cache_tokens: true`` (small datasets, the demo): tokens of the training and held-out splits
+  come from the shared disk cache (:class:`fae.backbones.token_cache.TokenCache`, under
+  ``token_cache_dir``; default ``run_dir/token_cache``), so the backbone sees each image once
+  across stages and runs.
 - ``cache_tokens: false`` (ImageNet): images are read and the backbone runs inside every step.
 
-The feature statistics are measured once per run folder (first ``stats_images`` training images,
-sharded over ranks) and kept in ``run_dir/feature_stats.safetensors``, so a resume does not
-measure them again.
+The feature statistics (:class:`fae.stats.ChannelStats` over the first ``stats_images`` training
+items, sharded over ranks) are measured once per run folder and kept in
+``run_dir/feature_stats.safetensors``, so a resume does not measure them again. The latent
+statistics (posterior means of the same items) are measured at export and stored in the export
+(``FAE.set_latent_stats``): the one place the latent cache and the generator read them from.
 
 Held-out metrics (each evaluation): cosine similarity and relative L2 of reconstructed vs original
-raw tokens, normalised MSE, KL, latent per-channel mean/std, and optionally a linear probe (head
-trained on raw pooled train features, scored on raw vs reconstructed held-out features - the
-paper's protocol). The export (``run_dir/export``) is an ``FAE.save_pretrained`` folder whose
-latent statistics are measured on the training set; they are also written to
-``run_dir/latent_stats.json``.
+raw tokens (``fae.evaluation.recon``), normalised MSE, KL, latent per-channel mean/std, and
+optionally the paper's linear probe (a head trained on raw pooled train features, scored on raw vs
+FAE-reconstructed held-out features).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator, Literal
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
+from fae import distributed as du
 from fae.autoencoder.model import FAE, FAEConfig, fae_loss
-from fae.data.datasets import DataConfig
-from fae.errors import ConfigError
+from fae.backbones.config import BackboneConfig
+from fae.backbones.token_cache import TokenCache, TokenDataset, dtype_named
+from fae.config import to_dict
+from fae.data.datasets import DataConfig, build_dataset
+from fae.errors import ConfigError, DataError
+from fae.stats import ChannelStats
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Stage
-from fae.training.stages.autoencoder_data import (TokenDataset, feature_metrics, load_or_extract_tokens,
-                                                  feature_stats, measure_latent_stats)
+
+# ``model.backbone`` of the run config: the stage fills it from the ``backbone:`` section.
+FROM_BACKBONE_SECTION = "(from backbone.name)"
 
 
 def _paper_train() -> TrainConfig:
     # Paper, stage Ia: AdamW (0.9, 0.999), peak LR 1e-4, cosine, 1000 warm-up steps, 1M steps, batch 1024.
     return TrainConfig(run_dir="runs/autoencoder", steps=1_000_000, batch_size=1024,
                        optim=OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=1000))
+
+
+def _model_without_backbone() -> FAEConfig:
+    return FAEConfig(backbone=FROM_BACKBONE_SECTION)
 
 
 @dataclass
@@ -64,13 +78,13 @@ class LossConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Held-out evaluation.
+class AutoencoderEvalConfig:
+    """Held-out evaluation of stage Ia.
 
     Args:
         split: held-out split of ``data`` ("test" for Fashion-MNIST, "val" for ImageNet).
-        limit: number of held-out images (the first ones); null = all.
-        batch_size: images/tokens per forward pass.
+        limit: number of held-out images (``data``'s limit rule); null = all.
+        batch_size: images/tokens per forward pass (also the token cache's backbone batch).
         probe: also run the linear probe (needs labels and ``cache_tokens``).
         probe_train_limit: training images for the probe head; null = all cached.
         probe_epochs: L-BFGS iterations of the probe.
@@ -90,41 +104,53 @@ class AutoencoderRunConfig:
 
     Args:
         train: loop settings (paper defaults above).
-        model: the FAE architecture (backbone, c, encoder kind, decoder size).
+        backbone: the frozen backbone (name, resolution, weights); recorded in the FAE.
+        model: the FAE architecture (c, feature norm, encoder kind, decoder size); its
+            ``backbone`` / ``resolution`` come from ``backbone:``.
         data: training images.
         loss: stage Ia loss weights.
         eval: held-out metrics.
-        backbone_weights: local folder/file with the backbone weights (default: registry lookup).
-        cache_tokens: run the backbone once and train on cached tokens (needs ``data.flip: false``).
-        token_cache_dir: where cached tokens live; null = ``run_dir/token_cache``.
+        cache_tokens: train on cached tokens (the backbone runs once; needs ``data.flip: false``).
+        token_cache_dir: the token cache folder, shared by stages and runs; null = ``run_dir/token_cache``.
         cache_dtype: storage dtype of cached tokens.
         stats_images: training images used to measure the feature and latent statistics (the
-            first ones; all cached tokens when fewer).
+            first ones; all of them when fewer).
     """
 
     train: TrainConfig = field(default_factory=_paper_train)
-    model: FAEConfig = field(default_factory=FAEConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: FAEConfig = field(default_factory=_model_without_backbone)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    backbone_weights: str | None = None
+    eval: AutoencoderEvalConfig = field(default_factory=AutoencoderEvalConfig)
     cache_tokens: bool = False
     token_cache_dir: str | None = None
-    cache_dtype: str = "float16"
+    cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     stats_images: int = 10_000
 
     def validate(self) -> None:
+        if self.model.backbone != FROM_BACKBONE_SECTION:
+            raise ConfigError(f"config key 'model.backbone' ('{self.model.backbone}') is not set under "
+                              "model: any more: use 'backbone.name' (the FAE records it from there)")
+        if self.model.resolution is not None:
+            raise ConfigError(f"config key 'model.resolution' ({self.model.resolution}) is not set under "
+                              "model: any more: use 'backbone.resolution'")
         if self.cache_tokens and self.data.flip:
             raise ConfigError("config key 'data.flip' must be false with cache_tokens: cached tokens "
                               "cannot be re-augmented")
-        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
-            raise ConfigError(f"config key 'cache_dtype' must be float16, bfloat16 or float32, got "
-                              f"'{self.cache_dtype}'")
         if self.eval.probe and not self.cache_tokens:
             raise ConfigError("config key 'eval.probe' needs cache_tokens: true (the probe head is "
                               "trained on cached raw train features)")
         if self.stats_images < 1:
             raise ConfigError(f"config key 'stats_images' must be >= 1, got {self.stats_images}")
+
+    def token_cache_folder(self) -> Path:
+        return Path(self.token_cache_dir or Path(self.train.run_dir) / "token_cache")
+
+    def fae_config(self) -> FAEConfig:
+        """``model:`` with the backbone it is trained on filled in (what the export records)."""
+        info = self.backbone.info()
+        return replace(self.model, backbone=info.name, resolution=info.resolution).resolved()
 
 
 class AutoencoderStage(Stage):
@@ -134,7 +160,8 @@ class AutoencoderStage(Stage):
 
     def __init__(self, config: AutoencoderRunConfig):
         self.config = config
-        self.backbone: nn.Module | None = None
+        self.fae_config = config.fae_config()
+        self.backbone = None
         self.fae: FAE | None = None
         self.tokens: dict[str, TokenDataset] = {}  # split -> cached tokens (cache_tokens mode)
 
@@ -143,8 +170,8 @@ class AutoencoderStage(Stage):
     def build_models(self, device):
         device = torch.device(device)
         with device:  # meta: sizes from the backbone registry, no weights, no data
-            fae = FAE(self.config.model)
-        if device.type != "meta":
+            fae = FAE(self.fae_config)
+        if device.type != "meta" and self.fae is None:
             self.fae = fae
         return {"fae": fae}
 
@@ -152,25 +179,31 @@ class AutoencoderStage(Stage):
         return ["fae"]
 
     def setup(self, device: torch.device) -> None:
-        """Load the frozen backbone, cache tokens (optional), measure the feature statistics."""
-        from fae.backbones import load_backbone
-
+        """Load the frozen backbone, read (or fill) the token cache, set the feature statistics."""
         cfg = self.config
-        self.backbone = load_backbone(cfg.model.backbone, weights=cfg.backbone_weights, device=device,
-                                      resolution=self.fae.config.resolution)
+        self.backbone = cfg.backbone.load(device)
         self.fae.attach_backbone(self.backbone)
         if cfg.cache_tokens:
+            cache = TokenCache(cfg.token_cache_folder(), self.backbone, cfg.backbone.weights, dtype_named(cfg.cache_dtype),
+                               batch_size=cfg.eval.batch_size)
             for split in dict.fromkeys([cfg.data.split, cfg.eval.split]):
-                self.tokens[split] = load_or_extract_tokens(self, split)
-        if cfg.model.feature_norm == "dataset":
-            mean, std = feature_stats(self)
-            self.fae.set_feature_stats(mean, std)
+                self.tokens[split] = cache.dataset(self.split_data(split), progress=cfg.train.progress)
+                if du.is_main():
+                    print(f"token cache ({split}): {cache.folder_for(self.split_data(split))} "
+                          f"[{len(self.tokens[split])} items]", flush=True)
+        if self.fae_config.feature_norm == "dataset":
+            self.fae.set_feature_stats(*self.feature_stats())
+
+    def split_data(self, split: str) -> DataConfig:
+        """The data config of ``split``: held-out splits use ``eval.limit`` and never flip."""
+        cfg = self.config
+        if split == cfg.data.split:
+            return cfg.data
+        return replace(cfg.data, split=split, limit=cfg.eval.limit, flip=False)
 
     def train_dataset(self) -> Dataset:
         if self.config.cache_tokens:
             return self.tokens[self.config.data.split]
-        from fae.data.datasets import build_dataset
-
         return build_dataset(self.config.data)
 
     def raw_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,43 +217,156 @@ class AutoencoderStage(Stage):
         out = models["fae"](self.raw_tokens(x), sample=True)  # target/recon [B, N, D], mean/logvar [B, N, c]
         return fae_loss(out, self.config.loss.kl_weight)
 
+    @torch.no_grad()
+    def batches(self, split: str, count: int | None, shard: bool, device: torch.device
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(raw tokens [b, N, D] float32 on ``device``, labels [b]) over the first ``count`` items
+        of ``split`` (this rank's slice of them with ``shard``), unflipped, in order."""
+        from fae.data.batches import iterate_batches
+
+        cfg = self.config
+        cached = self.tokens.get(split) if cfg.cache_tokens else None
+        source = cached if cached is not None else build_dataset(replace(self.split_data(split), flip=False))
+        n = len(source) if count is None else min(count, len(source))
+        indices = du.shard_range(n) if shard else range(n)
+        size = cfg.eval.batch_size
+        if cached is not None:
+            for start in range(indices.start, indices.stop, size):
+                stop = min(start + size, indices.stop)
+                yield cached.tokens[start:stop].to(device).float(), cached.labels[start:stop]
+            return
+        for images, labels in iterate_batches(source, size, indices):
+            yield self.backbone(images).to(device), labels
+
+    # ---- statistics ------------------------------------------------------------------------------
+
+    def _stats_key(self) -> str:
+        """What the feature statistics depend on: training data, backbone, items, token dtype."""
+        cfg = self.config
+        what = {"data": to_dict(replace(cfg.data, flip=False)), "backbone": to_dict(cfg.backbone),
+                "resolution": self.fae_config.resolution, "stats_images": cfg.stats_images,
+                "tokens": cfg.cache_dtype if cfg.cache_tokens else "float32"}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean/std [D] of the first ``stats_images`` training tokens, read from
+        ``run_dir/feature_stats.safetensors`` when an earlier start of this run measured them."""
+        from fae.io import atomic_save_safetensors
+
+        path, key = Path(self.config.train.run_dir) / "feature_stats.safetensors", self._stats_key()
+        stored = _read_stats(path, key)
+        if stored is not None:
+            return stored
+        stats = ChannelStats(self.fae_config.token_dim)
+        for tokens, _ in self.batches(self.config.data.split, self.config.stats_images, True, self.fae.latent_mean.device):
+            stats.update(tokens)
+        mean, std = stats.all_reduce().mean_std()
+        if du.is_main():
+            atomic_save_safetensors({"mean": mean, "std": std}, path, metadata={"key": key})
+        du.barrier()
+        return mean, std
+
     # ---- evaluation and export -------------------------------------------------------------------
 
     def evaluate(self, models, step, run_dir):
-        from fae.training.stages.autoencoder_data import held_out_batches, linear_probe_metrics
-
         fae = models["fae"]
-        results = feature_metrics(fae, held_out_batches(self), self.config.loss.kl_weight)
+        results = self.held_out_metrics(fae)
         if self.config.eval.probe:
-            results.update(linear_probe_metrics(self, fae))
+            results.update(self.probe(fae))
         return results
 
-    def export(self, models, run_dir: Path):
-        from fae.io import atomic_save_json
+    @torch.no_grad()
+    def held_out_metrics(self, fae: FAE) -> dict[str, float]:
+        """Held-out reconstruction quality, averaged over every image of every rank.
 
+        cosine / rel_l2: ``fae.evaluation.recon`` in the raw feature scale; rec_mse / kl: the
+        training loss terms per image (posterior mean decoded, no sampling); latent_*: per-channel
+        statistics of the posterior mean.
+        """
+        from fae.autoencoder.vae import gaussian_kl
+        from fae.evaluation.recon import feature_cosine, feature_relative_l2
+
+        cfg = self.config
+        per_image = ChannelStats(4)  # cosine, rel_l2, rec_mse, kl of each image
+        latent = ChannelStats(fae.config.latent_channels)
+        for tokens, _ in self.batches(cfg.eval.split, cfg.eval.limit, True, fae.latent_mean.device):
+            out = fae(tokens, sample=False)
+            recon = fae.normalizer.denormalize(out["recon"].float())  # [b, N, D] raw scale
+            mse = (out["recon"] - out["target"]).square().mean(dim=(1, 2))  # [b]
+            kl = gaussian_kl(out["mean"], out["logvar"]).mean(dim=(1, 2))  # [b]
+            per_image.update(torch.stack([feature_cosine(tokens, recon), feature_relative_l2(tokens, recon),
+                                          mse.double(), kl.double()], dim=1))  # [b, 4]
+            latent.update(out["mean"])  # [b, N, c]
+        per_image.all_reduce()
+        latent.all_reduce()
+        if per_image.count == 0:
+            raise DataError(f"the held-out split '{cfg.eval.split}' is empty (check eval.split / eval.limit)")
+        (cos, rel, mse, kl), _ = per_image.mean_std()
+        mean, std = latent.mean_std()
+        return {"cosine": float(cos), "rel_l2": float(rel), "rec_mse": float(mse), "kl": float(kl),
+                "loss": float(mse) + cfg.loss.kl_weight * float(kl),
+                "latent_mean_abs": float(mean.abs().mean()), "latent_std_mean": float(std.mean()),
+                "latent_std_min": float(std.min()), "latent_std_max": float(std.max())}
+
+    @torch.no_grad()
+    def probe(self, fae: FAE) -> dict[str, float]:
+        """Paper protocol: a linear head trained on raw pooled train features, scored on raw and on
+        FAE-reconstructed held-out features (the paper keeps the gap within ~1 point)."""
+        from fae.evaluation.probe import linear_probe
+        from fae.evaluation.probe_features import probe_features
+
+        cfg = self.config
+        train, test = self.tokens[cfg.data.split], self.tokens[cfg.eval.split]
+        n_train = len(train) if cfg.eval.probe_train_limit is None else min(cfg.eval.probe_train_limit, len(train))
+        train_x = probe_features(fae, train.tokens[:n_train], ("raw",), cfg.eval.batch_size)["raw"]  # [M, D]
+        test_x = probe_features(fae, test.tokens, ("raw", "reconstructed"), cfg.eval.batch_size)
+        kwargs = {"epochs": cfg.eval.probe_epochs, "seed": 0}
+        top_raw = linear_probe(train_x, train.labels[:n_train], test_x["raw"], test.labels, **kwargs)["top1"]
+        top_recon = linear_probe(train_x, train.labels[:n_train], test_x["reconstructed"], test.labels,
+                                 **kwargs)["top1"]
+        return {"probe_top1_raw": top_raw, "probe_top1_recon": top_recon, "probe_gap": top_raw - top_recon}
+
+    @torch.no_grad()
+    def export(self, models, run_dir: Path):
+        """The FAE with its latent statistics (posterior means of the first ``stats_images``
+        training items; rank 0 alone, as ``export`` runs there) -> ``run_dir/export``."""
         fae = models["fae"]
-        mean, std = measure_latent_stats(self, fae)
-        fae.set_latent_stats(mean, std)
-        atomic_save_json({"mean": mean.tolist(), "std": std.tolist(), "identity": fae.identity()},
-                         Path(run_dir) / "latent_stats.json")
+        stats = ChannelStats(fae.config.latent_channels)
+        for tokens, _ in self.batches(self.config.data.split, self.config.stats_images, False,
+                                      fae.latent_mean.device):
+            stats.update(fae.posterior(tokens).mean)  # [b, N, c]
+        fae.set_latent_stats(*stats.mean_std())
         return fae.save_pretrained(Path(run_dir) / "export")
 
     def describe(self):
-        cfg = self.config
-        fae_cfg = cfg.model.resolved()
+        cfg, fae_cfg = self.config, self.fae_config
         with torch.device("meta"):
             fae = FAE(fae_cfg)
         count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"  # noqa: E731
         return {"parameters": f"encoder {count(fae.encoder)} ({cfg.model.encoder.kind}), feature decoder "
                               f"{count(fae.decoder)} (paper: 38.17M attention encoder, 170.43M decoder)",
-                "backbone": f"{fae_cfg.backbone} at {fae_cfg.resolution} px -> tokens "
-                            f"{fae_cfg.grid[0]}x{fae_cfg.grid[1]}x{fae_cfg.token_dim}",
+                "backbone": cfg.backbone.describe(),
                 "latent": f"{cfg.model.latent_channels}x{fae_cfg.grid[0]}x{fae_cfg.grid[1]} "
                           f"(encoder: {cfg.model.encoder.kind})",
                 "loss": f"||x_hat - x||^2 + {cfg.loss.kl_weight:g} * KL on {cfg.model.feature_norm}"
                         "-normalised features",
-                "tokens": "cached once (" + cfg.cache_dtype + ")" if cfg.cache_tokens
-                else "backbone runs every step"}
+                "tokens": f"token cache ({cfg.cache_dtype}) in {cfg.token_cache_folder()}"
+                if cfg.cache_tokens else "backbone runs every step"}
+
+
+def _read_stats(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean, std) stored under ``key``, or None (absent, other key, unreadable: measure again)."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return f.get_tensor("mean"), f.get_tensor("std")
+    except Exception:  # a damaged file is only a cache of a measurement: measure again
+        return None
 
 
 CONFIG_CLASS = AutoencoderRunConfig

@@ -1,17 +1,23 @@
 """Stages Ib and II of the paper: training the pixel decoder (``fae train pixel-decoder``).
 
 - ``stage=noisy-features`` (Ib, the "Gaussian embedding decoder"): the decoder learns to paint the
-  image from the frozen backbone's tokens plus Gaussian noise, so it tolerates the imperfect x_hat
-  the FAE will later feed it. Independent of stage Ia. Exports the decoder alone
+  image from the frozen backbone's tokens plus Gaussian noise (``fae.autoencoder.noise``: sigma
+  relative to the token norm scale), so it tolerates the imperfect x_hat the FAE will later feed
+  it. Independent of stage Ia; the backbone is the ``backbone:`` section. Exports the decoder alone
   (``run_dir/export``: config.json + model.safetensors).
 - ``stage=finetune`` (II): the same decoder (loaded from ``init_from``, the Ib export) is fine-tuned
-  on the frozen FAE's reconstructions x_hat = D_feat(E(x)). Exports a complete FAE folder (the FAE
-  of ``fae`` with this decoder attached), so ``FAE.from_pretrained`` restores the image path.
+  on the frozen FAE's reconstructions x_hat = D_feat(E(x)). The backbone is the one the FAE export
+  (``fae``) records; a ``backbone:`` section that disagrees is an error (it may still name the
+  ``weights`` location). Exports a complete FAE folder (the FAE of ``fae`` with this decoder
+  attached), so ``FAE.from_pretrained`` restores the image path.
 
-Noise scale (Ib). We define the "norm scale" of the embeddings as the RMS of their entries,
-``s = sqrt(mean_{n,t,d} x_{n,t,d}^2)`` over the first ``noise.scale_images`` training images.
-Noise ``eps ~ N(0, (sigma * s)^2)`` per entry then has ``E||eps||^2 = sigma^2 * E||x||^2`` for a
-token x, i.e. the noise norm is sigma times the RMS token norm (paper: sigma = 0.4 for DINOv2).
+Two phases train on every batch (paper: TiTok-style GAN + perceptual + reconstruction loss):
+``decoder`` (the pixel decoder; metrics ``decoder/loss``, ``decoder/l1``, ...) and, with
+``loss.gan_weight > 0``, ``discriminator`` (``discriminator/loss``).
+
+``cache_tokens: true`` (small datasets): clean inputs come from the shared token cache (the one
+stage Ia fills); stage II turns cached tokens into x_hat through the frozen FAE once, in memory
+(float32). Noise is still drawn fresh every step.
 """
 from __future__ import annotations
 
@@ -25,55 +31,22 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fae import distributed as du
 from fae.autoencoder.discriminator import DiscriminatorConfig, PatchDiscriminator
 from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_loss, hinge_g_loss,
                                     reconstruction_loss)
+from fae.autoencoder.noise import NoiseConfig, add_token_noise, token_rms
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
-from fae.images import from_unit_range, to_unit_range
-from fae.data.datasets import DataConfig
+from fae.backbones.config import BackboneConfig
+from fae.data.datasets import DataConfig, build_dataset
 from fae.errors import ConfigError
+from fae.images import to_unit_range
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Phase, Stage
-from fae.training.stages.pixel_decoder_inputs import CachedInputs, add_token_noise, map_dataset, token_rms
+from fae.training.stages.pixel_decoder_heldout import HeldOut, PixelDecoderEvalConfig
+from fae.training.wrappers import unwrap
 
-GENERATOR, DISCRIMINATOR = "generator", "discriminator"
-
-
-@dataclass
-class NoiseConfig:
-    """Gaussian noise on the input tokens (stage Ib; set sigma to 0 for none).
-
-    Args:
-        sigma: noise std relative to the token norm scale (paper: 0.4 for DINOv2).
-        mode: "fixed" = every sample gets sigma; "uniform" = per-sample sigma ~ U[0, sigma]
-            (our option, the RAE-style variant).
-        scale: the token RMS s; null = measured from the training data at start-up.
-        scale_images: how many training images the measurement uses (the first ones).
-    """
-
-    sigma: float = 0.4
-    mode: Literal["fixed", "uniform"] = "fixed"
-    scale: float | None = None
-    scale_images: int = 512
-
-
-@dataclass
-class EvalConfig:
-    """Held-out reconstruction metrics and the grid PNG written at each evaluation.
-
-    Args:
-        split: dataset split of the held-out images.
-        limit: number of held-out images (the first ones).
-        batch_size: images per forward pass.
-        rfid: also compute rFID (InceptionV3; slow on CPU).
-        grid_images: images shown in ``run_dir/recon_<step>.png``.
-    """
-
-    split: str = "test"
-    limit: int = 256
-    batch_size: int = 64
-    rfid: bool = False
-    grid_images: int = 8
+DECODER, DISCRIMINATOR = "decoder", "discriminator"  # the two phases (and metric prefixes)
 
 
 @dataclass
@@ -82,33 +55,31 @@ class PixelDecoderRunConfig:
 
     Args:
         stage: "noisy-features" (Ib) or "finetune" (II).
-        backbone: registry name of the frozen backbone (must match the FAE's in stage II).
-        backbone_resolution: backbone input size; null = the registry default.
-        backbone_weights: local weights folder/file for the backbone (null = default lookup).
+        backbone: the frozen backbone (stage Ib; null = the paper's default section). Stage II
+            reads it from the FAE export; a section given there must agree with it.
         fae: FAE export folder; required for finetune, optional for Ib (then the evaluation also
             decodes the FAE reconstructions).
         init_from: stage-Ib export to start from; required for finetune.
-        cache_tokens: run the frozen networks over the training set once at start-up and keep the
-            decoder's clean inputs (Ib: backbone tokens; II: FAE x_hat) in memory (our option for
-            small datasets / CPU; noise is still drawn fresh every step). Needs data.flip=false.
-        cache_dtype: storage dtype of that cache.
+        cache_tokens: take the backbone tokens of the training images from the token cache
+            (our option for small datasets / CPU). Needs data.flip=false.
+        token_cache_dir: the token cache folder, shared by stages and runs; null = ``run_dir/token_cache``.
+        cache_dtype: storage dtype of cached tokens.
     """
 
     stage: Literal["noisy-features", "finetune"] = "noisy-features"
-    backbone: str = "efficientnet-lite0"
-    backbone_resolution: int | None = None
-    backbone_weights: str | None = None
+    backbone: BackboneConfig | None = None
     fae: str | None = None
     init_from: str | None = None
     cache_tokens: bool = False
-    cache_dtype: Literal["float32", "float16"] = "float16"
+    token_cache_dir: str | None = None
+    cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     data: DataConfig = field(default_factory=DataConfig)
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     loss: PixelLossConfig = field(default_factory=PixelLossConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     disc_optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: PixelDecoderEvalConfig = field(default_factory=PixelDecoderEvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
@@ -117,17 +88,35 @@ class PixelDecoderRunConfig:
                               "(the stage-Ib pixel decoder export)")
         if self.cache_tokens and self.data.flip:
             raise ConfigError("cache_tokens=true caches the tokens of unflipped images: set data.flip=false")
-        if self.noise.sigma < 0:
-            raise ConfigError(f"config key 'noise.sigma' must be >= 0, got {self.noise.sigma}")
-        if self.noise.scale is not None and self.noise.scale <= 0:
-            raise ConfigError(f"config key 'noise.scale' must be > 0 or null, got {self.noise.scale}")
         if self.loss.perceptual == "lpips" and not (self.loss.lpips_vgg_path and self.loss.lpips_heads_path):
             raise ConfigError("loss.perceptual=lpips needs local weight files: set 'loss.lpips_vgg_path' "
                               "(torchvision VGG16 state dict) and 'loss.lpips_heads_path' (lpips v0.1 "
                               "vgg.pth), or use loss.perceptual=backbone (offline)")
 
+    def token_cache_folder(self) -> Path:
+        return Path(self.token_cache_dir or Path(self.train.run_dir) / "token_cache")
+
 
 CONFIG_CLASS = PixelDecoderRunConfig
+
+
+def backbone_of(cfg: PixelDecoderRunConfig) -> BackboneConfig:
+    """The backbone this run uses: the ``backbone:`` section (Ib), or the FAE export's (II)."""
+    if cfg.stage != "finetune":
+        return cfg.backbone or BackboneConfig()
+    from fae.autoencoder.model import FAE
+    from fae.export import read_export_config
+
+    recorded = read_export_config(cfg.fae, FAE.export_format, FAE.export_version)["backbone"]
+    if cfg.backbone is not None:
+        given = cfg.backbone.info()
+        if (given.name, given.resolution) != (recorded["name"], recorded["resolution"]):
+            raise ConfigError(f"config key 'backbone' names '{given.name}' at {given.resolution} px, but "
+                              f"the FAE export '{cfg.fae}' was trained on '{recorded['name']}' at "
+                              f"{recorded['resolution']} px; stage II reads the backbone from the FAE: "
+                              "drop the backbone section or make it agree")
+    weights = cfg.backbone.weights if cfg.backbone is not None else None
+    return BackboneConfig(name=recorded["name"], resolution=recorded["resolution"], weights=weights)
 
 
 @contextlib.contextmanager
@@ -142,40 +131,40 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def _same_batch(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a is b or (a.shape == b.shape and a.device == b.device and torch.equal(a, b))
+class WithInputs(Dataset):
+    """Items ``(image, label, decoder input [N, D])``: a dataset beside its precomputed clean inputs."""
 
+    def __init__(self, base: Dataset, inputs: torch.Tensor):
+        if len(base) != len(inputs):
+            raise ConfigError(f"the token cache gave {len(inputs)} items for a dataset of {len(base)}")
+        self.base, self.inputs = base, inputs
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    from fae.training.wrappers import unwrap
+    def __len__(self) -> int:
+        return len(self.base)
 
-    return unwrap(module)
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return image, label, self.inputs[i]
 
-
-# ---- the stage -----------------------------------------------------------------------------------
 
 class PixelDecoderStage(Stage):
-    """Stage Ib / II. Frozen helpers (backbone, FAE, perceptual net) live here, not in the models.
-
-    Args:
-        config: the run config.
-    """
+    """Stage Ib / II (``config``: the run config). Frozen helpers (backbone, FAE, perceptual net)
+    live here, not in the models."""
 
     name = "pixel-decoder"
 
     def __init__(self, config: PixelDecoderRunConfig):
-        from fae.backbones import get_info
-
         self.config = config
-        self.info = get_info(config.backbone, config.backbone_resolution)
+        self.backbone_config = backbone_of(config)
+        self.info = self.backbone_config.info()
         self.backbone: nn.Module | None = None
         self.fae: nn.Module | None = None
         self.perceptual: nn.Module | None = None
-        self.ib_decoder: PixelDecoder | None = None  # stage II: the untouched Ib weights, for the grid
+        self.ib_decoder: PixelDecoder | None = None  # stage II: the untouched Ib weights, for comparison
         self.token_scale: float | None = config.noise.scale
-        self._train_inputs: torch.Tensor | None = None  # cache_tokens: clean inputs [N, T, D]
-        self.eval_inputs: dict[str, torch.Tensor] | None = None  # held-out images + inputs, built once
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, fakes) of the last G phase
+        self.train_inputs: torch.Tensor | None = None  # cache_tokens: clean inputs [N, T, D]
+        self.held_out: HeldOut | None = None  # held-out images + inputs, built once
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, fakes) of the decoder phase
 
     @property
     def finetune(self) -> bool:
@@ -211,14 +200,12 @@ class PixelDecoderStage(Stage):
         return loaded
 
     def setup(self, device: torch.device) -> None:
-        """Frozen backbone, FAE (finetune / optional in Ib), perceptual net, measured noise scale."""
+        """Frozen backbone, FAE (finetune / optional in Ib), perceptual net, clean inputs, noise scale."""
         from fae.autoencoder.perceptual import build_perceptual
-        from fae.backbones import load_backbone
 
         cfg = self.config
-        self.backbone = load_backbone(cfg.backbone, weights=cfg.backbone_weights, device=device,
-                                      resolution=cfg.backbone_resolution)
-        if cfg.fae:
+        self.backbone = self.backbone_config.load(device)
+        if cfg.fae:  # the FAE refuses a backbone other than its own (BackboneMismatchError)
             from fae.autoencoder.model import FAE
 
             self.fae = FAE.from_pretrained(cfg.fae, device=device, backbone=self.backbone)
@@ -227,50 +214,63 @@ class PixelDecoderStage(Stage):
                                            cfg.loss.lpips_heads_path)
         if self.perceptual is not None:
             self.perceptual.to(device)
-        if self.finetune:  # the untouched Ib weights, for the comparison column of the grid
+        if self.finetune:
             self.ib_decoder = self._load_ib_decoder().to(device).requires_grad_(False).eval()
         if cfg.cache_tokens:
-            dtype = getattr(torch, cfg.cache_dtype)
-            self._train_inputs = map_dataset(self.clean_inputs, self._base_dataset(), dtype=dtype)
+            tokens, _ = self.token_cache().tokens(cfg.data, progress=cfg.train.progress)  # [N, T, D]
+            self.train_inputs = self.clean_from_tokens(tokens)
         if self.token_scale is None and cfg.noise.sigma > 0:
-            sample = (self._train_inputs[:cfg.noise.scale_images] if cfg.cache_tokens else
-                      map_dataset(self.clean_inputs, self._base_dataset(), cfg.noise.scale_images))
-            self.token_scale = token_rms(sample)  # [n, N, D] -> s
-        self._log_description()
-
-    def _log_description(self) -> None:
-        """Print the stage's settings (perceptual choice, measured noise scale) into the run log."""
-        from fae.distributed import is_main
-
-        if is_main():
+            self.token_scale = token_rms(self._scale_sample())  # [n, N, D] -> s
+        if du.is_main():  # the run log states the perceptual choice and the measured noise scale
             print("\n".join(f"{key}: {value}" for key, value in self.describe().items()), flush=True)
+
+    def token_cache(self):
+        """The shared token cache for this run's backbone (``token_cache_dir``)."""
+        from fae.backbones.token_cache import TokenCache, dtype_named
+
+        cfg = self.config
+        return TokenCache(cfg.token_cache_folder(), self.backbone, self.backbone_config.weights,
+                          dtype_named(cfg.cache_dtype), batch_size=cfg.eval.batch_size)
+
+    def _scale_sample(self) -> torch.Tensor:
+        """Clean inputs of the first ``noise.scale_images`` training images [n, N, D]."""
+        from fae.data.batches import iterate_batches
+
+        n = self.config.noise.scale_images
+        if self.train_inputs is not None:
+            return self.train_inputs[:n]
+        base = build_dataset(replace(self.config.data, flip=False))
+        indices = range(min(n, len(base)))
+        return torch.cat([self.clean_inputs(images).cpu()
+                          for images, _ in iterate_batches(base, self.config.eval.batch_size, indices)])
 
     def ema_modules(self) -> list[str]:
         return ["pixel_decoder"] if self.config.train.ema_decay is not None else []
 
     def phases(self) -> list[Phase]:
         cfg = self.config
-        phases = [Phase(GENERATOR, ["pixel_decoder"], cfg.train.optim)]
+        phases = [Phase(DECODER, ["pixel_decoder"], cfg.train.optim)]
         if self.use_gan:
             phases.append(Phase(DISCRIMINATOR, ["discriminator"], cfg.disc_optim,
                                 start_step=cfg.loss.gan_start_step))
         return phases
 
-    def _base_dataset(self) -> Dataset:
-        from fae.data.datasets import build_dataset
-
-        return build_dataset(self.config.data)
-
     def train_dataset(self) -> Dataset:
         """Items (image, label), or (image, label, cached clean input) with cache_tokens."""
-        base = self._base_dataset()
-        if self._train_inputs is None:
-            return base
-        if len(self._train_inputs) != len(base):
-            raise ConfigError(f"token cache holds {len(self._train_inputs)} items, the dataset {len(base)}")
-        return CachedInputs(base, self._train_inputs)
+        base = build_dataset(self.config.data)
+        return base if self.train_inputs is None else WithInputs(base, self.train_inputs)
 
     # -- inputs --
+
+    @torch.no_grad()
+    def clean_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw tokens [N, T, D] -> the decoder's clean inputs: the tokens themselves (Ib), or
+        x_hat = D_feat(E(x)) through the frozen FAE (II; float32, on the CPU)."""
+        if not self.finetune:
+            return tokens
+        size, device = self.config.eval.batch_size, self.fae.latent_mean.device
+        return torch.cat([self.fae.decode_features(self.fae.encode(tokens[i:i + size].to(device))).cpu()
+                          for i in range(0, len(tokens), size)])  # x_hat [N, T, D]
 
     @torch.no_grad()
     def clean_inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -282,10 +282,9 @@ class PixelDecoderStage(Stage):
 
     @torch.no_grad()
     def input_tokens(self, batch: Any) -> torch.Tensor:
-        """A training batch -> decoder input [B, N, D]; stage Ib adds the Gaussian noise."""
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        cached = isinstance(batch, (list, tuple)) and len(batch) > 2
-        tokens = batch[2].float() if cached else self.clean_inputs(images)  # [B, N, D]
+        """A training batch (images, labels[, cached input]) -> decoder input [B, N, D]; noise added
+        when ``noise.sigma > 0`` (stage Ib)."""
+        tokens = batch[2].float() if len(batch) > 2 else self.clean_inputs(batch[0])  # [B, N, D]
         noise = self.config.noise
         if noise.sigma > 0:
             tokens = add_token_noise(tokens, noise.sigma, self.token_scale, noise.mode)
@@ -297,17 +296,17 @@ class PixelDecoderStage(Stage):
              ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         if phase == DISCRIMINATOR:
             return self._discriminator_loss(batch, models)
-        return self._generator_loss(batch, models, step)
+        return self._decoder_loss(batch, models, step)
 
-    def _generator_loss(self, batch: Any, models: dict[str, nn.Module], step: int):
+    def _decoder_loss(self, batch: Any, models: dict[str, nn.Module], step: int):
+        """lambda_rec * L1/L2 + lambda_perc * perceptual + lambda_GAN * w_adaptive * hinge G loss."""
         cfg = self.config.loss
         decoder = models["pixel_decoder"]
-        device = _unwrap(decoder).head.weight.device
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        device = unwrap(decoder).head.weight.device
+        images = batch[0]
         real = to_unit_range(images.to(device))  # [B, C, H, W] in [-1, 1]
         fake = decoder(self.input_tokens(batch), clamp=False)  # [B, C, H, W]
-        rec, logs = reconstruction_loss(fake, real, cfg.l1_weight, cfg.l2_weight)
-        total = rec
+        total, logs = reconstruction_loss(fake, real, cfg.l1_weight, cfg.l2_weight)
         if self.perceptual is not None:
             perc = self.perceptual(fake, real).mean()
             total = total + cfg.perceptual_weight * perc
@@ -315,21 +314,22 @@ class PixelDecoderStage(Stage):
         if self.use_gan and step >= cfg.gan_start_step:
             with frozen(models["discriminator"]) as disc:  # L_G must not reach D's weights
                 g_loss = hinge_g_loss(disc(fake))
-            weight = (adaptive_weight(total, g_loss, _unwrap(decoder).last_layer, cfg.adaptive_max)
+            weight = (adaptive_weight(total, g_loss, unwrap(decoder).last_layer, cfg.adaptive_max)
                       if cfg.adaptive_gan_weight else torch.ones((), device=device))
             total = total + cfg.gan_weight * weight * g_loss
             logs.update(g_loss=g_loss.detach(), gan_adaptive_weight=weight)
-        self._cache = (images, fake.detach())
+        self._last = (images, fake.detach())
         logs["loss"] = total.detach()
         return total, logs
 
     def _discriminator_loss(self, batch: Any, models: dict[str, nn.Module]):
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        images = batch[0]
         disc = models["discriminator"]
-        device = next(_unwrap(disc).parameters()).device
+        device = next(unwrap(disc).parameters()).device
         real = to_unit_range(images.to(device))
-        if self._cache is not None and _same_batch(self._cache[0], images):
-            fake = self._cache[1]  # the generator phase's output for this very batch
+        last_images, last_fake = self._last if self._last is not None else (None, None)
+        if last_images is not None and last_images.shape == images.shape and torch.equal(last_images, images):
+            fake = last_fake  # the decoder phase's output for this very batch
         else:
             with torch.no_grad():
                 fake = models["pixel_decoder"](self.input_tokens(batch), clamp=False)
@@ -340,19 +340,27 @@ class PixelDecoderStage(Stage):
 
     # -- evaluation / export --
 
-    def eval_dataset(self):
-        from fae.data.datasets import build_dataset
+    def held_out_set(self) -> HeldOut:
+        """The held-out images and their clean inputs (the frozen networks run over them once)."""
+        if self.held_out is None:
+            from fae.backbones.extract import extract_tokens
 
-        ev = self.config.eval
-        return build_dataset(replace(self.config.data, limit=ev.limit, flip=False), split=ev.split)
+            cfg = self.config
+            data, size = replace(cfg.data, split=cfg.eval.split, limit=cfg.eval.limit, flip=False), cfg.eval.batch_size
+            dataset = build_dataset(data)
+            tokens = (self.token_cache().tokens(data, progress=False)[0] if cfg.cache_tokens
+                      else extract_tokens(self.backbone, dataset, size, progress=False)[0])  # [N, T, D]
+            self.held_out = HeldOut(dataset, tokens, self.fae, size)
+        return self.held_out
 
     def evaluate(self, models: dict[str, nn.Module], step: int, run_dir: Path) -> dict[str, float]:
-        from fae.training.stages.pixel_decoder_eval import evaluate_reconstructions
-
-        return evaluate_reconstructions(self, _unwrap(models["pixel_decoder"]), step, Path(run_dir))
+        decoder = unwrap(models["pixel_decoder"])
+        decoders = {"Ib": self.ib_decoder, "II": decoder} if self.finetune else {"Ib": decoder}
+        grid = Path(run_dir) / f"recon_{step:07d}.png"
+        return self.held_out_set().evaluate(decoders, self.config.eval, grid)
 
     def export(self, models: dict[str, nn.Module], run_dir: Path) -> Path | None:
-        decoder = copy.deepcopy(_unwrap(models["pixel_decoder"])).cpu().eval()
+        decoder = copy.deepcopy(unwrap(models["pixel_decoder"])).cpu().eval()
         out = Path(run_dir) / "export"
         if not self.finetune:
             return decoder.save_pretrained(out)
@@ -364,8 +372,7 @@ class PixelDecoderStage(Stage):
         cfg = self.config
         lines = {
             "stage": f"{cfg.stage} ({'II: fine-tune on FAE x_hat' if self.finetune else 'Ib: noisy backbone features'})",
-            "backbone": f"{self.info.name} at {self.info.resolution} px: {self.info.grid[0]}x{self.info.grid[1]} "
-                        f"tokens of width {self.info.dim}",
+            "backbone": self.backbone_config.describe() + (" (from the FAE export)" if self.finetune else ""),
             "pixel decoder": f"ViT {cfg.pixel_decoder.depth}x{cfg.pixel_decoder.dim}, {cfg.pixel_decoder.heads} heads, "
                              f"{cfg.pixel_decoder.image_size} px, {cfg.pixel_decoder.out_channels} channels",
             "perceptual loss": _describe_perceptual(cfg.loss),
@@ -373,14 +380,16 @@ class PixelDecoderStage(Stage):
                             f"{cfg.loss.perceptual_weight}, gan {cfg.loss.gan_weight} (from step "
                             f"{cfg.loss.gan_start_step}, adaptive={cfg.loss.adaptive_gan_weight})",
         }
-        if not self.finetune:
+        if cfg.noise.sigma > 0:
             scale = f"{self.token_scale:.4g}" if self.token_scale is not None else \
                 f"measured from {cfg.noise.scale_images} training images at start-up"
             lines["noise"] = f"sigma {cfg.noise.sigma} ({cfg.noise.mode}) x token RMS scale {scale}"
-        else:
+        if self.finetune:
             lines["init_from"] = str(cfg.init_from)
         if cfg.fae:
             lines["fae"] = str(cfg.fae)
+        if cfg.cache_tokens:
+            lines["tokens"] = f"token cache ({cfg.cache_dtype}) in {cfg.token_cache_folder()}"
         return lines
 
 

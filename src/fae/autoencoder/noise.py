@@ -1,0 +1,65 @@
+"""The paper's "Gaussian embedding decoder" (stage Ib): Gaussian noise on the pixel decoder's input.
+
+The pixel decoder of stage Ib is trained on the frozen backbone's tokens plus Gaussian noise, "σ =
+0.4 for DINOv2, scaled to the norm of the pretrained embeddings", so that it tolerates the
+imperfect x_hat the FAE feeds it later (stage II).
+
+Norm scale. We define the norm scale of the embeddings as the RMS of their entries,
+``s = sqrt(mean_{n,t,d} x_{n,t,d}^2)``, measured over training tokens (:func:`token_rms`). Noise
+``eps ~ N(0, (sigma * s)^2)`` per entry then has ``E||eps||^2 = sigma^2 * E||x||^2`` for a token
+x: the noise norm is sigma times the RMS token norm, whatever the backbone's feature scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fae.errors import ConfigError
+
+
+@dataclass
+class NoiseConfig:
+    """Gaussian noise on the pixel decoder's input tokens (stage Ib; sigma 0 = none).
+
+    Args:
+        sigma: noise std relative to the token norm scale (paper: 0.4 for DINOv2).
+        mode: "fixed" = every sample gets sigma; "uniform" = per-sample sigma ~ U[0, sigma]
+            (our option, the RAE-style variant).
+        scale: the token RMS s; null = measured from the training data at start-up.
+        scale_images: how many training images the measurement uses (the first ones).
+    """
+
+    sigma: float = 0.4
+    mode: Literal["fixed", "uniform"] = "fixed"
+    scale: float | None = None
+    scale_images: int = 512
+
+    def validate(self) -> None:
+        if self.sigma < 0:
+            raise ConfigError(f"config key 'noise.sigma' must be >= 0, got {self.sigma}")
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"config key 'noise.scale' must be > 0 or null, got {self.scale}")
+        if self.scale_images < 1:
+            raise ConfigError(f"config key 'noise.scale_images' must be >= 1, got {self.scale_images}")
+
+
+def token_rms(tokens: torch.Tensor) -> float:
+    """The norm scale s = sqrt(mean x^2) over every entry of tokens [..., D] (float64 sums)."""
+    if tokens.numel() == 0:
+        raise ConfigError("cannot measure the token scale: no training tokens (is the dataset empty?)")
+    return tokens.double().square().mean().sqrt().item()
+
+
+def add_token_noise(tokens: torch.Tensor, sigma: float, scale: float, mode: str = "fixed") -> torch.Tensor:
+    """tokens [B, N, D] + N(0, (sigma_b * scale)^2) per entry; sigma_b = sigma, or ~U[0, sigma] per sample.
+
+    Noise comes from the global torch RNG (the training loop seeds it per step: exact resume).
+    """
+    if sigma == 0:
+        return tokens
+    std = torch.full((tokens.shape[0], 1, 1), sigma, device=tokens.device, dtype=tokens.dtype)  # [B, 1, 1]
+    if mode == "uniform":
+        std = std * torch.rand_like(std)
+    return tokens + torch.randn_like(tokens) * std * scale

@@ -1,0 +1,54 @@
+"""The one spelling of "which frozen backbone": the ``backbone:`` section of every run config.
+
+Stage Ia (``fae train autoencoder``) and stage Ib (``fae train pixel-decoder stage=noisy-features``)
+read it; stage II reads the backbone from the FAE export it fine-tunes on (the FAE records the
+backbone it was trained on, see ``fae.autoencoder.model``), so there the section may be left out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fae.backbones.base import Backbone, BackboneInfo
+from fae.errors import ConfigError
+
+
+@dataclass
+class BackboneConfig:
+    """A registry backbone at an input size, with an optional weights location.
+
+    Args:
+        name: registry name (``fae backbones`` lists them). Default: the paper's DINOv2-g/14
+            without registers; the demo configs use ``efficientnet-lite0`` (offline weights).
+        resolution: square input size in pixels; null = the registry's default. The token grid
+            follows (EfficientNet-Lite0 at 128 px: 4x4).
+        weights: local folder / file or hub id of the weights; null = the registry lookup
+            (``$FAE_WEIGHTS_<NAME>``, ``$FAE_WEIGHTS_DIR/<name>``, the packaged file or hub id).
+    """
+
+    name: str = "dinov2-g14"
+    resolution: int | None = None
+    weights: str | None = None
+
+    def validate(self) -> None:
+        if self.resolution is not None and self.resolution <= 0:
+            raise ConfigError(f"config key 'backbone.resolution' must be positive or null, got {self.resolution}")
+
+    def info(self) -> BackboneInfo:
+        """Name, width, grid and resolution from the registry (no weights needed: ``--dry-run``)."""
+        from fae.backbones.registry import get_info
+
+        return get_info(self.name, self.resolution)
+
+    def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Backbone:
+        """The frozen backbone on ``device`` (tokens are float32 whatever ``dtype`` the weights use)."""
+        from fae.backbones.registry import load_backbone
+
+        return load_backbone(self.name, weights=self.weights, device=device, dtype=dtype,
+                             resolution=self.resolution)
+
+    def describe(self) -> str:
+        info = self.info()
+        return (f"{info.name} at {info.resolution} px -> tokens {info.grid[0]}x{info.grid[1]}x{info.dim}"
+                + (f" (weights {self.weights})" if self.weights else ""))
