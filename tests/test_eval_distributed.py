@@ -65,13 +65,26 @@ def test_two_ranks_match_one_process(tmp_path):
     assert torch.equal(sharded["probe"], single["probe"]) and torch.equal(sharded["labels"], single["labels"])
 
 
+def test_float_images_are_scored_as_their_uint8_quantisation_and_datasets_batch_alike():
+    from fae.evaluation.features import DatasetSource, TensorSource
+    from fae.images import quantize
+
+    floats = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(TensorSource(floats).batch(1, 4), quantize(floats)[1:4])
+    a = compute_inception_stats(floats, LinearNet(), batch_size=2, progress=False)
+    b = compute_inception_stats(quantize(floats), LinearNet(), batch_size=3, progress=False)
+    np.testing.assert_array_equal(a.pool_features, b.pool_features)
+    images, dataset = _inputs()
+    assert torch.equal(DatasetSource(dataset).batch(2, 9), images[2:9])
+
+
 if __name__ == "__main__":
+    # The worker is an entry point: it owns the process group (the library never starts one).
     from fae import distributed as dist
 
-    dist.init_distributed()
-    assert dist.world_size() == 2
-    result = _compute()
-    if dist.is_main():
-        torch.save(result, Path(sys.argv[1]) / "sharded.pt")
-    dist.barrier()
-    dist.destroy_distributed()
+    with dist.process_group():
+        assert dist.world_size() == 2
+        result = _compute()
+        if dist.is_main():
+            torch.save(result, Path(sys.argv[1]) / "sharded.pt")
+        dist.barrier()

@@ -1,9 +1,11 @@
-"""Linear probe: synthetic sanity, determinism, input errors, and the real Fashion-MNIST check."""
+"""Linear probe: synthetic sanity, determinism, input errors, the one pooled-feature rule
+(probe_features) and its image-level wrappers, and the real Fashion-MNIST check."""
 import pytest
 import torch
 
-from fae.errors import DataError
+from fae.errors import ConfigError, DataError
 from fae.evaluation.probe import linear_probe
+from fae.evaluation.probe_features import FAEFeatures, pooled_features, probe_features
 
 
 def _blobs(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
@@ -40,6 +42,53 @@ def test_bad_inputs_raise_data_errors():
         linear_probe(x, y[:9], x, y)
     with pytest.raises(DataError, match="unlabelled"):
         linear_probe(x, y - 1, x, y)
+
+
+@pytest.fixture(scope="module")
+def tiny_fae():
+    from fae.autoencoder import FAE, FAEConfig
+    from fae.config import from_dict
+
+    torch.manual_seed(0)
+    fae = FAE(from_dict(FAEConfig, {"backbone": "tiny-vit", "latent_channels": 4,
+                                    "encoder": {"heads": 2, "head_dim": 16, "depth": 1},
+                                    "decoder": {"depth": 1, "width": 32, "heads": 2}}))
+    fae.set_feature_stats(torch.linspace(-1, 1, 64), torch.linspace(0.5, 2, 64))
+    return fae.eval()
+
+
+def test_probe_features_pool_tokens_latents_and_reconstructions(tiny_fae):
+    tokens = torch.randn(7, 16, 64, generator=torch.Generator().manual_seed(1))  # [N, T, D] raw tokens
+    got = probe_features(tiny_fae, tokens, ("raw", "latent", "reconstructed"), batch_size=3)
+    with torch.no_grad():
+        z = tiny_fae.encode(tokens)  # [7, 4, 4, 4]
+        recon = tiny_fae.decode_features(z)  # [7, 16, 64]
+    assert torch.equal(got["raw"], tokens.mean(1))
+    assert torch.allclose(got["latent"], z.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(got["reconstructed"], recon.mean(1), atol=1e-6)
+    assert {k: tuple(v.shape) for k, v in got.items()} == {"raw": (7, 64), "latent": (7, 4), "reconstructed": (7, 64)}
+    assert all(v.dtype == torch.float32 for v in got.values())
+    whole = probe_features(tiny_fae, tokens, ("latent",), batch_size=256)["latent"]
+    assert torch.allclose(whole, got["latent"], atol=1e-6)  # batching does not change the answer
+    assert probe_features(None, tokens, ("raw",))["raw"].shape == (7, 64)  # raw needs no FAE
+    assert probe_features(tiny_fae, tokens[:0], ("latent", "raw"))["latent"].shape == (0, 4)
+    with pytest.raises(ConfigError, match="subset"):
+        probe_features(tiny_fae, tokens, ("pixels",))
+    with pytest.raises(ConfigError, match="need an FAE"):
+        probe_features(None, tokens, ("raw", "latent"))
+
+
+def test_image_level_probe_features_go_through_the_same_rule(tiny_fae):
+    from fae.data.fashion_mnist import FashionMNIST
+
+    dataset = FashionMNIST("test", limit=10)
+    with torch.no_grad():
+        tokens = tiny_fae.tokens_from(dataset.images)  # [10, 16, 64]
+    expected = probe_features(tiny_fae, tokens, ("reconstructed",))["reconstructed"]
+    feats, labels = pooled_features(FAEFeatures(tiny_fae, "reconstructed"), dataset, batch_size=4, progress=False)
+    assert torch.allclose(feats, expected, atol=1e-5) and torch.equal(labels, dataset.labels)
+    with pytest.raises(ConfigError, match="subset"):
+        FAEFeatures(tiny_fae, "pooled")
 
 
 @pytest.mark.slow
