@@ -1,14 +1,16 @@
 """``fae train generator``: a SiT / LightningDiT on a latent cache (FAE paper, Sec. 3.3).
 
-Data: the latent cache written by ``fae cache-latents``, normalised per channel with the
-statistics the cache records, which are the FAE export's (and its flipped copies when present).
-The latent shape (``model.latent_channels`` / ``model.latent_size``) is read from upstream when
-left null: the FAE export named by ``data.fae``, else the cache's manifest (JSON only, so
-``--dry-run`` works before any weights are loaded); explicit values must agree with it. Loss: the flow-matching velocity MSE of
-``fae.generation.transport`` with the configured t-sampling and shift. The engine keeps an EMA of
-the network; evaluation and the export use it. The export (``run_dir/export``) is a
-``Generator`` folder holding the EMA weights, the cache statistics (to un-normalise samples) and
-the identity of the FAE that wrote the cache.
+Data: the latent cache written by ``fae cache-latents`` (and its flipped copies when present),
+normalised per channel with the statistics the cache records, which are the FAE export's. The
+latent shape (``model.latent_channels`` / ``model.latent_size``) is read from upstream when left
+null: the FAE export named by ``data.fae``, else the cache's manifest (JSON only, so ``--dry-run``
+works before any weights are loaded); explicit values must agree with it.
+
+Loss: the flow-matching velocity MSE of ``fae.generation.transport`` with the configured t-sampling
+and shift. The engine keeps an EMA of the network; evaluation and the export use it. The export
+(``run_dir/export``) is a ``Generator`` folder holding the EMA weights, the resolved architecture
+(numbers, never null), the latent statistics (to un-normalise samples) and the identity of the
+FAE that wrote the cache.
 """
 from __future__ import annotations
 
