@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -78,14 +78,6 @@ class CacheConfig:
                 raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
 
 
-class LatentEncoder(Protocol):
-    """What the writer needs from an FAE."""
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images [b, C, H, W] -> latents [b, c, h, w]."""
-        ...
-
-
 def shard_path(folder: Path, index: int) -> Path:
     return Path(folder) / f"shard-{index:05d}.safetensors"
 
@@ -120,11 +112,6 @@ def _latent_shape(config: dict[str, Any], path: Path) -> tuple[int, int, int]:
         raise LatentCacheError(f"'{path}' records no latent shape (neither 'latent_shape' nor "
                                f"'config.latent_channels' with 'backbone.grid')")
     return int(model["latent_channels"]), int(grid[0]), int(grid[1])
-
-
-def read_fae_identity(folder: str | Path) -> str:
-    """The identity hash recorded in an FAE export (verified when the FAE itself is loaded)."""
-    return read_fae_export(folder)["identity"]
 
 
 def mismatch_message(cache: str | Path, cache_id: dict[str, Any], fae: str | Path, fae_id: str) -> str:
@@ -169,7 +156,7 @@ def _check_resumable(folder: Path, plan: dict[str, Any]) -> None:
                                    f"now {plan[key]!r}; use a new folder (or the original settings)")
 
 
-def write_cache(cfg: CacheConfig, encoder: LatentEncoder, *, identity: dict[str, Any],
+def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
                 latent_mean: torch.Tensor, latent_std: torch.Tensor,
                 device: torch.device | str = "cpu") -> Path:
     """Encode ``cfg.data`` with ``encoder`` into ``cfg.out``; resumes an interrupted run. Every rank
@@ -236,7 +223,7 @@ def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch
 
 
 @torch.inference_mode()
-def _encode_shards(encoder: LatentEncoder, dataset: Dataset, folder: Path, todo: list[int], cfg: CacheConfig,
+def _encode_shards(encoder, dataset: Dataset, folder: Path, todo: list[int], cfg: CacheConfig,
                    plan: dict[str, Any], device: torch.device | str, progress: bool) -> None:
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
@@ -285,11 +272,9 @@ def _check_shard(folder: Path, index: int, manifest: dict[str, Any]) -> None:
         raise LatentCacheError(f"latent cache '{folder}' is missing '{path.name}': re-run "
                                f"`fae cache-latents` to finish it")
     tensors = load_file(str(path))
-    size = manifest["shard_size"]
-    n = min(size, manifest["count"] - index * size)
-    keys = ["latents"] + (["latents_flipped"] if manifest["flip"] else [])
+    n = min(manifest["shard_size"], manifest["count"] - index * manifest["shard_size"])
     shape = (n, *manifest["fae"]["latent_shape"])
-    for key in keys:
+    for key in ["latents"] + (["latents_flipped"] if manifest["flip"] else []):
         z = tensors.get(key)
         if z is None or tuple(z.shape) != shape:
             got = "nothing" if z is None else list(z.shape)
@@ -319,8 +304,9 @@ class LatentCache:
         if not self.manifest.get("complete"):
             raise LatentCacheError(f"latent cache '{folder}' is incomplete: re-run `fae cache-latents` "
                                    f"with the same config to finish it")
-        if fae is not None and read_fae_identity(fae) != self.identity["identity"]:
-            raise LatentCacheError(mismatch_message(folder, self.identity, fae, read_fae_identity(fae)))
+        fae_id = None if fae is None else read_fae_export(fae)["identity"]  # verified when the FAE loads
+        if fae_id is not None and fae_id != self.identity["identity"]:
+            raise LatentCacheError(mismatch_message(folder, self.identity, fae, fae_id))
         self._handles: dict[int, Any] = {}
 
     @property
@@ -395,8 +381,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LatentCacheError(f"'{path}' is not a latent cache manifest")
     if manifest.get("version", 1) > VERSION:
-        raise LatentCacheError(f"latent cache '{folder}' has manifest version {manifest['version']}; "
-                               f"this version of fae reads up to {VERSION}: upgrade fae")
+        raise LatentCacheError(f"latent cache '{folder}' has manifest version {manifest['version']}; this "
+                               f"version of fae reads up to {VERSION}: upgrade fae")
     return manifest
 
 
