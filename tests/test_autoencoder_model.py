@@ -17,6 +17,16 @@ TINY = {"backbone": "tiny-vit", "latent_channels": 4,
         "decoder": {"depth": 1, "width": 32, "heads": 2}}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small matrices on a shared 2-core machine: a second intra-op thread only adds spin-wait
+    # contention (measured many times slower under load).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_fae(**encoder) -> FAE:
     torch.manual_seed(0)
     return FAE(from_dict(FAEConfig, {**TINY, "encoder": {**TINY["encoder"], **encoder}}))

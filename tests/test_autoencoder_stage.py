@@ -19,6 +19,16 @@ PAPER_CONFIG = ROOT / "configs" / "imagenet256" / "fae_dinov2g.yaml"
 DEMO_CONFIG = ROOT / "configs" / "demo" / "autoencoder.yaml"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small matrices on a shared 2-core machine: a second intra-op thread only adds spin-wait
+    # contention (the overfit test: 6 s on one thread, 90 s on two under load).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_dry_run_of_the_paper_config_has_the_paper_sizes(capsys):
     from fae.cli import main
 
@@ -41,6 +51,17 @@ def test_demo_config_validates_and_is_small():
 def test_cache_tokens_refuses_flip():
     with pytest.raises(ConfigError, match="data.flip"):
         load_config(AutoencoderRunConfig, None, ["cache_tokens=true", "data.flip=true"])
+
+
+def test_the_backbone_is_named_in_the_backbone_section_only():
+    with pytest.raises(ConfigError, match=r"'model.backbone'.*use 'backbone.name'"):
+        load_config(AutoencoderRunConfig, DEMO_CONFIG, ["model.backbone=tiny-vit"])
+    with pytest.raises(ConfigError, match=r"'model.resolution'.*use 'backbone.resolution'"):
+        load_config(AutoencoderRunConfig, DEMO_CONFIG, ["model.resolution=64"])
+    # what the FAE records comes from backbone: (the export keeps its backbone / resolution fields)
+    cfg = load_config(AutoencoderRunConfig, DEMO_CONFIG, ["backbone.name=tiny-vit", "backbone.resolution=64"])
+    fae = build_stage(cfg).build_models("meta")["fae"]
+    assert (fae.config.backbone, fae.config.resolution, tuple(fae.config.grid)) == ("tiny-vit", 64, (8, 8))
 
 
 def test_overfits_a_small_batch_of_real_features():
@@ -70,7 +91,8 @@ def test_overfits_a_small_batch_of_real_features():
 def _tiny_run_overrides(tmp_path: Path, cache: bool) -> list[str]:
     return [f"train.run_dir={tmp_path / 'run'}", "train.steps=20", "train.batch_size=8",
             "train.log_every=10", "train.ckpt_every=0", "train.progress=false", "train.tensorboard=false",
-            "train.optim.lr=3e-3", "model.backbone=tiny-vit", "model.latent_channels=4",
+            "train.optim.lr=3e-3", "backbone.name=tiny-vit", "backbone.resolution=null",
+            "model.latent_channels=4",
             "model.encoder.heads=2", "model.encoder.head_dim=16",
             "model.decoder.depth=1", "model.decoder.width=32", "model.decoder.heads=2",
             "data.limit=64", "eval.limit=32", "eval.batch_size=16", "stats_images=64",
@@ -79,32 +101,39 @@ def _tiny_run_overrides(tmp_path: Path, cache: bool) -> list[str]:
 
 
 def test_train_end_to_end_with_cached_tokens(tmp_path, capsys):
+    from fae.stats import ChannelStats
     from fae.training.engine import train
 
     stage = build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG, _tiny_run_overrides(tmp_path, True)))
     result = train(stage)
-    caches = sorted((tmp_path / "cache").glob("*.safetensors"))
-    assert [p.name.split("-")[0] for p in caches] == ["test", "train"]
+    shards = sorted((tmp_path / "cache").glob("*/shard-*.safetensors"))
+    assert len(shards) == 2  # one key per split (train, test), one shard each
     ev = result["eval"]
-    for key in ("cosine", "rel_l2", "kl", "latent_std_mean", "probe_top1_raw", "probe_top1_recon"):
+    for key in ("cosine", "rel_l2", "rec_mse", "kl", "loss", "latent_std_mean", "probe_top1_raw",
+                "probe_top1_recon", "probe_gap"):
         assert key in ev and ev[key] == ev[key]
     assert -1 <= ev["cosine"] <= 1 and ev["rel_l2"] > 0
     fae = FAE.from_pretrained(result["export"])
-    stats = json.loads((tmp_path / "run" / "latent_stats.json").read_text())
-    assert stats["identity"] == fae.identity()
-    assert fae.latent_std.tolist() == pytest.approx(stats["std"]) and min(stats["std"]) > 0
-    # Stored feature statistics are the training tokens' (not the identity defaults).
+    assert (fae.config.backbone, fae.config.resolution) == ("tiny-vit", 32)
+    # Stored feature statistics are the training tokens' (not the identity defaults) ...
     train_tokens = stage.tokens["train"].tokens.float()
     torch.testing.assert_close(fae.normalizer.mean, train_tokens.mean(dim=(0, 1)), rtol=1e-4, atol=1e-4)
+    # ... and the latent statistics those of the training posterior means, in the export itself
+    latent = ChannelStats(4)
+    latent.update(fae.posterior(train_tokens).mean)
+    mean, std = latent.mean_std()
+    torch.testing.assert_close(fae.latent_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fae.latent_std, std, rtol=1e-4, atol=1e-5)
+    assert min(fae.latent_std.tolist()) > 0
 
-    # A second run with the same data + backbone reuses the cache; another data.limit does not.
-    mtimes = [p.stat().st_mtime_ns for p in caches]
+    # A second run with the same data + backbone reuses the cache, and so does another data.limit
+    # (Fashion-MNIST's limit keeps the first items: a prefix of the same cache).
+    mtimes = [p.stat().st_mtime_ns for p in shards]
     again = _tiny_run_overrides(tmp_path, True) + [f"train.run_dir={tmp_path / 'run2'}", "train.steps=1"]
     train(build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG, again)))
-    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache").glob("*.safetensors"))] == mtimes
     other = again + [f"train.run_dir={tmp_path / 'run3'}", "data.limit=32"]
     train(build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG, other)))
-    assert len(list((tmp_path / "cache").glob("train-*.safetensors"))) == 2
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache").glob("*/shard-*.safetensors"))] == mtimes
 
 
 def test_train_with_the_backbone_in_the_loop(tmp_path):

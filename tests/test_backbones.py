@@ -232,6 +232,32 @@ def test_extract_tokens_matches_direct_calls():
     torch.testing.assert_close(pooled, tokens.mean(1))
 
 
+def test_extract_tokens_of_chosen_indices():
+    from fae.data.fashion_mnist import FashionMNIST
+    backbone = load_backbone("tiny-vit")
+    data = FashionMNIST("test", limit=20)
+    tokens, labels = extract_tokens(backbone, data, batch_size=3, dtype=torch.float16, progress=False,
+                                    indices=range(5, 12))
+    assert tokens.dtype == torch.float16 and torch.equal(labels, data.labels[5:12])
+    torch.testing.assert_close(tokens.float(), backbone(data.images[5:12]), rtol=2 ** -10, atol=1e-6)
+
+
+def test_backbone_config_is_the_registry_entry_at_its_resolution():
+    from fae.backbones import BackboneConfig
+    from fae.config import from_dict
+
+    cfg = from_dict(BackboneConfig, {"name": "efficientnet-lite0", "resolution": 128}, prefix="backbone")
+    assert cfg.info() == get_info("efficientnet-lite0", 128) and cfg.info().grid == (4, 4)
+    assert BackboneConfig().info().name == "dinov2-g14"  # the paper's backbone by default
+    assert "tiny-vit at 64 px -> tokens 8x8x64" in BackboneConfig("tiny-vit", 64).describe()
+    tiny = BackboneConfig("tiny-vit").load()
+    assert tiny.info == get_info("tiny-vit") and not tiny.training
+    with pytest.raises(ConfigError, match="backbone.resolution"):
+        from_dict(BackboneConfig, {"resolution": 0}, prefix="backbone")
+    with pytest.raises(ConfigError, match="unknown config key 'backbone.size'"):
+        from_dict(BackboneConfig, {"size": 3}, prefix="backbone")
+
+
 def test_cli_prints_the_table():
     from fae.cli import main
     out = io.StringIO()
