@@ -9,8 +9,9 @@ features (paper: attention 86.17% vs 6-layer transformer 85.74%, raw 87.00%, on 
     .venv/bin/python bench/encoder_ablation.py                       # demo config, all three kinds
     .venv/bin/python bench/encoder_ablation.py --steps 600 train.batch_size=32
 
-The backbone runs once: every run shares one token cache (default: the demo run's
-``runs/demo/autoencoder/token_cache``). Results: ``--out``/results.json and results.md.
+The backbone runs once per image: every run shares one token cache (default: the config's
+``token_cache_dir``, else its run folder's ``token_cache``). Results: ``--out``/results.json and
+results.md.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def run_kind(config: Path, kind: str, out: Path, steps: int | None, overrides: l
     from fae.training.stages.autoencoder import AutoencoderRunConfig, build_stage
 
     base = load_config(AutoencoderRunConfig, config, overrides)
-    cache = base.token_cache_dir or str(Path(base.train.run_dir) / "token_cache")
+    cache = base.token_cache_folder()  # the base run's cache, shared by every kind
     extra = [f"model.encoder.kind={kind}", f"train.run_dir={out / kind}", f"token_cache_dir={cache}"]
     if steps is not None:
         extra.append(f"train.steps={steps}")

@@ -25,9 +25,8 @@ CONFIGS = {"autoencoder": "configs/demo/autoencoder.yaml", "ib": "configs/demo/p
            "ii": "configs/demo/pixel_decoder_ii.yaml"}
 
 
-# A short FAE run for the table (the full demo FAE is E's 1500-step configs/demo/autoencoder.yaml).
+# A short FAE run for the table (the full demo FAE is configs/demo/autoencoder.yaml).
 FAE_OVERRIDES = ["train.steps=300", "train.ckpt_every=100", "train.eval_every=0", "eval.probe=false"]
-DEMO_TOKEN_CACHE = ROOT / "runs/demo/autoencoder/token_cache"  # reused when the demo made it
 
 
 def ensure_export(stage: str, config: str, overrides: list[str]) -> Path:
@@ -68,37 +67,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo/pixel_decoder_table", help="output folder")
     args = parser.parse_args(argv)
 
+    from torch.utils.data import Subset
+
     from fae.autoencoder.model import FAE
     from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.backbones import load_backbone
+    from fae.backbones import BackboneConfig, TokenCache
     from fae.data.datasets import DataConfig, build_dataset
-    from fae.training.stages.pixel_decoder_eval import decode_inputs, held_out_inputs, save_grid, score_all
+    from fae.training.stages.pixel_decoder_heldout import HeldOut
 
     out = ROOT / args.out
+    cache = [f"token_cache_dir={out / 'token_cache'}"]  # one token cache for the three runs and the table
     if args.fae:
         fae_dir = Path(args.fae)
     else:
-        cache = [f"token_cache_dir={DEMO_TOKEN_CACHE}"] if DEMO_TOKEN_CACHE.is_dir() else []
         fae_dir = ensure_export("autoencoder", CONFIGS["autoencoder"],
                                 [f"train.run_dir={out / 'fae'}", *FAE_OVERRIDES, *cache])
-    ib_dir = ensure_export("pixel-decoder", CONFIGS["ib"], [f"train.run_dir={out / 'ib'}"])
+    ib_dir = ensure_export("pixel-decoder", CONFIGS["ib"], [f"train.run_dir={out / 'ib'}", *cache])
     ii_dir = ensure_export("pixel-decoder", CONFIGS["ii"], [f"train.run_dir={out / 'ii'}", f"fae={fae_dir}",
-                                                            f"init_from={ib_dir}"])
+                                                            f"init_from={ib_dir}", *cache])
 
     start = time.perf_counter()
     torch.manual_seed(0)
     fae_ii = FAE.from_pretrained(ii_dir)  # the stage-II export: FAE + fine-tuned pixel decoder
-    backbone = load_backbone(fae_ii.config.backbone, resolution=fae_ii.config.resolution)
+    backbone = BackboneConfig(fae_ii.config.backbone, fae_ii.config.resolution).load()
     fae_ii.attach_backbone(backbone)
     decoders = {"Ib": PixelDecoder.from_pretrained(ib_dir).eval(), "II": fae_ii.pixel_decoder.eval()}
-    dataset = build_dataset(DataConfig(name="fashion-mnist", split="test", limit=args.images))
-    inputs = held_out_inputs(backbone, dataset, batch_size=100, fae=fae_ii)
-    decoded = decode_inputs(decoders, inputs, batch_size=100)
-    metrics = score_all(decoded, min(args.rfid_images, args.images))
+    data = DataConfig(name="fashion-mnist", split="test", limit=args.images)
+    tokens, _ = TokenCache(out / "token_cache", backbone).tokens(data)  # [N, T, D]
+    held_out = HeldOut(build_dataset(data), tokens, fae_ii, batch_size=100)
+    decoded = held_out.decode(decoders)
+    metrics = held_out.scores(decoded, rfid=False)  # PSNR / SSIM over every image
+    rfid_images = min(args.rfid_images, args.images)
+    if rfid_images >= 2:  # rFID over the first rfid_images only (Inception on CPU is slow)
+        subset = HeldOut(Subset(build_dataset(data), range(rfid_images)), tokens[:rfid_images], fae_ii, 100)
+        metrics.update({k: v for k, v in subset.scores(subset.decode(decoders), rfid=True).items()
+                        if k.endswith("/rfid")})
 
     out.mkdir(parents=True, exist_ok=True)
-    grid = save_grid(decoded, out / "recon_grid.png", rows=8)
-    table = build_table(metrics, min(args.rfid_images, args.images))
+    grid = held_out.save_grid(decoded, out / "recon_grid.png", rows=8)
+    table = build_table(metrics, rfid_images)
     (out / "table.md").write_text(table + "\n")
     (out / "table.json").write_text(json.dumps({"images": args.images, "rfid_images": args.rfid_images,
                                                 "fae": str(fae_dir), "ib": str(ib_dir), "ii": str(ii_dir),
