@@ -248,7 +248,8 @@ def test_backbone_config_is_the_registry_entry_at_its_resolution():
 
     cfg = from_dict(BackboneConfig, {"name": "efficientnet-lite0", "resolution": 128}, prefix="backbone")
     assert cfg.info() == get_info("efficientnet-lite0", 128) and cfg.info().grid == (4, 4)
-    assert BackboneConfig().info().name == "dinov2-g14"  # the paper's backbone by default
+    with pytest.raises(ConfigError, match="'backbone.name' is not set"):
+        BackboneConfig().info()  # null: only stage II, which reads the FAE export's record
     assert "tiny-vit at 64 px -> tokens 8x8x64" in BackboneConfig("tiny-vit", 64).describe()
     tiny = BackboneConfig("tiny-vit").load()
     assert tiny.info == get_info("tiny-vit") and not tiny.training

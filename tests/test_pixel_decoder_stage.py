@@ -125,14 +125,16 @@ def tiny_ib_export(folder: Path) -> Path:
 def test_stage_ii_reads_the_backbone_from_the_fae_and_refuses_another(tmp_path):
     fae_dir, ib_dir = tiny_fae_export(tmp_path / "fae"), tiny_ib_export(tmp_path / "ib")
     ii = dict(stage="finetune", fae=str(fae_dir), init_from=str(ib_dir))
-    stage = build_stage(tiny_config(tmp_path / "ii", backbone=None, **ii))
+    stage = build_stage(tiny_config(tmp_path / "ii", backbone={}, **ii))
     assert (stage.backbone_config.name, stage.info.resolution, stage.info.grid) == ("tiny-vit", 32, (4, 4))
     agreeing = build_stage(tiny_config(tmp_path / "ii", backbone={"name": "tiny-vit", "weights": None}, **ii))
     assert agreeing.info == stage.info  # a section that agrees is fine (it may name the weights)
-    with pytest.raises(ConfigError, match=r"'tiny-vit' at 64 px.*'tiny-vit' at 32 px"):
+    with pytest.raises(ConfigError, match=r"sets \{'resolution': 64\}.*trained on 'tiny-vit' at 32 px"):
         build_stage(tiny_config(tmp_path / "ii", backbone={"name": "tiny-vit", "resolution": 64}, **ii))
-    with pytest.raises(ConfigError, match=r"'efficientnet-lite0' at 224 px.*trained on 'tiny-vit'"):
+    with pytest.raises(ConfigError, match=r"sets \{'name': 'efficientnet-lite0'\}.*trained on 'tiny-vit'"):
         build_stage(tiny_config(tmp_path / "ii", backbone={"name": "efficientnet-lite0"}, **ii))
+    with pytest.raises(ConfigError, match="stage=noisy-features needs config key 'backbone.name'"):
+        tiny_config(tmp_path / "ib", backbone={})
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -140,7 +142,7 @@ def test_stage_ii_inputs_are_exactly_x_hat_without_noise(tmp_path, cache):
     from fae.backbones.token_cache import TokenCache
 
     fae_dir, ib_dir = tiny_fae_export(tmp_path / "fae"), tiny_ib_export(tmp_path / "ib")
-    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_dir), backbone=None,
+    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_dir), backbone={},
                       cache_tokens=cache, **{"noise.sigma": 0.0, "eval.batch_size": 64})
     stage = build_stage(cfg)
     stage.build_models("cpu")
@@ -175,7 +177,7 @@ def test_stage_ib_then_ii_through_the_engine(tmp_path):
     fae_dir = tiny_fae_export(tmp_path / "fae")
     fae_files = {name: sha256(fae_dir / name) for name in ("config.json", "model.safetensors")}
 
-    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_export), backbone=None,
+    cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_export), backbone={},
                       **{"noise.sigma": 0.0, "train.steps": 4})
     stage = build_stage(cfg)
     start = stage.build_models("cpu")["pixel_decoder"]  # what the engine starts from

@@ -14,20 +14,24 @@ from fae.backbones.base import Backbone, BackboneInfo
 from fae.errors import ConfigError
 
 
+PAPER_BACKBONE = "dinov2-g14"  # the paper's main results: DINOv2-g/14 without registers, 224 px
+
+
 @dataclass
 class BackboneConfig:
     """A registry backbone at an input size, with an optional weights location.
 
     Args:
-        name: registry name (``fae backbones`` lists them). Default: the paper's DINOv2-g/14
-            without registers; the demo configs use ``efficientnet-lite0`` (offline weights).
-        resolution: square input size in pixels; null = the registry's default. The token grid
-            follows (EfficientNet-Lite0 at 128 px: 4x4).
+        name: registry name (``fae backbones`` lists them); the demo configs use
+            ``efficientnet-lite0`` (offline weights), the paper configs ``dinov2-g14``. null only in
+            stage II: the backbone the FAE export records.
+        resolution: square input size in pixels; null = the registry's default (stage II: the
+            FAE's). The token grid follows (EfficientNet-Lite0 at 128 px: 4x4).
         weights: local folder / file or hub id of the weights; null = the registry lookup
             (``$FAE_WEIGHTS_<NAME>``, ``$FAE_WEIGHTS_DIR/<name>``, the packaged file or hub id).
     """
 
-    name: str = "dinov2-g14"
+    name: str | None = None
     resolution: int | None = None
     weights: str | None = None
 
@@ -35,17 +39,22 @@ class BackboneConfig:
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"config key 'backbone.resolution' must be positive or null, got {self.resolution}")
 
+    def _name(self) -> str:
+        if self.name is None:
+            raise ConfigError("config key 'backbone.name' is not set (`fae backbones` lists the names)")
+        return self.name
+
     def info(self) -> BackboneInfo:
         """Name, width, grid and resolution from the registry (no weights needed: ``--dry-run``)."""
         from fae.backbones.registry import get_info
 
-        return get_info(self.name, self.resolution)
+        return get_info(self._name(), self.resolution)
 
     def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Backbone:
         """The frozen backbone on ``device`` (tokens are float32 whatever ``dtype`` the weights use)."""
         from fae.backbones.registry import load_backbone
 
-        return load_backbone(self.name, weights=self.weights, device=device, dtype=dtype,
+        return load_backbone(self._name(), weights=self.weights, device=device, dtype=dtype,
                              resolution=self.resolution)
 
     def describe(self) -> str:

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from fae import distributed as du
 from fae.autoencoder.model import FAE, FAEConfig, fae_loss
-from fae.backbones.config import BackboneConfig
+from fae.backbones.config import PAPER_BACKBONE, BackboneConfig
 from fae.backbones.token_cache import TokenCache, TokenDataset, dtype_named
 from fae.config import to_dict
 from fae.data.datasets import DataConfig, build_dataset
@@ -57,6 +57,10 @@ def _paper_train() -> TrainConfig:
 
 def _model_without_backbone() -> FAEConfig:
     return FAEConfig(backbone=FROM_BACKBONE_SECTION)
+
+
+def _paper_backbone() -> BackboneConfig:
+    return BackboneConfig(name=PAPER_BACKBONE)
 
 
 @dataclass
@@ -104,7 +108,8 @@ class AutoencoderRunConfig:
 
     Args:
         train: loop settings (paper defaults above).
-        backbone: the frozen backbone (name, resolution, weights); recorded in the FAE.
+        backbone: the frozen backbone (name, resolution, weights; default: the paper's DINOv2-g/14);
+            recorded in the FAE.
         model: the FAE architecture (c, feature norm, encoder kind, decoder size); its
             ``backbone`` / ``resolution`` come from ``backbone:``.
         data: training images.
@@ -118,7 +123,7 @@ class AutoencoderRunConfig:
     """
 
     train: TrainConfig = field(default_factory=_paper_train)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    backbone: BackboneConfig = field(default_factory=_paper_backbone)
     model: FAEConfig = field(default_factory=_model_without_backbone)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -129,6 +134,8 @@ class AutoencoderRunConfig:
     stats_images: int = 10_000
 
     def validate(self) -> None:
+        if self.backbone.name is None:
+            raise ConfigError("config key 'backbone.name' must name the frozen backbone (`fae backbones` lists them)")
         if self.model.backbone != FROM_BACKBONE_SECTION:
             raise ConfigError(f"config key 'model.backbone' ('{self.model.backbone}') is not set under "
                               "model: any more: use 'backbone.name' (the FAE records it from there)")

@@ -55,8 +55,9 @@ class PixelDecoderRunConfig:
 
     Args:
         stage: "noisy-features" (Ib) or "finetune" (II).
-        backbone: the frozen backbone (stage Ib; null = the paper's default section). Stage II
-            reads it from the FAE export; a section given there must agree with it.
+        backbone: the frozen backbone (stage Ib: ``backbone.name`` is required). Stage II reads it
+            from the FAE export: the fields set there must agree with the export's record, and
+            ``backbone.weights`` says where the weights are.
         fae: FAE export folder; required for finetune, optional for Ib (then the evaluation also
             decodes the FAE reconstructions).
         init_from: stage-Ib export to start from; required for finetune.
@@ -67,7 +68,7 @@ class PixelDecoderRunConfig:
     """
 
     stage: Literal["noisy-features", "finetune"] = "noisy-features"
-    backbone: BackboneConfig | None = None
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fae: str | None = None
     init_from: str | None = None
     cache_tokens: bool = False
@@ -92,6 +93,9 @@ class PixelDecoderRunConfig:
             raise ConfigError("loss.perceptual=lpips needs local weight files: set 'loss.lpips_vgg_path' "
                               "(torchvision VGG16 state dict) and 'loss.lpips_heads_path' (lpips v0.1 "
                               "vgg.pth), or use loss.perceptual=backbone (offline)")
+        if self.stage == "noisy-features" and self.backbone.name is None:
+            raise ConfigError("stage=noisy-features needs config key 'backbone.name' (the frozen backbone "
+                              "whose tokens the decoder learns to paint; `fae backbones` lists them)")
 
     def token_cache_folder(self) -> Path:
         return Path(self.token_cache_dir or Path(self.train.run_dir) / "token_cache")
@@ -101,22 +105,20 @@ CONFIG_CLASS = PixelDecoderRunConfig
 
 
 def backbone_of(cfg: PixelDecoderRunConfig) -> BackboneConfig:
-    """The backbone this run uses: the ``backbone:`` section (Ib), or the FAE export's (II)."""
+    """The backbone this run uses: the ``backbone:`` section (Ib), or the FAE export's record (II)."""
     if cfg.stage != "finetune":
-        return cfg.backbone or BackboneConfig()
+        return cfg.backbone
     from fae.autoencoder.model import FAE
     from fae.export import read_export_config
 
     recorded = read_export_config(cfg.fae, FAE.export_format, FAE.export_version)["backbone"]
-    if cfg.backbone is not None:
-        given = cfg.backbone.info()
-        if (given.name, given.resolution) != (recorded["name"], recorded["resolution"]):
-            raise ConfigError(f"config key 'backbone' names '{given.name}' at {given.resolution} px, but "
-                              f"the FAE export '{cfg.fae}' was trained on '{recorded['name']}' at "
-                              f"{recorded['resolution']} px; stage II reads the backbone from the FAE: "
-                              "drop the backbone section or make it agree")
-    weights = cfg.backbone.weights if cfg.backbone is not None else None
-    return BackboneConfig(name=recorded["name"], resolution=recorded["resolution"], weights=weights)
+    given = {"name": cfg.backbone.name, "resolution": cfg.backbone.resolution}
+    clash = {key: value for key, value in given.items() if value is not None and value != recorded[key]}
+    if clash:
+        raise ConfigError(f"config key 'backbone' sets {clash}, but the FAE export '{cfg.fae}' was trained "
+                          f"on '{recorded['name']}' at {recorded['resolution']} px; stage II reads the "
+                          "backbone from the FAE: drop those keys or make them agree")
+    return BackboneConfig(name=recorded["name"], resolution=recorded["resolution"], weights=cfg.backbone.weights)
 
 
 @contextlib.contextmanager
