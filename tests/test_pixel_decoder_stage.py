@@ -159,6 +159,25 @@ def test_stage_ii_inputs_are_exactly_x_hat_without_noise(tmp_path, cache):
     assert torch.equal(stage.input_tokens(batch), expected)
 
 
+def test_held_out_scores_use_the_uint8_rule_and_rfid_is_zero_for_the_originals(tmp_path):
+    from PIL import Image
+
+    from fae.data.fashion_mnist import FashionMNIST
+    from fae.evaluation.recon import mean_image_scores
+    from fae.training.stages.pixel_decoder_heldout import HeldOut
+
+    data = FashionMNIST("test", limit=8)
+    held_out = HeldOut(data, torch.zeros(8, 16, 64), batch_size=3)
+    exact = data.images.float() / 255
+    noisy = (exact + 0.3 * torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    scores = held_out.scores({"same": exact, "noisy": noisy}, rfid=True)
+    assert scores["same/rfid"] == pytest.approx(0.0, abs=1e-6) and scores["noisy/rfid"] > 1.0
+    assert scores["same/psnr"] > scores["noisy/psnr"] + 20 and scores["same/ssim"] == pytest.approx(1.0)
+    assert scores["noisy/psnr"] == pytest.approx(mean_image_scores(data.images, noisy)["psnr"])
+    grid = held_out.save_grid({"same": exact, "noisy": noisy}, tmp_path / "grid.png", rows=4)
+    assert Image.open(grid).size[0] > 3 * 28  # original | same | noisy
+
+
 @pytest.mark.slow
 def test_stage_ib_then_ii_through_the_engine(tmp_path):
     from fae.autoencoder.model import FAE
