@@ -75,7 +75,8 @@ def test_cached_tokens_are_the_backbones_tokens(tmp_path):
     half, labels = TokenCache(tmp_path / "fp16", backbone, batch_size=7).tokens(FASHION, progress=False)
     torch.testing.assert_close(half.float(), expected, rtol=2 ** -10, atol=1e-6)  # fp16 rounding only
     assert torch.equal(labels, dataset.labels)
-    full, _ = TokenCache(tmp_path / "fp32", backbone, dtype=torch.float32, batch_size=40).tokens(FASHION, progress=False)
+    full, _ = TokenCache(tmp_path / "fp32", backbone, dtype=torch.float32, batch_size=40).tokens(
+        FASHION, progress=False)
     assert torch.equal(full, expected)
 
 

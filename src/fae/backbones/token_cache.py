@@ -98,8 +98,8 @@ class TokenCache:
 
     # ---- what a key covers ------------------------------------------------------------------------
 
-    def describe(self, data: DataConfig) -> dict:
-        """Everything the cached tokens of ``data`` depend on (hashed into the key; the manifest)."""
+    def manifest(self, data: DataConfig) -> dict:
+        """Everything the cached tokens of ``data`` depend on: the manifest, hashed into the key."""
         if data.flip:
             raise ConfigError("cached tokens are of unflipped images: set data.flip=false (random "
                               "flips cannot be cached)")
@@ -114,8 +114,8 @@ class TokenCache:
                 "tokens": [info.num_tokens, info.dim]}
 
     def key(self, data: DataConfig) -> str:
-        """sha256 (hex) of :meth:`describe`."""
-        return hashlib.sha256(json.dumps(self.describe(data), sort_keys=True).encode()).hexdigest()
+        """sha256 (hex) of :meth:`manifest`."""
+        return hashlib.sha256(json.dumps(self.manifest(data), sort_keys=True).encode()).hexdigest()
 
     def folder_for(self, data: DataConfig) -> Path:
         return self.folder / self.key(data)[:16]
@@ -130,7 +130,9 @@ class TokenCache:
             (tokens [n, N, D] in the storage dtype, labels [n] int64), on the CPU, in dataset order.
         """
         dataset = self._dataset(data)
-        n = len(dataset) if data.name not in PREFIX_STABLE or data.limit is None else min(data.limit, len(dataset))
+        n = len(dataset)
+        if data.name in PREFIX_STABLE and data.limit is not None:
+            n = min(n, data.limit)  # the dataset was built without its limit (see _dataset)
         n = n if count is None else min(count, n)
         folder = self.folder_for(data)
         if du.is_main():
@@ -162,7 +164,7 @@ class TokenCache:
     def _write_manifest(self, folder: Path, data: DataConfig) -> None:
         from fae.io import atomic_save_json
 
-        path, what = folder / MANIFEST, self.describe(data)
+        path, what = folder / MANIFEST, self.manifest(data)
         if path.is_file():
             try:
                 same = json.loads(path.read_text()) == what

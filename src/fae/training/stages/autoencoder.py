@@ -191,8 +191,8 @@ class AutoencoderStage(Stage):
         self.backbone = cfg.backbone.load(device)
         self.fae.attach_backbone(self.backbone)
         if cfg.cache_tokens:
-            cache = TokenCache(cfg.token_cache_folder(), self.backbone, cfg.backbone.weights, dtype_named(cfg.cache_dtype),
-                               batch_size=cfg.eval.batch_size)
+            cache = TokenCache(cfg.token_cache_folder(), self.backbone, cfg.backbone.weights,
+                               dtype_named(cfg.cache_dtype), batch_size=cfg.eval.batch_size)
             for split in dict.fromkeys([cfg.data.split, cfg.eval.split]):
                 self.tokens[split] = cache.dataset(self.split_data(split), progress=cfg.train.progress)
                 if du.is_main():
@@ -260,12 +260,13 @@ class AutoencoderStage(Stage):
         ``run_dir/feature_stats.safetensors`` when an earlier start of this run measured them."""
         from fae.io import atomic_save_safetensors
 
-        path, key = Path(self.config.train.run_dir) / "feature_stats.safetensors", self._stats_key()
+        cfg = self.config
+        path, key = Path(cfg.train.run_dir) / "feature_stats.safetensors", self._stats_key()
         stored = _read_stats(path, key)
         if stored is not None:
             return stored
         stats = ChannelStats(self.fae_config.token_dim)
-        for tokens, _ in self.batches(self.config.data.split, self.config.stats_images, True, self.fae.latent_mean.device):
+        for tokens, _ in self.batches(cfg.data.split, cfg.stats_images, True, self.fae.latent_mean.device):
             stats.update(tokens)
         mean, std = stats.all_reduce().mean_std()
         if du.is_main():

@@ -135,7 +135,8 @@ class HeldOut:
         grid = image_grid(tiles, ncol=len(columns), scale=scale, col_labels=["original", *decoded])
         return save_png(grid, path)
 
-    def evaluate(self, decoders: dict[str, nn.Module], cfg: PixelDecoderEvalConfig, grid_path: Path) -> dict[str, float]:
+    def evaluate(self, decoders: dict[str, nn.Module], cfg: PixelDecoderEvalConfig, grid_path: Path
+                 ) -> dict[str, float]:
         """The stage's ``evaluate``: decode, score, and (rank 0) write the grid."""
         from fae import distributed as du
 
