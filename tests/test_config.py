@@ -56,3 +56,21 @@ def test_optional_and_missing_file(tmp_path):
     assert load_config(Run, None, ["model.dropout=null"]).model.dropout is None
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Run, tmp_path / "missing.yaml")
+
+
+def test_an_optional_section_keeps_the_dotted_key_in_its_errors():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Inner:
+        size: int = 1
+
+    @dataclass
+    class Outer:
+        inner: Inner | None = None
+
+    assert load_config(Outer, None, ["inner.size=3"]).inner.size == 3
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner\.sise'"):
+        load_config(Outer, None, ["inner.sise=3"])
+    with pytest.raises(ConfigError, match=r"'inner\.size'.*expected an integer"):
+        load_config(Outer, None, ["inner.size=big"])

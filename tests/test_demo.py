@@ -45,9 +45,30 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    import fae.backbones.efficientnet as effnet
+
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out), *TINY]) == 0
+    seen = []
+    forward = effnet.EfficientNetLite0.forward_features
+
+    def counted(self, pixels):
+        seen.append(pixels.shape[0])
+        return forward(self, pixels)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(effnet.EfficientNetLite0, "forward_features", counted)
+        assert main(["demo", "--quick", "--out", str(out), *TINY]) == 0
+    (out / "backbone_images.txt").write_text(str(sum(seen)))
     return out
+
+
+@pytest.mark.slow
+def test_each_image_passes_the_backbone_once(demo_run):
+    # Every stage, the latent cache and the evaluation share one token cache: the backbone sees the
+    # first 300 training images (the largest limit asked for) and the first 100 test images once,
+    # plus the images that exist only after decoding: 40 test reconstructions and 20 + 20 samples
+    # (CFG on / off) whose class the raw-feature head checks.
+    assert int((demo_run / "backbone_images.txt").read_text()) == 300 + 100 + 40 + 20 + 20
 
 
 @pytest.mark.slow

@@ -33,14 +33,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        members = [arg for arg in args if arg is not type(None)]
+        if len(members) == 1:  # an optional field: its own error names the exact key
+            return _coerce(value, members[0], key)
+        for arg in members:
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key '{key}': {value!r} is not a valid {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):

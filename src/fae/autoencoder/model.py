@@ -36,10 +36,12 @@ _IDENTITY_PREFIXES = ("normalizer.", "encoder.", "decoder.")
 
 @dataclass
 class FAEConfig:
-    """Architecture of one FAE (``model:`` in the autoencoder run config).
+    """Architecture of one FAE (``model:`` in the autoencoder run config; saved in its export).
 
     Args:
-        backbone: registry name of the frozen backbone (``fae backbones`` lists them).
+        backbone: registry name of the frozen backbone it was trained on. The record of the
+            export: users name the backbone once, in the run config's ``backbone:`` section, and
+            the autoencoder stage fills this field (and ``resolution``) from it.
         resolution: backbone input size in pixels; null = the registry's default.
         token_dim: backbone width D; null = from the registry (a given value is checked).
         grid: token grid (h, w); null = from the registry.

@@ -31,8 +31,13 @@ def cache_latents(cfg: CacheConfig) -> Path:
     cfg.validate()
     device = du.device()
     fae = FAE.from_pretrained(cfg.fae, device=device)
+    tokens = None
+    if cfg.token_cache_dir:  # the tokens the stages cached: no second pass through the backbone
+        from fae.backbones.token_cache import TokenCache
+
+        tokens = TokenCache(cfg.token_cache_dir, fae.backbone).dataset(cfg.data, progress=cfg.progress)
     return write_cache(cfg, fae, identity=fae_record(fae), latent_mean=fae.latent_mean,
-                       latent_std=fae.latent_std, device=device)
+                       latent_std=fae.latent_std, device=device, dataset=tokens)
 
 
 def run(args: argparse.Namespace) -> int:

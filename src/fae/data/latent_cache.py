@@ -58,6 +58,9 @@ class CacheConfig:
         dtype: storage dtype of the latents.
         num_workers: DataLoader workers per rank.
         progress: show a progress bar on rank 0.
+        token_cache_dir: encode from the backbone tokens kept in this token cache
+            (``fae.backbones.token_cache``; computed there when missing) instead of running the
+            backbone again; the stages' ``token_cache_dir``. Needs ``flip: false``.
     """
 
     fae: str = ""
@@ -69,8 +72,12 @@ class CacheConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     num_workers: int = 0
     progress: bool = True
+    token_cache_dir: str | None = None
 
     def validate(self) -> None:
+        if self.token_cache_dir and self.flip:
+            raise ConfigError("config key 'flip' must be false with token_cache_dir: cached tokens are "
+                              "of the unflipped images")
         if not self.fae:
             raise ConfigError("config key 'fae' is required: the folder of an exported FAE")
         for key in ("batch_size", "shard_size"):
@@ -158,7 +165,7 @@ def _check_resumable(folder: Path, plan: dict[str, Any]) -> None:
 
 def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
                 latent_mean: torch.Tensor, latent_std: torch.Tensor,
-                device: torch.device | str = "cpu") -> Path:
+                device: torch.device | str = "cpu", dataset: Dataset | None = None) -> Path:
     """Encode ``cfg.data`` with ``encoder`` into ``cfg.out``; resumes an interrupted run. Every rank
     under torchrun takes its share of the shards. Returns the cache folder.
 
@@ -170,12 +177,14 @@ def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
         latent_mean, latent_std: the FAE export's per-channel latent statistics [c] (recorded as
             the cache's statistics, not re-measured).
         device: where the images go before ``encode``.
+        dataset: the items to encode in place of ``build_dataset(cfg.data)`` (same order and
+            labels), e.g. their cached backbone tokens, which ``encode`` takes as well.
     """
     from fae import distributed as du
     from fae.data.datasets import build_dataset
 
     cfg.validate()
-    dataset = build_dataset(replace(cfg.data, flip=False))
+    dataset = build_dataset(replace(cfg.data, flip=False)) if dataset is None else dataset
     folder = Path(cfg.out)
     stats = stats_record(latent_mean, latent_std, identity["latent_shape"][0], cfg.fae)
     plan = _plan(cfg, identity, stats, len(dataset))

@@ -74,7 +74,7 @@ def load_models(out: Path):
     fae = FAE.from_pretrained(fae_dir)
     ib_decoder = PixelDecoder.from_pretrained(out / "pixel_decoder_ib" / "export")
     generator = Generator.from_pretrained(gen_dir)
-    check_pair(generator, fae, str(gen_dir), str(fae_dir))
+    check_pair(generator, fae.identity(), fae.latent_shape, str(gen_dir), str(fae_dir))
     return fae, ib_decoder, generator
 
 

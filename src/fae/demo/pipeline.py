@@ -81,15 +81,17 @@ def _resolve(path: str, base: Path) -> Path:
     return p if p.is_absolute() or p.exists() else base / p
 
 
-def cache_step(cfg: DemoConfig, fae_dir: Path, out: Path) -> str:
-    """Encode the training images once with the final FAE (resumes / rebuilds as needed)."""
+def cache_step(cfg: DemoConfig, fae_dir: Path, out: Path, demo_dir: Path) -> str:
+    """Encode the training images once with the final FAE, from the shared token cache (resumes /
+    rebuilds as needed)."""
+    from fae.commands.cache_latents import cache_latents
     from fae.data.datasets import DataConfig
-    from fae.data.latent_cache import CacheConfig, LatentCache, cache_latents
+    from fae.data.latent_cache import CacheConfig, LatentCache
     from fae.errors import LatentCacheError
 
     data = DataConfig(name="fashion-mnist", root=cfg.data_root, split="train", limit=cfg.latents.limit)
     cache_cfg = CacheConfig(fae=str(fae_dir), out=str(out), data=data, flip=False,
-                            batch_size=cfg.latents.batch_size)
+                            batch_size=cfg.latents.batch_size, token_cache_dir=str(demo_dir / "token_cache"))
     try:
         cache = LatentCache(out, fae=fae_dir)
         if cache.manifest.get("data", {}).get("limit") == data.limit and \

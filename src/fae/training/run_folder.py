@@ -22,6 +22,7 @@ from fae.io import atomic_write
 VOLATILE_KEYS = frozenset({
     "train.log_every", "train.ckpt_every", "train.keep_last", "train.milestones",
     "train.eval_every", "train.progress", "train.num_workers", "train.max_nan_skips",
+    "token_cache_dir",  # where cached tokens live, not what they are (the cache keys its content)
 })
 
 
