@@ -17,14 +17,7 @@ TINY = {"backbone": "tiny-vit", "latent_channels": 4,
         "decoder": {"depth": 1, "width": 32, "heads": 2}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small matrices on a shared 2-core machine: a second intra-op thread only adds spin-wait
-    # contention (measured many times slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_fae(**encoder) -> FAE:

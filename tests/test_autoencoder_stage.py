@@ -19,14 +19,7 @@ PAPER_CONFIG = ROOT / "configs" / "imagenet256" / "fae_dinov2g.yaml"
 DEMO_CONFIG = ROOT / "configs" / "demo" / "autoencoder.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small matrices on a shared 2-core machine: a second intra-op thread only adds spin-wait
-    # contention (the overfit test: 6 s on one thread, 90 s on two under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_dry_run_of_the_paper_config_has_the_paper_sizes(capsys):

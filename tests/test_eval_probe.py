@@ -98,12 +98,12 @@ def test_probe_on_efficientnet_lite0_fashion_mnist_reaches_80_percent():
     from fae.backbones import load_backbone
     from fae.backbones.extract import extract_tokens
     from fae.data.fashion_mnist import FashionMNIST
+    from fae.evaluation.probe_features import probe_features
 
     backbone = load_backbone("efficientnet-lite0", resolution=64)
-    train_x, train_y = extract_tokens(backbone, FashionMNIST("train", limit=2000), batch_size=250, pool=True,
-                                      progress=False)
-    test_x, test_y = extract_tokens(backbone, FashionMNIST("test", limit=1000), batch_size=250, pool=True,
-                                    progress=False)
+    train_t, train_y = extract_tokens(backbone, FashionMNIST("train", limit=2000), batch_size=250, progress=False)
+    test_t, test_y = extract_tokens(backbone, FashionMNIST("test", limit=1000), batch_size=250, progress=False)
+    train_x, test_x = (probe_features(None, t, ("raw",))["raw"] for t in (train_t, test_t))
     result = linear_probe(train_x, train_y, test_x, test_y, epochs=30, seed=0)
     assert train_x.shape == (2000, 1280)
     assert result["top1"] >= 0.80, result

@@ -256,20 +256,15 @@ def test_sample_writes_an_adm_npz_with_equal_classes_and_a_grid(workdir, trained
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_write_the_same_samples_as_one(workdir, trained):
-    import subprocess
-    import sys
+    from launch import torchrun
 
     single = workdir / "samples_one.npz"
     assert fae_main(sample_args(workdir, trained[1]["export"], single)) == 0
     double = workdir / "samples_two.npz"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # key=value form: torchrun's own parser would take `--num` for its `--numa-binding`.
     args = ["sample", f"generator={trained[1]['export']}", f"fae={workdir / 'fae'}", "num=20", "classes=[0,3]",
             "batch_size=8", f"out={double}", "sampling.steps=4"]
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "fae", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = torchrun("-m", "fae", *args, timeout=600)
     assert proc.stdout.count("samples:") == 1  # only rank 0 reports
     (one, one_labels), (two, two_labels) = read_sample_batch(single), read_sample_batch(double)
     assert np.array_equal(one_labels, two_labels)
@@ -285,19 +280,13 @@ def test_dry_run_prints_the_papers_sit_xl1_size(capsys):
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_share_the_cache_shards(workdir, tmp_path):
-    import subprocess
-    import sys
-
     from safetensors.torch import load_file
 
-    torchrun = Path(sys.executable).with_name("torchrun")
+    from launch import torchrun
+
     out = tmp_path / "cache2"
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "fae", "cache-latents",
-                           f"fae={workdir / 'fae'}", f"out={out}", f"data.limit={ITEMS}", "flip=true",
-                           "shard_size=40", "batch_size=32", "progress=false"],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = torchrun("-m", "fae", "cache-latents", f"fae={workdir / 'fae'}", f"out={out}", f"data.limit={ITEMS}",
+                    "flip=true", "shard_size=40", "batch_size=32", "progress=false", timeout=600)
     assert proc.stdout.count("latent cache:") == 1
     two, one = LatentCache(out), LatentCache(workdir / "cache")
     for i in range(3):

@@ -9,7 +9,8 @@ from fae.generation import Generator, GeneratorConfig
 from fae.generation.decode import SampleDecoder, check_pair, class_labels, class_list, sampler_config
 from fae.images import quantize
 from fae.generation.samplers import GuidedVelocity, SamplerConfig, guidance_scale, integrate
-from fae.generation.seeding import balanced_labels, shard_indices
+from fae.distributed import shard_range
+from fae.generation.seeding import balanced_labels
 from fae.generation.transport import TransportConfig
 
 
@@ -107,14 +108,14 @@ def test_samples_do_not_depend_on_batch_size_and_follow_the_seed():
 
 def test_two_ranks_take_disjoint_indices_that_cover_everything_and_agree_with_one_rank():
     for n in (0, 1, 7, 10):
-        parts = [shard_indices(n, r, 2) for r in range(2)]
+        parts = [shard_range(n, r, 2) for r in range(2)]
         assert set(parts[0]).isdisjoint(parts[1])
         assert sorted([*parts[0], *parts[1]]) == list(range(n))
     gen = tiny_generator()
     labels = balanced_labels(range(5), [0, 1, 2])
     single = gen.sample(range(5), labels, seed=1, batch_size=5)
     parts = [gen.sample(r, labels[r.start:r.stop], seed=1, batch_size=2) for r in
-             (shard_indices(5, rank, 2) for rank in range(2))]
+             (shard_range(5, rank, 2) for rank in range(2))]
     assert torch.allclose(torch.cat(parts), single, atol=1e-5)
 
 

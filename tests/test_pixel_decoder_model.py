@@ -17,14 +17,7 @@ PAPER_CONFIG = ROOT / "configs" / "imagenet256" / "pixel_decoder_vitl.yaml"
 PAPER_PARAMS = 305.36e6  # paper: ViT-L pixel decoder, 16x16x1536 -> 256x256x3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small matrices on a shared 2-core machine: a second intra-op thread only adds spin-wait
-    # contention (measured many times slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(out_channels: int = 1, image_size: int = 28, depth: int = 2) -> PixelDecoderConfig:

@@ -18,13 +18,7 @@ from fae.errors import ConfigError
 from fae.training.stages.pixel_decoder import CONFIG_CLASS, build_stage
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks on a shared 2-core machine: a second intra-op thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_config(run_dir: Path, **overrides) -> "CONFIG_CLASS":

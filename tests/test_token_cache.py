@@ -5,8 +5,6 @@ fills a cache on rank 0 only and checks that both ranks read the same tokens.
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,13 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FASHION = DataConfig(name="fashion-mnist", limit=40)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks on a shared 2-core machine: a second intra-op thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Counting(Backbone):
@@ -160,11 +152,9 @@ def test_two_stages_share_one_cache(tmp_path, monkeypatch):
 
 
 def test_two_ranks_fill_once_and_read_the_same(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(Path(__file__)), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from launch import torchrun
+
+    torchrun(Path(__file__), tmp_path)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["images"] for r in results] == [24, 0]  # rank 0 computed, rank 1 only read
     assert torch.equal(results[0]["tokens"], results[1]["tokens"])

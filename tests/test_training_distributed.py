@@ -2,9 +2,6 @@
 same global batch; FSDP2 too; a two-phase (GAN) stage under DDP; the single-process helpers."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,12 +26,9 @@ LOSS_RTOL, PARAM_ATOL = 1e-5, 1e-6
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--standalone", str(WORKER), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from launch import torchrun
+
+    torchrun(WORKER, out, timeout=400, pythonpath=[WORKER.parent])
     return out
 
 

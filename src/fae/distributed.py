@@ -92,12 +92,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard_range(n: int) -> range:
-    """This rank's contiguous slice of ``n`` items; slices are in rank order and cover ``n``.
-
-    The first ``n % world_size`` ranks get one extra item, so sizes differ by at most one.
-    """
-    size, r = world_size(), rank()
+def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> range:
+    """This rank's (or rank ``rank_`` of ``world``'s) contiguous slice of ``n`` items; the slices
+    are in rank order, disjoint, and cover ``n``. The first ``n % world`` ranks get one extra item,
+    so sizes differ by at most one. Sampling, evaluation and caching all shard with this."""
+    size = world_size() if world is None else world
+    r = rank() if rank_ is None else rank_
+    if size < 1 or not 0 <= r < size:
+        raise ValueError(f"invalid rank {r} of world size {size}")
     base, extra = divmod(n, size)
     start = r * base + min(r, extra)
     return range(start, start + base + (1 if r < extra else 0))

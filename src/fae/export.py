@@ -13,13 +13,13 @@ the weights go first, so a folder with a readable ``config.json`` has its weight
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from fae.errors import CheckpointError
+from fae.io import read_json_object
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT_KEY, VERSION_KEY = "format", "format_version"
@@ -50,13 +50,7 @@ def read_export_config(folder: str | Path, kind: str | None = None, max_version:
     if not path.is_file():
         raise CheckpointError(f"'{folder}' is not an exported model: '{CONFIG_FILE}' is missing "
                               f"(exports are written by `fae train ...` into run_dir/export)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"'{path}' is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"'{path}' does not hold a JSON object")
-    data = _normalise_legacy(data)
+    data = _normalise_legacy(read_json_object(path, CheckpointError))
     found = data.get(FORMAT_KEY)
     if not isinstance(found, str) or not found.startswith("fae-"):
         raise CheckpointError(f"'{path}' is not an FAE export (no '{FORMAT_KEY}' key naming one)")

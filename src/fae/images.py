@@ -57,7 +57,7 @@ def nchw_to_nhwc(images: torch.Tensor) -> np.ndarray:
 
 def nhwc_to_nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, C] array -> uint8 [N, C, H, W] tensor (a copy the caller owns)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return torch.from_numpy(np.array(images, order="C", copy=True)).permute(0, 3, 1, 2)
 
 
 def image_grid(images: torch.Tensor, ncol: int, scale: int = 1, pad: int = 2,

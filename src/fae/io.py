@@ -63,3 +63,16 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
 def atomic_save_json(obj: Any, path: str | os.PathLike) -> Path:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
     return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception]) -> dict:
+    """The JSON object in ``path``; a file that is not valid JSON, or not an object, raises
+    ``error`` naming it (callers say what a missing file means in their own words)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"'{path}' is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"'{path}' does not hold a JSON object")
+    return data

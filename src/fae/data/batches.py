@@ -51,3 +51,16 @@ def iterate_batches(dataset: Dataset, batch_size: int, indices: Sequence[int] | 
             yield images, labels
     finally:
         bar.close()
+
+
+@torch.no_grad()
+def map_batches(fn, x: torch.Tensor, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``fn`` applied to ``x`` [N, ...] in slices of ``batch_size`` along dim 0, concatenated on the CPU.
+
+    The tensor counterpart of :func:`iterate_batches` (tokens, latents, images already in memory):
+    each slice is moved to ``device`` first (when given), so a large set never sits on it at once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts = [fn(part.to(device) if device is not None else part).cpu() for part in x.split(batch_size)]
+    return torch.cat(parts) if parts else x[:0]

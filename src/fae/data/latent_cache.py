@@ -23,7 +23,6 @@ This module never imports the autoencoder: the writer takes any *encoder* (``enc
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch.utils.data import Dataset
 from fae.config import to_dict
 from fae.data.datasets import DataConfig
 from fae.errors import ConfigError, LatentCacheError
-from fae.io import atomic_save_json, atomic_save_safetensors
+from fae.io import atomic_save_json, atomic_save_safetensors, read_json_object
 
 FORMAT, VERSION = "fae-latent-cache", 2  # version 1: the cache measured its own statistics
 MANIFEST, LEGACY_STATS = "manifest.json", "stats.safetensors"
@@ -154,7 +153,7 @@ def _check_resumable(folder: Path, plan: dict[str, Any]) -> None:
     path = folder / MANIFEST
     if not path.is_file():
         return
-    old = json.loads(path.read_text())
+    old = read_manifest(folder)
     if old.get("fae", {}).get("identity") != plan["fae"]["identity"]:
         raise LatentCacheError(mismatch_message(folder, old["fae"], plan["fae_path"], plan["fae"]["identity"]))
     for key in _PLAN_KEYS + (("latent_stats",) if "latent_stats" in old else ()):
@@ -263,7 +262,7 @@ def finish_cache(folder: str | Path) -> dict[str, Any]:
     """Check that every shard is present, holds its items and only finite latents; then mark the
     manifest complete. (Statistics are the FAE's, recorded when the cache was started.)"""
     folder = Path(folder)
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_manifest(folder)
     if manifest["count"] == 0:
         raise LatentCacheError(f"latent cache '{folder}' holds no latents (empty dataset?)")
     for index in range(manifest["num_shards"]):
@@ -383,11 +382,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise LatentCacheError(f"'{folder}' is not a latent cache (no {MANIFEST}); write one with "
                                f"`fae cache-latents`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LatentCacheError(f"'{path}' is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = read_json_object(path, LatentCacheError)
+    if manifest.get("format") != FORMAT:
         raise LatentCacheError(f"'{path}' is not a latent cache manifest")
     if manifest.get("version", 1) > VERSION:
         raise LatentCacheError(f"latent cache '{folder}' has manifest version {manifest['version']}; this "

@@ -89,11 +89,6 @@ def split_tokens(cfg, fae, out: Path, split: str, count: int) -> tuple[torch.Ten
     return tokens.float(), labels, build_dataset(data)
 
 
-def _chunks(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``fn`` over ``x`` in batches along dim 0, concatenated (a tensor map, not a dataset loop)."""
-    return torch.cat([fn(part) for part in x.split(batch_size)])
-
-
 def backbone_features(fae, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Pooled raw backbone features [n, D] of (generated or decoded) uint8 images."""
     from torch.utils.data import TensorDataset
@@ -111,7 +106,7 @@ def backbone_features(fae, images: torch.Tensor, labels: torch.Tensor, batch_siz
 @torch.no_grad()
 def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
-    from fae.data.batches import iterate_batches
+    from fae.data.batches import iterate_batches, map_batches
     from fae.evaluation.probe import linear_probe
     from fae.evaluation.probe_features import probe_features
     from fae.evaluation.recon import feature_metrics, mean_image_scores
@@ -127,10 +122,10 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     def probe(head_on: str, features: torch.Tensor, labels: torch.Tensor) -> float:
         return linear_probe(train[head_on], train_y, features, labels, epochs=ev.probe_epochs)["top1"]
 
-    x_hat = _chunks(lambda t: fae.decode_features(fae.encode(t)), test_x, ev.batch_size)  # [n, N, D]
+    x_hat = map_batches(lambda t: fae.decode_features(fae.encode(t)), test_x, ev.batch_size)  # [n, N, D]
     original = torch.cat([images for images, _ in iterate_batches(test_set, ev.batch_size)])  # uint8 [n, 1, 28, 28]
-    decoded = {"from_features": quantize(_chunks(lambda t: from_unit_range(ib_decoder(t)), test_x, ev.batch_size)),
-               "from_latents": quantize(_chunks(fae.decode_features_to_pixels, x_hat, ev.batch_size))}
+    decoded = {"from_features": quantize(map_batches(lambda t: from_unit_range(ib_decoder(t)), test_x, ev.batch_size)),
+               "from_latents": quantize(map_batches(fae.decode_features_to_pixels, x_hat, ev.batch_size))}
     m: dict[str, Any] = {"test_images": len(test_y), "probe_train_images": len(train_y),
                          **feature_metrics(test_x, x_hat),
                          "probe_raw": probe("raw", test["raw"], test_y),

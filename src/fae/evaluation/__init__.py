@@ -4,8 +4,8 @@ ADM ``.npz`` batches and reference statistics, linear probes, and reconstruction
 Modules: ``inception`` (the network and its input convention), ``stats`` (streamed statistics,
 ``.npz`` I/O), ``fid`` (the metrics), ``features`` (image sets -> statistics, sharded), ``suite``
 (all generation metrics of a sample set), ``probe`` / ``probe_features`` (linear probing),
-``image_metrics`` (PSNR, SSIM), ``recon`` (FAE reconstruction metrics), ``commands`` / ``cli``
-(the ``fae eval`` verbs).
+``image_metrics`` (PSNR, SSIM), ``recon`` (FAE reconstruction metrics and the one PSNR/SSIM rule
+every caller uses), ``config`` (the ``fae eval`` settings; the verbs are ``fae.commands.eval``).
 """
 from fae.evaluation.fid import frechet_distance, kernel_inception_distance, precision_recall  # noqa: F401
 from fae.evaluation.image_metrics import psnr, ssim  # noqa: F401

@@ -113,8 +113,7 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
         sqrt_method: FID matrix square root, "sqrtm" (checked, with fallback) or "eigh".
         progress: show a tqdm bar on rank 0.
     """
-    from tqdm.auto import tqdm
-
+    from fae.data.batches import iterate_batches
     from fae.evaluation.inception import load_inception
 
     if len(dataset) < 2:
@@ -123,9 +122,8 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
         inception = load_inception(device=next(fae.parameters()).device)
     sums, real_feats, fake_feats = _Sums(), [], []
     shard = dist.shard_range(len(dataset))
-    bar = tqdm(total=len(shard), desc="recon", unit="img", disable=not (progress and dist.is_main()))
-    for start in range(shard.start, shard.stop, batch_size):
-        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, shard.stop))])
+    batches = iterate_batches(dataset, batch_size, shard, progress=progress and dist.is_main(), desc="recon")
+    for images, _ in batches:
         tokens = fae.tokens_from(images)  # [B, N, D]
         tokens_hat = fae.decode_features(fae.encode(tokens))  # [B, N, D]
         batch = {"feature_cosine": feature_cosine(tokens, tokens_hat),
@@ -138,8 +136,6 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
                 real_feats.append(inception(original)["pool"].cpu())
                 fake_feats.append(inception(recon)["pool"].cpu())
         sums.add(**batch)
-        bar.update(images.shape[0])
-    bar.close()
     keys = _Sums.keys if pixels else _Sums.keys[:2]
     out = {"num_images": len(dataset), **sums.means(keys)}
     if pixels and rfid:

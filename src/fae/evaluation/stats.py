@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fae.errors import DataError
+from fae.images import nhwc_to_nchw
 from fae.io import atomic_write
 
 
@@ -186,8 +187,8 @@ class NpzImages:
         """uint8 [stop - start, C, H, W]."""
         self._member.seek(self._offset + start * self._item_bytes)
         raw = self._member.read((stop - start) * self._item_bytes)
-        array = np.frombuffer(raw, dtype=np.uint8).reshape(stop - start, *self.shape[1:])
-        return torch.from_numpy(array.copy()).permute(0, 3, 1, 2)  # NHWC -> NCHW
+        array = np.frombuffer(raw, dtype=np.uint8).reshape(stop - start, *self.shape[1:])  # NHWC
+        return nhwc_to_nchw(array)
 
     def close(self) -> None:
         self._member.close()

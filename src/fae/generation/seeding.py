@@ -2,7 +2,7 @@
 
 Every sample has its own random stream, a function of (seed, sample index) only, so a sample does
 not depend on the batch it is drawn in, on the batch size, or on the number of ranks. Ranks take
-contiguous slices of the sample indices.
+contiguous slices of the sample indices (``fae.distributed.shard_range``).
 """
 from __future__ import annotations
 
@@ -26,13 +26,6 @@ def sample_generators(seed: int, indices: list[int] | range) -> list[torch.Gener
 def randn_per_sample(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
     """[len(generators), *shape] standard normal, row i drawn from generator i."""
     return torch.stack([torch.randn(shape, generator=g) for g in generators])
-
-
-def shard_indices(n: int, rank: int, world_size: int) -> range:
-    """This rank's contiguous slice of range(n); the slices are disjoint and cover range(n)."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"invalid rank {rank} of world size {world_size}")
-    return range(n * rank // world_size, n * (rank + 1) // world_size)
 
 
 def balanced_labels(indices: list[int] | range, classes: list[int]) -> torch.Tensor:

@@ -270,9 +270,10 @@ class PixelDecoderStage(Stage):
         x_hat = D_feat(E(x)) through the frozen FAE (II; float32, on the CPU)."""
         if not self.finetune:
             return tokens
-        size, device = self.config.eval.batch_size, self.fae.latent_mean.device
-        return torch.cat([self.fae.decode_features(self.fae.encode(tokens[i:i + size].to(device))).cpu()
-                          for i in range(0, len(tokens), size)])  # x_hat [N, T, D]
+        from fae.data.batches import map_batches
+
+        return map_batches(lambda t: self.fae.decode_features(self.fae.encode(t)), tokens,
+                           self.config.eval.batch_size, self.fae.latent_mean.device)  # x_hat [N, T, D]
 
     @torch.no_grad()
     def clean_inputs(self, images: torch.Tensor) -> torch.Tensor:

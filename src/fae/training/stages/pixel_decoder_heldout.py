@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fae.data.batches import map_batches
 from fae.errors import ConfigError
 from fae.images import from_unit_range, image_grid, quantize, save_png
 
@@ -50,12 +51,6 @@ class PixelDecoderEvalConfig:
                 raise ConfigError(f"config key 'eval.{key}' must be >= {low}, got {getattr(self, key)}")
 
 
-@torch.no_grad()
-def _in_batches(fn, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """``fn`` over ``x`` [N, ...] in batches on ``device``; the result [N, ...] on the CPU."""
-    return torch.cat([fn(x[i:i + batch_size].to(device).float()).cpu() for i in range(0, len(x), batch_size)])
-
-
 class HeldOut:
     """The held-out images and the decoder inputs made from them: the frozen networks run once.
 
@@ -75,7 +70,7 @@ class HeldOut:
         self.batch_size = batch_size
         self.inputs = {"true": tokens}
         if fae is not None:
-            self.inputs["fae"] = _in_batches(lambda t: fae.decode_features(fae.encode(t)), tokens,
+            self.inputs["fae"] = map_batches(lambda t: fae.decode_features(fae.encode(t)), tokens,
                                              batch_size, fae.latent_mean.device)  # x_hat [N, T, D]
         self._inception = None
         self._real_features = None  # pool features of the originals, computed once
@@ -87,7 +82,7 @@ class HeldOut:
         for name, decoder in decoders.items():
             device = next(decoder.parameters()).device
             for source, tokens in self.inputs.items():
-                out[f"{name}/{source}"] = _in_batches(lambda t: from_unit_range(decoder(t)), tokens,
+                out[f"{name}/{source}"] = map_batches(lambda t: from_unit_range(decoder(t)), tokens,
                                                       self.batch_size, device)
         return out
 
