@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # The local CPU wheel; GPU users: install your CUDA torch into .venv first, then `make install TORCH=`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test data clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-demo: install
+# Fashion-MNIST (the demo's and the tests' data): present, or installed here (scripts/fashion-mnist.sh).
+data:
+	@./scripts/fashion-mnist.sh
+
+demo: install data
 	$(VENV)/bin/fae demo
 
-test: install-test
+test: install-test data
 	$(PY) -m pytest -q
 
 clean:
