@@ -133,11 +133,13 @@ def test_stage_ii_reads_the_backbone_from_the_fae_and_refuses_another(tmp_path):
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_stage_ii_inputs_are_exactly_x_hat_without_noise(tmp_path, cache):
+    """noise.sigma null (the schema default) in stage II = no noise: the decoder sees x_hat itself."""
     from fae.backbones.token_cache import TokenCache
 
     fae_dir, ib_dir = tiny_fae_export(tmp_path / "fae"), tiny_ib_export(tmp_path / "ib")
     cfg = tiny_config(tmp_path / "ii", stage="finetune", fae=str(fae_dir), init_from=str(ib_dir), backbone={},
-                      cache_tokens=cache, **{"noise.sigma": 0.0, "eval.batch_size": 64})
+                      cache_tokens=cache, **{"noise.sigma": None, "eval.batch_size": 64})
+    assert cfg.noise.sigma == 0.0  # resolved, so the run's saved config records it
     stage = build_stage(cfg)
     stage.build_models("cpu")
     stage.setup(torch.device("cpu"))
@@ -151,6 +153,38 @@ def test_stage_ii_inputs_are_exactly_x_hat_without_noise(tmp_path, cache):
         tokens = stage.backbone(batch[0])
     expected = stage.fae.decode_features(stage.fae.encode(tokens.float()))  # [64, 16, 64]
     assert torch.equal(stage.input_tokens(batch), expected)
+
+
+def test_noise_defaults_by_stage_and_explicit_noise_is_kept(tmp_path):
+    fae_dir, ib_dir = tiny_fae_export(tmp_path / "fae"), tiny_ib_export(tmp_path / "ib")
+    ii = dict(stage="finetune", fae=str(fae_dir), init_from=str(ib_dir), backbone={})
+    assert tiny_config(tmp_path / "ib", **{"noise.sigma": None}).noise.sigma == 0.4  # Ib: the paper's sigma
+    assert tiny_config(tmp_path / "ii", **ii, **{"noise.sigma": None}).noise.sigma == 0.0
+    stage = build_stage(tiny_config(tmp_path / "ii", **ii, **{"noise.sigma": 0.4, "noise.scale": 1.0}))
+    stage.build_models("cpu")
+    stage.setup(torch.device("cpu"))
+    images = stage.train_dataset().images[:16]
+    x_hat = stage.clean_inputs(images)  # [16, 16, 64]
+    noisy = stage.input_tokens([images, torch.zeros(16, dtype=torch.long)])
+    assert (noisy - x_hat).square().mean().sqrt().item() == pytest.approx(0.4, rel=0.1)  # sigma x scale 1
+
+
+def test_imagenet_stage_ii_config_is_noise_free_and_otherwise_the_stage_ib_recipe():
+    from fae.config import load_config, to_dict
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
+    ib = to_dict(load_config(CONFIG_CLASS, root / "pixel_decoder_vitl.yaml"))
+    ii = to_dict(load_config(CONFIG_CLASS, root / "pixel_decoder_vitl_ii.yaml"))
+    assert (ib["stage"], ib["noise"]["sigma"]) == ("noisy-features", 0.4)
+    assert (ii["stage"], ii["noise"]["sigma"]) == ("finetune", 0.0)
+    assert ii["fae"] and ii["init_from"] and ii["train"]["run_dir"] != ib["train"]["run_dir"]
+    for key in ("backbone", "data", "pixel_decoder", "loss", "discriminator", "disc_optim", "eval"):
+        assert ii[key] == ib[key], key
+    assert {k: v for k, v in ii["train"].items() if k != "run_dir"} == \
+        {k: v for k, v in ib["train"].items() if k != "run_dir"}
+    # the old README path (the Ib file + stage=finetune) with the noise key left to its stage default
+    assert load_config(CONFIG_CLASS, root / "pixel_decoder_vitl.yaml",
+                       ["stage=finetune", "fae=f", "init_from=i", "noise.sigma=null"]).noise.sigma == 0.0
 
 
 def test_held_out_scores_use_the_uint8_rule_and_rfid_is_zero_for_the_originals(tmp_path):

@@ -2,7 +2,8 @@
 
 The pixel decoder of stage Ib is trained on the frozen backbone's tokens plus Gaussian noise, "σ =
 0.4 for DINOv2, scaled to the norm of the pretrained embeddings", so that it tolerates the
-imperfect x_hat the FAE feeds it later (stage II).
+imperfect x_hat the FAE feeds it later (stage II). Stage II itself fine-tunes on the FAE's x_hat
+with no noise (the paper mentions none there), so sigma defaults by stage: :data:`STAGE_SIGMA`.
 
 Norm scale. We define the norm scale of the embeddings as the RMS of their entries,
 ``s = sqrt(mean_{n,t,d} x_{n,t,d}^2)``, measured over training tokens (:func:`token_rms`). Noise
@@ -11,7 +12,7 @@ x: the noise norm is sigma times the RMS token norm, whatever the backbone's fea
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -19,30 +20,40 @@ import torch
 from fae.errors import ConfigError
 
 
+STAGE_SIGMA = {"noisy-features": 0.4, "finetune": 0.0}  # the default sigma of each pixel-decoder stage
+
+
 @dataclass
 class NoiseConfig:
     """Gaussian noise on the pixel decoder's input tokens (stage Ib; sigma 0 = none).
 
     Args:
-        sigma: noise std relative to the token norm scale (paper: 0.4 for DINOv2).
+        sigma: noise std relative to the token norm scale; null = the stage's default
+            (:data:`STAGE_SIGMA`: 0.4 in stage Ib, the paper's value for DINOv2; 0 in stage II).
         mode: "fixed" = every sample gets sigma; "uniform" = per-sample sigma ~ U[0, sigma]
             (our option, the RAE-style variant).
         scale: the token RMS s; null = measured from the training data at start-up.
         scale_images: how many training images the measurement uses (the first ones).
     """
 
-    sigma: float = 0.4
+    sigma: float | None = None
     mode: Literal["fixed", "uniform"] = "fixed"
     scale: float | None = None
     scale_images: int = 512
 
     def validate(self) -> None:
-        if self.sigma < 0:
+        if self.sigma is not None and self.sigma < 0:
             raise ConfigError(f"config key 'noise.sigma' must be >= 0, got {self.sigma}")
         if self.scale is not None and self.scale <= 0:
             raise ConfigError(f"config key 'noise.scale' must be > 0 or null, got {self.scale}")
         if self.scale_images < 1:
             raise ConfigError(f"config key 'noise.scale_images' must be >= 1, got {self.scale_images}")
+
+    def resolved(self, stage: str) -> "NoiseConfig":
+        """This config with a null sigma replaced by ``stage``'s default (explicit values kept)."""
+        if self.sigma is not None:
+            return self
+        return replace(self, sigma=STAGE_SIGMA[stage])
 
 
 def token_rms(tokens: torch.Tensor) -> float:

@@ -6,7 +6,8 @@
   it. Independent of stage Ia; the backbone is the ``backbone:`` section. Exports the decoder alone
   (``run_dir/export``: config.json + model.safetensors).
 - ``stage=finetune`` (II): the same decoder (loaded from ``init_from``, the Ib export) is fine-tuned
-  on the frozen FAE's reconstructions x_hat = D_feat(E(x)). The backbone is the one the FAE export
+  on the frozen FAE's reconstructions x_hat = D_feat(E(x)), noise-free unless ``noise.sigma`` is set
+  (the paper adds noise in Ib only). The backbone is the one the FAE export
   (``fae``) records; a ``backbone:`` section that disagrees is an error (it may still name the
   ``weights`` location). Exports a complete FAE folder (the FAE of ``fae`` with this decoder
   attached), so ``FAE.from_pretrained`` restores the image path.
@@ -84,6 +85,7 @@ class PixelDecoderRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        self.noise = self.noise.resolved(self.stage)  # null sigma: 0.4 in Ib, 0 in II (the run records it)
         if self.stage == "finetune" and not (self.fae and self.init_from):
             raise ConfigError("stage=finetune needs config keys 'fae' (the FAE export) and 'init_from' "
                               "(the stage-Ib pixel decoder export)")
@@ -163,7 +165,8 @@ class PixelDecoderStage(Stage):
         self.fae: nn.Module | None = None
         self.perceptual: nn.Module | None = None
         self.ib_decoder: PixelDecoder | None = None  # stage II: the untouched Ib weights, for comparison
-        self.token_scale: float | None = config.noise.scale
+        self.noise = config.noise.resolved(config.stage)  # sigma set (a config built without validate())
+        self.token_scale: float | None = self.noise.scale
         self.train_inputs: torch.Tensor | None = None  # cache_tokens: clean inputs [N, T, D]
         self.held_out: HeldOut | None = None  # held-out images + inputs, built once
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, fakes) of the decoder phase
@@ -221,7 +224,7 @@ class PixelDecoderStage(Stage):
         if cfg.cache_tokens:
             tokens, _ = self.token_cache().tokens(cfg.data, progress=cfg.train.progress)  # [N, T, D]
             self.train_inputs = self.clean_from_tokens(tokens)
-        if self.token_scale is None and cfg.noise.sigma > 0:
+        if self.token_scale is None and self.noise.sigma > 0:
             self.token_scale = token_rms(self._scale_sample())  # [n, N, D] -> s
         if du.is_main():  # the run log states the perceptual choice and the measured noise scale
             print("\n".join(f"{key}: {value}" for key, value in self.describe().items()), flush=True)
@@ -238,7 +241,7 @@ class PixelDecoderStage(Stage):
         """Clean inputs of the first ``noise.scale_images`` training images [n, N, D]."""
         from fae.data.batches import iterate_batches
 
-        n = self.config.noise.scale_images
+        n = self.noise.scale_images
         if self.train_inputs is not None:
             return self.train_inputs[:n]
         base = build_dataset(replace(self.config.data, flip=False))
@@ -286,9 +289,9 @@ class PixelDecoderStage(Stage):
     @torch.no_grad()
     def input_tokens(self, batch: Any) -> torch.Tensor:
         """A training batch (images, labels[, cached input]) -> decoder input [B, N, D]; noise added
-        when ``noise.sigma > 0`` (stage Ib)."""
+        when ``noise.sigma > 0`` (the default in stage Ib; stage II defaults to none: x_hat exactly)."""
         tokens = batch[2].float() if len(batch) > 2 else self.clean_inputs(batch[0])  # [B, N, D]
-        noise = self.config.noise
+        noise = self.noise
         if noise.sigma > 0:
             tokens = add_token_noise(tokens, noise.sigma, self.token_scale, noise.mode)
         return tokens
@@ -383,10 +386,10 @@ class PixelDecoderStage(Stage):
                             f"{cfg.loss.perceptual_weight}, gan {cfg.loss.gan_weight} (from step "
                             f"{cfg.loss.gan_start_step}, adaptive={cfg.loss.adaptive_gan_weight})",
         }
-        if cfg.noise.sigma > 0:
+        if self.noise.sigma > 0:
             scale = f"{self.token_scale:.4g}" if self.token_scale is not None else \
-                f"measured from {cfg.noise.scale_images} training images at start-up"
-            lines["noise"] = f"sigma {cfg.noise.sigma} ({cfg.noise.mode}) x token RMS scale {scale}"
+                f"measured from {self.noise.scale_images} training images at start-up"
+            lines["noise"] = f"sigma {self.noise.sigma} ({self.noise.mode}) x token RMS scale {scale}"
         if self.finetune:
             lines["init_from"] = str(cfg.init_from)
         if cfg.fae:
