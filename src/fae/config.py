@@ -155,10 +155,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({_first_line(e)})") from None
     if isinstance(value, str) and _looks_numeric(raw):  # YAML reads '1e-4' as a string
         value = float(raw)
     return key.split("."), value
+
+
+def _first_line(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML spreads it over several)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _looks_numeric(raw: str) -> bool:
@@ -196,8 +206,12 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (is it a binary file?)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {_first_line(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
     return _fix_yaml_floats(data)

@@ -72,11 +72,41 @@ def run_fid(cfg: FidConfig) -> dict[str, Any]:
     kwargs = dict(need_features=need, batch_size=cfg.batch_size, progress=cfg.progress)
     samples = load_set_stats(cfg.samples, net, desc="samples", **kwargs)
     reference = load_set_stats(cfg.ref, net, desc="reference", **kwargs)
+    check_fid_inputs(cfg, {cfg.samples: samples, cfg.ref: reference})
     results = generation_metrics(samples, reference, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
                                  kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k,
                                  sqrt_method=cfg.sqrt_method)
     results.update(samples=str(cfg.samples), ref=str(cfg.ref))
     return _write(results, cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json")
+
+
+def check_fid_inputs(cfg: FidConfig, sets: dict[str, InceptionStats]) -> None:
+    """Each set's statistics have the ADM Inception widths, and enough images for KID and P&R."""
+    from fae.errors import DataError
+    from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM
+
+    for path, stats in sets.items():
+        if stats.mu.shape[0] != POOL_DIM:
+            raise DataError(f"'{path}' holds {stats.mu.shape[0]}-d statistics; the ADM InceptionV3 "
+                            f"pool_3 features are {POOL_DIM}-d (mu [{POOL_DIM}], sigma "
+                            f"[{POOL_DIM}, {POOL_DIM}])")
+        if stats.mu_s is not None and stats.mu_s.shape[0] != SPATIAL_DIM:
+            raise DataError(f"'{path}' holds {stats.mu_s.shape[0]}-d spatial statistics (mu_s); "
+                            f"sFID uses {SPATIAL_DIM}-d ones")
+        _check_feature_count(cfg, path, stats.pool_features)
+
+
+def _check_feature_count(cfg: FidConfig, path: str, features) -> None:
+    from fae.errors import DataError
+
+    if features is None:
+        return
+    n = features.shape[0]
+    if "pr" in cfg.metrics and n <= cfg.pr_k:
+        raise DataError(f"'{path}' has {n} images; precision/recall with pr_k={cfg.pr_k} needs "
+                        f"more than {cfg.pr_k} (lower pr_k or leave 'pr' out of metrics)")
+    if "kid" in cfg.metrics and n < 2:
+        raise DataError(f"'{path}' has {n} image(s); KID needs at least 2")
 
 
 def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:

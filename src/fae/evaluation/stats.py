@@ -92,9 +92,13 @@ def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
     if not path.is_file():
         raise DataError(f"'{path}' does not exist")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"'{path}' is not a readable .npz file: {e}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):  # np.load reads a bare .npy as one array
+        raise DataError(f"'{path}' is a single .npy array, not an .npz archive: save it with "
+                        "np.savez(path, arr_0=images) (uint8 NHWC)")
+    return data
 
 
 def write_sample_batch(path: str | Path, images: np.ndarray | torch.Tensor,
@@ -144,9 +148,24 @@ def read_stats(path: str | Path) -> InceptionStats:
             sigma_s=data["sigma_s"].astype(np.float64) if "sigma_s" in files else None,
             count=int(data["count"]) if "count" in files else 0,
             pool_features=data["pool_features"] if "pool_features" in files else None)
-    if stats.mu.shape != (stats.sigma.shape[0],) or stats.sigma.ndim != 2:
-        raise DataError(f"'{path}': mu {stats.mu.shape} and sigma {stats.sigma.shape} do not match")
+    _check_moments(path, "mu", stats.mu, "sigma", stats.sigma)
+    if (stats.mu_s is None) != (stats.sigma_s is None):
+        raise DataError(f"'{path}' holds only one of 'mu_s'/'sigma_s'; sFID needs both")
+    if stats.mu_s is not None:
+        _check_moments(path, "mu_s", stats.mu_s, "sigma_s", stats.sigma_s)
+    features = stats.pool_features
+    if features is not None and (features.ndim != 2 or features.shape[1] != stats.mu.shape[0]):
+        raise DataError(f"'{path}': pool_features {features.shape} must be [N, {stats.mu.shape[0]}] "
+                        f"like mu {stats.mu.shape}")
     return stats
+
+
+def _check_moments(path: str | Path, mean_key: str, mean: np.ndarray, cov_key: str,
+                   cov: np.ndarray) -> None:
+    """A mean [D] and a square covariance [D, D] of the same width."""
+    if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
+        raise DataError(f"'{path}': {mean_key} {mean.shape} and {cov_key} {cov.shape} do not form "
+                        f"a mean [D] and a square covariance [D, D]")
 
 
 class NpzImages:
