@@ -44,8 +44,43 @@ def test_paper_sizes_on_meta_device():
     assert n_params(linear.encoder) == 1536 * 64 + 64
 
 
+def test_both_attention_layouts_have_the_documented_counts():
+    """App. D: 38.17M. The projected-skip layout without a table is exactly 38,166,592."""
+    exact = ["encoder.skip=projected", "encoder.activation_width=attention", "encoder.pos_embed=false"]
+    with torch.device("meta"):
+        paper = FAE(load_config(FAEConfig, None, ["backbone=dinov2-g14", *exact]))
+        earlier = FAE(load_config(FAEConfig, None, ["backbone=dinov2-g14"]))  # the schema default
+    assert n_params(paper.encoder) == 1536 * 4 * 6144 + 4 * 6144 + 6144 * 64 + 64 == 38_166_592
+    assert n_params(earlier.encoder) == 1536 * 3 * 6144 + 3 * 6144 + 6144 * 1536 + 1536 \
+        + 1536 * 64 + 64 + 256 * 1536 == 38_260_288
+    assert abs(n_params(paper.encoder) / 38.17e6 - 1) < 1e-3
+
+
+def test_projected_skip_layout_computes_the_merged_figure():
+    """h = softmax(q k^T / sqrt(d)) v + W_s x at the attention width; out = W_2 gelu(h)."""
+    torch.manual_seed(0)
+    fae = tiny_fae(skip="projected", activation_width="attention", pos_embed=False)
+    encoder, x = fae.encoder, torch.randn(3, 16, 64)  # tiny-vit: 16 tokens of width 64
+    q, k, v = (encoder.attn.qkv(x).view(3, 16, 3, 2, 16)[:, :, i].transpose(1, 2) for i in range(3))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1)  # [3, 2, 16, 16], sqrt(16) = 4
+    attended = (weights @ v).transpose(1, 2).reshape(3, 16, 32)  # [3, 16, 2 x 16]
+    h = attended + x @ encoder.skip.weight.T + encoder.skip.bias  # [3, 16, 32]
+    expected = torch.nn.functional.gelu(h, approximate="tanh") @ encoder.head.weight.T + encoder.head.bias
+    assert encoder.pos_embed is None and encoder.head.in_features == 32
+    torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_layout_keys_that_do_not_fit_are_refused():
+    for skip, width in (("identity", "attention"), ("projected", "token")):
+        with pytest.raises(ConfigError, match="'encoder.skip' = .* 'encoder.activation_width'"):
+            load_config(FAEConfig, None, ["backbone=tiny-vit", f"encoder.skip={skip}",
+                                          f"encoder.activation_width={width}"])
+
+
 @pytest.mark.parametrize("overrides", [["encoder.kind=attention"], ["encoder.kind=linear"],
-                                       ["encoder.kind=transformer"], ["encoder.kind=transformer", "encoder.width=32"]])
+                                       ["encoder.kind=transformer"], ["encoder.kind=transformer", "encoder.width=32"],
+                                       ["encoder.skip=projected", "encoder.activation_width=attention",
+                                        "encoder.pos_embed=false"]])
 def test_encoder_variants_by_config_alone(tmp_path, overrides):
     """Only `encoder.kind=...` changes; every variant encodes, decodes and learns."""
     path = tmp_path / "fae.yaml"

@@ -13,12 +13,19 @@ Three variants, chosen by ``EncoderConfig.kind`` alone (the paper's encoder abla
   D (or ``width``), then RMSNorm and a linear map to 2c (the deeper ablation; it overfits the weak adaptation
   objective and loses pretrained information, paper: probe 85.74% vs 86.17% for one layer).
 
-Parameter count of the paper encoder at D = 1536, c = 32 (biases included): QKV 1536 -> 18432
-(28,329,984) + attention output projection 6144 -> 1536 (9,438,720; needed so the skip connection
-can add the input back) + linear proj 2 1536 -> 64 (98,368) = 37,867,072, plus the learned
-position embedding of the "input embedding" step, 256 x 1536 = 393,216: 38,260,288 = 38.26M. The
-paper states 38.17M: with the embedding we are 0.24% above, without it 0.79% below; we keep the
-embedding because the figure draws an input-embedding step and it is the closer count.
+Two layouts of the attention kind (``skip`` x ``activation_width``, paper §4 / Fig. 7 / App. D:
+"we merge the consecutive linear layers in the attention module"; counts at D = 1536, c = 32, 24 x
+256 = 6144, biases included):
+
+- ``skip: projected, activation_width: attention`` (the ImageNet config; the paper's count exactly):
+  one projection D -> 4 x 6144 (Q, K, V and a projected skip; 28,329,984 + 9,443,328), softmax
+  attention, attention output + projected skip at 6144, activation at 6144, linear proj 2 6144 -> 64
+  (393,280): 38,166,592 = 38.17M, with ``pos_embed: false`` (DINOv2 tokens already carry position).
+  The output projection 6144 -> D merges into linear proj 2, so there is none.
+- ``skip: identity, activation_width: token`` (the schema default, the layout of earlier exports):
+  QKV (28,329,984), an output projection 6144 -> D so the input can be added back (9,438,720),
+  activation at D, linear proj 2 D -> 64 (98,368) = 37,867,072; with the learned position table read
+  into the figure's "input embedding" box (256 x 1536 = 393,216): 38,260,288 = 38.26M (0.24% above).
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from fae.nn import Attention, Rope2D, TransformerBlock
 
 EncoderKind = Literal["attention", "linear", "transformer"]
 
+_LAYOUTS = {"identity": "token", "projected": "attention"}  # skip -> the width its activation acts at
 _ACTIVATIONS = {"gelu": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "none": lambda x: x}
 
 
@@ -48,8 +56,13 @@ class EncoderConfig:
             the transformer kind uses D // heads like a standard block).
         activation: the nonlinearity after the skip connection ("gelu" (our choice; the paper
             does not name it), "silu" or "none"); attention kind only.
+        skip: the attention kind's skip connection: "identity" (the input added back after an
+            output projection to D) or "projected" (a fourth projection of the input, fused with
+            Q, K, V, added at the attention width; the paper's exact count).
+        activation_width: where the attention kind's activation acts: "token" (width D, with
+            skip=identity) or "attention" (heads x head_dim, with skip=projected).
         pos_embed: add a learned position embedding to the input tokens (attention and
-            transformer kinds; the "input embedding" step of the paper's figure).
+            transformer kinds; one reading of the "input embedding" step of the paper's figure).
         depth: number of blocks of the transformer kind (paper ablation: 6).
         mlp_ratio: MLP ratio of the transformer kind's blocks.
         width: block width of the transformer kind; null = the token width D (paper). A smaller
@@ -60,6 +73,8 @@ class EncoderConfig:
     heads: int = 24
     head_dim: int = 256
     activation: Literal["gelu", "silu", "none"] = "gelu"
+    skip: Literal["identity", "projected"] = "identity"
+    activation_width: Literal["token", "attention"] = "token"
     pos_embed: bool = True
     depth: int = 6
     mlp_ratio: float = 4.0
@@ -69,6 +84,12 @@ class EncoderConfig:
         for key in ("heads", "head_dim", "depth"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'encoder.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.kind == "attention" and _LAYOUTS.get(self.skip) != self.activation_width:
+            raise ConfigError(f"config keys 'encoder.skip' = {self.skip} and 'encoder.activation_width' = "
+                              f"{self.activation_width} do not fit together: an identity skip adds the "
+                              f"D-wide input, so its activation is at width 'token'; a projected skip "
+                              f"adds at width 'attention' (heads x head_dim)")
+
 
 
 def _position_embedding(enabled: bool, tokens: int, dim: int) -> nn.Parameter | None:
@@ -85,7 +106,7 @@ class AttentionEncoder(nn.Module):
     """The paper's single-attention-layer encoder. [B, N, D] -> [B, N, 2c].
 
     Args:
-        config: the encoder settings.
+        config: the encoder settings (``skip`` picks one of the two layouts in the module docstring).
         dim: token width D.
         grid: token grid (h, w), N = h * w.
         latent_channels: c.
@@ -93,15 +114,21 @@ class AttentionEncoder(nn.Module):
 
     def __init__(self, config: EncoderConfig, dim: int, grid: tuple[int, int], latent_channels: int):
         super().__init__()
+        inner = config.heads * config.head_dim
+        projected = config.skip == "projected"
         self.pos_embed = _position_embedding(config.pos_embed, grid[0] * grid[1], dim)
-        self.attn = Attention(dim, config.heads, head_dim=config.head_dim)  # QKV + out-proj to D
+        # projected: QKV without an output projection, [B, N, inner]; identity: QKV + out-proj to D
+        self.attn = Attention(dim, config.heads, head_dim=config.head_dim, proj=not projected)
+        # the fourth slice of the fused projection (Fig. 7: linear layers merged), or None
+        self.skip = nn.Linear(dim, inner) if projected else None
         self.activation = _ACTIVATIONS[config.activation]
-        self.head = nn.Linear(dim, 2 * latent_channels)  # linear proj 2
+        self.head = nn.Linear(inner if projected else dim, 2 * latent_channels)  # linear proj 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos_embed is not None:
             x = x + self.pos_embed  # input embedding, [B, N, D]
-        h = x + self.attn(x)  # QKV -> softmax attention -> skip connection, [B, N, D]
+        skip = x if self.skip is None else self.skip(x)  # [B, N, D] or [B, N, inner]
+        h = skip + self.attn(x)  # QKV -> softmax attention -> skip connection, same width as skip
         return self.head(self.activation(h))  # [B, N, 2c]
 
 

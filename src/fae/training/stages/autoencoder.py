@@ -351,8 +351,10 @@ class AutoencoderStage(Stage):
         with torch.device("meta"):
             fae = FAE(fae_cfg)
         count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"  # noqa: E731
-        return {"parameters": f"encoder {count(fae.encoder)} ({cfg.model.encoder.kind}), feature decoder "
-                              f"{count(fae.decoder)} (paper: 38.17M attention encoder, 170.43M decoder)",
+        n_encoder = sum(p.numel() for p in fae.encoder.parameters())
+        return {"parameters": f"encoder {count(fae.encoder)} = {n_encoder:,} ({_describe_encoder(cfg.model.encoder)}), "
+                              f"feature decoder {count(fae.decoder)} (paper: 38.17M attention encoder, "
+                              "170.43M decoder)",
                 "backbone": cfg.backbone.describe(),
                 "latent": f"{cfg.model.latent_channels}x{fae_cfg.grid[0]}x{fae_cfg.grid[1]} "
                           f"(encoder: {cfg.model.encoder.kind})",
@@ -382,3 +384,11 @@ CONFIG_CLASS = AutoencoderRunConfig
 
 def build_stage(cfg: AutoencoderRunConfig) -> AutoencoderStage:
     return AutoencoderStage(cfg)
+
+
+def _describe_encoder(encoder) -> str:
+    """The encoder's kind, and for the attention kind its layout (skip, activation width, table)."""
+    if encoder.kind != "attention":
+        return encoder.kind
+    table = "position table" if encoder.pos_embed else "no position table"
+    return f"attention: {encoder.skip} skip, activation at {encoder.activation_width} width, {table}"
