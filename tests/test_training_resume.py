@@ -127,3 +127,42 @@ def test_no_resume_refuses_existing_checkpoints_unless_forced(tmp_path):
             train(toy_stage(run_dir, "train.steps=2"), resume=False)
         fresh = train(toy_stage(run_dir, "train.steps=2"), resume=False, force=True)
     assert fresh["resumed_from"] is None
+
+
+def test_all_checkpoints_unreadable_refuses_unless_restart(tmp_path):
+    run_dir = tmp_path / "run"
+    with single_thread():
+        train(toy_stage(run_dir, "train.steps=4", "train.ckpt_every=2"))
+        old_lines = (run_dir / "metrics.jsonl").read_text()
+        for path in (run_dir / "checkpoints").glob("step-*.pt"):
+            path.write_bytes(b"damaged")
+        with pytest.raises(CheckpointError, match=r"step-00000004\.pt, .*step-00000002\.pt; newest: not a complete.*--restart"):
+            train(toy_stage(run_dir, "train.steps=4", "train.ckpt_every=2"))
+        assert (run_dir / "metrics.jsonl").read_text() == old_lines  # refused: nothing touched
+        again = train(toy_stage(run_dir, "train.steps=4", "train.ckpt_every=2"), restart=True)
+    assert again["resumed_from"] is None and again["step"] == 4
+    aside = run_dir / "checkpoints" / "unreadable"
+    assert sorted(p.name for p in aside.iterdir()) == ["step-00000002.pt", "step-00000004.pt"]
+    assert (aside / "step-00000004.pt").read_bytes() == b"damaged"
+    # the first run's lines are kept beside the new log, which holds each step once
+    assert (run_dir / "metrics.previous-1.jsonl").read_text() == old_lines
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3, 4]
+
+
+def test_resume_keeps_dropped_metric_lines_aside(tmp_path):
+    run_dir = tmp_path / "run"
+    with single_thread():
+        train(toy_stage(run_dir, "train.steps=4", "train.ckpt_every=2"))
+        full = (run_dir / "metrics.jsonl").read_text()
+        (run_dir / "checkpoints" / "step-00000004.pt").unlink()  # as if killed after logging 3, 4
+        assert train(toy_stage(run_dir, "train.steps=4", "train.ckpt_every=2"))["resumed_from"] == 2
+    assert (run_dir / "metrics.previous-1.jsonl").read_text() == full
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3, 4]
+
+
+def test_architecture_change_under_force_is_a_named_error(tmp_path):
+    run_dir = tmp_path / "run"
+    with single_thread():
+        train(toy_stage(run_dir, "train.steps=2"))
+        with pytest.raises(CheckpointError, match=r"step-00000002\.pt' does not fit the models.*size mismatch"):
+            train(toy_stage(run_dir, "train.steps=4", "hidden=16"), force=True)

@@ -1,4 +1,4 @@
-"""``fae train <stage> --config FILE [--dry-run] [--resume/--no-resume] [--force] key=value...``
+"""``fae train <stage> --config FILE [--dry-run] [--resume/--no-resume] [--force] [--restart] key=value...``
 
 Runs unchanged under ``torchrun --nproc_per_node=N -m fae train ...`` (and multi-node through
 torchrun's rendezvous).
@@ -34,6 +34,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint in train.run_dir (default: on)")
     parser.add_argument("--force", action="store_true", help="resume a run folder holding a "
                         "different config; with --no-resume, delete its checkpoints first")
+    parser.add_argument("--restart", action="store_true", help="when no checkpoint of the run "
+                        "folder can be read, move them to checkpoints/unreadable/ and start from step 0")
 
 
 def _split_options(args: argparse.Namespace) -> argparse.Namespace:
@@ -50,6 +52,7 @@ def _split_options(args: argparse.Namespace) -> argparse.Namespace:
     args.dry_run = args.dry_run or extra.dry_run
     args.resume = args.resume and extra.resume
     args.force = args.force or extra.force
+    args.restart = args.restart or extra.restart
     args.overrides = extra.overrides
     return args
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(stage)
         return 0
-    result = train(stage, resume=args.resume, force=args.force)
+    result = train(stage, resume=args.resume, force=args.force, restart=args.restart)
     if du.is_main():
         print(f"run folder: {result['run_dir']}")
         print(f"export: {result['export'] or '(this stage exports nothing)'}")

@@ -8,8 +8,10 @@ plain, so files load with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import os
 import random
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +66,33 @@ class CheckpointManager:
                 self.path(step).unlink(missing_ok=True)
 
     def load_latest(self) -> tuple[dict, Path] | None:
-        """The newest checkpoint that loads, or None; unreadable files are reported and skipped."""
+        """The newest checkpoint that loads, or None; unreadable files are reported, skipped and
+        listed in ``self.unreadable`` as ``(path, reason)``."""
+        self.unreadable: list[tuple[Path, str]] = []
         for step in reversed(self.steps()):
             path = self.path(step)
             try:
                 return torch.load(path, map_location="cpu", weights_only=True), path
             except Exception as e:  # a truncated or foreign file: fall back to the previous one
-                print(f"warning: skipping unreadable checkpoint {path}: {e}", flush=True)
+                reason = _unreadable_reason(path, e)
+                self.unreadable.append((path, reason))
+                print(f"warning: skipping unreadable checkpoint {path}: {reason}", flush=True)
         return None
+
+    def move_aside(self, paths: list[Path]) -> Path:
+        """Move (unreadable) checkpoint files into ``unreadable/`` of the folder, keeping them."""
+        target = self.folder / "unreadable"
+        target.mkdir(exist_ok=True)
+        for path in paths:
+            os.replace(path, target / Path(path).name)
+        return target
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """Why a checkpoint did not load, in one line (torch's own message misleads for a cut file)."""
+    if not zipfile.is_zipfile(path):
+        return "not a complete torch.save archive (truncated or foreign file)"
+    return " ".join(str(error).split())[:200]
 
 
 def load_file(path: str | Path) -> dict:

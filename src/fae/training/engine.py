@@ -31,9 +31,9 @@ from fae.training.stage import Stage
 from fae.training.wrappers import is_fsdp, reshard, unwrap, wrap
 
 
-def train(stage: Stage, resume: bool = True, force: bool = False) -> dict:
+def train(stage: Stage, resume: bool = True, force: bool = False, restart: bool = False) -> dict:
     """Train ``stage`` to ``train.steps``; evaluate and export with EMA weights. See :class:`Trainer`."""
-    trainer = Trainer(stage, resume=resume, force=force)
+    trainer = Trainer(stage, resume=resume, force=force, restart=restart)
     try:
         return trainer.run()
     finally:
@@ -74,9 +74,12 @@ class Trainer:
         resume: continue from the newest checkpoint in ``train.run_dir`` when there is one.
         force: resume even if the run folder holds a different config; with ``resume=False``,
             delete the folder's checkpoints and start again.
+        restart: when no checkpoint of the folder can be read, move them to
+            ``checkpoints/unreadable/`` and start from step 0 (without it, that is an error).
     """
 
-    def __init__(self, stage: Stage, resume: bool = True, force: bool = False):
+    def __init__(self, stage: Stage, resume: bool = True, force: bool = False,
+                 restart: bool = False):
         self.stage = stage
         self.cfg = stage.config.train
         self.run_dir = Path(self.cfg.run_dir)
@@ -87,7 +90,7 @@ class Trainer:
         self._prepare_folder(resume, force)
         self.step, self.nan_skips, self.last_saved = 0, 0, -1
         self._build()
-        self.resumed_from = self._resume() if resume else None
+        self.resumed_from = self._resume(restart) if resume else None
         # Lines after the resumed step (or all, when starting at 0) belong to a lost future.
         self.metrics = MetricsLog(self.run_dir, enabled=du.is_main(), resume_step=self.step,
                                   tensorboard=self.cfg.tensorboard)
@@ -162,18 +165,47 @@ class Trainer:
         self.last_saved = self.step
         return path
 
-    def _resume(self) -> int | None:
-        path = None
+    def _resume(self, restart: bool) -> int | None:
+        path, unreadable = None, []
         if du.is_main():
             found = self.checkpoints.load_latest()
             path = None if found is None else str(found[1])
-        path = du.broadcast_object(path)
+            unreadable = [(str(p), reason) for p, reason in self.checkpoints.unreadable]
+        path, unreadable = du.broadcast_object((path, unreadable))
+        if path is None and unreadable:
+            self._restart_over(unreadable, restart)
         if path is None:
             return None
         state = load_file(path)
         if state["batch_size"] != self.cfg.batch_size:
             raise CheckpointError(f"checkpoint '{path}' used train.batch_size={state['batch_size']}, "
                                   f"the config says {self.cfg.batch_size}")
+        try:
+            self._load_state(state)
+        except (KeyError, RuntimeError, ValueError) as e:  # another architecture or phase layout
+            raise CheckpointError(f"checkpoint '{path}' does not fit the models of this config "
+                                  f"(was the architecture changed under --force?): "
+                                  f"{_first_line(e)}") from None
+        if state["world_size"] == du.world_size():
+            restore_rng(state["rng"][du.rank()])  # per-step seeding makes this a formality
+        self.step = self.last_saved = int(state["step"])
+        self.nan_skips = int(state["nan_skips"])
+        self._say(f"resumed from {path} (step {self.step})")
+        return self.step
+
+    def _restart_over(self, unreadable: list[tuple[str, str]], restart: bool) -> None:
+        """Every checkpoint is unreadable: an error unless ``restart``, which keeps them aside."""
+        names = ", ".join(p for p, _ in unreadable)
+        if not restart:
+            raise CheckpointError(f"no checkpoint of run folder '{self.run_dir}' can be read "
+                                  f"({names}; newest: {unreadable[0][1]}). Pass --restart to move "
+                                  "them to checkpoints/unreadable/ and start again from step 0")
+        if du.is_main():
+            target = self.checkpoints.move_aside([Path(p) for p, _ in unreadable])
+            self._say(f"restarting from step 0; unreadable checkpoints moved to {target}")
+        du.barrier()
+
+    def _load_state(self, state: dict) -> None:
         for n, m in self.wrapped.items():
             load_model_state(m, state["models"][n])
         for n, e in self.emas.items():
@@ -182,12 +214,6 @@ class Trainer:
             load_optimizer_state({n: self.wrapped[n] for n in r.phase.modules}, r.optimizer,
                                  state["optimizers"][r.name])
             r.schedule.load_state_dict(state["schedules"][r.name])
-        if state["world_size"] == du.world_size():
-            restore_rng(state["rng"][du.rank()])  # per-step seeding makes this a formality
-        self.step = self.last_saved = int(state["step"])
-        self.nan_skips = int(state["nan_skips"])
-        self._say(f"resumed from {path} (step {self.step})")
-        return self.step
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):
@@ -347,6 +373,12 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+
+
+def _first_line(error: Exception) -> str:
+    """``load_state_dict`` errors span many lines (one per tensor); the first few say enough."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:300] + " ..."
 
 
 def _finite(x: float) -> bool:

@@ -1,12 +1,14 @@
 """``metrics.jsonl`` (one JSON object per line) plus TensorBoard events when it is installed.
 
 Only rank 0 writes. On resume, lines logged after the checkpoint being resumed are dropped, so
-the file never holds two different values for the same step.
+the file never holds two different values for the same step; the old file is first copied to
+``metrics.previous-N.jsonl``, so no line is ever lost.
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 from fae.io import atomic_write
@@ -18,7 +20,8 @@ class MetricsLog:
     Args:
         run_dir: the run folder (``metrics.jsonl`` and ``tensorboard/`` go there).
         enabled: False on ranks other than 0 (every call is then a no-op).
-        resume_step: the step the run resumes from; later lines are removed. None: keep all.
+        resume_step: the step the run resumes from; later lines are removed (the old file
+            is kept as ``metrics.previous-N.jsonl``). None: keep all.
         tensorboard: also write TensorBoard events if ``tensorboard`` is importable.
     """
 
@@ -35,8 +38,12 @@ class MetricsLog:
             self.writer = _tensorboard_writer(Path(run_dir) / "tensorboard")
 
     def _truncate_after(self, step: int) -> None:
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and _step_of(line) <= step]
+        """Drop lines after ``step``; the old file is first kept as ``metrics.previous-N.jsonl``."""
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if _step_of(line) <= step]
+        if len(kept) == len(lines):
+            return
+        shutil.copyfile(self.path, set_aside_name(self.path))
         atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept)), mode="w")
 
     def log(self, step: int, values: dict[str, float], kind: str = "train") -> None:
@@ -55,6 +62,14 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def set_aside_name(path: Path) -> Path:
+    """``metrics.jsonl`` -> the first free ``metrics.previous-N.jsonl`` beside it."""
+    n = 1
+    while (aside := path.with_name(f"{path.stem}.previous-{n}{path.suffix}")).exists():
+        n += 1
+    return aside
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:

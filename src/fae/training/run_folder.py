@@ -4,10 +4,12 @@
   folder holding a different config is refused (the message names the differing keys) unless
   ``force``, which resumes with the new config and keeps the old one as ``config.previous.yaml``.
 - no resume: a folder that already has checkpoints is refused unless ``force``, which deletes
-  them (and ``metrics.jsonl``/``eval.json``) and starts from step 0.
+  them (and ``eval.json``; ``metrics.jsonl`` is kept as ``metrics.previous-N.jsonl``) and starts
+  from step 0.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import yaml
 from fae.config import to_dict
 from fae.errors import CheckpointError
 from fae.io import atomic_write
+from fae.training.metrics_log import set_aside_name
 
 # Keys that may change between a run and its resumption without changing its results.
 VOLATILE_KEYS = frozenset({
@@ -64,8 +67,10 @@ def prepare_run_folder(cfg: Any, run_dir: str | Path, resume: bool, force: bool,
                                   "--force to delete them and start again")
         if write:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            for name in ("metrics.jsonl", "eval.json"):
-                (run_dir / name).unlink(missing_ok=True)
+            (run_dir / "eval.json").unlink(missing_ok=True)
+            metrics = run_dir / "metrics.jsonl"
+            if metrics.exists():  # the old curves are kept, not deleted
+                os.replace(metrics, set_aside_name(metrics))
     elif config_path.exists():
         old = yaml.safe_load(config_path.read_text()) or {}
         diff = config_differences(old, new)
