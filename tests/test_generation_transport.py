@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from fae.generation.transport import (Transport, TransportConfig, interpolate, sample_time, shift_time,
-                                      target_velocity, time_grid, velocity_to_eps, velocity_to_x0)
+from fae.errors import ConfigError
+from fae.generation.transport import (Transport, TransportConfig, cosine_velocity_loss, interpolate, sample_time,
+                                      shift_time, target_velocity, time_grid, velocity_to_eps, velocity_to_x0)
 
 
 def test_shift_matches_the_papers_rational_form_written_with_t0_as_noise():
@@ -57,3 +58,52 @@ def test_loss_is_the_velocity_mse():
     # The exact velocity (known here since x0 is constant) gives zero loss.
     exact = lambda x, t, c: (x - x0) / t.view(-1, 1, 1, 1)  # eps - x0 with eps = (x - (1-t) x0) / t
     assert float(transport.loss(exact, x0)) < 1e-6
+
+
+def test_lightningdit_logit_normal_has_the_stated_logit_mean_and_std():
+    g = torch.Generator().manual_seed(1)
+    t = sample_time(40000, TransportConfig(time_sampling="logit_normal"), generator=g)  # N(0, 1) logits
+    assert abs(torch.logit(t.double()).mean()) < 0.02 and abs(torch.logit(t.double()).std() - 1.0) < 0.02
+    wide = sample_time(40000, TransportConfig(time_sampling="logit_normal", logit_mean=-0.5, logit_std=2.0),
+                       generator=g)
+    assert torch.logit(wide.double()).mean() == pytest.approx(-0.5, abs=0.04)
+    assert torch.logit(wide.double()).std() == pytest.approx(2.0, abs=0.04)
+
+
+def test_cosine_velocity_loss_values():
+    torch.manual_seed(0)
+    v = torch.randn(4, 3, 2, 2)
+    assert float(cosine_velocity_loss(v, v)) == pytest.approx(0.0, abs=1e-6)  # identical velocities
+    assert float(cosine_velocity_loss(v, 3.0 * v)) == pytest.approx(0.0, abs=1e-6)  # the direction only
+    assert float(cosine_velocity_loss(v, -v)) == pytest.approx(2.0, abs=1e-6)
+    # orthogonal channel vectors at every position: cos = 0, loss 1
+    a, b = torch.zeros(2, 3, 1, 1), torch.zeros(2, 3, 1, 1)
+    a[:, 0], b[:, 1] = 1.0, 5.0
+    assert float(cosine_velocity_loss(a, b)) == pytest.approx(1.0)
+
+
+def test_transport_loss_adds_the_weighted_cosine_term():
+    x0 = torch.full((256, 2, 4, 4), 2.0)
+    zero = lambda x, t, c: torch.zeros_like(x)  # noqa: E731  cos(0, v) = 0: the term adds its weight
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = float(Transport(TransportConfig()).loss(zero, x0, generator=g()))
+    mixed = float(Transport(TransportConfig(cosine_weight=0.5)).loss(zero, x0, generator=g()))
+    assert mixed == pytest.approx(plain + 0.5, rel=1e-6)
+    exact = lambda x, t, c: (x - x0) / t.view(-1, 1, 1, 1)  # noqa: E731  MSE 0 and cos 1
+    assert float(Transport(TransportConfig(cosine_weight=1.0)).loss(exact, x0)) < 1e-5
+    with pytest.raises(ConfigError, match="transport.cosine_weight"):
+        TransportConfig(cosine_weight=-1.0).validate()
+
+
+def test_imagenet_lightningdit_config_trains_with_lightningdits_setting():
+    from pathlib import Path
+
+    from fae.config import load_config
+    from fae.training.stages.generator import GeneratorRunConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
+    lightning = load_config(GeneratorRunConfig, root / "lightningdit_xl1.yaml").transport
+    sit = load_config(GeneratorRunConfig, root / "sit_xl1.yaml").transport
+    assert (lightning.time_sampling, lightning.logit_mean, lightning.logit_std, lightning.cosine_weight,
+            lightning.shift) == ("logit_normal", 0.0, 1.0, 1.0, 0.4)
+    assert (sit.time_sampling, sit.cosine_weight, sit.shift) == ("uniform", 0.0, 0.4)

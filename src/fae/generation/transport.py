@@ -18,6 +18,13 @@ Numeric example, s = 0.4, t = 0.5: tau = 0.5 -> tau' = 0.2 / 0.7 = 0.2857, so t'
 0.5 / (0.4 + 0.6 * 0.5). With s < 1 times move towards noise (more steps and more loss weight at
 high noise, as wanted for a 32-channel latent). s = 1 is the identity. The same function maps the
 sampled training times and the sampler's time grid, so training and sampling agree.
+
+LIGHTNINGDIT'S SETTING. The paper's shifted rows follow LightningDiT (App. D), which trains with
+logit-normal times (t = sigmoid(n), n ~ N(0, 1); SD3's form, symmetric about t = 0.5 so the time
+convention does not matter) and adds a cosine-similarity velocity loss,
+mean over positions of 1 - cos(v_theta, v) with the cosine taken over the latent channels, at weight 1.
+Both are options here (``time_sampling: logit_normal``, ``cosine_weight``); configs/imagenet256/
+lightningdit_xl1.yaml turns them on, sit_xl1.yaml keeps SiT's uniform t and plain MSE.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+import torch.nn.functional as F
 
 from fae.errors import ConfigError
 
@@ -37,17 +45,22 @@ class TransportConfig:
 
     Args:
         time_sampling: "uniform" on [0, 1] or "logit_normal" (SD3: sigmoid of N(mean, std)).
-        logit_mean, logit_std: parameters of the logit-normal.
+        logit_mean, logit_std: parameters of the logit-normal (LightningDiT: 0 and 1).
         shift: the paper's s in the t = 0-is-noise rational form (paper: 0.4; 1 = no shift);
             applied to training times and, by default, to the sampler's grid.
+        cosine_weight: weight of the auxiliary cosine velocity loss (LightningDiT: 1; 0 = plain MSE,
+            SiT). It belongs to the training objective, so it sits with the transport.
     """
 
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0
+    cosine_weight: float = 0.0
 
     def validate(self) -> None:
+        if self.cosine_weight < 0:
+            raise ConfigError(f"config key 'transport.cosine_weight' must be >= 0, got {self.cosine_weight}")
         if self.shift <= 0:
             raise ConfigError(f"config key 'transport.shift' must be > 0, got {self.shift}")
         if self.logit_std <= 0:
@@ -101,8 +114,15 @@ def time_grid(steps: int, shift: float, device: torch.device | str = "cpu") -> t
     return shift_time(uniform, shift).to(device=device, dtype=torch.float32)
 
 
+def cosine_velocity_loss(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LightningDiT's auxiliary loss: mean over batch and positions of 1 - cos(v, target), the
+    cosine over the channel dim 1 of [B, c, h, w] (0 when the directions agree, 2 when opposite)."""
+    return (1 - F.cosine_similarity(v.float(), target.float(), dim=1)).mean()
+
+
 class Transport:
-    """The training objective: E_t,eps || v_theta(x_t, t) - (eps - x0) ||^2 with shifted t.
+    """The training objective: E_t,eps || v_theta(x_t, t) - (eps - x0) ||^2 with shifted t, plus
+    ``cosine_weight`` x :func:`cosine_velocity_loss` (LightningDiT's setting; off by default).
 
     Args:
         config: a :class:`TransportConfig`.
@@ -118,9 +138,14 @@ class Transport:
 
     def loss(self, model: Callable[..., torch.Tensor], x0: torch.Tensor, cond: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared velocity error over the batch and every latent element (a scalar)."""
+        """Mean squared velocity error over the batch and every latent element, plus the weighted
+        cosine velocity loss (a scalar)."""
         t = self.training_times(x0.shape[0], x0.device, generator)  # [B]
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = interpolate(x0, eps, t)  # [B, c, h, w]
         v = model(x_t, t, cond)  # [B, c, h, w]
-        return (v.float() - target_velocity(x0, eps).float()).square().mean()
+        target = target_velocity(x0, eps)  # [B, c, h, w]
+        loss = (v.float() - target.float()).square().mean()
+        if self.config.cosine_weight > 0:
+            loss = loss + self.config.cosine_weight * cosine_velocity_loss(v, target)
+        return loss

@@ -185,7 +185,8 @@ class GeneratorStage(Stage):
                              f"heads; {blocks}) on {cfg.latent_channels}x{cfg.latent_size}x"
                              f"{cfg.latent_size} latents: {format_params(params)} parameters",
                 "transport": f"{self.config.transport.time_sampling} t, shift {self.config.transport.shift} "
-                             f"(paper form; t = 1 is noise)",
+                             f"(paper form; t = 1 is noise), cosine velocity loss weight "
+                             f"{self.config.transport.cosine_weight:g}",
                 "data": f"latent cache {self.config.data.cache}; latent shape from {self.latent_source}"}
 
 
