@@ -83,6 +83,28 @@ def test_piecewise_schedule_overrides_the_single_scale():
     assert guidance_scale(gap, 0.6) == 1.0 and guidance_scale(gap, 0.5) == 2.0
 
 
+def test_the_paper_guidance_default_reproduces_the_printed_pieces():
+    """App. D: w = 0.9 on t in [0.9, 1], 2.5 on [0, 0.7]; the unstated middle is w = 1 (no CFG)."""
+    from pathlib import Path
+
+    from fae.commands.sample import SampleConfig
+    from fae.config import load_config
+    from fae.generation.samplers import PAPER_CFG_SCHEDULE
+    from fae.generation.transport import time_grid
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "imagenet256" / "sample_cfg.yaml"
+    stored = SamplerConfig(method="euler_maruyama", steps=250)  # what the generator export stores
+    cfg = sampler_config(Generator(GeneratorConfig(depth=1, dim=32, heads=2, latent_channels=4, latent_size=4),
+                                   TransportConfig(), sampling=stored), load_config(SampleConfig, path).sampling)
+    assert (cfg.method, cfg.steps) == ("euler", 250)
+    assert [tuple(piece) for piece in cfg.cfg_schedule] == PAPER_CFG_SCHEDULE
+    printed = {1.0: 0.9, 0.95: 0.9, 0.9: 0.9, 0.89: 1.0, 0.8: 1.0, 0.71: 1.0, 0.7: 2.5, 0.3: 2.5, 0.0: 2.5}
+    assert {t: guidance_scale(cfg, t) for t in printed} == printed
+    # on the 250-step grid of the trained shift 0.4: every step takes its printed piece's scale
+    for t in time_grid(250, 0.4).tolist():
+        assert guidance_scale(cfg, t) == (0.9 if t >= 0.9 else 2.5 if t <= 0.7 else 1.0)
+
+
 def tiny_generator() -> Generator:
     torch.manual_seed(0)
     gen = Generator(GeneratorConfig(depth=2, dim=32, heads=2, latent_channels=4, latent_size=4,

@@ -12,6 +12,11 @@ Guidance (CFG, Ho & Salimans 2022) is applied to ALL latent channels: v = v_u + 
 The scale w may depend on t: a single scale inside an interval (Kynkaenniemi et al. 2024; outside
 it the conditional velocity is used, i.e. w = 1), or a piecewise-constant schedule (the FAE paper's
 "three-partitioned" CFG). Where w = 1 the unconditional pass is skipped.
+
+The paper's schedule as printed (App. D): w = 0.9 for t in [0.9, 1] and 2.5 for t in [0, 0.7]; the
+middle piece is not given. :data:`PAPER_CFG_SCHEDULE` uses w = 1 (no guidance) there, matching
+the ablation rule "CFG enabled from t = 0.7 to 0"; the alternative reading (some w between the two,
+e.g. 1.5) is one override: ``'sampling.cfg_schedule=[[0.9,1.0,0.9],[0.0,0.7,2.5],[0.7,0.9,1.5]]'``.
 """
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ from fae.errors import ConfigError
 from fae.generation.transport import VelocityFn, time_grid, velocity_to_eps
 
 NoiseFn = Callable[[int], torch.Tensor]  # step index -> fresh N(0, I) noise shaped like x
+
+# [t_low, t_high, w], first piece wins: 0.9 on [0.9, 1], 2.5 on [0, 0.7] (so t = 0.7 gets 2.5),
+# w = 1 on the unstated middle (0.7, 0.9) (configs/imagenet256/sample_cfg.yaml uses it).
+PAPER_CFG_SCHEDULE: list[tuple[float, float, float]] = [(0.9, 1.0, 0.9), (0.0, 0.7, 2.5), (0.7, 0.9, 1.0)]
 
 
 @dataclass
