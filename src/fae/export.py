@@ -93,8 +93,9 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], folder:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
+        details = " ".join(str(e).split())  # one line: the first tensors that differ
         raise CheckpointError(f"weights in '{folder}' do not match its {CONFIG_FILE}: "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"{details[:300]}{' ...' if len(details) > 300 else ''}") from None
 
 
 class Exportable:

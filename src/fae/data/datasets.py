@@ -90,3 +90,11 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
     cls = ImageFolder if cfg.name == "imagefolder" else ImageFolderUnlabelled
     return cls(cfg.root, split=split, limit=cfg.limit, image_size=cfg.image_size, flip=cfg.flip,
                skip_corrupt=cfg.skip_corrupt)
+
+
+def check_batchable(dataset: Dataset) -> None:
+    """Call before writing any output of a pass that batches ``dataset``: image folders without
+    ``image_size`` must hold one image size (a DataError naming two files otherwise)."""
+    check = getattr(dataset, "check_batchable", None)
+    if callable(check):
+        check()

@@ -49,13 +49,32 @@ def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
     return np.linspace(0, n - 1, num=limit).round().astype(np.int64)
 
 
+def check_one_size(files: list[Path]) -> None:
+    """Every file has the size of the first: compares the headers (no pixels are decoded), so a
+    command that batches can fail before it writes anything, naming two files."""
+    first, first_size = None, None
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+            continue  # an unreadable file is reported (or skipped) when it is read
+        if first is None:
+            first, first_size = path, size
+        elif size != first_size:
+            raise DataError(f"images differ in size: '{first}' is {first_size[0]}x{first_size[1]}, "
+                            f"'{path}' is {size[0]}x{size[1]}; set data.image_size to crop every "
+                            f"image to one size")
+
+
 class ImageFiles(Dataset):
     """A list of image files with optional labels (the shared logic of both folder datasets).
 
     Args:
         files: image paths.
         labels: one int per file, or None (unlabelled -> -1).
-        image_size: ADM center crop size (None keeps each image's own size).
+        image_size: ADM center crop size (None keeps each image's own size; batching then needs
+            one size: :meth:`check_batchable`).
         flip: random horizontal flip (p = 0.5).
         skip_corrupt: replace an unreadable file by the next readable one, with a warning.
     """
@@ -71,6 +90,11 @@ class ImageFiles(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def check_batchable(self) -> None:
+        """Without a crop, batches need one image size: a DataError naming two files otherwise."""
+        if self.image_size is None:
+            check_one_size(self.files)
 
     def _read(self, i: int) -> torch.Tensor:
         image = load_rgb(self.files[i])

@@ -180,10 +180,11 @@ def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
             labels), e.g. their cached backbone tokens, which ``encode`` takes as well.
     """
     from fae import distributed as du
-    from fae.data.datasets import build_dataset
+    from fae.data.datasets import build_dataset, check_batchable
 
     cfg.validate()
     dataset = build_dataset(replace(cfg.data, flip=False)) if dataset is None else dataset
+    check_batchable(dataset)
     folder = Path(cfg.out)
     stats = stats_record(latent_mean, latent_std, identity["latent_shape"][0], cfg.fae)
     plan = _plan(cfg, identity, stats, len(dataset))
@@ -217,10 +218,22 @@ def _start(folder: Path, plan: dict[str, Any]) -> None:
 def _shard_done(path: Path, plan: dict[str, Any]) -> bool:
     if not path.is_file():
         return False
+    try:
+        with open_shard(path) as f:
+            return (f.metadata() or {}).get("fae_identity") == plan["fae"]["identity"]
+    except LatentCacheError:  # a damaged shard is written again
+        return False
+
+
+def open_shard(path: Path):
+    """``safe_open`` of one shard; a damaged file is a LatentCacheError naming it."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("fae_identity") == plan["fae"]["identity"]
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise LatentCacheError(f"latent cache shard '{path}' cannot be read ({' '.join(str(e).split())}); "
+                               f"delete it and re-run `fae cache-latents` to write it again") from None
 
 
 def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,13 +286,12 @@ def finish_cache(folder: str | Path) -> dict[str, Any]:
 
 
 def _check_shard(folder: Path, index: int, manifest: dict[str, Any]) -> None:
-    from safetensors.torch import load_file
-
     path = shard_path(folder, index)
     if not path.is_file():
         raise LatentCacheError(f"latent cache '{folder}' is missing '{path.name}': re-run "
                                f"`fae cache-latents` to finish it")
-    tensors = load_file(str(path))
+    with open_shard(path) as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
     n = min(manifest["shard_size"], manifest["count"] - index * manifest["shard_size"])
     shape = (n, *manifest["fae"]["latent_shape"])
     for key in ["latents"] + (["latents_flipped"] if manifest["flip"] else []):
@@ -312,10 +324,13 @@ class LatentCache:
         if not self.manifest.get("complete"):
             raise LatentCacheError(f"latent cache '{folder}' is incomplete: re-run `fae cache-latents` "
                                    f"with the same config to finish it")
+        _check_complete_manifest(self.folder, self.manifest)
         fae_id = None if fae is None else read_fae_export(fae)["identity"]  # verified when the FAE loads
         if fae_id is not None and fae_id != self.identity["identity"]:
             raise LatentCacheError(mismatch_message(folder, self.identity, fae, fae_id))
         self._handles: dict[int, Any] = {}
+        for shard in range(self.manifest["num_shards"]):  # a damaged shard fails now, not mid-run
+            self._handle(shard)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -356,9 +371,7 @@ class LatentCache:
 
     def _handle(self, shard: int):
         if shard not in self._handles:
-            from safetensors import safe_open
-
-            self._handles[shard] = safe_open(str(shard_path(self.folder, shard)), framework="pt")
+            self._handles[shard] = open_shard(shard_path(self.folder, shard))
         return self._handles[shard]
 
     def item(self, i: int, flipped: bool = False) -> tuple[torch.Tensor, int]:
@@ -389,6 +402,25 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise LatentCacheError(f"latent cache '{folder}' has manifest version {manifest['version']}; this "
                                f"version of fae reads up to {VERSION}: upgrade fae")
     return manifest
+
+
+# key of a finished manifest -> its type and how to name it; "fae" also records shape and identity
+_MANIFEST_KEYS = {"count": (int, "an integer"), "shard_size": (int, "an integer"),
+                  "num_shards": (int, "an integer"), "flip": (bool, "true/false"),
+                  "fae": (dict, "an object")}
+
+
+def _check_complete_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """A finished manifest holds every key the reader uses, with the right types."""
+    path = folder / MANIFEST
+    for key, (kind, name) in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind) or (kind is int and isinstance(manifest[key], bool)):
+            raise LatentCacheError(f"'{path}': '{key}' should be {name}, holds "
+                                   f"{manifest.get(key, 'nothing')!r}; the manifest is damaged: "
+                                   f"re-run `fae cache-latents` into a new folder")
+    for key in ("latent_shape", "identity"):
+        if key not in manifest["fae"]:
+            raise LatentCacheError(f"'{path}': 'fae' records no '{key}'; the manifest is damaged")
 
 
 class LatentDataset(Dataset):

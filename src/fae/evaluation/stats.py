@@ -73,6 +73,7 @@ class InceptionStats:
     sigma_s: np.ndarray | None = None  # [2023, 2023]
     count: int = 0  # images the statistics were computed from (0: unknown, e.g. ADM files)
     pool_features: np.ndarray | None = None  # [N, 2048] float32, for KID / precision-recall
+    logits: np.ndarray | None = None  # [N, 1008] of the classifier head (Inception Score); not saved
 
     def save(self, path: str | Path, with_features: bool = True) -> Path:
         arrays = {"mu": self.mu, "sigma": self.sigma, "count": np.int64(self.count)}
@@ -91,6 +92,8 @@ def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"'{path}' does not exist")
+    if not zipfile.is_zipfile(path) and not _is_npy(path):
+        raise DataError(f"'{path}' is not an .npz archive (not a zip file): write one with np.savez")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -99,6 +102,11 @@ def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
         raise DataError(f"'{path}' is a single .npy array, not an .npz archive: save it with "
                         "np.savez(path, arr_0=images) (uint8 NHWC)")
     return data
+
+
+def _is_npy(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
 
 
 def write_sample_batch(path: str | Path, images: np.ndarray | torch.Tensor,

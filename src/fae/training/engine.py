@@ -87,22 +87,24 @@ class Trainer:
         self.micro = micro_batch_size(self.cfg.batch_size, self.cfg.grad_accum, du.world_size())
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.cfg.keep_last,
                                              self.cfg.milestones)
-        self._prepare_folder(resume, force)
+        self._prepare_folder(resume, force, write=False)  # refuse before building anything
         self.step, self.nan_skips, self.last_saved = 0, 0, -1
-        self._build()
+        self._build()  # data and models that fail leave the run folder as it was
+        self._prepare_folder(resume, force, write=True)
         self.resumed_from = self._resume(restart) if resume else None
         # Lines after the resumed step (or all, when starting at 0) belong to a lost future.
         self.metrics = MetricsLog(self.run_dir, enabled=du.is_main(), resume_step=self.step,
                                   tensorboard=self.cfg.tensorboard)
 
     # ------------------------------------------------------------------ set-up
-    def _prepare_folder(self, resume: bool, force: bool) -> None:
-        """Rank 0 applies the run-folder rules; every rank raises the same error."""
+    def _prepare_folder(self, resume: bool, force: bool, write: bool) -> None:
+        """Rank 0 applies the run-folder rules (and writes when ``write``); every rank raises the
+        same error."""
         message = None
         if du.is_main():
             try:
                 prepare_run_folder(self.stage.config, self.run_dir, resume, force,
-                                   bool(self.checkpoints.steps()))
+                                   bool(self.checkpoints.steps()), write=write)
             except FAEError as e:
                 message = str(e)
         message = du.broadcast_object(message)

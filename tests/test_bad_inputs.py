@@ -1,0 +1,169 @@
+"""Every bad input is exit code 2 and one ``fae: error:`` line that names the input and says what
+is wrong: no traceback, and no partial output left behind. One table row per bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fae.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_FAE = {"backbone": "tiny-vit", "latent_channels": 4, "encoder": {"heads": 2, "head_dim": 16},
+            "decoder": {"depth": 1, "width": 32, "heads": 2}}
+TINY_GENERATOR = {"depth": 1, "dim": 32, "heads": 2, "latent_channels": 4, "latent_size": 4}
+
+
+def _export_fae(folder: Path) -> Path:
+    from fae.autoencoder import FAE, FAEConfig
+    from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
+    from fae.config import from_dict
+
+    torch.manual_seed(0)
+    fae = FAE(from_dict(FAEConfig, TINY_FAE))
+    fae.set_pixel_decoder(PixelDecoder(PixelDecoderConfig(depth=1, dim=32, heads=2, out_channels=1,
+                                                          image_size=28), token_dim=64, grid=(4, 4)))
+    fae.set_latent_stats(torch.zeros(4), torch.ones(4))
+    return fae.save_pretrained(folder)
+
+
+def _export_generator(folder: Path) -> Path:
+    from fae.config import from_dict
+    from fae.generation import Generator, GeneratorConfig
+
+    torch.manual_seed(0)
+    return Generator(from_dict(GeneratorConfig, TINY_GENERATOR)).save_pretrained(folder)
+
+
+def _edit_json(src: Path, dst: Path, edit) -> None:
+    """Copy the folder ``src`` to ``dst`` and apply ``edit`` to the dict of its JSON file."""
+    shutil.copytree(src.parent, dst.parent)
+    data = json.loads(dst.read_text())
+    edit(data)
+    dst.write_text(json.dumps(data))
+
+
+def _mixed_size_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, side in (("a/0.png", 28), ("a/1.png", 28), ("b/0.png", 32)):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / name)
+
+
+def _npz_inputs(w: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(w / "images.npy", rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    np.savez(w / "three.npz", arr_0=rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    np.savez(w / "ref10.npz", mu=np.zeros(10), sigma=np.eye(10))
+    np.savez(w / "ref_not_square.npz", mu=np.zeros(2048), sigma=np.zeros((2048, 10)))
+    (w / "text.npz").write_text("not a zip archive")
+
+
+def _latent_caches(w: Path) -> None:
+    from fae.commands.cache_latents import cache_latents
+    from fae.data.datasets import DataConfig
+    from fae.data.latent_cache import CacheConfig, shard_path
+
+    good = w / "cache"
+    cache_latents(CacheConfig(fae=str(w / "fae"), out=str(good), data=DataConfig(limit=8), flip=False,
+                              shard_size=4, batch_size=8, progress=False))
+    shutil.copytree(good, w / "cache_bad_json")
+    (w / "cache_bad_json" / "manifest.json").write_text("{\"format\": ")
+    _edit_json(good / "manifest.json", w / "cache_no_count" / "manifest.json", lambda d: d.pop("count"))
+    shutil.copytree(good, w / "cache_bad_shard")
+    shard = shard_path(w / "cache_bad_shard", 1)
+    shard.write_bytes(shard.read_bytes()[:100])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    w = tmp_path_factory.mktemp("bad")
+    (w / "not_yaml.yaml").write_text("train: [1,\n")
+    (w / "binary.yaml").write_bytes(bytes(range(128, 256)))
+    _npz_inputs(w)
+    _mixed_size_folder(w / "mixed")
+    _export_fae(w / "fae")
+    _export_generator(w / "gen" / "export")
+    _edit_json(w / "gen" / "export" / "config.json", w / "gen_no_sampling" / "config.json",
+               lambda d: d.pop("sampling"))
+    _edit_json(w / "gen" / "export" / "config.json", w / "gen_no_dim" / "config.json",
+               lambda d: d["model"].pop("dim"))
+    _latent_caches(w)
+    return w
+
+
+GEN_TRAIN = ["train", "generator", "model.depth=1", "model.dim=32", "model.heads=2", "train.steps=1",
+             "train.batch_size=4", "train.progress=false"]
+MIXED = ["data.name=imagefolder", "data.root={w}/mixed"]
+FID = ["eval", "fid"]  # the verb's flags come before its key=value overrides
+FID_OPTIONS = ["sqrt_method=eigh", "progress=false", "out={t}/m.json"]
+
+# (command with {w} = shared inputs and {t} = this test's folder, message fragment, paths that must
+# not exist afterwards)
+ROWS = [
+    (["train", "autoencoder", "--dry-run", "--config", "{w}/not_yaml.yaml"],
+     "config file '{w}/not_yaml.yaml' is not valid YAML", []),
+    (["train", "autoencoder", "--dry-run", "--config", "{w}/binary.yaml"],
+     "config file '{w}/binary.yaml' is not UTF-8 text", []),
+    (["train", "autoencoder", "--dry-run", "key=[1,"], "override 'key=[1,': the value is not valid YAML",
+     []),
+    (["train", "autoencoder", "--dry-run", "train.lr"], "override 'train.lr' is not of the form key=value",
+     []),
+    (["train", "autoencoder", "--dry-run", "train.steps=ten"],
+     "config key 'train.steps': expected an integer, got 'ten'", []),
+    ([*FID, "--samples", "{w}/images.npy", "--ref", "{w}/ref10.npz", *FID_OPTIONS],
+     "'{w}/images.npy' is a single .npy array, not an .npz archive", ["{t}/m.json"]),
+    ([*FID, "--samples", "{w}/text.npz", "--ref", "{w}/ref10.npz", *FID_OPTIONS],
+     "'{w}/text.npz' is not an .npz archive (not a zip file)", ["{t}/m.json"]),
+    ([*FID, "--samples", "{w}/three.npz", "--ref", "{w}/three.npz", *FID_OPTIONS],
+     "'{w}/three.npz' has 3 images; precision/recall with pr_k=3 needs more than 3", ["{t}/m.json"]),
+    ([*FID, "--samples", "{w}/three.npz", "--ref", "{w}/ref10.npz", "metrics=[fid]", *FID_OPTIONS],
+     "'{w}/ref10.npz' holds 10-d statistics; the ADM InceptionV3 pool_3 features are 2048-d",
+     ["{t}/m.json"]),
+    ([*FID, "--samples", "{w}/ref10.npz", "--ref", "{w}/ref_not_square.npz", "metrics=[fid]",
+      *FID_OPTIONS],
+     "'{w}/ref_not_square.npz': mu (2048,) and sigma (2048, 10) do not form a mean [D] and a square",
+     ["{t}/m.json"]),
+    (["cache-latents", "fae={w}/fae", "out={t}/cache", "progress=false", *MIXED],
+     "images differ in size: '{w}/mixed/a/0.png' is 28x28, '{w}/mixed/b/0.png' is 32x32; set "
+     "data.image_size", ["{t}/cache"]),
+    (["eval", "probe", "--backbone", "tiny-vit", "--out", "{t}/p.json", "progress=false", *MIXED],
+     "images differ in size", ["{t}/p.json"]),
+    (["eval", "recon", "--fae", "{w}/fae", "--out", "{t}/r.json", "progress=false", "rfid=false", *MIXED],
+     "images differ in size", ["{t}/r.json"]),
+    ([*GEN_TRAIN, "data.cache={w}/cache_bad_json", "train.run_dir={t}/run"],
+     "'{w}/cache_bad_json/manifest.json' is not valid JSON", ["{t}/run"]),
+    ([*GEN_TRAIN, "data.cache={w}/cache_no_count", "train.run_dir={t}/run"],
+     "'{w}/cache_no_count/manifest.json': 'count' should be an integer, holds 'nothing'",
+     ["{t}/run"]),
+    ([*GEN_TRAIN, "data.cache={w}/cache_bad_shard", "train.run_dir={t}/run"],
+     "latent cache shard '{w}/cache_bad_shard/", ["{t}/run"]),
+    (["sample", "--generator", "{w}/gen_no_sampling", "--fae", "{w}/fae", "--num", "2", "--out", "{t}/s.npz"],
+     "'{w}/gen_no_sampling' is a generator export without the config section(s) sampling", ["{t}/s.npz"]),
+    (["sample", "--generator", "{w}/gen_no_dim", "--fae", "{w}/fae", "--num", "2", "--out", "{t}/s.npz"],
+     "weights in '{w}/gen_no_dim' do not match its config.json: Error(s) in loading state_dict for "
+     "DiffusionTransformer: size mismatch", ["{t}/s.npz"]),
+]
+
+
+def _fill(text: str, w: Path, t: Path) -> str:
+    return text.replace("{w}", str(w)).replace("{t}", str(t))
+
+
+@pytest.mark.parametrize("command, fragment, absent", ROWS, ids=[" ".join(r[0][:2]) + f" #{i}"
+                                                                 for i, r in enumerate(ROWS)])
+def test_bad_input_is_one_named_error(world, tmp_path, capsys, command, fragment, absent):
+    code = main([_fill(part, world, tmp_path) for part in command])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("fae: error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert _fill(fragment, world, tmp_path) in lines[0], err
+    for path in absent:
+        assert not Path(_fill(path, world, tmp_path)).exists(), path
