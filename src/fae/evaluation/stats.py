@@ -103,6 +103,29 @@ def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
     return data
 
 
+def _member(data: np.lib.npyio.NpzFile, key: str, path: str | Path) -> np.ndarray:
+    """One array of an open .npz; a damaged or non-numpy member is a DataError naming it."""
+    try:
+        array = data[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"'{path}': member '{key}' cannot be read: {e}") from None
+    if not isinstance(array, np.ndarray):  # numpy hands back the raw bytes of a non-.npy member
+        raise DataError(f"'{path}': member '{key}' is not a numpy array")
+    return array
+
+
+def _floats(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float64)
+
+
+def _count(array: np.ndarray | None, path: str | Path) -> int:
+    if array is None:
+        return 0
+    if array.size != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"'{path}': 'count' must be one integer, got {array.dtype} {array.shape}")
+    return int(array.reshape(()))
+
+
 def _is_npy(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(6) == b"\x93NUMPY"
@@ -129,8 +152,9 @@ def read_sample_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     with _open_npz(path) as data:
         if "arr_0" not in data.files:
             raise DataError(f"'{path}' has no 'arr_0' image array (keys: {', '.join(data.files)})")
-        images = data["arr_0"]
-        labels = data["labels"] if "labels" in data.files else data.get("arr_1")
+        images = _member(data, "arr_0", path)
+        label_key = "labels" if "labels" in data.files else "arr_1"
+        labels = _member(data, label_key, path) if label_key in data.files else None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise DataError(f"'{path}': arr_0 must be uint8 [N, H, W, 1|3] (NHWC), got {images.dtype} "
                         f"{tuple(images.shape)}")
@@ -149,12 +173,13 @@ def read_stats(path: str | Path) -> InceptionStats:
         files = set(data.files)
         if not {"mu", "sigma"} <= files:
             raise DataError(f"'{path}' holds no precomputed 'mu'/'sigma' (keys: {', '.join(sorted(files))})")
-        stats = InceptionStats(
-            mu=data["mu"].astype(np.float64), sigma=data["sigma"].astype(np.float64),
-            mu_s=data["mu_s"].astype(np.float64) if "mu_s" in files else None,
-            sigma_s=data["sigma_s"].astype(np.float64) if "sigma_s" in files else None,
-            count=int(data["count"]) if "count" in files else 0,
-            pool_features=data["pool_features"] if "pool_features" in files else None)
+        arrays = {key: _member(data, key, path) for key in files}
+    stats = InceptionStats(
+        mu=_floats(arrays["mu"]), sigma=_floats(arrays["sigma"]),
+        mu_s=_floats(arrays["mu_s"]) if "mu_s" in files else None,
+        sigma_s=_floats(arrays["sigma_s"]) if "sigma_s" in files else None,
+        count=_count(arrays.get("count"), path),
+        pool_features=arrays.get("pool_features"))
     _check_moments(path, "mu", stats.mu, "sigma", stats.sigma)
     if (stats.mu_s is None) != (stats.sigma_s is None):
         raise DataError(f"'{path}' holds only one of 'mu_s'/'sigma_s'; sFID needs both")
@@ -194,11 +219,17 @@ class NpzImages:
                 raise DataError(f"'{path}' has no '{key}' array (keys: {', '.join(data.files)})")
         self._zip = zipfile.ZipFile(self.path)
         self._member = self._zip.open(f"{key}.npy")
-        version = np.lib.format.read_magic(self._member)
+        try:
+            version = np.lib.format.read_magic(self._member)
+        except ValueError as e:
+            raise DataError(f"'{path}': member '{key}' is not a .npy array: {e}") from None
         readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
         if version not in readers:
             raise DataError(f"'{path}': unsupported .npy format version {version} for '{key}'")
-        shape, fortran, dtype = readers[version](self._member)
+        try:
+            shape, fortran, dtype = readers[version](self._member)
+        except ValueError as e:
+            raise DataError(f"'{path}': the header of member '{key}' is damaged: {e}") from None
         if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or fortran:
             raise DataError(f"'{path}': {key} must be uint8 [N, H, W, 1|3] (NHWC, C order), got "
                             f"{dtype} {shape}")
