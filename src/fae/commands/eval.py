@@ -62,12 +62,12 @@ def _has_images(path: str) -> bool:
 def run_fid(cfg: FidConfig) -> dict[str, Any]:
     """Score ``cfg.samples`` against ``cfg.ref``; writes JSON on rank 0 and returns the results."""
     from fae.errors import ConfigError
-    from fae.evaluation.inception import load_inception
+    from fae.evaluation.inception_v3 import load_scoring_network
     from fae.evaluation.suite import generation_metrics
 
     if not cfg.samples or not cfg.ref:
         raise ConfigError("fae eval fid needs both samples=<.npz> and ref=<.npz> (or --samples/--ref)")
-    net = load_inception(device=resolve_device(cfg.device))
+    net = load_scoring_network(cfg.inception_weights, device=resolve_device(cfg.device))  # IS with weights
     need = any(m in cfg.metrics for m in ("kid", "pr"))
     kwargs = dict(need_features=need, batch_size=cfg.batch_size, progress=cfg.progress)
     samples = load_set_stats(cfg.samples, net, desc="samples", **kwargs)

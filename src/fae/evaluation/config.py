@@ -26,6 +26,9 @@ class FidConfig:
             (the eigen-decomposition directly: same value, ~10x faster on CPU at 2048-d).
         out: where to write the JSON results (default: next to the samples, ``<stem>.metrics.json``).
         progress: show tqdm bars.
+        inception_weights: the 1008-class ``pt_inception-2015-12-05`` state dict (a local file); null =
+            ``$FAE_INCEPTION_WEIGHTS``, else the TorchScript (no logits: IS unavailable). With it, every
+            Inception feature of the run comes from that network (:mod:`fae.evaluation.inception_v3`).
     """
 
     samples: str | None = None
@@ -39,6 +42,7 @@ class FidConfig:
     sqrt_method: Literal["sqrtm", "eigh"] = "sqrtm"
     out: str | None = None
     progress: bool = True
+    inception_weights: str | None = None
 
     def validate(self) -> None:
         bad = [m for m in self.metrics if m not in ("fid", "sfid", "kid", "pr")]

@@ -15,6 +15,7 @@ import torch
 
 from fae.data.batches import stack_images
 from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM, InceptionFeatures, resize_tf_bilinear
+from fae.evaluation.inception_v3 import NUM_LOGITS
 from fae.evaluation.stats import InceptionStats, StreamingStats
 from fae.images import nhwc_to_nchw, quantize
 from fae import distributed as dist
@@ -98,7 +99,8 @@ def compute_inception_stats(images, net: InceptionFeatures, *, batch_size: int =
 
     Args:
         images: an image source, NHWC uint8 array, NCHW tensor or dataset.
-        net: the Inception feature network (see :func:`fae.evaluation.inception.load_inception`).
+        net: the Inception feature network (see :func:`fae.evaluation.inception.load_inception`); one
+            with logits (:mod:`fae.evaluation.inception_v3`) also fills ``logits`` (Inception Score).
         batch_size: images per forward pass on each rank.
         keep_features: keep the [N, 2048] pool features (needed for KID and precision/recall).
         progress: show a tqdm bar (rank 0 only).
@@ -109,7 +111,7 @@ def compute_inception_stats(images, net: InceptionFeatures, *, batch_size: int =
     source = as_source(images)
     shard = dist.shard_range(len(source))
     pool_stats, spatial_stats = StreamingStats(POOL_DIM), StreamingStats(SPATIAL_DIM)
-    kept = []
+    kept, logits = [], []  # logits: only from a network with a classifier head (inception_v3)
     bar = tqdm(total=len(shard), desc=desc, unit="img", disable=not (progress and dist.is_main()))
     for start in range(shard.start, shard.stop, batch_size):
         stop = min(start + batch_size, shard.stop)
@@ -118,6 +120,8 @@ def compute_inception_stats(images, net: InceptionFeatures, *, batch_size: int =
         spatial_stats.update(out["spatial"].double())
         if keep_features:
             kept.append(out["pool"].cpu())
+        if "logits" in out:
+            logits.append(out["logits"].cpu())
         bar.update(stop - start)
     bar.close()
     pool_stats, spatial_stats = reduce_stats(pool_stats), reduce_stats(spatial_stats)
@@ -125,8 +129,12 @@ def compute_inception_stats(images, net: InceptionFeatures, *, batch_size: int =
     if keep_features:
         local = torch.cat(kept) if kept else torch.empty(0, POOL_DIM)
         features = _gather(local).numpy()
+    gathered = None
+    if getattr(net, "has_logits", False):  # every rank gathers, an empty shard included
+        gathered = _gather(torch.cat(logits) if logits else torch.empty(0, NUM_LOGITS)).numpy()
     return InceptionStats(mu=pool_stats.mean(), sigma=pool_stats.cov(), mu_s=spatial_stats.mean(),
-                          sigma_s=spatial_stats.cov(), count=pool_stats.count, pool_features=features)
+                          sigma_s=spatial_stats.cov(), count=pool_stats.count, pool_features=features,
+                          logits=gathered)
 
 
 def reduce_stats(stats: StreamingStats) -> StreamingStats:

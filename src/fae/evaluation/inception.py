@@ -15,7 +15,8 @@ What the TorchScript contains (found by reading ``module.code`` and its submodul
   fixed window, the network only accepts 299x299 inputs (256x256 fails inside ``pool2``); it does
   NOT resize internally, so we resize before calling it.
 * There is no classifier head (no ``softmax``/logits layer), so the Inception Score cannot be
-  computed from this network: :data:`HAS_LOGITS` is ``False`` and IS is reported as unavailable.
+  computed from this network: :data:`HAS_LOGITS` is ``False``. IS comes from our InceptionV3 with
+  its 1008-class head (:mod:`fae.evaluation.inception_v3`) when its weights file is given.
 * ``layers.mixed_6.conv`` is the 1x1 branch of block ``mixed_6`` = TF's ``mixed_6/conv`` (post-ReLU,
   ``[B, 192, 17, 17]``). The ADM suite's sFID uses its first 7 channels flattened in NHWC order
   (17 * 17 * 7 = 2023 dims); we run the ``layers`` children one by one to read it.

@@ -73,6 +73,7 @@ class InceptionStats:
     sigma_s: np.ndarray | None = None  # [2023, 2023]
     count: int = 0  # images the statistics were computed from (0: unknown, e.g. ADM files)
     pool_features: np.ndarray | None = None  # [N, 2048] float32, for KID / precision-recall
+    logits: np.ndarray | None = None  # [N, 1008] of the classifier head (Inception Score); not saved
 
     def save(self, path: str | Path, with_features: bool = True) -> Path:
         arrays = {"mu": self.mu, "sigma": self.sigma, "count": np.int64(self.count)}

