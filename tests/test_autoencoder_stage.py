@@ -35,6 +35,16 @@ def test_dry_run_of_the_paper_config_has_the_paper_sizes(capsys):
     assert "global batch 1024" in out and "cosine, 1000 warm-up" in out
 
 
+def test_siglip2_config_is_the_dinov2_fae_on_the_papers_second_backbone():
+    paper = load_config(AutoencoderRunConfig, PAPER_CONFIG)
+    siglip = load_config(AutoencoderRunConfig, PAPER_CONFIG.with_name("fae_siglip2g.yaml"))
+    assert (siglip.backbone.name, siglip.backbone.resolution) == ("siglip2-g-opt16-256", 256)
+    assert siglip.model == paper.model and siglip.loss == paper.loss and siglip.train.optim == paper.train.optim
+    fae = build_stage(siglip).build_models("meta")["fae"]
+    assert fae.latent_shape == (32, 16, 16) and fae.config.token_dim == 1536
+    assert sum(p.numel() for p in fae.encoder.parameters()) == 38_166_592
+
+
 def test_demo_config_validates_and_is_small():
     stage = build_stage(load_config(AutoencoderRunConfig, DEMO_CONFIG))
     fae = stage.build_models("meta")["fae"]

@@ -98,6 +98,10 @@ def test_registry_infos_without_weights():
     assert get_info("siglip2-so400m-patch16-256").grid == (16, 16)
     assert get_info("siglip2-so400m-patch16-256").dim == 1152
     assert get_info("siglip-so400m-patch14-384").grid == (27, 27)
+    giant = get_info("siglip2-g-opt16-256")  # the paper's SigLIP2 FAE backbone
+    assert (giant.dim, giant.grid, giant.resolution, giant.patch_size) == (1536, (16, 16), 256, 16)
+    assert (giant.mean, giant.std, giant.interpolation) == ((0.5,) * 3, (0.5,) * 3, "bilinear")
+    assert giant.source == "google/siglip2-giant-opt-patch16-256" and giant.family == "siglip"
     with pytest.raises(ConfigError, match="unknown backbone 'dinov3'"):
         get_info("dinov3")
 

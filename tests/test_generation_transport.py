@@ -102,8 +102,10 @@ def test_imagenet_lightningdit_config_trains_with_lightningdits_setting():
     from fae.training.stages.generator import GeneratorRunConfig
 
     root = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
-    lightning = load_config(GeneratorRunConfig, root / "lightningdit_xl1.yaml").transport
-    sit = load_config(GeneratorRunConfig, root / "sit_xl1.yaml").transport
+    configs = [load_config(GeneratorRunConfig, root / name) for name in ("lightningdit_xl1.yaml", "sit_xl1.yaml")]
+    lightning, sit = (cfg.transport for cfg in configs)
+    for cfg in configs:  # the paper's 64 / 80 epoch rows (2,500 steps per epoch at batch 512) are kept
+        assert {160_000, 200_000} <= set(cfg.train.milestones) and cfg.train.batch_size == 512
     assert (lightning.time_sampling, lightning.logit_mean, lightning.logit_std, lightning.cosine_weight,
             lightning.shift) == ("logit_normal", 0.0, 1.0, 1.0, 0.4)
     assert (sit.time_sampling, sit.cosine_weight, sit.shift) == ("uniform", 0.0, 0.4)

@@ -58,6 +58,8 @@ def _siglip_entries() -> list[BackboneInfo]:
         ("siglip2-large-patch16-256", "siglip", 1024, 16, 256, "google/siglip2-large-patch16-256"),
         ("siglip2-so400m-patch16-256", "siglip", 1152, 16, 256, "google/siglip2-so400m-patch16-256"),
         ("siglip2-so400m-patch14-384", "siglip", 1152, 14, 384, "google/siglip2-so400m-patch14-384"),
+        # the paper's second FAE (text-to-image, retrieval): SigLIP2 giant, 1536-d, 16x16 at 256 px
+        ("siglip2-g-opt16-256", "siglip", 1536, 16, 256, "google/siglip2-giant-opt-patch16-256"),
         ("siglip2-base-patch16-naflex", "siglip2", 768, 16, 256, "google/siglip2-base-patch16-naflex"),
         ("siglip2-so400m-patch16-naflex", "siglip2", 1152, 16, 256,
          "google/siglip2-so400m-patch16-naflex"),
