@@ -14,8 +14,8 @@ from fae.training.metrics_log import read_metrics
 from fae.training.sampler import StepBatchSampler
 from toy_stage import ToyConfig, ToyStage
 from fae.training.wrappers import unwrap
-from training_dist_worker import COMMON, RUNS
-from training_helpers import single_thread
+from training_dist_worker import COMMON, GRADIENTS, RUNS
+from training_helpers import EXACT_STEP, first_step_gradients, single_thread
 
 WORKER = Path(__file__).with_name("training_dist_worker.py")
 # Measured: losses agree to ~2e-7 relative, weights to ~5e-10 (DDP) / ~4e-9 (FSDP) absolute; the
@@ -61,6 +61,24 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(two_ranks, tmp_path
     distributed = [r["main/loss"] for r in read_metrics(two_ranks / name, "train")]
     assert len(distributed) == len(losses) == 8
     torch.testing.assert_close(torch.tensor(distributed), torch.tensor(losses), rtol=LOSS_RTOL, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(GRADIENTS))
+def test_two_ranks_reduce_to_the_one_rank_gradient(two_ranks, tmp_path, name):
+    """Compared on gradients (no optimiser in between): a sum over ranks instead of a mean, or a
+    missing / grad_accum, shows as a factor 2 here (AdamW would hide it in the weights)."""
+    rank0, rank1 = _load(two_ranks, name)
+    cfg = load_config(ToyConfig, None, [*EXACT_STEP, "train.progress=false", "train.grad_accum=1",
+                                        f"train.run_dir={tmp_path / name}"])
+    with single_thread():
+        trainer = Trainer(ToyStage(cfg))
+        _, grads, grad_norm = first_step_gradients(trainer)
+        trainer.close()
+    for key, value in grads.items():
+        assert torch.equal(rank0["grads"][key], rank1["grads"][key]), key
+        torch.testing.assert_close(rank0["grads"][key], value, rtol=1e-5, atol=1e-7, msg=key)
+    assert rank0["grad_norm"] == pytest.approx(grad_norm, rel=1e-5)
 
 
 @pytest.mark.slow

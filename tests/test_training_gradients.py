@@ -8,31 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from fae.training.engine import Trainer
-from fae.training.sampler import derive_seed, seed_all
-from training_helpers import toy_stage
+from training_helpers import EXACT_STEP, first_step_gradients, toy_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# No randomness inside a step (no dropout, no flips), no clipping, no EMA: the gradient is a pure
-# function of the step's 16 items. float32 sums in another order: ~1e-7 relative.
-EXACT = ["train.batch_size=16", "augment=false", "dropout=0.0", "train.optim.grad_clip=null",
-         "train.ema_decay=null", "train.ckpt_every=0"]
-RTOL, ATOL = 1e-5, 1e-7
+RTOL, ATOL = 1e-5, 1e-7  # float32 sums in another order: ~1e-7 relative
 
 
 def _trainer(run_dir, grad_accum: int, *extra: str) -> Trainer:
-    return Trainer(toy_stage(run_dir, *EXACT, f"train.grad_accum={grad_accum}", *extra))
-
-
-def _first_step(trainer: Trainer) -> tuple[list, dict[str, torch.Tensor], float]:
-    """Micro-batches of step 0, the gradients the engine leaves for them, and its grad-norm."""
-    data = iter(trainer._loader())
-    micro_batches = [next(data) for _ in range(trainer.cfg.grad_accum)]
-    seed_all(derive_seed(trainer.cfg.seed, 0, 0))
-    runner = trainer.runners[0]
-    stats = trainer._run_phase(runner, micro_batches)
-    grads = {k: p.grad.clone() for k, p in trainer.modules["net"].named_parameters()}
-    return micro_batches, grads, float(stats["grad_norm"])
+    return Trainer(toy_stage(run_dir, *EXACT_STEP, f"train.grad_accum={grad_accum}", *extra))
 
 
 def _reference_grads(trainer: Trainer, micro_batches: list) -> dict[str, torch.Tensor]:
@@ -57,7 +41,7 @@ def _norm(grads: dict[str, torch.Tensor]) -> float:
 @pytest.mark.parametrize("grad_accum", [1, 2, 4])
 def test_the_step_gradient_is_the_whole_batch_mean_gradient(tmp_path, grad_accum):
     trainer = _trainer(tmp_path / "run", grad_accum)
-    micro_batches, grads, grad_norm = _first_step(trainer)
+    micro_batches, grads, grad_norm = first_step_gradients(trainer)
     assert [len(x) for x, _ in micro_batches] == [16 // grad_accum] * grad_accum
     reference = _reference_grads(trainer, micro_batches)
     for key, value in reference.items():

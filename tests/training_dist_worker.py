@@ -1,5 +1,6 @@
 """Run under torchrun by tests/test_training_distributed.py: trains toy stages on every rank and
-saves each rank's final parameters (and the run results) to ``OUT/<name>-rank<r>.pt``."""
+saves each rank's final parameters (and the run results), or one step's gradients, to
+``OUT/<name>-rank<r>.pt``."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,7 @@ from fae.config import load_config
 from fae import distributed as du
 from fae.training.engine import Trainer
 from toy_stage import ToyConfig, ToyStage, register
+from training_helpers import EXACT_STEP, first_step_gradients
 
 COMMON = ["train.steps=8", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=4",
           "train.progress=false", "train.ema_decay=0.9", "augment=true", "train.tensorboard=false"]
@@ -20,6 +22,8 @@ RUNS = {
     "fsdp": ["train.distributed=fsdp", "train.grad_accum=2"],
     "fsdp-gan": ["train.distributed=fsdp", "two_phase=true", "generator_start_step=2"],
 }
+# One step's gradients (no optimiser step) of the whole batch split over 2 ranks (x 2 micro-batches).
+GRADIENTS = {"ddp-grads": ["train.grad_accum=1"], "ddp-grads-accum": ["train.grad_accum=2"]}
 # Trained to step 4 first, then resumed (through the FSDP/DDP load path) to step 8.
 RESUMED = {"ddp-resumed": RUNS["ddp"], "fsdp-resumed": RUNS["fsdp"]}
 
@@ -58,7 +62,17 @@ def main(out: Path) -> None:
         raise SystemExit(code)
 
 
+def _save_gradients(out: Path) -> None:
+    for name, extra in GRADIENTS.items():
+        overrides = [*EXACT_STEP, *extra, "train.progress=false", f"train.run_dir={out / name}"]
+        trainer = Trainer(ToyStage(load_config(ToyConfig, None, overrides)))
+        _, grads, grad_norm = first_step_gradients(trainer)
+        trainer.close()
+        torch.save({"grads": grads, "grad_norm": grad_norm}, out / f"{name}-rank{du.rank()}.pt")
+
+
 def _train_all(out: Path) -> None:
+    _save_gradients(out)
     for name, extra in RUNS.items():
         trainer = _trainer(out, name, extra, 8)
         _save(out, name, trainer, _run(trainer))

@@ -19,6 +19,26 @@ def toy_stage(run_dir: Path, *overrides: str) -> ToyStage:
     return ToyStage(load_config(ToyConfig, None, base + list(overrides)))
 
 
+# No randomness inside a step (no dropout, no flips), no clipping, no EMA: a step's gradient is a
+# pure function of its 16 items, however they are split over micro-batches and ranks.
+EXACT_STEP = ["train.batch_size=16", "augment=false", "dropout=0.0", "train.optim.grad_clip=null",
+              "train.ema_decay=null", "train.ckpt_every=0"]
+
+
+def first_step_gradients(trainer) -> tuple[list, dict[str, torch.Tensor], float]:
+    """Step 0's micro-batches on this rank, the gradients the engine leaves for them (after the
+    cross-rank reduction) and its grad-norm, without an optimiser step (single-phase toy stage)."""
+    from fae import distributed as du
+    from fae.training.sampler import derive_seed, seed_all
+
+    data = iter(trainer._loader())
+    micro_batches = [next(data) for _ in range(trainer.cfg.grad_accum)]
+    seed_all(derive_seed(trainer.cfg.seed, du.rank(), 0))
+    stats = trainer._run_phase(trainer.runners[0], micro_batches)
+    grads = {k: p.grad.detach().clone() for k, p in trainer.modules["net"].named_parameters()}
+    return micro_batches, grads, float(stats["grad_norm"])
+
+
 @contextlib.contextmanager
 def single_thread():
     """One intra-op thread, as in the subprocesses, so float results are bit-comparable."""
