@@ -141,6 +141,7 @@ def test_stage_ii_inputs_are_exactly_x_hat_without_noise(tmp_path, cache):
                       cache_tokens=cache, **{"noise.sigma": None, "eval.batch_size": 64})
     assert cfg.noise.sigma == 0.0  # resolved, so the run's saved config records it
     stage = build_stage(cfg)
+    assert stage.describe()["noise"] == "none: the decoder sees its clean inputs exactly (x_hat)"
     stage.build_models("cpu")
     stage.setup(torch.device("cpu"))
     dataset = stage.train_dataset()

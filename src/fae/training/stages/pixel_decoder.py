@@ -390,6 +390,8 @@ class PixelDecoderStage(Stage):
             scale = f"{self.token_scale:.4g}" if self.token_scale is not None else \
                 f"measured from {self.noise.scale_images} training images at start-up"
             lines["noise"] = f"sigma {self.noise.sigma} ({self.noise.mode}) x token RMS scale {scale}"
+        else:
+            lines["noise"] = "none: the decoder sees its clean inputs exactly" + (" (x_hat)" if self.finetune else "")
         if self.finetune:
             lines["init_from"] = str(cfg.init_from)
         if cfg.fae:
