@@ -104,8 +104,8 @@ MIXED = ["data.name=imagefolder", "data.root={w}/mixed"]
 FID = ["eval", "fid"]  # the verb's flags come before its key=value overrides
 FID_OPTIONS = ["sqrt_method=eigh", "progress=false", "out={t}/m.json"]
 
-# (command with {w} = shared inputs and {t} = this test's folder, message fragment, paths that must
-# not exist afterwards)
+# (command with {w} = shared inputs, {t} = this test's folder and {repo} = the checkout, message
+# fragment, paths that must not exist afterwards)
 ROWS = [
     (["train", "autoencoder", "--dry-run", "--config", "{w}/not_yaml.yaml"],
      "config file '{w}/not_yaml.yaml' is not valid YAML", []),
@@ -149,11 +149,26 @@ ROWS = [
     (["sample", "--generator", "{w}/gen_no_dim", "--fae", "{w}/fae", "--num", "2", "--out", "{t}/s.npz"],
      "weights in '{w}/gen_no_dim' do not match its config.json: Error(s) in loading state_dict for "
      "DiffusionTransformer: size mismatch", ["{t}/s.npz"]),
+    (["sample", "--generator", "{w}/gen/export", "--fae", "{w}/fae", "--num", "2", "--out", "{t}/s.npz",
+      "sampling.stepz=4"], "unknown config key 'sampling.stepz'", ["{t}/s.npz"]),
+    (["sample", "--generator", "{w}/gen/export", "--fae", "{w}/fae", "--num", "2", "--out", "{t}/s.npz",
+      "sampling.cfg_interval=[0.9,0.1]"], "config key 'sampling.cfg_interval' must satisfy", ["{t}/s.npz"]),
+    (["demo", "--out", "{t}/demo", "generator.overrides.model.dpth=2"],
+     "demo stage 'generator' (file {repo}/configs/demo/generator.yaml, with generator.overrides): "
+     "unknown config key 'model.dpth'", ["{t}/demo"]),
+    (["demo", "--out", "{t}/demo", "pixel_decoder_ii.overrides.train.steps=many"],
+     "demo stage 'pixel_decoder_ii' (file {repo}/configs/demo/pixel_decoder_ii.yaml, with "
+     "pixel_decoder_ii.overrides): config key 'train.steps': expected an integer, got 'many'", ["{t}/demo"]),
+    (["demo", "--out", "{t}/demo", "eval.sampling.method=rk4"],
+     "config key 'eval.sampling.method': 'rk4' is not one of", ["{t}/demo"]),
 ]
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def _fill(text: str, w: Path, t: Path) -> str:
-    return text.replace("{w}", str(w)).replace("{t}", str(t))
+    return text.replace("{w}", str(w)).replace("{t}", str(t)).replace("{repo}", str(REPO))
 
 
 @pytest.mark.parametrize("command, fragment, absent", ROWS, ids=[" ".join(r[0][:2]) + f" #{i}"

@@ -53,6 +53,11 @@ class SampleConfig:
     sampling: dict[str, Any] = field(default_factory=dict)
     precision: Literal["fp32", "bf16"] = "fp32"
 
+    def validate(self) -> None:
+        from fae.generation.decode import check_sampler_overrides
+
+        check_sampler_overrides(self.sampling, "sampling")
+
     def check(self) -> None:
         """Called when sampling starts (flags may fill the required folders after loading)."""
         for key in ("generator", "fae"):

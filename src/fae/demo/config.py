@@ -81,6 +81,9 @@ class EvalSettings:
         for key in ("test_images", "probe_train_images", "fid_samples", "batch_size"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"config key 'eval.{key}' must be >= 2, got {getattr(self, key)}")
+        from fae.generation.decode import check_sampler_overrides
+
+        check_sampler_overrides(self.sampling, "eval.sampling")
 
 
 @dataclass

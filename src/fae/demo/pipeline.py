@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fae.demo.config import DemoConfig, StageRun
-from fae.errors import FAEError
+from fae.errors import ConfigError, FAEError
 
 
 @dataclass
@@ -51,14 +51,42 @@ def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
     return ("resume", "") if checkpoints else ("new", "")
 
 
-def train_stage(kind: str, run: StageRun, base: Path, overrides: list[str], upstream: list[Path],
-                loader: Callable[[Path], Any]) -> str:
+@dataclass
+class StageSpec:
+    """One training stage as the demo runs it: its section of the demo config, its verb, config
+    file and every override."""
+
+    section: str
+    kind: str
+    config: str | None
+    overrides: list[str]
+
+    def validate(self) -> None:
+        """The stage's config, checked against its schema (no files of earlier stages needed)."""
+        import importlib
+
+        from fae.commands.train import STAGES
+        from fae.config import load_config
+
+        schema = importlib.import_module(STAGES[self.kind]).CONFIG_CLASS
+        try:
+            load_config(schema, self.config, self.overrides)
+        except ConfigError as e:
+            raise ConfigError(f"demo stage '{self.section}' (file {self.config or 'none'}, "
+                              f"with {self.section}.overrides): {e}") from None
+
+
+def stage_spec(section: str, kind: str, run: StageRun, base: Path, overrides: list[str]) -> StageSpec:
+    config = str(_resolve(run.config, base)) if run.config else None
+    return StageSpec(section, kind, config, run.override_list() + overrides)
+
+
+def train_stage(spec: StageSpec, upstream: list[Path], loader: Callable[[Path], Any]) -> str:
     """Build the stage from its config + overrides and train it through the one training loop."""
     from fae.commands.train import load_stage
     from fae.training.engine import train
 
-    config = str(_resolve(run.config, base)) if run.config else None
-    stage = load_stage(kind, config, run.override_list() + overrides)
+    stage = load_stage(spec.kind, spec.config, spec.overrides)
     status, why = stage_status(stage, upstream)
     export = Path(stage.config.train.run_dir) / "export"
     if status == "done":
@@ -109,35 +137,51 @@ def cache_step(cfg: DemoConfig, fae_dir: Path, out: Path, demo_dir: Path) -> str
         return "restarted (inputs changed)"
 
 
-def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
-    """The demo's steps, in order; later steps read the exports of earlier ones. The backbone is
-    named once (``cfg.backbone``) for the two stages that start from images; stage II, the latent
-    cache and the generator read it (and the latent shape) from the exports. Every stage shares one
-    token cache, so each image goes through the backbone once."""
-    from fae.autoencoder import FAE
-    from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.generation import Generator
-
+def stage_specs(cfg: DemoConfig, base: Path, out: Path) -> dict[str, StageSpec]:
+    """The four training stages with the overrides the demo gives them (run folders, the shared
+    token cache, the backbone named once, and the exports each stage reads)."""
     ae, ib, ii, lat, gen = (out / n for n in ("autoencoder", "pixel_decoder_ib", "pixel_decoder_ii",
                                                "latents", "generator"))
     root = [f"data.root={cfg.data_root}"] if cfg.data_root else []
     tokens = [f"token_cache_dir={out / 'token_cache'}"]
     backbone = [f"backbone.name={cfg.backbone.name}", f"backbone.resolution={cfg.backbone.resolution}"]
     common = lambda d: [f"train.run_dir={d}"] + root + tokens  # noqa: E731
+    return {
+        "ae": stage_spec("autoencoder", "autoencoder", cfg.autoencoder, base, common(ae) + backbone),
+        "ib": stage_spec("pixel_decoder_ib", "pixel-decoder", cfg.pixel_decoder_ib, base, common(ib) + backbone),
+        "ii": stage_spec("pixel_decoder_ii", "pixel-decoder", cfg.pixel_decoder_ii, base,
+                         common(ii) + [f"fae={ae / 'export'}", f"init_from={ib / 'export'}"]),
+        "gen": stage_spec("generator", "generator", cfg.generator, base,
+                          [f"train.run_dir={gen}", f"data.cache={lat}", f"data.fae={ii / 'export'}",
+                           "model.num_classes=10"]),
+    }
+
+
+def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
+    """The demo's steps, in order; later steps read the exports of earlier ones. The backbone is
+    named once (``cfg.backbone``) for the two stages that start from images; stage II, the latent
+    cache and the generator read it (and the latent shape) from the exports. Every stage shares one
+    token cache, so each image goes through the backbone once. Every stage's config is validated
+    here, before the first step runs (a typo in the generator's overrides costs no training)."""
+    from fae.autoencoder import FAE
+    from fae.autoencoder.pixel_decoder import PixelDecoder
+    from fae.generation import Generator
+
+    specs = stage_specs(cfg, base, out)
+    for spec in specs.values():
+        spec.validate()
+    ae, ib, ii, lat = (out / n for n in ("autoencoder", "pixel_decoder_ib", "pixel_decoder_ii", "latents"))
     return [
         Step("stage Ia: FAE encoder + feature decoder", lambda: train_stage(
-            "autoencoder", cfg.autoencoder, base, common(ae) + backbone, [], FAE.from_pretrained)),
+            specs["ae"], [], FAE.from_pretrained)),
         Step("stage Ib: pixel decoder on noisy backbone features", lambda: train_stage(
-            "pixel-decoder", cfg.pixel_decoder_ib, base, common(ib) + backbone, [], PixelDecoder.from_pretrained)),
+            specs["ib"], [], PixelDecoder.from_pretrained)),
         Step("stage II: pixel decoder fine-tuned on FAE features", lambda: train_stage(
-            "pixel-decoder", cfg.pixel_decoder_ii, base,
-            common(ii) + [f"fae={ae / 'export'}", f"init_from={ib / 'export'}"],
-            [ae / "export" / "config.json", ib / "export" / "config.json"], FAE.from_pretrained)),
+            specs["ii"], [ae / "export" / "config.json", ib / "export" / "config.json"],
+            FAE.from_pretrained)),
         Step("latent cache of the training images", lambda: cache_step(cfg, ii / "export", lat, out)),
         Step("class-conditional generator", lambda: train_stage(
-            "generator", cfg.generator, base,
-            [f"train.run_dir={gen}", f"data.cache={lat}", f"data.fae={ii / 'export'}", "model.num_classes=10"],
-            [lat / "manifest.json"], Generator.from_pretrained)),
+            specs["gen"], [lat / "manifest.json"], Generator.from_pretrained)),
     ]
 
 
@@ -159,9 +203,10 @@ def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) 
     from fae.io import atomic_save_json
 
     out = Path(out).resolve()
+    steps = pipeline(cfg, base, out)  # validates every stage before anything is written
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    timings = [timed(s.title, s.run) for s in pipeline(cfg, base, out)]
+    timings = [timed(s.title, s.run) for s in steps]
     metrics: dict[str, Any] = {}
 
     def evaluation() -> str:

@@ -62,6 +62,13 @@ def sampler_config(generator, overrides: dict[str, Any] | None = None) -> Sample
     return from_dict(SamplerConfig, {**to_dict(generator.sampling), **(overrides or {})}, prefix="sampling")
 
 
+def check_sampler_overrides(overrides: dict[str, Any], prefix: str = "sampling") -> None:
+    """Check free-form sampler overrides when their config loads, before any model does: unknown
+    keys, types and ranges are ConfigErrors naming ``<prefix>.<key>``. Every range check of
+    ``SamplerConfig`` reads one key, so checking on top of the defaults is exact."""
+    from_dict(SamplerConfig, {**to_dict(SamplerConfig()), **overrides}, prefix=prefix)
+
+
 def class_list(generator, classes: Sequence[int] | None = None) -> list[int] | None:
     """Classes to cycle through (default: all of the generator's); None for an unconditional one."""
     n = generator.config.num_classes
