@@ -98,8 +98,6 @@ def train_stage(spec: StageSpec, upstream: list[Path], loader: Callable[[Path], 
             status = "resume"
     if status == "restart":
         print(f"[demo] starting {stage.config.train.run_dir} again ({why})", flush=True)
-    if status == "new":  # killed before its first checkpoint: drop that attempt's log lines
-        (Path(stage.config.train.run_dir) / "metrics.jsonl").unlink(missing_ok=True)
     train(stage, resume=status != "restart", force=status == "restart")
     return {"new": "ran", "resume": "resumed", "restart": f"restarted ({why})"}[status]
 
