@@ -166,3 +166,13 @@ def test_architecture_change_under_force_is_a_named_error(tmp_path):
         train(toy_stage(run_dir, "train.steps=2"))
         with pytest.raises(CheckpointError, match=r"step-00000002\.pt' does not fit the models.*size mismatch"):
             train(toy_stage(run_dir, "train.steps=4", "hidden=16"), force=True)
+
+
+def test_a_foreign_file_named_like_a_checkpoint_is_a_named_error(tmp_path):
+    run_dir = tmp_path / "run"
+    with single_thread():
+        train(toy_stage(run_dir, "train.steps=2"))
+        torch.save({"weights": torch.ones(2)}, run_dir / "checkpoints" / "step-00000009.pt")
+        with pytest.raises(CheckpointError, match=r"step-00000009\.pt' is not a training checkpoint "
+                                                  r"of fae \(no step, nan_skips"):
+            train(toy_stage(run_dir, "train.steps=2"))

@@ -179,6 +179,10 @@ class Trainer:
         if path is None:
             return None
         state = load_file(path)
+        missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise CheckpointError(f"'{path}' is not a training checkpoint of fae (no "
+                                  f"{', '.join(missing)}); move it out of the checkpoint folder")
         if state["batch_size"] != self.cfg.batch_size:
             raise CheckpointError(f"checkpoint '{path}' used train.batch_size={state['batch_size']}, "
                                   f"the config says {self.cfg.batch_size}")
@@ -375,6 +379,11 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+
+
+# What ``Trainer._state`` writes and ``_resume`` reads.
+_CHECKPOINT_KEYS = ("step", "nan_skips", "world_size", "batch_size", "models", "ema", "optimizers",
+                    "schedules", "rng")
 
 
 def _first_line(error: Exception) -> str:
