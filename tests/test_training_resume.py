@@ -176,3 +176,14 @@ def test_a_foreign_file_named_like_a_checkpoint_is_a_named_error(tmp_path):
         with pytest.raises(CheckpointError, match=r"step-00000009\.pt' is not a training checkpoint "
                                                   r"of fae \(no step, nan_skips"):
             train(toy_stage(run_dir, "train.steps=2"))
+
+
+def test_resuming_from_an_older_checkpoint_sets_the_damaged_newer_one_aside(tmp_path):
+    run_dir = tmp_path / "run"
+    with single_thread():
+        train(toy_stage(run_dir, "train.steps=4", "train.ckpt_every=2"))
+        newest = run_dir / "checkpoints" / "step-00000004.pt"
+        newest.write_bytes(b"cut")
+        assert train(toy_stage(run_dir, "train.steps=4", "train.ckpt_every=2"))["resumed_from"] == 2
+    assert (run_dir / "checkpoints" / "unreadable" / "step-00000004.pt").read_bytes() == b"cut"
+    assert load_file(newest)["step"] == 4  # written again by the resumed run

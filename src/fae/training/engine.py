@@ -176,6 +176,8 @@ class Trainer:
         path, unreadable = du.broadcast_object((path, unreadable))
         if path is None and unreadable:
             self._restart_over(unreadable, restart)
+        elif unreadable:  # resuming from an older one: keep the damaged newer files out of the way
+            self._set_aside(unreadable, f"resuming from {path}")
         if path is None:
             return None
         state = load_file(path)
@@ -206,9 +208,12 @@ class Trainer:
             raise CheckpointError(f"no checkpoint of run folder '{self.run_dir}' can be read "
                                   f"({names}; newest: {unreadable[0][1]}). Pass --restart to move "
                                   "them to checkpoints/unreadable/ and start again from step 0")
+        self._set_aside(unreadable, "restarting from step 0")
+
+    def _set_aside(self, unreadable: list[tuple[str, str]], doing: str) -> None:
         if du.is_main():
             target = self.checkpoints.move_aside([Path(p) for p, _ in unreadable])
-            self._say(f"restarting from step 0; unreadable checkpoints moved to {target}")
+            self._say(f"{doing}; unreadable checkpoints moved to {target}")
         du.barrier()
 
     def _load_state(self, state: dict) -> None:
