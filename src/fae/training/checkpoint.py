@@ -84,7 +84,10 @@ class CheckpointManager:
         target = self.folder / "unreadable"
         target.mkdir(exist_ok=True)
         for path in paths:
-            os.replace(path, target / Path(path).name)
+            name, n = Path(path).name, 1
+            while (target / name).exists():  # set aside before: keep both
+                name, n = f"{Path(path).name}.{n}", n + 1
+            os.replace(path, target / name)
         return target
 
 
