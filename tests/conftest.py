@@ -14,3 +14,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_user_inception_weights(monkeypatch):
+    """Tests choose their Inception network themselves: a user's $FAE_INCEPTION_WEIGHTS (which
+    switches ``fae eval fid`` to the network with logits) must not leak into them."""
+    monkeypatch.delenv("FAE_INCEPTION_WEIGHTS", raising=False)
