@@ -8,6 +8,7 @@ dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,35 @@ import yaml
 from fae.errors import ConfigError
 
 T = TypeVar("T")
+
+# PyYAML implements YAML 1.1, where a float needs a dot: ``1e-4`` would read as the string "1e-4".
+# One loader and one dumper for every config file add YAML 1.2's exponent floats, so ``lr: 1e-4``
+# is a number while a quoted ``'1e-4'`` (and a string field holding "0.0") stays a string.
+_FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                             |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                             |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader reading YAML 1.2 floats (``1e-4``)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes strings :class:`_Loader` would read as floats."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """YAML text -> Python values, with YAML 1.2 floats (the one config reader)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def yaml_dump(data: Any) -> str:
+    """Python values -> YAML text that :func:`yaml_load` reads back unchanged."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def _type_name(tp: Any) -> str:
@@ -156,11 +186,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': the value is not valid YAML ({_first_line(e)})") from None
-    if isinstance(value, str) and _looks_numeric(raw):  # YAML reads '1e-4' as a string
-        value = float(raw)
     return key.split("."), value
 
 
@@ -169,14 +197,6 @@ def _first_line(error: yaml.YAMLError) -> str:
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     mark = getattr(error, "problem_mark", None)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
-def _looks_numeric(raw: str) -> bool:
-    try:
-        float(raw)
-        return True
-    except ValueError:
-        return False
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -191,30 +211,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _fix_yaml_floats(node: Any) -> Any:
-    """PyYAML (YAML 1.1) reads ``1e-4`` as a string; treat such strings as floats."""
-    if isinstance(node, dict):
-        return {k: _fix_yaml_floats(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_fix_yaml_floats(v) for v in node]
-    if isinstance(node, str) and _looks_numeric(node) and any(c in node for c in "eE."):
-        return float(node)
-    return node
-
-
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text (is it a binary file?)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{path}' is not valid YAML: {_first_line(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
-    return _fix_yaml_floats(data)
+    return data
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
@@ -225,5 +234,4 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    Path(path).write_text(yaml_dump(to_dict(cfg)))

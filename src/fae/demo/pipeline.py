@@ -28,15 +28,14 @@ def _mtime(path: Path) -> float:
 
 def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
     """("done" (skip) | "resume" | "restart" (stale) | "new", why)."""
-    import yaml
-
+    from fae.config import yaml_load
     from fae.training.run_folder import _yaml_roundtrip, config_differences
 
     cfg = stage.config
     run_dir = Path(cfg.train.run_dir)
     if not (run_dir / "config.yaml").is_file():
         return "new", ""
-    old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    old = yaml_load((run_dir / "config.yaml").read_text()) or {}
     changed = config_differences(old, _yaml_roundtrip(cfg))
     if changed:
         return "restart", "config changed: " + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")

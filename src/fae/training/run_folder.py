@@ -14,9 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from fae.config import to_dict
+from fae.config import to_dict, yaml_dump, yaml_load
 from fae.errors import CheckpointError
 from fae.io import atomic_write
 from fae.training.metrics_log import set_aside_name
@@ -48,7 +47,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 def _yaml_roundtrip(cfg: Any) -> dict:
     """The config as it reads back from YAML (tuples become lists), for a fair comparison."""
-    return yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return yaml_load(yaml_dump(to_dict(cfg)))
 
 
 def prepare_run_folder(cfg: Any, run_dir: str | Path, resume: bool, force: bool,
@@ -72,7 +71,7 @@ def prepare_run_folder(cfg: Any, run_dir: str | Path, resume: bool, force: bool,
             if metrics.exists():  # the old curves are kept, not deleted
                 os.replace(metrics, set_aside_name(metrics))
     elif config_path.exists():
-        old = yaml.safe_load(config_path.read_text()) or {}
+        old = yaml_load(config_path.read_text()) or {}
         diff = config_differences(old, new)
         if diff and not force:
             shown = ", ".join(f"{k} ({flatten(old).get(k, '<absent>')!r} -> "
@@ -83,5 +82,5 @@ def prepare_run_folder(cfg: Any, run_dir: str | Path, resume: bool, force: bool,
         if diff and write:
             shutil.copyfile(config_path, run_dir / "config.previous.yaml")
     if write:
-        text = yaml.safe_dump(new, sort_keys=False)
+        text = yaml_dump(new)
         atomic_write(config_path, lambda f: f.write(text), mode="w")
