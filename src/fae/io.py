@@ -14,6 +14,17 @@ from typing import Any, Callable
 import torch
 
 
+# The dtypes a cache file may store tensors in (token cache, latent cache), by config name.
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    """``"float16"`` -> ``torch.float16``; anything else is a ValueError naming the choices."""
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, got '{name}'")
+    return STORAGE_DTYPES[name]
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call ``write(fileobj)`` on a temp file next to ``path``, fsync it, then rename onto ``path``."""
     path = Path(path)

@@ -47,7 +47,6 @@ from fae.errors import ConfigError, DataError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PREFIX_STABLE = ("fashion-mnist",)  # datasets whose `limit` keeps the first items
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class TokenDataset(Dataset):
@@ -71,10 +70,13 @@ class TokenDataset(Dataset):
 
 
 def dtype_named(name: str) -> torch.dtype:
-    """``"float16"`` -> ``torch.float16`` (the storage dtypes a cache may use)."""
-    if name not in DTYPES:
-        raise ConfigError(f"token cache dtype must be one of {', '.join(DTYPES)}, got '{name}'")
-    return DTYPES[name]
+    """``"float16"`` -> ``torch.float16`` (``fae.io.STORAGE_DTYPES``), as a ConfigError otherwise."""
+    from fae.io import storage_dtype
+
+    try:
+        return storage_dtype(name)
+    except ValueError as e:
+        raise ConfigError(f"token cache: {e}") from None
 
 
 class TokenCache:

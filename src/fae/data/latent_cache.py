@@ -34,11 +34,10 @@ from torch.utils.data import Dataset
 from fae.config import to_dict
 from fae.data.datasets import DataConfig
 from fae.errors import ConfigError, LatentCacheError
-from fae.io import atomic_save_json, atomic_save_safetensors, read_json_object
+from fae.io import atomic_save_json, atomic_save_safetensors, read_json_object, storage_dtype
 
 FORMAT, VERSION = "fae-latent-cache", 2  # version 1: the cache measured its own statistics
 MANIFEST, LEGACY_STATS = "manifest.json", "stats.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Manifest keys a resumed run must share with the run that started the cache.
 _PLAN_KEYS = ("data", "count", "flip", "shard_size", "dtype")
 
@@ -251,7 +250,7 @@ def _encode_shards(encoder, dataset: Dataset, folder: Path, todo: list[int], cfg
 
     bar = tqdm(total=sum(min(cfg.shard_size, plan["count"] - i * cfg.shard_size) for i in todo),
                disable=not progress, desc="cache-latents", unit="img")
-    dtype = DTYPES[cfg.dtype]
+    dtype = storage_dtype(cfg.dtype)  # validated by CacheConfig's Literal
     for index in todo:
         lo, hi = index * cfg.shard_size, min((index + 1) * cfg.shard_size, plan["count"])
         # A DataLoader (not fae.data.batches.iterate_batches) so that num_workers can decode JPEGs.

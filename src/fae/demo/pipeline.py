@@ -29,14 +29,14 @@ def _mtime(path: Path) -> float:
 def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
     """("done" (skip) | "resume" | "restart" (stale) | "new", why)."""
     from fae.config import yaml_load
-    from fae.training.run_folder import _yaml_roundtrip, config_differences
+    from fae.training.run_folder import config_differences, saved_form
 
     cfg = stage.config
     run_dir = Path(cfg.train.run_dir)
     if not (run_dir / "config.yaml").is_file():
         return "new", ""
     old = yaml_load((run_dir / "config.yaml").read_text()) or {}
-    changed = config_differences(old, _yaml_roundtrip(cfg))
+    changed = config_differences(old, saved_form(cfg))
     if changed:
         return "restart", "config changed: " + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
     checkpoints = sorted((run_dir / "checkpoints").glob("step-*.pt"))

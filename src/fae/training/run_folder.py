@@ -45,7 +45,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return sorted(k for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
-def _yaml_roundtrip(cfg: Any) -> dict:
+def saved_form(cfg: Any) -> dict:
     """The config as it reads back from YAML (tuples become lists), for a fair comparison."""
     return yaml_load(yaml_dump(to_dict(cfg)))
 
@@ -58,7 +58,7 @@ def prepare_run_folder(cfg: Any, run_dir: str | Path, resume: bool, force: bool,
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
-    new = _yaml_roundtrip(cfg)
+    new = saved_form(cfg)
     if not resume and has_checkpoints:
         if not force:
             raise CheckpointError(f"run folder '{run_dir}' already holds checkpoints; resume it "
