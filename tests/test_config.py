@@ -74,3 +74,12 @@ def test_an_optional_section_keeps_the_dotted_key_in_its_errors():
         load_config(Outer, None, ["inner.sise=3"])
     with pytest.raises(ConfigError, match=r"'inner\.size'.*expected an integer"):
         load_config(Outer, None, ["inner.size=big"])
+
+
+def test_yaml_reads_1_2_floats_and_keeps_strings_that_only_look_alike():
+    from fae.config import yaml_dump, yaml_load
+
+    assert yaml_load("a: 1e-4\nb: .5\nc: 2.\nd: -3E2") == {"a": 1e-4, "b": 0.5, "c": 2.0, "d": -300.0}
+    assert yaml_load("a: .\nb: '0.0'\nc: 1e\nd: -.") == {"a": ".", "b": "0.0", "c": "1e", "d": "-."}
+    for text in ("1e-4", "0.0", ".", "abc"):
+        assert yaml_load(yaml_dump({"v": text})) == {"v": text}

@@ -23,7 +23,7 @@ T = TypeVar("T")
 # PyYAML implements YAML 1.1, where a float needs a dot: ``1e-4`` would read as the string "1e-4".
 # One loader and one dumper for every config file add YAML 1.2's exponent floats, so ``lr: 1e-4``
 # is a number while a quoted ``'1e-4'`` (and a string field holding "0.0") stays a string.
-_FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+_FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
                              |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
                              |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
 
