@@ -84,3 +84,25 @@ def test_lpips_without_files_is_a_clear_error(tmp_path, lpips_files):
 
     with pytest.raises(ConfigError, match="lpips_vgg_path"):
         load_config(CONFIG_CLASS, None, ["loss.perceptual=lpips"])
+
+
+def test_efficientnet_distance_is_zero_on_equal_images_grows_with_damage_and_has_gradients():
+    from fae.autoencoder.perceptual import build_perceptual
+    from fae.data.fashion_mnist import FashionMNIST
+    from fae.images import to_unit_range
+
+    torch.manual_seed(0)
+    distance = build_perceptual("efficientnet", resolution=32)
+    real = to_unit_range(FashionMNIST("test", limit=6).images)  # [6, 1, 28, 28] in [-1, 1]
+    blurred = nn.functional.avg_pool2d(real, 3, stride=1, padding=1)
+    noisy = real + 0.5 * torch.randn_like(real)
+    assert torch.allclose(distance(real, real), torch.zeros(6), atol=1e-6)
+    assert (distance(blurred, real) > 0).all()
+    assert (distance(noisy, real) > distance(blurred, real)).all()  # more damage, larger distance
+    fake = blurred.clone().requires_grad_()
+    distance(fake, real).sum().backward()
+    assert fake.grad.abs().sum() > 0 and all(p.grad is None for p in distance.parameters())
+    assert not distance.train().training  # BatchNorm statistics stay frozen
+    with pytest.raises(ConfigError, match="perceptual_resolution"):
+        from fae.autoencoder.losses import PixelLossConfig
+        PixelLossConfig(perceptual="efficientnet", perceptual_resolution=8).validate()

@@ -152,3 +152,44 @@ def test_seam_refiner_starts_as_identity_learns_and_round_trips(tmp_path):
     assert again.config.refine_channels == 8 and torch.equal(again(tokens), refined(tokens))
     with pytest.raises(ConfigError, match="refine_channels"):
         PixelDecoder(replace(tiny(), refine_channels=-1), token_dim=16, grid=(4, 4))
+
+
+def test_conv_head_overfits_mixes_patches_and_round_trips(tmp_path):
+    """head=conv: the Linear paints a feature image and 3x3 convs at full resolution make the pixels,
+    so (unlike the linear head) a token reaches pixels beyond its own patch; it still overfits a
+    small batch, and the export rebuilds it exactly."""
+    from dataclasses import replace
+
+    from fae.backbones import load_backbone
+    from fae.data.fashion_mnist import FashionMNIST
+
+    torch.manual_seed(0)
+    cfg = replace(tiny(), head="conv", head_channels=8, head_convs=2)
+    model = PixelDecoder(cfg, token_dim=64, grid=(4, 4))
+    tokens = torch.randn(1, 16, 64)
+    moved = tokens.clone()
+    moved[0, 0] += 5.0  # token 0 paints rows 0-6, cols 0-6
+    with torch.no_grad():
+        change = (model(moved, clamp=False) - model(tokens, clamp=False)).abs()[0, 0]
+    assert change[:7, :7].sum() > 0 and change[7:9, :9].sum() > 0  # reaches past its patch (three 3x3 convs: 3 px)
+    assert change[10:, 10:].sum() == 0  # but no further
+
+    images = FashionMNIST("train", limit=8).images
+    feats = load_backbone("tiny-vit")(images)  # [8, 16, 64]
+    target = to_unit_range(images)
+    opt = torch.optim.Adam(model.parameters(), lr=4e-3)
+    for _ in range(300):
+        loss = (model(feats, clamp=False) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        score = psnr01(from_unit_range(model(feats)), images.float() / 255)
+    assert score >= 25.0, score
+    assert model.last_layer is model.conv_head.conv_out.weight  # the adaptive GAN weight's layer
+
+    model.save_pretrained(tmp_path / "dec")
+    again = PixelDecoder.from_pretrained(tmp_path / "dec")
+    assert again.config.head == "conv" and torch.equal(again(feats), model(feats))
+    with pytest.raises(ConfigError, match="pixel_decoder.head"):
+        PixelDecoder(replace(tiny(), head="deconv"), token_dim=64, grid=(4, 4))

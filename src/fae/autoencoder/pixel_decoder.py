@@ -44,6 +44,13 @@ class PixelDecoderConfig:
             (0 = off, the paper's pure ViT). Our addition for coarse token grids (the CPU demo's 4x4),
             where each token paints a large patch and the patch seams stay visible; the second conv
             starts at zero, so the module starts as the identity.
+        head: how tokens become pixels. "linear" (the paper's ViT): one Linear per token paints its
+            ``patch x patch`` block. "conv" (our option for coarse grids): the Linear paints a
+            ``head_channels``-deep feature image instead, and ``head_convs`` residual 3x3 convs at
+            full resolution turn it into pixels, so neighbouring patches share detail and edges.
+            Measured on the CPU demo's 4x4 grid (28 px, 500 steps): see configs/demo/pixel_decoder_ib.yaml.
+        head_channels: depth of the feature image ("conv" head only).
+        head_convs: residual 3x3 conv layers at full resolution ("conv" head only).
     """
 
     depth: int = 24
@@ -55,8 +62,16 @@ class PixelDecoderConfig:
     input_norm: Literal["layer", "none"] = "layer"
     qk_norm: bool = False
     refine_channels: int = 0
+    head: Literal["linear", "conv"] = "linear"
+    head_channels: int = 32
+    head_convs: int = 2
 
     def validate(self) -> None:
+        if self.head not in ("linear", "conv"):
+            raise ConfigError(f"config key 'pixel_decoder.head' must be 'linear' or 'conv', got '{self.head}'")
+        if self.head == "conv" and (self.head_channels < 1 or self.head_convs < 0):
+            raise ConfigError(f"config keys 'pixel_decoder.head_channels' (>= 1) and 'pixel_decoder.head_convs' "
+                              f"(>= 0) are out of range: {self.head_channels}, {self.head_convs}")
         if self.refine_channels < 0:
             raise ConfigError(f"config key 'pixel_decoder.refine_channels' must be >= 0, got {self.refine_channels}")
         for key in ("depth", "dim", "heads", "out_channels", "image_size"):
@@ -109,7 +124,9 @@ class PixelDecoder(Exportable, nn.Module):
             TransformerBlock(config.dim, config.heads, config.mlp_ratio, style="vit", qk_norm=config.qk_norm)
             for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim, eps=1e-6)
-        self.head = nn.Linear(config.dim, ph * pw * c)  # one token -> one patch of pixels
+        painted = c if config.head == "linear" else config.head_channels  # channels the Linear paints
+        self.head = nn.Linear(config.dim, ph * pw * painted)  # one token -> one patch of pixels (or features)
+        self.conv_head = ConvHead(painted, c, config.head_convs) if config.head == "conv" else None
         self.refine = SeamRefiner(c, config.refine_channels) if config.refine_channels else None
         self._init_weights()
 
@@ -127,11 +144,11 @@ class PixelDecoder(Exportable, nn.Module):
     @property
     def last_layer(self) -> torch.Tensor:
         """Weight of the final projection (used for the adaptive GAN weight, taming-style)."""
-        return self.head.weight
+        return self.head.weight if self.conv_head is None else self.conv_head.conv_out.weight
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, ph*pw*C] -> [B, C, h*ph, w*pw]."""
-        (h, w), (ph, pw), c = self.grid, self.patch, self.config.out_channels
+        (h, w), (ph, pw), c = self.grid, self.patch, x.shape[-1] // (self.patch[0] * self.patch[1])
         x = x.view(x.shape[0], h, w, ph, pw, c)  # [B, h, w, ph, pw, C]
         return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, h * ph, w * pw)
 
@@ -149,7 +166,9 @@ class PixelDecoder(Exportable, nn.Module):
         for block in self.blocks:
             x = block(x)  # [B, N, dim]
         x = self.head(self.norm(x))  # [B, N, ph*pw*C]
-        images = self.unpatchify(x)  # [B, C, H, W]
+        images = self.unpatchify(x)  # [B, C, H, W] (conv head: [B, head_channels, H, W])
+        if self.conv_head is not None:
+            images = self.conv_head(images)  # [B, C, H, W]
         if self.refine is not None:
             images = self.refine(images)  # [B, C, H, W]
         return images.clamp(-1.0, 1.0) if clamp else images
@@ -191,3 +210,18 @@ class SeamRefiner(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images + self.conv_out(nn.functional.gelu(self.conv_in(images)))  # [B, C, H, W]
+
+
+class ConvHead(nn.Module):
+    """Feature image [B, width, H, W] -> images [B, C, H, W]: ``depth`` residual (GELU -> conv3x3)
+    layers, then GELU -> conv3x3 to the image channels."""
+
+    def __init__(self, width: int, channels: int, depth: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth))
+        self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = x + conv(nn.functional.gelu(x))  # [B, width, H, W]
+        return self.conv_out(nn.functional.gelu(x))  # [B, C, H, W]

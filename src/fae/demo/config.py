@@ -64,6 +64,11 @@ class EvalSettings:
         recon_rows: test images in the reconstruction figure.
         batch_size: images per forward pass.
         seed: seed of the samples.
+        classifier_train_images: first training images the pixel classifier (the judge of decoded
+            images, ``fae.evaluation.pixel_classifier``) learns from (null = all 60000).
+        classifier_steps: its optimiser steps (batch 128).
+        real_floor: also the FID of the next ``test_images`` real test images against the reference
+            ones (the floor an FID at this N can reach; costs ``test_images`` Inception passes).
     """
 
     test_images: int = 1000
@@ -76,8 +81,17 @@ class EvalSettings:
     recon_rows: int = 8
     batch_size: int = 100
     seed: int = 0
+    classifier_train_images: int | None = None
+    classifier_steps: int = 600
+    real_floor: bool = True
 
     def validate(self) -> None:
+        if self.classifier_steps < 1 or (self.classifier_train_images is not None and self.classifier_train_images < 10):
+            raise ConfigError(f"config keys 'eval.classifier_steps' (>= 1) and 'eval.classifier_train_images' "
+                              f"(>= 10 or null) are out of range: {self.classifier_steps}, {self.classifier_train_images}")
+        if self.real_floor and self.test_images > 5000:
+            raise ConfigError(f"eval.real_floor compares two disjoint sets of eval.test_images test images, "
+                              f"so eval.test_images must be <= 5000, got {self.test_images}")
         for key in ("test_images", "probe_train_images", "fid_samples", "batch_size"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"config key 'eval.{key}' must be >= 2, got {getattr(self, key)}")

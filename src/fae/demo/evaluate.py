@@ -13,9 +13,12 @@ cache every stage shared (each image went through the backbone once), features a
   FAE latents (encode -> decode_features -> stage-II decoder), and rFID of the latter;
 * generation FID of ``eval.fid_samples`` class-balanced samples (with CFG, optionally without)
   against the test images (the reference set's size is reported beside it);
-* class accuracy: the raw head applied to the backbone features of each generated image; the
-  latent head applied to each generated latent (the generator alone); the raw head on the decoded
-  test reconstructions (how much of a miss is the pixel decoder's).
+* class accuracy by the pixel classifier (``fae.evaluation.pixel_classifier``, trained on the real
+  training pixels by :func:`classifier_step`): of the real test images (its ceiling), of the decoded
+  test reconstructions (from features and from latents: how much of a miss is the pixel decoder's)
+  and of the generated images; and the latent head on each generated latent (the generator alone);
+* the real-vs-real FID floor: the next ``eval.test_images`` test images against the reference ones
+  (``eval.real_floor``), so rFID and generation FID can be read against what this N allows.
 
 Results go to ``out/eval/metrics.json`` with the uint8 images the figures need
 (``out/eval/images.pt``); a re-run reuses them while the exports they came from are unchanged.
@@ -39,6 +42,7 @@ def _fingerprint(cfg, out: Path) -> dict[str, Any]:
     """What the evaluation depends on: its settings and the exports' modification times."""
     exports = {name: (out / name / "export" / "model.safetensors")
                for name in ("pixel_decoder_ib", "pixel_decoder_ii", "generator")}
+    exports["classifier"] = classifier_path(out)
     return {"eval": to_dict(cfg.eval), "data_root": cfg.data_root,
             "exports": {k: p.stat().st_mtime if p.exists() else None for k, p in exports.items()}}
 
@@ -58,6 +62,33 @@ def evaluate_step(cfg, out: Path) -> tuple[str, dict[str, Any]]:
     atomic_torch_save(images, images_path)
     atomic_save_json({"fingerprint": fingerprint, "metrics": metrics}, metrics_path)
     return "ran", metrics
+
+
+# ------------------------------------------------------------------------------------------ the judge
+
+
+def classifier_path(out: Path) -> Path:
+    return out / "classifier" / "classifier.pt"
+
+
+def classifier_step(cfg, out: Path) -> str:
+    """Train the pixel classifier on real training pixels unless ``out/classifier`` holds one trained
+    with these settings."""
+    from fae.data.fashion_mnist import FashionMNIST
+    from fae.evaluation.pixel_classifier import ClassifierConfig, train_pixel_classifier
+    from fae.io import atomic_save_json
+
+    ev = cfg.eval
+    settings = {"train_images": ev.classifier_train_images, "steps": ev.classifier_steps,
+                "data_root": cfg.data_root}
+    path, record = classifier_path(out), out / "classifier" / "settings.json"
+    if path.is_file() and record.is_file() and json.loads(record.read_text()) == settings:
+        return "skipped (outputs valid)"
+    train = FashionMNIST("train", root=cfg.data_root, limit=ev.classifier_train_images)
+    model = train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=ev.classifier_steps))
+    model.save(path)
+    atomic_save_json(settings, record)
+    return "ran"
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -89,15 +120,16 @@ def split_tokens(cfg, fae, out: Path, split: str, count: int) -> tuple[torch.Ten
     return tokens.float(), labels, build_dataset(data)
 
 
-def backbone_features(fae, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Pooled raw backbone features [n, D] of (generated or decoded) uint8 images."""
-    from torch.utils.data import TensorDataset
+def real_images(cfg, split: str, start: int, count: int) -> torch.Tensor:
+    """uint8 images [count, 1, 28, 28] of a split from index ``start`` (an error if it has fewer)."""
+    from fae.data.fashion_mnist import FashionMNIST
+    from fae.errors import DataError
 
-    from fae.evaluation.probe_features import FAEFeatures, pooled_features
-
-    features, _ = pooled_features(FAEFeatures(fae, "raw"), TensorDataset(images, labels),
-                                  batch_size=batch_size, desc="backbone features")
-    return features
+    images = FashionMNIST(split, root=cfg.data_root).images[start:start + count]
+    if len(images) < count:
+        raise DataError(f"the Fashion-MNIST {split} split has fewer than {start + count} images "
+                        f"(eval.test_images with eval.real_floor needs two disjoint sets)")
+    return images
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -107,6 +139,7 @@ def backbone_features(fae, images: torch.Tensor, labels: torch.Tensor, batch_siz
 def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
     from fae.data.batches import iterate_batches, map_batches
+    from fae.evaluation.pixel_classifier import PixelClassifier
     from fae.evaluation.probe import linear_probe
     from fae.evaluation.probe_features import probe_features
     from fae.evaluation.recon import feature_metrics, mean_image_scores
@@ -114,6 +147,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
     ev = cfg.eval
     fae, ib_decoder, generator = load_models(out)
+    judge = PixelClassifier.load(classifier_path(out))
     train_x, train_y, _ = split_tokens(cfg, fae, out, "train", ev.probe_train_images)
     test_x, test_y, test_set = split_tokens(cfg, fae, out, "test", ev.test_images)
     train = probe_features(fae, train_x, ("raw", "latent"), batch_size=ev.batch_size)
@@ -134,23 +168,46 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for name, images in decoded.items():
         for key, value in mean_image_scores(original, images).items():
             m[f"{key}_{name}"] = value
-    m["class_accuracy_reconstructions"] = probe(
-        "raw", backbone_features(fae, decoded["from_latents"], test_y, ev.batch_size), test_y)
+    m["classifier_accuracy_real"] = judge.accuracy(original, test_y)
+    m["class_accuracy_reconstructions"] = judge.accuracy(decoded["from_latents"], test_y)
+    m["class_accuracy_reconstructions_ib"] = judge.accuracy(decoded["from_features"], test_y)
 
     guided, plain, sampling = draw_samples(ev, generator, fae)
     m["cfg"] = sampling_summary(sampling)
     m["fid_samples"], m["class_accuracy_samples_no_cfg"] = len(guided.labels), len(plain.labels)
     for tag, batch in (("cfg", guided), ("no_cfg", plain)):
-        m[f"class_accuracy_{tag}"] = probe("raw", backbone_features(fae, batch.images, batch.labels,
-                                                                    ev.batch_size), batch.labels)
+        m[f"class_accuracy_{tag}"] = judge.accuracy(batch.images, batch.labels)
         # The generator alone: the latent head on the pooled generated latents (no pixel decoder).
         m[f"latent_class_accuracy_{tag}"] = probe("latent", batch.latents.mean(dim=(2, 3)), batch.labels)
-    m.update(fid_scores(ev, original, decoded["from_latents"], guided, plain))
+    floor = real_images(cfg, "test", len(original), len(original)) if ev.real_floor else None
+    m.update(fid_scores(ev, original, decoded["from_latents"], guided, plain, floor))
     shown = ev.grid_per_class * NUM_CLASSES
-    figures = {"original": original[:ev.recon_rows],
-               **{k: v[:ev.recon_rows] for k, v in decoded.items()},
+    rows = min(ev.recon_rows, len(original))
+    figures = {"original": original[:rows], "labels": test_y[:rows],
+               "latent_pca": latent_pca_images(fae.encode(test_x[:rows]), original.shape[-1]),
+               **{k: v[:rows] for k, v in decoded.items()},
                "guided": guided.images[:shown], "plain": plain.images[:shown]}
     return m, figures
+
+
+def latent_pca_images(z: torch.Tensor, size: int) -> torch.Tensor:
+    """Latents [n, c, h, w] as uint8 RGB pictures [n, 3, size, size]: the three leading principal
+    components over all their positions, each scaled to [0, 1], nearest-neighbour upscaled."""
+    import torch.nn.functional as F
+
+    from fae.images import quantize
+
+    n, c, h, w = z.shape
+    flat = z.permute(0, 2, 3, 1).reshape(-1, c).double()  # [n*h*w, c]
+    flat = flat - flat.mean(dim=0)
+    _, _, v = torch.linalg.svd(flat, full_matrices=False)
+    k = min(3, v.shape[0])
+    comps = flat @ v[:k].T  # [n*h*w, k]
+    comps = (comps - comps.min(dim=0).values) / (comps.max(dim=0).values - comps.min(dim=0).values).clamp_min(1e-12)
+    if k < 3:
+        comps = torch.cat([comps, comps[:, :1].expand(-1, 3 - k)], dim=1)
+    rgb = comps.view(n, h, w, 3).permute(0, 3, 1, 2).float()  # [n, 3, h, w]
+    return quantize(F.interpolate(rgb, size=(size, size), mode="nearest"))
 
 
 def draw_samples(ev, generator, fae):
@@ -172,8 +229,10 @@ def draw_samples(ev, generator, fae):
     return guided, plain, sampling
 
 
-def fid_scores(ev, original: torch.Tensor, reconstructions: torch.Tensor, guided, plain) -> dict[str, float]:
-    """rFID and generation FID(s) against the test images (ADM Inception pool features)."""
+def fid_scores(ev, original: torch.Tensor, reconstructions: torch.Tensor, guided, plain,
+               floor: torch.Tensor | None = None) -> dict[str, float]:
+    """rFID, generation FID(s) and (given ``floor``: other real test images) the real-vs-real FID,
+    all against the same reference test images (ADM Inception pool features)."""
     from fae.evaluation.features import compute_inception_stats
     from fae.evaluation.fid import fid_from_features
     from fae.evaluation.inception import load_inception
@@ -188,6 +247,8 @@ def fid_scores(ev, original: torch.Tensor, reconstructions: torch.Tensor, guided
     real = features(original, "test images")
     scores = {"rfid": fid_from_features(features(reconstructions, "reconstructions"), real),
               "fid_cfg": fid_from_features(features(guided.images, "samples, CFG"), real)}
+    if floor is not None:
+        scores["fid_real_floor"] = fid_from_features(features(floor, "other test images"), real)
     if ev.fid_without_cfg:
         scores["fid_no_cfg"] = fid_from_features(features(plain.images, "samples, no CFG"), real)
     return scores

@@ -195,7 +195,7 @@ def timed(title: str, action: Callable[[], str]) -> dict[str, Any]:
 
 def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) -> Path:
     """Run every stage (skipping fresh ones), evaluate, and write the report; returns report.html."""
-    from fae.demo.evaluate import evaluate_step
+    from fae.demo.evaluate import classifier_step, evaluate_step
     from fae.demo.report import write_report
     from fae.io import atomic_save_json
 
@@ -204,6 +204,7 @@ def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timings = [timed(s.title, s.run) for s in steps]
+    timings.append(timed("pixel classifier (judge of decoded images)", lambda: classifier_step(cfg, out)))
     metrics: dict[str, Any] = {}
 
     def evaluation() -> str:

@@ -216,7 +216,7 @@ class PixelDecoderStage(Stage):
             self.fae = FAE.from_pretrained(cfg.fae, device=device, backbone=self.backbone)
             self.fae.requires_grad_(False).eval()
         self.perceptual = build_perceptual(cfg.loss.perceptual, self.backbone, cfg.loss.lpips_vgg_path,
-                                           cfg.loss.lpips_heads_path)
+                                           cfg.loss.lpips_heads_path, cfg.loss.perceptual_resolution)
         if self.perceptual is not None:
             self.perceptual.to(device)
         if self.finetune:
@@ -406,6 +406,8 @@ def _describe_perceptual(loss: PixelLossConfig) -> str:
         return f"lpips (VGG16 '{loss.lpips_vgg_path}', heads '{loss.lpips_heads_path}')"
     if loss.perceptual == "backbone":
         return "backbone (feature matching on the frozen backbone's LayerNorm-ed tokens)"
+    if loss.perceptual == "efficientnet":
+        return f"efficientnet (LPIPS-style, early EfficientNet-Lite0 blocks at {loss.perceptual_resolution} px)"
     return "none"
 
 
