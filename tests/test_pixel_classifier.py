@@ -11,15 +11,14 @@ from fae.evaluation.pixel_classifier import ClassifierConfig, PixelClassifier, t
 
 @pytest.fixture(scope="module")
 def judge():
-    train = FashionMNIST("train", limit=10000)
-    return train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=300), progress=False)
+    # A short run; tests/test_demo.py checks the demo's judge reaches >= 85% on real test images.
+    train = FashionMNIST("train", limit=2000)
+    return train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=60), progress=False)
 
 
-def test_classifier_recognises_real_test_images(judge):
-    # 300 steps on 10K images (~15 s here). A classifier that ignores its input scores 10%; one that
-    # reads the wrong pixel range, a broken augmentation or a scrambled label order stays far below.
+def test_classifier_learns_from_pixels(judge):
     test = FashionMNIST("test", limit=1000)
-    assert judge.accuracy(test.images, test.labels) >= 0.85
+    assert judge.accuracy(test.images, test.labels) >= 0.6  # chance: 0.1
     shuffled = test.labels[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
     assert judge.accuracy(test.images, shuffled) < 0.3
 

@@ -156,8 +156,8 @@ def test_seam_refiner_starts_as_identity_learns_and_round_trips(tmp_path):
 
 def test_conv_head_overfits_mixes_patches_and_round_trips(tmp_path):
     """head=conv: the Linear paints a feature image and 3x3 convs at full resolution make the pixels,
-    so (unlike the linear head) a token reaches pixels beyond its own patch; it still overfits a
-    small batch, and the export rebuilds it exactly."""
+    so (unlike the linear head) a patch's features reach pixels beyond it, 3 px at most; the decoder
+    still overfits a small batch, and the export rebuilds it exactly."""
     from dataclasses import replace
 
     from fae.backbones import load_backbone
@@ -166,13 +166,13 @@ def test_conv_head_overfits_mixes_patches_and_round_trips(tmp_path):
     torch.manual_seed(0)
     cfg = replace(tiny(), head="conv", head_channels=8, head_convs=2)
     model = PixelDecoder(cfg, token_dim=64, grid=(4, 4))
-    tokens = torch.randn(1, 16, 64)
-    moved = tokens.clone()
-    moved[0, 0] += 5.0  # token 0 paints rows 0-6, cols 0-6
+    painted = torch.randn(1, 8, 28, 28)  # the feature image the Linear paints (token 0: rows/cols 0-6)
+    moved = painted.clone()
+    moved[..., :7, :7] += 5.0
     with torch.no_grad():
-        change = (model(moved, clamp=False) - model(tokens, clamp=False)).abs()[0, 0]
-    assert change[:7, :7].sum() > 0 and change[7:9, :9].sum() > 0  # reaches past its patch (three 3x3 convs: 3 px)
-    assert change[10:, 10:].sum() == 0  # but no further
+        change = (model.conv_head(moved) - model.conv_head(painted)).abs()[0, 0]
+    assert change[7:10, :10].sum() > 0  # reaches past its patch (three 3x3 convs: 3 px)
+    assert change[10:, :].sum() == 0 and change[:, 10:].sum() == 0  # but no further
 
     images = FashionMNIST("train", limit=8).images
     feats = load_backbone("tiny-vit")(images)  # [8, 16, 64]

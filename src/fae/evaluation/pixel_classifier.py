@@ -99,7 +99,7 @@ class PixelClassifier(nn.Module):
             saved = torch.load(path, map_location="cpu", weights_only=True)
             model = cls(ClassifierConfig(**saved["config"]))
             model.load_state_dict(saved["state"])
-        except (OSError, KeyError, TypeError, RuntimeError) as e:
+        except Exception as e:  # unreadable, foreign pickle, other keys or shapes
             raise CheckpointError(f"'{path}' is not a saved pixel classifier: {e}") from None
         return model.eval()
 
