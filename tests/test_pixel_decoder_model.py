@@ -96,6 +96,16 @@ def psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((10 * torch.log10(1.0 / mse)).mean())
 
 
+def fit_l1(model: PixelDecoder, tokens: torch.Tensor, target: torch.Tensor, steps: int = 300) -> None:
+    """``steps`` full-batch Adam steps of L1 towards ``target`` images in [-1, 1]."""
+    opt = torch.optim.Adam(model.parameters(), lr=4e-3)
+    for _ in range(steps):
+        loss = (model(tokens, clamp=False) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_overfits_a_small_batch_to_high_psnr():
     """8 Fashion-MNIST images from tiny-vit tokens, 300 Adam steps of L1.
 
@@ -111,12 +121,7 @@ def test_overfits_a_small_batch_to_high_psnr():
     tokens = load_backbone("tiny-vit")(images)  # [8, 16, 64]
     target = to_unit_range(images)
     model = PixelDecoder(tiny(), token_dim=64, grid=(4, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=4e-3)
-    for _ in range(300):
-        loss = (model(tokens, clamp=False) - target).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_l1(model, tokens, target)
     with torch.no_grad():
         decoded = from_unit_range(model(tokens))
     real = images.float() / 255
@@ -177,12 +182,7 @@ def test_conv_head_overfits_mixes_patches_and_round_trips(tmp_path):
     images = FashionMNIST("train", limit=8).images
     feats = load_backbone("tiny-vit")(images)  # [8, 16, 64]
     target = to_unit_range(images)
-    opt = torch.optim.Adam(model.parameters(), lr=4e-3)
-    for _ in range(300):
-        loss = (model(feats, clamp=False) - target).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_l1(model, feats, target)
     with torch.no_grad():
         score = psnr01(from_unit_range(model(feats)), images.float() / 255)
     assert score >= 25.0, score

@@ -43,21 +43,11 @@ def reconstruction_figure(images: dict[str, torch.Tensor]):
     latent), then a generated sample of the same class."""
     from fae.images import to_uint8_rgb
 
-    rows = len(images["original"])
-    columns = [to_uint8_rgb(images["original"])]
-    labels = ["original"]
-    if "latent_pca" in images:
-        columns.append(images["latent_pca"])
-        labels.append("Ia: latent")
-    columns += [to_uint8_rgb(images["from_features"]), to_uint8_rgb(images["from_latents"])]
-    labels += ["Ib: features", "II: latent"]
-    if "labels" in images:  # sample i of the grid asked for class i % 10
-        columns.append(to_uint8_rgb(torch.stack([images["guided"][int(c)] for c in images["labels"]])))
-        labels.append("generated")
-    tiles = torch.stack(columns, dim=1).flatten(0, 1)  # [rows * columns, 3, H, W]
-    names = [CLASS_NAMES[int(c)] for c in images["labels"]] if "labels" in images else None
-    return image_grid(tiles, ncol=len(columns), scale=SCALE, row_labels=names, col_labels=labels,
-                      label_width=90 if names else 110)
+    samples = torch.stack([images["guided"][int(c)] for c in images["labels"]])  # sample i asked for class i % 10
+    columns = [images["original"], images["latent_pca"], images["from_features"], images["from_latents"], samples]
+    tiles = torch.stack([to_uint8_rgb(c) for c in columns], dim=1).flatten(0, 1)  # [rows * 5, 3, H, W]
+    return image_grid(tiles, ncol=len(columns), scale=SCALE, row_labels=[CLASS_NAMES[int(c)] for c in images["labels"]],
+                      col_labels=["original", "Ia: latent", "Ib: features", "II: latent", "generated"], label_width=90)
 
 
 def _by_class(samples: torch.Tensor, per_class: int) -> torch.Tensor:

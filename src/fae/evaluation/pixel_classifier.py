@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fae.errors import CheckpointError, DataError
+from fae.images import to_unit_range
 
 
 @dataclass
@@ -69,7 +70,7 @@ class PixelClassifier(nn.Module):
         self.head = nn.Linear(c_in, config.num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+        x = to_unit_range(images) if images.dtype == torch.uint8 else images.float()
         x = self.features(x)  # [B, 4w, H/4, W/4]
         return self.head(x.mean(dim=(2, 3)))  # [B, classes]
 
@@ -134,7 +135,7 @@ def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, config: C
     model = PixelClassifier(config).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps)
-    x_all, y_all = images.float() / 127.5 - 1.0, labels.to(torch.long)
+    x_all, y_all = to_unit_range(images), labels.to(torch.long)
     bar = None
     if progress:
         from tqdm import tqdm
