@@ -18,6 +18,21 @@ from fae.generation.config import GeneratorConfig
 from fae.nn import Attention, Rope2D, TimestepEmbedder, make_mlp, make_norm, sincos_2d
 
 
+def patchify(z: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, c, h, w] -> [B, (h/p)*(w/p), p*p*c] (row-major tokens, (p, p, c) inside a token)."""
+    B, c, h, w = z.shape
+    z = z.reshape(B, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # [B, h/p, w/p, p, p, c]
+    return z.reshape(B, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, p: int, c: int, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, N, p*p*c] -> [B, c, h, w] for a token grid (h/p, w/p); the inverse of :func:`patchify`."""
+    B = x.shape[0]
+    gh, gw = grid
+    x = x.reshape(B, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [B, c, h/p, p, w/p, p]
+    return x.reshape(B, c, gh * p, gw * p)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x * (1 + scale) + shift, with shift/scale [B, 1, D] broadcast over tokens."""
     return torch.addcmul(shift, x, 1 + scale)
@@ -114,19 +129,12 @@ class DiffusionTransformer(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def patchify(self, z: torch.Tensor) -> torch.Tensor:
-        """[B, c, h, w] -> [B, (h/p)*(w/p), p*p*c] (row-major tokens, (p, p, c) inside a token)."""
-        B, c, h, w = z.shape
-        p = self.config.patch_size
-        z = z.reshape(B, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # [B, h/p, w/p, p, p, c]
-        return z.reshape(B, (h // p) * (w // p), p * p * c)
+        """[B, c, h, w] -> [B, (h/p)*(w/p), p*p*c] (see :func:`patchify`)."""
+        return patchify(z, self.config.patch_size)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, p*p*c] -> [B, c, h, w]; the inverse of :meth:`patchify`."""
-        B = x.shape[0]
-        p, c = self.config.patch_size, self.config.latent_channels
-        gh, gw = self.config.grid
-        x = x.reshape(B, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [B, c, h/p, p, w/p, p]
-        return x.reshape(B, c, gh * p, gw * p)
+        return unpatchify(x, self.config.patch_size, self.config.latent_channels, self.config.grid)
 
     def condition_vector(self, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """SiLU(t-embedding + condition embedding): the input of every adaLN linear.  [B, D]."""

@@ -2,12 +2,34 @@
 
 Used by every transformer in FAE (encoder, feature decoder, pixel decoder, generator).
 The head dim is free: the FAE encoder uses 24 heads x 256 = 6144 wide attention on 1536-d tokens.
+Causal attention and a key/value cache (token-by-token decoding) serve the autoregressive flow
+(``fae.generation.flow``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class KVCache:
+    """Keys and values of the tokens one attention layer has seen so far (one cache per layer).
+
+    Decoding feeds new tokens only; :meth:`extend` appends their keys/values [B, H, n, d] and returns
+    everything cached [B, H, T, d], so each step costs O(T) instead of re-running the prefix.
+    """
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
 
 
 class Attention(nn.Module):
@@ -35,13 +57,24 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(inner, out_dim or dim, bias=proj_bias) if proj else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: nn.Module | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: nn.Module | None = None, causal: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """``rope`` rotates queries and keys of these N tokens; ``causal`` lets token i attend to
+        tokens <= i only; ``cache`` holds the keys/values of earlier tokens (then x holds the new
+        tokens, which come after every cached one)."""
         B, N, _ = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, self.head_dim)  # [B, N, 3, H, d]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, d]
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q), rope(k)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
+        mask = None
+        if cache is not None:
+            k, v = cache.extend(k, v)  # [B, H, T, d], T = cached + N
+            if causal and N > 1:  # new token j sees every cached token and new tokens <= j
+                T = k.shape[2]
+                mask = torch.ones(N, T, dtype=torch.bool, device=x.device).tril(diagonal=T - N)
+            causal = False  # a single new token may see the whole cache
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # [B, H, N, d]
         out = out.transpose(1, 2).reshape(B, N, self.heads * self.head_dim)  # [B, N, H*d]
         return self.proj(out)

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fae.nn.attention import Attention
+from fae.nn.attention import Attention, KVCache
 from fae.nn.mlp import Mlp, SwiGLU
 
 BlockStyle = Literal["vit", "lightning"]
@@ -40,6 +40,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_norm(norm, dim)
         self.mlp = make_mlp(mlp, dim, mlp_ratio)
 
-    def forward(self, x: torch.Tensor, rope: nn.Module | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope=rope)  # [B, N, D]
+    def forward(self, x: torch.Tensor, rope: nn.Module | None = None, causal: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """``causal`` and ``cache`` as in :meth:`Attention.forward` (the autoregressive flow)."""
+        x = x + self.attn(self.norm1(x), rope=rope, causal=causal, cache=cache)  # [B, N, D]
         return x + self.mlp(self.norm2(x))  # [B, N, D]

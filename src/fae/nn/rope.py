@@ -25,8 +25,9 @@ def rope_2d_angles(grid: tuple[int, int], head_dim: int, theta: float = 10000.0)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (x[..., 2i], x[..., 2i+1]) of x [B, H, N, d] by the given angles."""
-    x2 = x.float().unflatten(-1, (-1, 2))  # [B, H, N, d/2, 2]
+    """Rotate channel pairs (x[..., 2i], x[..., 2i+1]) of x [B, H, N, d] by the given angles
+    (in fp32, or fp64 for fp64 inputs: the flow's invertibility is checked in fp64)."""
+    x2 = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))  # [B, H, N, d/2, 2]
     a, b = x2[..., 0], x2[..., 1]
     out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
     return out.flatten(-2).type_as(x)

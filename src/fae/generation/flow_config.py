@@ -1,0 +1,182 @@
+"""Config of the autoregressive normalizing-flow generator (STARFlow, Gu et al. 2025; TARFlow,
+Zhai et al. 2024) and of its sampler; the network lives in ``fae.generation.flow``.
+
+Layout (data -> noise, the direction of the likelihood):
+
+    x --shallow block 1 .. shallow block K (shallow_layers each)--> deep block (deep_layers) --> z ~ N(0, I)
+
+Sizes are (deep_layers, shallow_blocks, shallow_layers, dim): STARFlow's ImageNet-256 default is
+one 18-layer deep block and five 2-layer shallow blocks at width 2048 with 64-wide heads (1.4B
+parameters, the public release's ``TarFlow_XLv2_1``); S and B are our smaller choices for
+experiments.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from fae.errors import ConfigError
+
+# name -> (deep_layers, shallow_blocks, shallow_layers, dim).
+FLOW_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "S": (8, 3, 2, 384),  # our choice
+    "B": (12, 5, 2, 768),  # our choice
+    "XL": (18, 5, 2, 2048),  # STARFlow ImageNet 256x256 default
+}
+
+# name -> the published parameter count the dry run prints beside ours.
+PUBLISHED_PARAMS: dict[str, str] = {"XL": "1.4B (STARFlow, ImageNet 256x256 default; Gu et al. 2025)"}
+
+
+@dataclass
+class FlowConfig:
+    """Architecture of the STARFlow generator (saved in the export's config.json).
+
+    Args:
+        size: preset in ``FLOW_SIZES`` giving deep_layers / shallow_blocks / shallow_layers / dim
+            where those are left null.
+        deep_layers: transformer layers of the deep block (the one next to the noise).
+        shallow_blocks: number of shallow flow blocks (between the data and the deep block).
+        shallow_layers: transformer layers of each shallow block.
+        dim: transformer width of every block.
+        head_dim: width of one attention head (STARFlow: 64); heads = dim / head_dim.
+        mlp_ratio: MLP hidden ratio.
+        style: "vit" (LayerNorm + GELU MLP, STARFlow's default) or "lightning" (RMSNorm + SwiGLU).
+        qk_norm: RMSNorm on queries and keys.
+        patch_size: 1 (FAE latents, 16x16 tokens) or 2 (SD-VAE-shaped 32x32x4 latents, 16x16 tokens).
+        latent_channels, latent_size: latent shape (c, h = w); null = from the FAE export or the
+            latent cache, as for the diffusion generator.
+        num_classes: class-conditional with this many classes (0 = unconditional); class
+            ``num_classes`` is the null class used for guidance.
+        class_dropout: probability a training label is replaced by the null class, once per
+            sample for every block (STARFlow: 0.1).
+        condition: which blocks see the class: "all" (our choice for class labels) or "deep"
+            (STARFlow's text setting, ``cond_top_only``: shallow blocks are unconditional).
+        noise_std: std of the Gaussian noise added to the (per-channel normalised) training
+            latents, and the sigma of the denoising step after sampling (STARFlow: 0.3).
+        log_scale_clip: soft clip c * tanh(a / c) of every log-scale (STARFlow's soft_clip, 4 in
+            its public text-to-image config); 0 disables it.
+    """
+
+    size: Literal["S", "B", "XL"] = "XL"
+    deep_layers: int | None = None
+    shallow_blocks: int | None = None
+    shallow_layers: int | None = None
+    dim: int | None = None
+    head_dim: int = 64
+    mlp_ratio: float = 4.0
+    style: Literal["vit", "lightning"] = "vit"
+    qk_norm: bool = False
+    patch_size: int = 1
+    latent_channels: int | None = None
+    latent_size: int | None = None
+    num_classes: int = 1000
+    class_dropout: float = 0.1
+    condition: Literal["all", "deep"] = "all"
+    noise_std: float = 0.3
+    log_scale_clip: float = 0.0
+
+    def resolved(self) -> FlowConfig:
+        """A copy with every null size field filled from ``size``; the latent shape must be known."""
+        for key in ("latent_channels", "latent_size"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"config key 'flow.{key}' is null: set it, or let `fae train "
+                                  f"generator` read it from the FAE export (data.fae) or the latent "
+                                  f"cache (data.cache)")
+        preset = dict(zip(("deep_layers", "shallow_blocks", "shallow_layers", "dim"), FLOW_SIZES[self.size]))
+        out = dataclasses.replace(self, **{k: v if getattr(self, k) is None else getattr(self, k)
+                                           for k, v in preset.items()})
+        out.validate()
+        return out
+
+    def with_latent_shape(self, shape: tuple[int, int, int], source: str) -> FlowConfig:
+        """A copy whose latent shape is ``shape`` = (c, h, w) as made upstream (``source`` names it
+        in errors); explicit values must agree with it."""
+        c, h, w = (int(v) for v in shape)
+        if h != w:
+            raise ConfigError(f"{source} makes latents {[c, h, w]} on a non-square grid; the flow "
+                              f"needs h = w (flow.latent_size)")
+        for key, value in (("latent_channels", c), ("latent_size", h)):
+            given = getattr(self, key)
+            if given is not None and given != value:
+                raise ConfigError(f"config key 'flow.{key}' is {given}, but {source} makes latents "
+                                  f"{[c, h, w]} ({key} = {value}); leave it null to use {value}")
+        return dataclasses.replace(self, latent_channels=c, latent_size=h)
+
+    def validate(self) -> None:
+        for key in ("deep_layers", "dim", "head_dim", "patch_size", "latent_channels", "latent_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key 'flow.{key}' must be >= 1, got {value}")
+        for key in ("shallow_blocks", "shallow_layers"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"config key 'flow.{key}' must be >= 0, got {value}")
+        if self.shallow_blocks and self.shallow_layers == 0:
+            raise ConfigError("config key 'flow.shallow_layers' is 0 while flow.shallow_blocks is "
+                              f"{self.shallow_blocks}: a flow block needs at least one layer")
+        if self.patch_size not in (1, 2):
+            raise ConfigError(f"config key 'flow.patch_size' must be 1 or 2, got {self.patch_size}")
+        if self.latent_size is not None and self.latent_size % self.patch_size:
+            raise ConfigError(f"config key 'flow.latent_size' ({self.latent_size}) must be divisible "
+                              f"by flow.patch_size ({self.patch_size})")
+        if self.dim is not None and self.dim % self.head_dim:
+            raise ConfigError(f"config key 'flow.dim' ({self.dim}) must be divisible by flow.head_dim "
+                              f"({self.head_dim})")
+        if self.head_dim % 4:
+            raise ConfigError(f"config key 'flow.head_dim' must be divisible by 4 (2-D RoPE), got "
+                              f"{self.head_dim}")
+        if self.num_classes < 0:
+            raise ConfigError(f"config key 'flow.num_classes' must be >= 0, got {self.num_classes}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ConfigError(f"config key 'flow.class_dropout' must be in [0, 1), got {self.class_dropout}")
+        if self.noise_std < 0:
+            raise ConfigError(f"config key 'flow.noise_std' must be >= 0, got {self.noise_std}")
+        if self.log_scale_clip < 0:
+            raise ConfigError(f"config key 'flow.log_scale_clip' must be >= 0, got {self.log_scale_clip}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid after patchifying."""
+        side = self.latent_size // self.patch_size
+        return side, side
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """[c, h, w] of one latent."""
+        return self.latent_channels, self.latent_size, self.latent_size
+
+    @property
+    def token_channels(self) -> int:
+        """Values per token: p * p * c."""
+        return self.patch_size ** 2 * self.latent_channels
+
+
+@dataclass
+class FlowSamplerConfig:
+    """How to sample the flow (invert its blocks token by token).
+
+    Args:
+        cfg_scale: guidance scale, 1 = plain conditional sampling. STARFlow's guidance weight is
+            w = cfg_scale - 1 (it samples each token from p_c^(1+w) / p_u^w, see
+            ``fae.generation.flow.guided_affine``); every conditioned block is guided.
+        denoise: after sampling, take the score step x + noise_std^2 * grad log p(x) with the
+            flow's own likelihood (the model was trained on noise-augmented latents).
+        kv_cache: reuse keys/values of decoded tokens (the fast path); false recomputes the whole
+            prefix per token (for testing; the same result up to float round-off).
+    """
+
+    cfg_scale: float = 1.0
+    denoise: bool = True
+    kv_cache: bool = True
+
+    def validate(self) -> None:
+        if self.cfg_scale <= 0:
+            raise ConfigError(f"flow sampler key 'cfg_scale' (flow_sampling.cfg_scale in a training "
+                              f"config, sampling.cfg_scale for `fae sample`) must be > 0 (1 = no "
+                              f"guidance), got {self.cfg_scale}")
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0

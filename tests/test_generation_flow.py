@@ -1,0 +1,236 @@
+"""STARFlow (fae.generation.flow): exact inverses, log-determinants against brute-force Jacobians,
+the likelihood of known Gaussians, cached = uncached decoding, guidance at scale 1, a falling NLL,
+and the flow through the generator stage, its export and `fae sample` (tiny configs, CPU)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fae.errors import ConfigError
+from fae.generation.flow import STARFlow, TARFlowBlock, flow_loss, guided_affine
+from fae.generation.flow_config import FlowConfig, FlowSamplerConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(deep_layers=2, shallow_blocks=2, shallow_layers=1, dim=32, head_dim=8, latent_channels=3,
+            latent_size=4, num_classes=5)
+
+
+def randomize(module: torch.nn.Module, std: float = 0.1) -> torch.nn.Module:
+    """Non-zero output layers: a fresh flow is the identity map, which would test nothing."""
+    for m in module.modules():
+        if isinstance(m, TARFlowBlock):
+            torch.nn.init.normal_(m.proj_out.weight, std=std)
+            torch.nn.init.normal_(m.proj_out.bias, std=std)
+    return module
+
+
+def tiny_flow(seed: int = 0, **overrides) -> STARFlow:
+    torch.manual_seed(seed)
+    return randomize(STARFlow(FlowConfig(**{**TINY, **overrides}))).double().eval()
+
+
+def test_the_deep_block_is_last_and_orders_alternate():
+    flow = tiny_flow(shallow_blocks=3)
+    assert [len(b.layers) for b in flow.blocks] == [1, 1, 1, 2]
+    assert [b.reverse for b in flow.blocks] == [True, False, True, False]
+    assert all(b.conditioned for b in flow.blocks)
+    deep_only = tiny_flow(condition="deep")
+    assert [b.conditioned for b in deep_only.blocks] == [False, False, True]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_each_block_is_exactly_invertible_in_float64(reverse, kv_cache):
+    torch.manual_seed(1)
+    block = randomize(TARFlowBlock(6, 32, 2, 8, 4.0, "vit", False, (3, 3), reverse, num_classes=4), 0.3)
+    block = block.double().eval()
+    x = torch.randn(3, 9, 6, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        z, logdet = block(x, labels)
+        back = block(z, labels, inverse=True, kv_cache=kv_cache)
+    assert (z - x).abs().max() > 0.1  # a real transformation
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-5)
+
+
+def test_the_whole_flow_is_invertible_with_patches():
+    flow = tiny_flow(patch_size=2)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        z, _ = flow(x, torch.tensor([1, 4]))
+        torch.testing.assert_close(flow.inverse(z, torch.tensor([1, 4])), x, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_log_determinant_equals_a_brute_force_jacobian(reverse):
+    torch.manual_seed(2)
+    block = randomize(TARFlowBlock(2, 16, 1, 8, 2.0, "lightning", True, (2, 2), reverse, num_classes=0), 0.5)
+    block = block.double().eval()
+    x = torch.randn(1, 4, 2, dtype=torch.float64)
+    _, logdet = block(x)
+    jac = torch.autograd.functional.jacobian(lambda v: block(v.view(1, 4, 2))[0].flatten(), x.flatten())
+    assert torch.linalg.det(jac).abs() < 0.999 or torch.linalg.det(jac).abs() > 1.001  # not volume-preserving
+    torch.testing.assert_close(logdet[0], torch.linalg.slogdet(jac)[1], rtol=0, atol=1e-9)
+    # Autoregressive: the Jacobian is triangular in the block's token order.
+    order = torch.arange(4).flip(0) if reverse else torch.arange(4)
+    blocks = jac.view(4, 2, 4, 2)[order][:, :, order]  # [out token, c, in token, c]
+    for i in range(3):
+        assert blocks[i, :, i + 1:].abs().max() == 0  # token i depends on tokens <= i only
+
+
+def test_the_whole_flows_log_likelihood_matches_the_jacobian():
+    flow = tiny_flow(latent_channels=1, latent_size=2, head_dim=8, dim=16)
+    x = torch.randn(1, 1, 2, 2, dtype=torch.float64)
+    label = torch.tensor([3])
+    jac = torch.autograd.functional.jacobian(lambda v: flow(v.view(1, 1, 2, 2), label)[0].flatten(), x.flatten())
+    z, _ = flow(x, label)
+    expected = torch.linalg.slogdet(jac)[1] - 0.5 * (z.square() + math.log(2 * math.pi)).sum()
+    torch.testing.assert_close(flow.log_prob(x, label)[0], expected, rtol=0, atol=1e-9)
+
+
+def test_an_identity_initialised_flow_gives_the_standard_normal_nll():
+    torch.manual_seed(3)
+    flow = STARFlow(FlowConfig(**TINY)).double()  # zero output layers: every block is x -> x
+    x = torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    z, logdet = flow(x, torch.tensor([0, 1, 2, 3]))
+    assert torch.equal(z, x) and torch.equal(logdet, torch.zeros(4, dtype=torch.float64))
+    expected = 0.5 * (x.square() + math.log(2 * math.pi)).flatten(1).mean(1)
+    torch.testing.assert_close(flow.nll_per_dim(x, torch.tensor([0, 1, 2, 3])), expected)
+
+
+def test_a_constant_affine_block_is_a_known_gaussian_and_samples_it():
+    """Output weights 0, bias (mu, a): every token is N(mu, e^(2a)) whatever came before."""
+    flow = STARFlow(FlowConfig(**{**TINY, "shallow_blocks": 0, "num_classes": 0})).double().eval()
+    mu, a = torch.linspace(-1, 1, 3, dtype=torch.float64), torch.tensor([0.3, -0.5, 0.1], dtype=torch.float64)
+    with torch.no_grad():
+        flow.blocks[0].proj_out.bias.copy_(torch.cat([mu, a]))
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    gauss = torch.distributions.Normal(mu.view(1, 3, 1, 1), a.exp().view(1, 3, 1, 1))
+    torch.testing.assert_close(flow.log_prob(x), gauss.log_prob(x).flatten(1).sum(1))
+    samples = flow.sample(torch.randn(4000, 3, 4, 4, dtype=torch.float64), None,
+                          FlowSamplerConfig(denoise=False))
+    torch.testing.assert_close(samples.mean((0, 2, 3)), mu, rtol=0, atol=0.03)
+    torch.testing.assert_close(samples.std((0, 2, 3)), a.exp(), rtol=0.03, atol=0)
+
+
+def test_kv_cached_sampling_equals_uncached_sampling_with_and_without_guidance():
+    flow = tiny_flow()
+    noise, labels = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 4])
+    for scale in (1.0, 2.5):
+        cached = flow.sample(noise, labels, FlowSamplerConfig(cfg_scale=scale, denoise=False))
+        uncached = flow.sample(noise, labels, FlowSamplerConfig(cfg_scale=scale, denoise=False, kv_cache=False))
+        torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-10)
+
+
+def test_guidance_at_scale_1_equals_conditional_sampling():
+    flow = tiny_flow()
+    noise, labels = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 4])
+    null = flow.conditioner.null_like(labels)
+    with torch.no_grad():
+        conditional = flow.inverse(noise, labels)
+        guided_path = flow.inverse(noise, labels, null_cond=null, cfg_scale=1.0)  # the doubled batch
+        guided = flow.inverse(noise, labels, null_cond=null, cfg_scale=3.0)
+    torch.testing.assert_close(guided_path, conditional, rtol=0, atol=1e-12)
+    assert (guided - conditional).abs().max() > 1e-3  # guidance does change the samples
+
+
+def test_guided_affine_is_the_normalised_product_of_the_two_gaussians():
+    """p_c^(1+w) / p_u^w on a grid of x, renormalised, has the mean and std guided_affine gives."""
+    mu_c, a_c, mu_u, a_u, scale = (torch.tensor([v], dtype=torch.float64) for v in (0.5, -0.2, -0.4, 0.1, 2.0))
+    mu, a = guided_affine(mu_c, a_c, mu_u, a_u, float(scale))
+    xs = torch.linspace(-8, 8, 200001, dtype=torch.float64)
+    logp = lambda m, s: torch.distributions.Normal(m, s.exp()).log_prob(xs)
+    w = float(scale) - 1
+    density = ((1 + w) * logp(mu_c, a_c) - w * logp(mu_u, a_u)).exp()
+    density = density / density.sum()
+    mean = (density * xs).sum()
+    torch.testing.assert_close(mu[0], mean, rtol=0, atol=1e-8)
+    torch.testing.assert_close(a.exp()[0], ((density * (xs - mean) ** 2).sum()).sqrt(), rtol=0, atol=1e-8)
+
+
+def test_denoising_is_tweedies_step_on_the_flows_own_density():
+    """Identity flow = N(0, I) prior, so grad log p(x) = -x and the step is x (1 - sigma^2)."""
+    flow = STARFlow(FlowConfig(**{**TINY, "noise_std": 0.3})).double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    labels = torch.tensor([1, 2])
+    torch.testing.assert_close(flow.denoise(x, labels), x * (1 - 0.09))
+    sampled = flow.sample(x, labels, FlowSamplerConfig())  # inverse (identity) + denoise
+    torch.testing.assert_close(sampled, x * (1 - 0.09))
+
+
+def test_label_dropout_replaces_labels_by_the_null_class_for_every_block_at_once():
+    flow = STARFlow(FlowConfig(**{**TINY, "class_dropout": 0.5}))
+    labels = torch.zeros(1000, dtype=torch.long)
+    flow.train()
+    dropped = flow._drop_labels(labels)
+    assert set(dropped.tolist()) == {0, 5} and 400 < int((dropped == 5).sum()) < 600
+    flow.eval()
+    assert torch.equal(flow._drop_labels(labels), labels)
+
+
+def structured_latents(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, 2, 4, 4] latents with strong spatial correlation and a class-dependent mean: a smooth
+    random field (low-rank) + a class pattern + small noise; labels [n] in 0..3."""
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    patterns = torch.linspace(-1.5, 1.5, 4).view(4, 1, 1, 1) * torch.ones(1, 2, 4, 4)
+    basis = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(7))
+    field = torch.einsum("nk,kchw->nchw", torch.randn(n, 3, generator=generator), basis)
+    return patterns[labels] + field + 0.05 * torch.randn(n, 2, 4, 4, generator=generator), labels
+
+
+def test_a_few_hundred_steps_lower_the_nll_below_the_best_diagonal_gaussian():
+    torch.manual_seed(0)
+    cfg = FlowConfig(deep_layers=2, shallow_blocks=1, shallow_layers=1, dim=64, head_dim=16, latent_channels=2,
+                     latent_size=4, num_classes=4, noise_std=0.05, class_dropout=0.1)
+    flow = STARFlow(cfg)
+    data = torch.Generator().manual_seed(1)
+    test_x, test_y = structured_latents(512, data)
+    fixed = torch.Generator().manual_seed(2)
+
+    def held_out() -> float:
+        flow.eval()
+        with torch.no_grad():
+            value = float(flow_loss(flow, test_x, test_y, cfg.noise_std, torch.Generator().manual_seed(3)))
+        flow.train()
+        return value
+
+    before = held_out()
+    optimiser = torch.optim.AdamW(flow.parameters(), lr=2e-3)
+    for _ in range(300):
+        x, y = structured_latents(64, fixed)
+        loss = flow_loss(flow, x, y, cfg.noise_std)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    after = held_out()
+    # The best per-dimension Gaussian (each coordinate's own mean and std) ignores correlations.
+    noisy = test_x + cfg.noise_std * torch.randn(test_x.shape, generator=torch.Generator().manual_seed(3))
+    diagonal = float((0.5 * math.log(2 * math.pi) + noisy.std(0).log() + 0.5).mean())
+    print(f"held-out NLL/dim {before:.3f} -> {after:.3f}; best diagonal Gaussian {diagonal:.3f}")
+    assert before > 1.0 and after < before - 1.0, (before, after)
+    assert after < diagonal - 1.0, (after, diagonal)
+
+
+def test_bad_config_values_name_their_key():
+    with pytest.raises(ConfigError, match="flow.dim"):
+        STARFlow(FlowConfig(**{**TINY, "dim": 30}))
+    with pytest.raises(ConfigError, match="flow.latent_channels"):
+        STARFlow(FlowConfig(**{**TINY, "latent_channels": None}))
+    with pytest.raises(ConfigError, match="flow.patch_size"):
+        FlowConfig(**{**TINY, "patch_size": 3}).resolved()
+    with pytest.raises(ConfigError, match="flow.shallow_layers"):
+        FlowConfig(**{**TINY, "shallow_layers": 0}).resolved()
+    with pytest.raises(ConfigError, match="cfg_scale"):
+        FlowSamplerConfig(cfg_scale=0.0).validate()
+
+
+def test_the_starflow_default_sizes_match_the_published_1_4b():
+    from fae.generation.flow import build_flow
+
+    for c, side, patch in ((32, 16, 1), (4, 32, 2)):  # FAE latents, SD-VAE-shaped latents: 256 tokens
+        flow = build_flow(FlowConfig(size="XL", latent_channels=c, latent_size=side, patch_size=patch), "meta")
+        assert flow.config.grid == (16, 16)
+        assert 1.40e9 < flow.num_params() < 1.45e9
