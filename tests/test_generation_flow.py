@@ -234,3 +234,124 @@ def test_the_starflow_default_sizes_match_the_published_1_4b():
         flow = build_flow(FlowConfig(size="XL", latent_channels=c, latent_size=side, patch_size=patch), "meta")
         assert flow.config.grid == (16, 16)
         assert 1.40e9 < flow.num_params() < 1.45e9
+
+
+# ---------------------------------------------------------------- through the stage, export and CLI
+
+
+def test_diffusion_run_configs_keep_their_saved_form_and_misplaced_sections_are_refused():
+    from fae.config import load_config
+    from fae.training.run_folder import saved_form
+    from fae.training.stages.generator import GeneratorRunConfig
+
+    saved = saved_form(load_config(GeneratorRunConfig, "configs/imagenet256/lightningdit_xl1.yaml", []))
+    assert not {"kind", "flow", "flow_sampling"} & set(saved)  # run folders written before still resume
+    flow = saved_form(load_config(GeneratorRunConfig, "configs/imagenet256/starflow_fae.yaml", []))
+    assert flow["kind"] == "flow" and flow["flow"]["latent_channels"] == 32
+    with pytest.raises(ConfigError, match="section 'flow' is set, but kind is 'diffusion'"):
+        load_config(GeneratorRunConfig, None, ["flow.dim=64"])
+    with pytest.raises(ConfigError, match="section 'sampling' is set, but kind is 'flow'"):
+        load_config(GeneratorRunConfig, "configs/imagenet256/starflow_fae.yaml", ["sampling.steps=10"])
+    with pytest.raises(ConfigError, match="flow.head_dim"):
+        load_config(GeneratorRunConfig, "configs/imagenet256/starflow_fae.yaml", ["flow.head_dim=6"])
+
+
+@pytest.mark.parametrize("name,count", [("starflow_fae", "1.424B"), ("starflow_sdvae", "1.423B")])
+def test_dry_run_prints_the_count_next_to_the_published_one(capsys, name, count):
+    from fae.cli import main as fae_main
+
+    assert fae_main(["train", "generator", "--config", f"configs/imagenet256/{name}.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"STARFlow-XL/{1 if name == 'starflow_fae' else 2}" in out and "(256 tokens)" in out
+    assert f"{count} parameters; published: 1.4B" in out
+
+
+def test_a_flow_export_round_trips_and_samples_the_same(tmp_path):
+    from fae.errors import CheckpointError
+    from fae.generation import FlowGenerator, Generator, load_generator
+
+    torch.manual_seed(4)
+    gen = FlowGenerator(FlowConfig(**TINY), latent_mean=torch.randn(3), latent_std=torch.rand(3) + 0.5,
+                        sampling=FlowSamplerConfig(cfg_scale=1.5), fae_identity={"identity": "abc"})
+    randomize(gen.model).eval()
+    folder = gen.save_pretrained(tmp_path / "flow")
+    again = load_generator(tmp_path / "flow")
+    assert isinstance(again, FlowGenerator) and again.sampling == gen.sampling
+    assert again.config == gen.config and again.fae_identity == {"identity": "abc"}
+    for (k, a), (k2, b) in zip(gen.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    labels = torch.tensor([0, 4, 2])
+    first = gen.sample(range(3), labels, seed=5)
+    torch.testing.assert_close(again.sample(range(3), labels, seed=5), first, rtol=0, atol=1e-6)
+    # Sample i depends on (seed, index, label) only, not on the batch it is drawn in.
+    torch.testing.assert_close(gen.sample(range(3), labels, seed=5, batch_size=2), first, rtol=0, atol=1e-5)
+    with pytest.raises(CheckpointError, match="holds a 'fae-flow-generator' export, not a 'fae-generator'"):
+        Generator.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    """A tiny FAE's latent cache, an untrained (step 0) and an 80-step flow run on it."""
+    from test_generation_pipeline import cache_config, export_fae
+
+    from fae.commands.cache_latents import cache_latents
+    from fae.config import load_config
+    from fae.training.engine import train
+    from fae.training.stages.generator import GeneratorRunConfig, build_stage
+
+    root = tmp_path_factory.mktemp("flow")
+    export_fae(root / "fae", seed=0)
+    cache_latents(cache_config(root, root / "cache"))
+
+    def run(name: str, steps: int) -> dict:
+        overrides = [f"data.cache={root / 'cache'}", f"data.fae={root / 'fae'}", f"train.run_dir={root / name}",
+                     "kind=flow", "flow.deep_layers=2", "flow.shallow_blocks=1", "flow.shallow_layers=1",
+                     "flow.dim=32", "flow.head_dim=8", "flow.num_classes=10", "flow.noise_std=0.1",
+                     f"train.steps={steps}", "train.batch_size=32", "train.optim.lr=2e-3", "train.ema_decay=0.5",
+                     "train.log_every=10", "train.ckpt_every=0", "train.eval_every=0", "train.progress=false",
+                     "eval.grid_samples=4", "eval.loss_items=96"]
+        return train(build_stage(load_config(GeneratorRunConfig, None, overrides)))
+
+    return root, run("r0", 0), run("run", 80)
+
+
+@pytest.mark.slow
+def test_the_generator_stage_trains_the_flow_and_lowers_its_bits_per_dim(flow_run):
+    import json
+    from pathlib import Path
+
+    from fae.autoencoder import FAE
+    from fae.generation import FlowGenerator, load_generator
+
+    root, untrained, result = flow_run
+    before, after = untrained["eval"]["bits_per_dim"], result["eval"]["bits_per_dim"]
+    assert after < before - 0.3, (before, after)
+    assert result["eval"]["fixed_noise_loss"] == pytest.approx(after * math.log(2))
+    assert (root / "run" / "samples" / "step_0000080.png").is_file()
+    lines = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("main/bits_per_dim" in line for line in lines)
+    gen, fae = load_generator(result["export"]), FAE.from_pretrained(root / "fae")
+    assert isinstance(gen, FlowGenerator) and gen.fae_identity["identity"] == fae.identity()
+    assert torch.equal(gen.latent_mean, fae.latent_mean) and torch.equal(gen.latent_std, fae.latent_std)
+    model = json.loads((Path(result["export"]) / "config.json").read_text())["model"]
+    assert (model["latent_channels"], model["latent_size"], model["deep_layers"]) == (4, 4, 2)
+
+
+@pytest.mark.slow
+def test_fae_sample_picks_the_flow_from_its_export(flow_run, capsys):
+    import numpy as np
+
+    from fae.cli import main as fae_main
+    from fae.evaluation.stats import read_sample_batch
+
+    root, _, result = flow_run
+    out = root / "flow_samples.npz"
+    args = ["sample", "--generator", result["export"], "--fae", str(root / "fae"), "--num", "8",
+            "--classes", "1,2", "--batch-size", "4", "--out", str(out), "sampling.cfg_scale=2.0"]
+    assert fae_main(args) == 0
+    images, labels = read_sample_batch(out)
+    assert images.shape == (8, 28, 28, 3) and np.bincount(labels, minlength=3).tolist() == [0, 4, 4]
+    capsys.readouterr()
+    # A diffusion sampler key is refused by name once the export shows the generator is a flow.
+    assert fae_main(args[:-1] + ["sampling.steps=4"]) == 2
+    assert "sampling.steps" in capsys.readouterr().err

@@ -167,10 +167,18 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+# Field metadata: leave the field out of ``to_dict`` while it holds its default. For sections a
+# schema gains that most of its configs never use (the generator's flow sections): run folders
+# written before they existed still hold the same config, so they resume instead of restarting.
+OMIT_IF_DEFAULT = {"omit_if_default": True}
+
+
 def to_dict(cfg: Any) -> Any:
-    """Plain-python (YAML/JSON-safe) view of a config dataclass."""
+    """Plain-python (YAML/JSON-safe) view of a config dataclass (fields marked
+    :data:`OMIT_IF_DEFAULT` are left out while they hold their default; reading back restores it)."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not (f.metadata.get("omit_if_default") and getattr(cfg, f.name) == _field_default(f))}
     if isinstance(cfg, (list, tuple)):
         return [to_dict(v) for v in cfg]
     if isinstance(cfg, dict):

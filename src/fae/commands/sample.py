@@ -27,7 +27,7 @@ class SampleConfig:
 
     Args:
         generator: exported generator folder (``fae train generator`` writes ``run_dir/export``;
-            its weights are the EMA weights).
+            its weights are the EMA weights), diffusion or flow (STARFlow): the export says which.
         fae: exported FAE folder with a pixel decoder; must be the FAE the generator was trained for.
         num: number of samples N.
         classes: classes to cycle through (default: all of the generator's classes).
@@ -36,7 +36,8 @@ class SampleConfig:
         out: the ``.npz`` file to write.
         grid: PNG grid path (default: ``out`` with ``.png``); grid_count samples are shown.
         grid_count: how many samples the grid shows.
-        sampling: overrides of the generator's stored sampler settings (keys of ``SamplerConfig``).
+        sampling: overrides of the generator's stored sampler settings (keys of ``SamplerConfig``
+            for a diffusion generator, of ``FlowSamplerConfig`` for a flow: cfg_scale, denoise).
         precision: "fp32" (default) or "bf16" autocast for the generator and decoder on CUDA
             (users of peer systems saw bf16 sampling shift FID: compare like with like).
     """
@@ -75,13 +76,13 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
 
     from fae import distributed as du
     from fae.autoencoder import FAE
-    from fae.generation import Generator
     from fae.evaluation.stats import write_sample_batch
+    from fae.generation import load_generator
     from fae.generation.decode import SampleDecoder, check_pair, class_labels, sampler_config
 
     cfg.check()
     device = du.device()
-    generator = Generator.from_pretrained(cfg.generator, device=device)
+    generator = load_generator(cfg.generator, device=device)  # diffusion or flow, as the export says
     fae = FAE.from_pretrained(cfg.fae, device=device)
     check_pair(generator, fae.identity(), fae.latent_shape, cfg.generator, cfg.fae)
     indices = du.shard_range(cfg.num)

@@ -21,6 +21,7 @@ import torch
 
 from fae.config import from_dict, to_dict
 from fae.errors import ConfigError, LatentCacheError
+from fae.generation.flow_config import FlowSamplerConfig
 from fae.generation.samplers import SamplerConfig
 from fae.generation.seeding import balanced_labels
 
@@ -56,17 +57,27 @@ class SampleBatch:
 # ------------------------------------------------------------------------- settings and labels
 
 
-def sampler_config(generator, overrides: dict[str, Any] | None = None) -> SamplerConfig:
-    """The generator's stored sampler settings with ``overrides`` (``SamplerConfig`` keys) applied
-    and validated; an unknown key is a ConfigError naming ``sampling.<key>``."""
-    return from_dict(SamplerConfig, {**to_dict(generator.sampling), **(overrides or {})}, prefix="sampling")
+def sampler_config(generator, overrides: dict[str, Any] | None = None):
+    """The generator's stored sampler settings with ``overrides`` applied and validated, in the
+    settings class of its kind (``SamplerConfig`` for diffusion, ``FlowSamplerConfig`` for the flow);
+    an unknown key is a ConfigError naming ``sampling.<key>``."""
+    schema = type(generator.sampling)
+    return from_dict(schema, {**to_dict(generator.sampling), **(overrides or {})}, prefix="sampling")
 
 
 def check_sampler_overrides(overrides: dict[str, Any], prefix: str = "sampling") -> None:
     """Check free-form sampler overrides when their config loads, before any model does: unknown
-    keys, types and ranges are ConfigErrors naming ``<prefix>.<key>``. Every range check of
-    ``SamplerConfig`` reads one key, so checking on top of the defaults is exact."""
-    from_dict(SamplerConfig, {**to_dict(SamplerConfig()), **overrides}, prefix=prefix)
+    keys, types and ranges are ConfigErrors naming ``<prefix>.<key>``. Every range check of the
+    sampler settings reads one key, so checking on top of the defaults is exact. The generator's
+    kind is not known yet: overrides valid for either kind pass (the diffusion sampler's error is
+    reported); :func:`sampler_config` checks them against the loaded generator's kind."""
+    try:
+        from_dict(SamplerConfig, {**to_dict(SamplerConfig()), **overrides}, prefix=prefix)
+    except ConfigError as diffusion_error:
+        try:
+            from_dict(FlowSamplerConfig, {**to_dict(FlowSamplerConfig()), **overrides}, prefix=prefix)
+        except ConfigError:
+            raise diffusion_error from None
 
 
 def class_list(generator, classes: Sequence[int] | None = None) -> list[int] | None:

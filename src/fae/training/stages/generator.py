@@ -11,17 +11,28 @@ and shift. The engine keeps an EMA of the network; evaluation and the export use
 (``run_dir/export``) is a ``Generator`` folder holding the EMA weights, the resolved architecture
 (numbers, never null), the latent statistics (to un-normalise samples) and the identity of the
 FAE that wrote the cache.
+
+``kind: flow`` trains a STARFlow normalizing flow (``fae.generation.flow``) instead, on the same
+cache through the same loop: its architecture is the ``flow`` section, its sampler settings
+``flow_sampling``, its loss the exact NLL per dimension of noise-augmented latents (evaluation:
+``bits_per_dim``), its export a ``FlowGenerator`` folder that ``fae sample`` recognises.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
+from fae.config import OMIT_IF_DEFAULT, to_dict
 from fae.errors import ConfigError, LatentCacheError
-from fae.generation import SIZES, Generator, GeneratorConfig, SamplerConfig, Transport, TransportConfig
+from fae.generation import (SIZES, FlowConfig, FlowGenerator, FlowSamplerConfig, Generator, GeneratorConfig,
+                            SamplerConfig, Transport, TransportConfig, build_flow)
+from fae.generation.flow import flow_loss
+from fae.generation.flow_config import FLOW_SIZES, PUBLISHED_PARAMS
 from fae.generation.model import build_generator, format_params
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Stage
@@ -67,14 +78,34 @@ class GeneratorEvalConfig:
 
 @dataclass
 class GeneratorRunConfig:
-    """``fae train generator`` config: train / model / transport / sampling / data / eval sections."""
+    """``fae train generator`` config: kind / train / model / transport / sampling / flow /
+    flow_sampling / data / eval sections. ``kind: diffusion`` uses model, transport and sampling;
+    ``kind: flow`` uses flow and flow_sampling (the sections of the other kind must stay unset)."""
 
+    kind: Literal["diffusion", "flow"] = field(default="diffusion", metadata=OMIT_IF_DEFAULT)
     train: TrainConfig = field(default_factory=_default_train)
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     sampling: SamplerConfig = field(default_factory=SamplerConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig, metadata=OMIT_IF_DEFAULT)
+    flow_sampling: FlowSamplerConfig = field(default_factory=FlowSamplerConfig, metadata=OMIT_IF_DEFAULT)
     data: LatentDataConfig = field(default_factory=LatentDataConfig)
     eval: GeneratorEvalConfig = field(default_factory=GeneratorEvalConfig)
+
+    def validate(self) -> None:
+        """A section of the other kind that is set would be silently ignored: refuse it."""
+        if self.kind == "diffusion":
+            unused, hint = ("flow", "flow_sampling"), "set kind: flow to train the flow"
+        else:
+            unused, hint = ("model", "transport", "sampling"), "the flow is configured by flow / flow_sampling"
+        for section in unused:
+            if to_dict(getattr(self, section)) != to_dict(type(getattr(self, section))()):
+                raise ConfigError(f"config section '{section}' is set, but kind is '{self.kind}', which "
+                                  f"does not use it ({hint})")
+
+    @property
+    def flow_kind(self) -> bool:
+        return self.kind == "flow"
 
 
 class GeneratorStage(Stage):
@@ -83,17 +114,31 @@ class GeneratorStage(Stage):
     name = "generator"
 
     def __init__(self, config: GeneratorRunConfig):
-        model, self.latent_source = resolve_latent_shape(config.model, config.data)
-        config = replace(config, model=model)
-        config.model.resolved()  # validate the architecture now, before any work
+        config.validate()
+        section = "flow" if config.flow_kind else "model"
+        model, self.latent_source = resolve_latent_shape(getattr(config, section), config.data, section)
+        config = replace(config, **{section: model})
+        model.resolved()  # validate the architecture now, before any work
         config.transport.validate()
         config.sampling.validate()
+        config.flow_sampling.validate()
         self.config = config
         self.transport = Transport(config.transport)
         self.cache = None
         self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @property
+    def architecture(self) -> GeneratorConfig | FlowConfig:
+        """The config of the network this run trains (``model``, or ``flow`` for kind: flow)."""
+        return self.config.flow if self.config.flow_kind else self.config.model
+
+    @property
+    def sampling(self) -> SamplerConfig | FlowSamplerConfig:
+        return self.config.flow_sampling if self.config.flow_kind else self.config.sampling
+
     def build_models(self, device) -> dict[str, nn.Module]:
+        if self.config.flow_kind:
+            return {"generator": build_flow(self.config.flow, device)}
         return {"generator": build_generator(self.config.model, device)}
 
     def ema_modules(self) -> list[str]:
@@ -103,7 +148,7 @@ class GeneratorStage(Stage):
         """Open the cache; check it was written by ``data.fae`` and fits the model."""
         from fae.data.latent_cache import LatentCache
 
-        data, model = self.config.data, self.config.model.resolved()
+        data, model = self.config.data, self.architecture.resolved()
         self.cache = LatentCache(data.cache, fae=data.fae)
         if tuple(self.cache.latent_shape) != model.latent_shape:
             raise LatentCacheError(f"latent cache '{data.cache}' holds latents of shape "
@@ -111,9 +156,10 @@ class GeneratorStage(Stage):
                                    f"{list(model.latent_shape)} (from {self.latent_source})")
         labels = self.cache.labels()
         if model.num_classes > 0 and len(labels) and (labels.min() < 0 or labels.max() >= model.num_classes):
-            raise ConfigError(f"config key 'model.num_classes' is {model.num_classes}, but cache "
+            key = "flow" if self.config.flow_kind else "model"
+            raise ConfigError(f"config key '{key}.num_classes' is {model.num_classes}, but cache "
                               f"'{data.cache}' has labels in [{int(labels.min())}, {int(labels.max())}] "
-                              f"(-1 = unlabelled: use model.num_classes=0)")
+                              f"(-1 = unlabelled: use {key}.num_classes=0)")
         self.stats = self.cache.stats()
         self.device = device
 
@@ -123,16 +169,24 @@ class GeneratorStage(Stage):
         return LatentDataset(self.cache, *self.stats, flip=self.config.data.flip)
 
     def _cond(self, labels: torch.Tensor) -> torch.Tensor | None:
-        return labels if self.config.model.num_classes > 0 else None
+        return labels if self.architecture.num_classes > 0 else None
+
+    def _loss(self, network: nn.Module, latents: torch.Tensor, labels: torch.Tensor,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Velocity loss (diffusion) or NLL per dimension in nats of noise-augmented latents (flow)."""
+        if self.config.flow_kind:
+            return flow_loss(network, latents, self._cond(labels), self.config.flow.noise_std, generator)
+        return self.transport.loss(network, latents, self._cond(labels), generator=generator)
 
     def loss(self, phase, batch, models, step):
         latents, labels = batch  # [b, c, h, w] normalised, [b]
-        loss = self.transport.loss(models["generator"], latents, self._cond(labels))
-        return loss, {}
+        loss = self._loss(models["generator"], latents, labels)
+        return loss, ({"bits_per_dim": loss.detach() / math.log(2)} if self.config.flow_kind else {})
 
     def evaluate(self, models, step: int, run_dir: Path) -> dict[str, float]:
         """fixed_noise_loss: the loss on the first cache items with fixed noise and times (low
-        variance, comparable across evaluations); plus a sample grid when data.fae is set."""
+        variance, comparable across evaluations; the flow's: NLL per dimension with fixed
+        augmentation noise, also as bits_per_dim); plus a sample grid when data.fae is set."""
         network = models["generator"]
         device = next(network.parameters()).device
         dataset = self.train_dataset()
@@ -143,17 +197,22 @@ class GeneratorStage(Stage):
         latents = torch.stack([z for z, _ in items])  # [n, c, h, w]
         labels = torch.tensor([y for _, y in items])  # [n]
         generator = torch.Generator(device=device).manual_seed(self.config.eval.seed)
-        loss = self.transport.loss(network, latents.to(device), self._cond(labels.to(device)),
-                                   generator=generator)
+        loss = self._loss(network, latents.to(device), labels.to(device), generator)
         if self.config.data.fae and self.config.eval.grid_samples > 0:
             from fae import distributed as du
 
             if du.is_main():
                 self._sample_grid(network, step, run_dir)
+        if self.config.flow_kind:  # the flow's loss is an exact likelihood (of noisy latents)
+            return {"fixed_noise_loss": float(loss), "bits_per_dim": float(loss) / math.log(2)}
         return {"fixed_noise_loss": float(loss)}
 
-    def wrap(self, network: nn.Module) -> Generator:
-        """The network as a :class:`Generator` with this run's statistics and settings."""
+    def wrap(self, network: nn.Module) -> Generator | FlowGenerator:
+        """The network as a :class:`Generator` (or :class:`FlowGenerator`) with this run's
+        statistics and settings."""
+        if self.config.flow_kind:
+            return FlowGenerator(self.config.flow, *self.stats, sampling=self.config.flow_sampling,
+                                 fae_identity=self.cache.identity, network=network)
         return Generator(self.config.model, self.config.transport, *self.stats,
                          sampling=self.config.sampling, fae_identity=self.cache.identity, network=network)
 
@@ -167,7 +226,7 @@ class GeneratorStage(Stage):
         if fae.pixel_decoder is None:
             return None
         n = self.config.eval.grid_samples
-        decoder = SampleDecoder(self.wrap(network), fae, self.config.sampling)
+        decoder = SampleDecoder(self.wrap(network), fae, self.sampling)
         samples = decoder.all(range(n), seed=self.config.eval.seed)  # images uint8 [n, C, H, W]
         ncol = max(1, int(n ** 0.5))
         return save_png(image_grid(samples.images, ncol=ncol), run_dir / "samples" / f"step_{step:07d}.png")
@@ -176,6 +235,8 @@ class GeneratorStage(Stage):
         return self.wrap(models["generator"]).save_pretrained(run_dir / "export")
 
     def describe(self) -> dict[str, str]:
+        if self.config.flow_kind:
+            return self._describe_flow()
         cfg = self.config.model.resolved()
         style = {"sit": "SiT", "lightningdit": "LightningDiT"}[cfg.style]
         blocks = f"norm={cfg.norm}, mlp={cfg.mlp}, rope={cfg.rope}, qk_norm={cfg.qk_norm}"
@@ -187,6 +248,25 @@ class GeneratorStage(Stage):
                 "transport": f"{self.config.transport.time_sampling} t, shift {self.config.transport.shift} "
                              f"(paper form; t = 1 is noise), cosine velocity loss weight "
                              f"{self.config.transport.cosine_weight:g}",
+                "data": f"latent cache {self.config.data.cache}; latent shape from {self.latent_source}"}
+
+
+    def _describe_flow(self) -> dict[str, str]:
+        cfg = self.config.flow.resolved()
+        params = build_flow(cfg, "meta").num_params()
+        size = cfg.size if FLOW_SIZES[cfg.size] == (cfg.deep_layers, cfg.shallow_blocks, cfg.shallow_layers,
+                                                    cfg.dim) else "custom"
+        published = PUBLISHED_PARAMS.get(size, "none for this size")
+        heads = cfg.dim // cfg.head_dim
+        return {"generator": f"STARFlow-{size}/{cfg.patch_size} (deep block {cfg.deep_layers} layers + "
+                             f"{cfg.shallow_blocks} shallow x {cfg.shallow_layers}, width {cfg.dim}, {heads} "
+                             f"heads, {cfg.style}) on {cfg.latent_channels}x{cfg.latent_size}x{cfg.latent_size} "
+                             f"latents ({cfg.grid[0] * cfg.grid[1]} tokens): {format_params(params)} "
+                             f"parameters; published: {published}",
+                "flow": f"noise augmentation std {cfg.noise_std:g} (normalised latents), classes "
+                        f"{cfg.num_classes} (label dropout {cfg.class_dropout:g}, conditioning "
+                        f"{cfg.condition} blocks); sampling cfg_scale {self.config.flow_sampling.cfg_scale:g}, "
+                        f"denoise {self.config.flow_sampling.denoise}",
                 "data": f"latent cache {self.config.data.cache}; latent shape from {self.latent_source}"}
 
 
@@ -204,22 +284,24 @@ def upstream_latent_shape(data: LatentDataConfig) -> tuple[tuple[int, int, int],
     return None
 
 
-def resolve_latent_shape(model: GeneratorConfig, data: LatentDataConfig) -> tuple[GeneratorConfig, str]:
-    """``model`` with its latent shape filled (and explicit values checked) from upstream, and a
-    description of the source. Explicit values alone are used when nothing upstream exists yet."""
+def resolve_latent_shape(model: GeneratorConfig | FlowConfig, data: LatentDataConfig, section: str = "model"
+                         ) -> tuple[GeneratorConfig | FlowConfig, str]:
+    """``model`` (the config section ``section``) with its latent shape filled (and explicit
+    values checked) from upstream, and a description of the source. Explicit values alone are
+    used when nothing upstream exists yet."""
     found = upstream_latent_shape(data)
     if found is not None:
         return model.with_latent_shape(*found), found[1]
-    missing = [f"'model.{k}'" for k in ("latent_channels", "latent_size") if getattr(model, k) is None]
+    missing = [f"'{section}.{k}'" for k in ("latent_channels", "latent_size") if getattr(model, k) is None]
     if missing:
         raise ConfigError(f"config key{'s' if len(missing) > 1 else ''} {' and '.join(missing)} "
                           f"{'are' if len(missing) > 1 else 'is'} null and there is nothing to read them "
                           f"from: data.fae ({data.fae or 'unset'}) names no FAE export and data.cache "
                           f"('{data.cache}') holds no manifest. Point data.fae at the FAE export "
                           f"(`fae train autoencoder` writes run_dir/export) or data.cache at a latent "
-                          f"cache (`fae cache-latents`), or set model.latent_channels and "
-                          f"model.latent_size to the FAE's latent c and h")
-    return model, "the config (model.latent_channels / model.latent_size)"
+                          f"cache (`fae cache-latents`), or set {section}.latent_channels and "
+                          f"{section}.latent_size to the FAE's latent c and h")
+    return model, f"the config ({section}.latent_channels / {section}.latent_size)"
 
 
 CONFIG_CLASS = GeneratorRunConfig
