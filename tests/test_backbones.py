@@ -267,3 +267,25 @@ def test_cli_prints_the_table():
     assert row.split()[1:4] == ["1280", "7x7", "224px"] and "yes" in row
     row = next(line for line in lines if line.startswith("dinov2-g14 "))
     assert row.split()[1:5] == ["1536", "16x16", "224px", "no"]
+
+
+def test_efficientnet_s16_tokens_are_the_same_network_stopped_at_stride_16():
+    """efficientnet-lite0-s16: 112-d tokens on an 8x8 grid at 128 px, taken from the same weights:
+    running the network's remaining blocks and head on them gives the efficientnet-lite0 tokens, and
+    its ImageNet classifier is unchanged."""
+    from fae.backbones.efficientnet import STRIDE16_BLOCKS
+
+    s16 = load_backbone("efficientnet-lite0-s16", resolution=128)
+    full = load_backbone("efficientnet-lite0", resolution=128)
+    assert (s16.dim, s16.grid) == (112, (8, 8)) and get_info("efficientnet-lite0-s16").grid == (14, 14)
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    tokens = s16(images)  # [3, 64, 112]
+    assert tokens.shape == (3, 64, 112)
+    x = tokens.transpose(1, 2).reshape(3, 112, 8, 8)
+    net = full.net
+    with torch.no_grad():
+        for block in net._blocks[STRIDE16_BLOCKS:]:
+            x = block(x, drop_connect_rate=None)
+        rest = net._swish(net._bn1(net._conv_head(x))).flatten(2).transpose(1, 2)  # [3, 16, 1280]
+    torch.testing.assert_close(rest, full(images), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s16.classify(images), full.classify(images))

@@ -193,3 +193,28 @@ def test_conv_head_overfits_mixes_patches_and_round_trips(tmp_path):
     assert again.config.head == "conv" and torch.equal(again(feats), model(feats))
     with pytest.raises(ConfigError, match="pixel_decoder.head"):
         PixelDecoder(replace(tiny(), head="deconv"), token_dim=64, grid=(4, 4))
+
+
+def test_output_size_keeps_each_patch_over_its_token_and_round_trips(tmp_path):
+    """output_size: an 8x8 grid painting 32 px is resized to 28 px, and the patch of token (r, c)
+    lands where that token looked, rows/cols [3.5 r, 3.5 r + 3.5), not at 4 r as a crop would put it."""
+    from dataclasses import replace
+
+    cfg = replace(tiny(image_size=32), output_size=28, head="conv", head_channels=4, head_convs=1)
+    model = PixelDecoder(cfg, token_dim=16, grid=(8, 8))
+    coords = torch.arange(28.0) + 0.5
+    for r, c in [(0, 0), (3, 5), (7, 7)]:
+        canvas = torch.zeros(1, 1, 32, 32)
+        canvas[..., 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 1.0
+        out = model.resize_canvas(canvas)[0, 0]  # [28, 28]
+        assert out.shape == (28, 28)
+        centre = ((out.sum(1) * coords).sum() / out.sum(), (out.sum(0) * coords).sum() / out.sum())
+        torch.testing.assert_close(torch.stack(centre), torch.tensor([3.5 * r + 1.75, 3.5 * c + 1.75]),
+                                   atol=0.35, rtol=0)
+    tokens = torch.randn(2, 64, 16)
+    assert model(tokens).shape == (2, 1, 28, 28)
+    model.save_pretrained(tmp_path / "dec")
+    again = PixelDecoder.from_pretrained(tmp_path / "dec")
+    assert again.config.output_size == 28 and torch.equal(again(tokens), model(tokens))
+    with pytest.raises(ConfigError, match="pixel_decoder.output_size"):
+        PixelDecoder(replace(cfg, output_size=0), token_dim=16, grid=(8, 8))

