@@ -32,6 +32,20 @@ def tiny_flow(seed: int = 0, **overrides) -> STARFlow:
     return randomize(STARFlow(FlowConfig(**{**TINY, **overrides}))).double().eval()
 
 
+def test_cached_attention_fed_in_chunks_equals_full_causal_attention():
+    from fae.nn import Attention, KVCache
+
+    torch.manual_seed(6)
+    attn = Attention(16, 2).double()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    full = attn(x, causal=True)
+    cache = KVCache()
+    chunks = [attn(x[:, a:b], causal=True, cache=cache) for a, b in ((0, 3), (3, 4), (4, 7))]
+    assert len(cache) == 7
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=0, atol=1e-12)
+    assert (attn(x) - full).abs().max() > 1e-3  # causality matters here
+
+
 def test_the_deep_block_is_last_and_orders_alternate():
     flow = tiny_flow(shallow_blocks=3)
     assert [len(b.layers) for b in flow.blocks] == [1, 1, 1, 2]
@@ -161,6 +175,18 @@ def test_denoising_is_tweedies_step_on_the_flows_own_density():
     torch.testing.assert_close(sampled, x * (1 - 0.09))
 
 
+def test_bf16_autocast_keeps_the_affine_maps_and_log_determinants_in_fp32():
+    torch.manual_seed(5)
+    flow = randomize(STARFlow(FlowConfig(**TINY))).eval()
+    x, labels = torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 3])
+    exact = flow_loss(flow, x, labels, 0.1, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logdet = flow(x, labels)
+        mixed = flow_loss(flow, x, labels, 0.1, torch.Generator().manual_seed(0))
+    assert z.dtype == torch.float32 and logdet.dtype == torch.float32 and mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, rtol=0.02, atol=0.02)
+
+
 def test_label_dropout_replaces_labels_by_the_null_class_for_every_block_at_once():
     flow = STARFlow(FlowConfig(**{**TINY, "class_dropout": 0.5}))
     labels = torch.zeros(1000, dtype=torch.long)
@@ -287,6 +313,17 @@ def test_a_flow_export_round_trips_and_samples_the_same(tmp_path):
     torch.testing.assert_close(gen.sample(range(3), labels, seed=5, batch_size=2), first, rtol=0, atol=1e-5)
     with pytest.raises(CheckpointError, match="holds a 'fae-flow-generator' export, not a 'fae-generator'"):
         Generator.from_pretrained(folder)
+
+
+def test_bits_per_dim_of_fae_scale_latents_is_measured_in_the_normalised_scale():
+    from fae.generation import FlowGenerator
+
+    mean, std = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.5, 1.0])
+    gen = FlowGenerator(FlowConfig(**TINY), latent_mean=mean, latent_std=std)  # identity flow: N(0, I)
+    latents = mean.view(1, 3, 1, 1) + std.view(1, 3, 1, 1) * torch.randn(6, 3, 4, 4)
+    normalised = (latents - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    expected = 0.5 * (normalised.square() + math.log(2 * math.pi)).flatten(1).mean(1) / math.log(2)
+    torch.testing.assert_close(gen.bits_per_dim(latents, torch.zeros(6, dtype=torch.long)), expected)
 
 
 @pytest.fixture(scope="module")
