@@ -66,6 +66,9 @@ def _from_pretrained(class_name: str, source: WeightsSource, name: str) -> torch
     return _call(cls, source.location, name, local_files_only=False)
 
 
+load_hf_model = _from_pretrained  # the public name (the text encoders load their towers with it)
+
+
 def _call(cls, location: str, name: str, local_files_only: bool) -> torch.nn.Module:
     try:
         return cls.from_pretrained(location, local_files_only=local_files_only)

@@ -1,7 +1,9 @@
 """``fae cache-latents --config FILE [key=value ...]``: encode a dataset with a trained FAE.
 
 Runs unchanged under ``torchrun --nproc_per_node=N -m fae cache-latents ...`` (ranks split the
-shards); re-running the same command resumes an interrupted cache. The cache records the FAE
+shards); re-running the same command resumes an interrupted cache. A captioned dataset
+(``data.name: captions`` or ``webdataset``) stores its captions, and with ``text_encoder=NAME`` the
+text embeddings beside the latents. The cache records the FAE
 export's latent statistics; the generator trained on it normalises with them.
 """
 from __future__ import annotations
@@ -36,8 +38,13 @@ def cache_latents(cfg: CacheConfig) -> Path:
         from fae.backbones.token_cache import TokenCache
 
         tokens = TokenCache(cfg.token_cache_dir, fae.backbone).dataset(cfg.data, progress=cfg.progress)
+    text = None
+    if cfg.text_encoder:
+        from fae.text import load_text_encoder
+
+        text = load_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.text_max_length, device=device)
     return write_cache(cfg, fae, identity=fae_record(fae), latent_mean=fae.latent_mean,
-                       latent_std=fae.latent_std, device=device, dataset=tokens)
+                       latent_std=fae.latent_std, device=device, dataset=tokens, text_encoder=text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,9 +3,14 @@
     fae sample --generator runs/gen/export --fae runs/fae/export --num 50000 --out samples.npz \
         [--classes 0,1,2] [--seed 0] [--batch-size 64] [--config FILE] [sampling.cfg_scale=1.5 ...]
 
+    fae sample --generator runs/t2i/export --fae runs/fae/export --prompts prompts.txt --num 1000
+
 Writes an ADM-format ``.npz`` (``arr_0``: uint8 [N, H, W, 3]; ``arr_1``: int64 labels [N]) and a PNG grid
 of the first samples beside it. Sample i has class ``classes[i % len(classes)]`` (equal counts per
-class when len(classes) divides N) and its own noise seeded by (seed, i), so the result does not
+class when len(classes) divides N) and its own noise seeded by (seed, i); for a text-to-image
+generator, sample i has the prompt ``prompts[i % len(prompts)]`` (``--prompts FILE``: one prompt a
+line, blank lines skipped; ``--num`` defaults to one sample per prompt) and the ``.npz`` stores them
+as ``prompts`` (labels -1), so the result does not
 depend on the batch size or the number of ranks. Under torchrun each rank samples a contiguous
 slice and rank 0 assembles the file; there, pass settings as ``key=value`` (``num=50000``):
 torchrun's own parser mistakes ``--num`` for its ``--numa-binding``.
@@ -40,6 +45,7 @@ class SampleConfig:
             for a diffusion generator, of ``FlowSamplerConfig`` for a flow: cfg_scale, denoise).
         precision: "fp32" (default) or "bf16" autocast for the generator and decoder on CUDA
             (users of peer systems saw bf16 sampling shift FID: compare like with like).
+        prompts: text file of prompts, one a line (text-to-image generators only).
     """
 
     generator: str = ""
@@ -53,6 +59,7 @@ class SampleConfig:
     grid_count: int = 64
     sampling: dict[str, Any] = field(default_factory=dict)
     precision: Literal["fp32", "bf16"] = "fp32"
+    prompts: str | None = None
 
     def validate(self) -> None:
         from fae.generation.decode import check_sampler_overrides
@@ -85,22 +92,51 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
     generator = load_generator(cfg.generator, device=device)  # diffusion or flow, as the export says
     fae = FAE.from_pretrained(cfg.fae, device=device)
     check_pair(generator, fae.identity(), fae.latent_shape, cfg.generator, cfg.fae)
+    prompts = cycled_prompts(generator, cfg)
     indices = du.shard_range(cfg.num)
-    labels = class_labels(generator, indices, cfg.classes)
+    labels = None if prompts is not None else class_labels(generator, indices, cfg.classes)
     decoder = SampleDecoder(generator, fae, sampler_config(generator, cfg.sampling), cfg.batch_size)
     bf16 = cfg.precision == "bf16" and device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-        samples = decoder.all(indices, labels, seed=cfg.seed, progress=du.is_main(), desc="sample")
+        samples = decoder.all(indices, labels, seed=cfg.seed, progress=du.is_main(), desc="sample",
+                              prompts=None if prompts is None else [prompts[i] for i in indices])
     out = Path(cfg.out)
     if du.world_size() > 1:
         _write_part(_part_path(out, du.rank()), samples)
     du.barrier()
     if du.is_main():
         images, labels = _merge_parts(out, du.world_size()) if du.world_size() > 1 else _adm_arrays(samples)
-        write_sample_batch(out, images, labels)
+        write_sample_batch(out, images, labels, prompts)
         _write_grid(images[:cfg.grid_count], Path(cfg.grid) if cfg.grid else out.with_suffix(".png"))
     du.barrier()
     return out
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """Prompts of a text file, one a line (blank lines skipped); an empty file is a ConfigError."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"prompts file '{path}' does not exist (config key 'prompts')")
+    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompts file '{path}' holds no prompts")
+    return prompts
+
+
+def cycled_prompts(generator, cfg: SampleConfig) -> list[str] | None:
+    """The prompt of every sample index 0..num-1 (``prompts[i % P]``), or None for a class-conditional
+    or unconditional generator; prompts and generator kinds must match."""
+    text_kind = getattr(generator, "export_format", "") == "fae-t2i-generator"
+    if cfg.prompts is None:
+        if text_kind:
+            raise ConfigError("this generator is text-to-image: pass --prompts FILE (one prompt a line)")
+        return None
+    if not text_kind:
+        raise ConfigError("--prompts needs a text-to-image generator (`fae train generator` with kind: mmdit)")
+    if cfg.classes:
+        raise ConfigError("pass --prompts or --classes, not both")
+    prompts = read_prompt_file(cfg.prompts)
+    return [prompts[i % len(prompts)] for i in range(cfg.num)]
 
 
 def _adm_arrays(samples):
@@ -160,8 +196,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(SampleConfig, args.config, args.overrides)
     flags = {"generator": args.generator, "fae": args.fae, "num": args.num, "out": args.out,
              "seed": args.seed, "batch_size": args.batch_size, "grid": args.grid,
-             "classes": _parse_classes(args.classes)}
+             "classes": _parse_classes(args.classes), "prompts": args.prompts}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    if args.prompts is not None and args.num is None and not any(o.startswith("num=") for o in args.overrides):
+        cfg = replace(cfg, num=len(read_prompt_file(args.prompts)))  # one sample per prompt
     out = sample_to_npz(cfg)
     if du.is_main():
         grid = Path(cfg.grid) if cfg.grid else out.with_suffix(".png")
@@ -187,6 +225,7 @@ def register(subparsers) -> None:
     parser.add_argument("--fae", help="exported FAE folder (with a pixel decoder)")
     parser.add_argument("--num", type=int, help="number of samples (default 50000)")
     parser.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
+    parser.add_argument("--prompts", help="text file, one prompt a line (text-to-image generators)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--out", help="output .npz (default samples.npz)")

@@ -6,7 +6,7 @@ resizing/normalisation, so datasets stay uint8 and cheap to batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -20,8 +20,10 @@ class DataConfig:
     """Which images to read.
 
     Args:
-        name: "fashion-mnist" (IDX files), "imagefolder" (ImageNet layout, labelled) or "folder"
-            (every image below ``root``, unlabelled).
+        name: "fashion-mnist" (IDX files), "imagefolder" (ImageNet layout, labelled), "folder"
+            (every image below ``root``, unlabelled), "captions" (images below ``root`` named by the
+            ``captions`` file) or "webdataset" (tar shards: ``root`` is a folder or brace pattern);
+            the last two are captioned (items ``(image, -1, caption)``, ``fae.data.captions``).
         root: dataset folder (fashion-mnist: default $FAE_FASHION_MNIST or
             /usr/share/datasets/fashion-mnist; required for the folder datasets).
         split: "train"/"test" for fashion-mnist; for folders the sub-folder ``root/split`` when it
@@ -32,23 +34,28 @@ class DataConfig:
         flip: random horizontal flip with p = 0.5 (training augmentation).
         skip_corrupt: replace unreadable images by the next readable one with a warning, instead
             of raising DataError (folders only).
+        captions: the JSONL / CSV captions file of ``name: captions``.
     """
 
-    name: Literal["fashion-mnist", "imagefolder", "folder"] = "fashion-mnist"
+    name: Literal["fashion-mnist", "imagefolder", "folder", "captions", "webdataset"] = "fashion-mnist"
     root: str | None = None
     split: str = "train"
     limit: int | None = None
     image_size: int | None = None
     flip: bool = False
     skip_corrupt: bool = False
+    captions: str | None = field(default=None, metadata={"omit_if_default": True})
 
     def validate(self) -> None:
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"config key 'data.limit': must be positive, got {self.limit}")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"config key 'data.image_size': must be positive, got {self.image_size}")
-        if self.name in ("imagefolder", "folder") and not self.root:
+        if self.name in ("imagefolder", "folder", "captions", "webdataset") and not self.root:
             raise ConfigError(f"config key 'data.root': dataset '{self.name}' needs a folder")
+        if (self.name == "captions") != (self.captions is not None):
+            raise ConfigError("config key 'data.captions' (a JSONL / CSV captions file) goes with "
+                              f"data.name: captions, and only with it (data.name is '{self.name}')")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,6 +93,12 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
         from fae.data.fashion_mnist import FashionMNIST
         base = FashionMNIST(split=split, root=cfg.root, limit=cfg.limit)
         return TransformedDataset(base, cfg.image_size, cfg.flip) if (cfg.image_size or cfg.flip) else base
+    if cfg.name == "captions":
+        from fae.data.captions import CaptionFolder
+        return CaptionFolder(cfg.root, cfg.captions, cfg.limit, cfg.image_size, cfg.flip, cfg.skip_corrupt)
+    if cfg.name == "webdataset":
+        from fae.data.webdataset_shards import WebDatasetCaptions
+        return WebDatasetCaptions(cfg.root, cfg.limit, cfg.image_size, cfg.flip)
     from fae.data.imagefolder import ImageFolder, ImageFolderUnlabelled
     cls = ImageFolder if cfg.name == "imagefolder" else ImageFolderUnlabelled
     return cls(cfg.root, split=split, limit=cfg.limit, image_size=cfg.image_size, flip=cfg.flip,

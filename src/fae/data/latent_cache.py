@@ -7,7 +7,15 @@ Folder layout (written by ``fae cache-latents``, i.e. ``fae.commands.cache_laten
                                ``latent_stats`` (copied from its export), dataset, item count, shard
                                plan, and ``complete`` once every shard is checked
     shard-00000.safetensors    ``latents`` [n, c, h, w] (posterior means), ``labels`` [n] int64, and
-                               ``latents_flipped`` [n, c, h, w] when flipped copies were requested
+                               ``latents_flipped`` [n, c, h, w] when flipped copies were requested;
+                               for a captioned dataset the captions (JSON list in the shard's
+                               metadata) and, with a text encoder, ``text_tokens`` [n, L, D],
+                               ``text_mask`` [n, L] bool and ``text_pooled`` [n, Dp]
+
+Captions and text embeddings (text-to-image): a dataset whose items are ``(image, label, caption)``
+stores its captions; given a ``text_encoder`` the writer also stores its embeddings of them, and the
+manifest records the encoder (``text_encoder``: name, source, max_length, widths), so a generator
+trained with another encoder is refused (:meth:`LatentCache.check_text_encoder`).
 
 Latent statistics have one source: the FAE export (stage Ia measures them; ``FAE.latent_mean`` /
 ``latent_std``). The cache records those numbers and never measures its own, so the generator, the
@@ -39,7 +47,7 @@ from fae.io import atomic_save_json, atomic_save_safetensors, read_json_object, 
 FORMAT, VERSION = "fae-latent-cache", 2  # version 1: the cache measured its own statistics
 MANIFEST, LEGACY_STATS = "manifest.json", "stats.safetensors"
 # Manifest keys a resumed run must share with the run that started the cache.
-_PLAN_KEYS = ("data", "count", "flip", "shard_size", "dtype")
+_PLAN_KEYS = ("data", "count", "flip", "shard_size", "dtype", "captions", "text_encoder")
 
 
 @dataclass
@@ -59,6 +67,10 @@ class CacheConfig:
         token_cache_dir: encode from the backbone tokens kept in this token cache
             (``fae.backbones.token_cache``; computed there when missing) instead of running the
             backbone again; the stages' ``token_cache_dir``. Needs ``flip: false``.
+        text_encoder: for captioned data, also store this text encoder's embeddings of the captions
+            (a ``fae.text`` registry name, e.g. ``t5-v1_1-xl``); null stores the captions only (a
+            generator then encodes them online: ``text.embeddings: online``).
+        text_weights, text_max_length: its weights location and tokens per caption (null = registry).
     """
 
     fae: str = ""
@@ -71,6 +83,9 @@ class CacheConfig:
     num_workers: int = 0
     progress: bool = True
     token_cache_dir: str | None = None
+    text_encoder: str | None = None
+    text_weights: str | None = None
+    text_max_length: int | None = None
 
     def validate(self) -> None:
         if self.token_cache_dir and self.flip:
@@ -140,11 +155,15 @@ def stats_record(mean: torch.Tensor, std: torch.Tensor, channels: int, source: s
     return {"mean": mean.tolist(), "std": std.tolist()}
 
 
-def _plan(cfg: CacheConfig, identity: dict[str, Any], stats: dict[str, list[float]], count: int) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "complete": False, "fae": identity, "fae_path": cfg.fae,
+def _plan(cfg: CacheConfig, identity: dict[str, Any], stats: dict[str, list[float]], count: int,
+          text: dict[str, Any] | None = None) -> dict[str, Any]:
+    plan = {"format": FORMAT, "version": VERSION, "complete": False, "fae": identity, "fae_path": cfg.fae,
             "latent_stats": stats, "data": to_dict(replace(cfg.data, flip=False)), "count": count,
             "flip": cfg.flip, "shard_size": cfg.shard_size, "num_shards": math.ceil(count / cfg.shard_size),
             "dtype": cfg.dtype}
+    if text is not None:  # captioned data only: older manifests keep their keys
+        plan.update(captions=True, text_encoder=text.get("encoder"))
+    return plan
 
 
 def _check_resumable(folder: Path, plan: dict[str, Any]) -> None:
@@ -156,14 +175,15 @@ def _check_resumable(folder: Path, plan: dict[str, Any]) -> None:
     if old.get("fae", {}).get("identity") != plan["fae"]["identity"]:
         raise LatentCacheError(mismatch_message(folder, old["fae"], plan["fae_path"], plan["fae"]["identity"]))
     for key in _PLAN_KEYS + (("latent_stats",) if "latent_stats" in old else ()):
-        if old.get(key) != plan[key]:
+        if old.get(key) != plan.get(key):
             raise LatentCacheError(f"latent cache '{folder}' was started with {key}={old.get(key)!r}, "
-                                   f"now {plan[key]!r}; use a new folder (or the original settings)")
+                                   f"now {plan.get(key)!r}; use a new folder (or the original settings)")
 
 
 def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
                 latent_mean: torch.Tensor, latent_std: torch.Tensor,
-                device: torch.device | str = "cpu", dataset: Dataset | None = None) -> Path:
+                device: torch.device | str = "cpu", dataset: Dataset | None = None,
+                text_encoder=None) -> Path:
     """Encode ``cfg.data`` with ``encoder`` into ``cfg.out``; resumes an interrupted run. Every rank
     under torchrun takes its share of the shards. Returns the cache folder.
 
@@ -177,6 +197,8 @@ def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
         device: where the images go before ``encode``.
         dataset: the items to encode in place of ``build_dataset(cfg.data)`` (same order and
             labels), e.g. their cached backbone tokens, which ``encode`` takes as well.
+        text_encoder: for captioned datasets, ``encode(captions) -> (tokens, mask, pooled)`` with
+            ``identity()`` (a ``fae.text.TextEncoder``); its embeddings are stored beside the latents.
     """
     from fae import distributed as du
     from fae.data.datasets import build_dataset, check_batchable
@@ -186,11 +208,17 @@ def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
     check_batchable(dataset)
     folder = Path(cfg.out)
     stats = stats_record(latent_mean, latent_std, identity["latent_shape"][0], cfg.fae)
-    plan = _plan(cfg, identity, stats, len(dataset))
+    captioned = bool(getattr(dataset, "captioned", False))
+    if text_encoder is not None and not captioned:
+        raise ConfigError("a text encoder was given, but the dataset has no captions (data.name: captions "
+                          "or webdataset)")
+    text = {"encoder": text_encoder.identity() if text_encoder is not None else None} if captioned else None
+    plan = _plan(cfg, identity, stats, len(dataset), text)
     _start(folder, plan)
     todo = [i for i in range(du.rank(), plan["num_shards"], du.world_size())
             if not _shard_done(shard_path(folder, i), plan)]
-    _encode_shards(encoder, dataset, folder, todo, cfg, plan, device, progress=cfg.progress and du.is_main())
+    _encode_shards(encoder, dataset, folder, todo, cfg, plan, device, progress=cfg.progress and du.is_main(),
+                   text_encoder=text_encoder)
     du.barrier()
     if du.is_main():
         finish_cache(folder)
@@ -235,16 +263,21 @@ def open_shard(path: Path):
                                f"delete it and re-run `fae cache-latents` to write it again") from None
 
 
-def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DataLoader's batches, built by the one stacking rule (mixed sizes name the fix)."""
+def _collate(items: list[tuple]) -> tuple:
+    """The DataLoader's batches, built by the one stacking rule (mixed sizes name the fix):
+    (images, labels) or, for captioned items, (images, labels, captions)."""
     from fae.data.batches import stack_images
 
-    return stack_images([image for image, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.long)
+    images = stack_images([item[0] for item in items])
+    labels = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
+    return (images, labels) if len(items[0]) == 2 else (images, labels, [item[2] for item in items])
 
 
 @torch.inference_mode()
 def _encode_shards(encoder, dataset: Dataset, folder: Path, todo: list[int], cfg: CacheConfig,
-                   plan: dict[str, Any], device: torch.device | str, progress: bool) -> None:
+                   plan: dict[str, Any], device: torch.device | str, progress: bool, text_encoder=None) -> None:
+    import json
+
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
 
@@ -256,17 +289,28 @@ def _encode_shards(encoder, dataset: Dataset, folder: Path, todo: list[int], cfg
         # A DataLoader (not fae.data.batches.iterate_batches) so that num_workers can decode JPEGs.
         loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=cfg.batch_size,
                             num_workers=cfg.num_workers, collate_fn=_collate)
-        parts: dict[str, list[torch.Tensor]] = {"latents": [], "labels": [], "latents_flipped": []}
-        for images, labels in loader:
+        parts: dict[str, list[torch.Tensor]] = {"latents": [], "labels": [], "latents_flipped": [],
+                                                "text_tokens": [], "text_mask": [], "text_pooled": []}
+        captions: list[str] = []
+        for images, labels, *texts in loader:
             images = images.to(device)  # [b, C, H, W] uint8
+            if texts:
+                captions.extend(texts[0])
+            if texts and text_encoder is not None:
+                tokens, mask, pooled = text_encoder.encode(texts[0])  # [b, L, D], [b, L], [b, Dp]
+                parts["text_tokens"].append(tokens.to("cpu", dtype))
+                parts["text_mask"].append(mask.cpu())
+                parts["text_pooled"].append(pooled.to("cpu", dtype))
             parts["latents"].append(encoder.encode(images).to("cpu", dtype))  # [b, c, h, w]
             if cfg.flip:
                 parts["latents_flipped"].append(encoder.encode(images.flip(-1)).to("cpu", dtype))
             parts["labels"].append(labels)
             bar.update(len(images))
         tensors = {k: torch.cat(v) for k, v in parts.items() if v}
-        atomic_save_safetensors(tensors, shard_path(folder, index),
-                                metadata={"fae_identity": plan["fae"]["identity"], "start": str(lo)})
+        metadata = {"fae_identity": plan["fae"]["identity"], "start": str(lo)}
+        if plan.get("captions"):
+            metadata["captions"] = json.dumps(captions)
+        atomic_save_safetensors(tensors, shard_path(folder, index), metadata=metadata)
     bar.close()
 
 
@@ -304,6 +348,13 @@ def _check_shard(folder: Path, index: int, manifest: dict[str, Any]) -> None:
                                    f"problem: try dtype=float32)")
     if tuple(tensors.get("labels", torch.empty(0)).shape) != (n,):
         raise LatentCacheError(f"'{path}': 'labels' should hold {n} items; delete the shard and re-run")
+    text = manifest.get("text_encoder")
+    if text is not None:
+        for key, width in (("text_tokens", text["dim"]), ("text_pooled", text["pooled_dim"])):
+            t = tensors.get(key)
+            if t is None or t.shape[0] != n or t.shape[-1] != width or not torch.isfinite(t.float()).all():
+                raise LatentCacheError(f"'{path}': '{key}' should hold {n} finite text embeddings of width "
+                                       f"{width}; delete the shard and re-run `fae cache-latents`")
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -380,12 +431,82 @@ class LatentCache:
         z = f.get_slice("latents_flipped" if flipped else "latents")[j:j + 1][0]
         return z.float(), int(f.get_slice("labels")[j:j + 1][0])
 
+    @property
+    def has_captions(self) -> bool:
+        return bool(self.manifest.get("captions"))
+
+    @property
+    def text_encoder(self) -> dict[str, Any] | None:
+        """The manifest's record of the text encoder whose embeddings the cache holds (or None)."""
+        return self.manifest.get("text_encoder")
+
+    def captions(self) -> list[str]:
+        """Every item's caption [N] (from the shards' metadata)."""
+        import json
+
+        if not self.has_captions:
+            raise LatentCacheError(f"latent cache '{self.folder}' holds no captions: write it from a "
+                                   f"captioned dataset (data.name: captions or webdataset)")
+        if getattr(self, "_captions", None) is None:
+            self._captions = [c for s in range(self.manifest["num_shards"])
+                              for c in json.loads(self._handle(s).metadata()["captions"])]
+        return self._captions
+
+    def check_text_encoder(self, identity: dict[str, Any]) -> None:
+        """Refuse cached text embeddings of an encoder other than ``identity`` (name and max_length)."""
+        have = self.text_encoder
+        if have is None:
+            raise LatentCacheError(f"latent cache '{self.folder}' holds no text embeddings: re-run "
+                                   f"`fae cache-latents` with text_encoder set, or use text.embeddings=online")
+        keys = ("name", "max_length", "dim", "pooled_dim")
+        if any(have.get(k) != identity.get(k) for k in keys):
+            raise LatentCacheError(f"latent cache '{self.folder}' holds text embeddings of "
+                                   f"{ {k: have.get(k) for k in keys} }, the config's text encoder is "
+                                   f"{ {k: identity.get(k) for k in keys} }; use the same text.encoder / "
+                                   f"text.max_length, or text.embeddings=online")
+
+    def text_item(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cached text embeddings of item ``i``: tokens [L, D], mask [L] bool, pooled [Dp] (float32)."""
+        shard, j = divmod(i, self.manifest["shard_size"])
+        f = self._handle(shard)
+        return tuple(f.get_slice(k)[j:j + 1][0] for k in ("text_tokens", "text_mask", "text_pooled"))
+
     def labels(self) -> torch.Tensor:
         """Every item's label [N] (reads only the label tensors)."""
         return torch.cat([self._handle(s).get_tensor("labels") for s in range(self.manifest["num_shards"])])
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen their own handles
         return {**self.__dict__, "_handles": {}}
+
+
+class CaptionLatentDataset(Dataset):
+    """Text-to-image items: ``(normalised latent [c, h, w], caption)`` or, with cached embeddings,
+    ``(latent, text tokens [L, D], text mask [L], pooled [Dp])``; flipped copies as in
+    :class:`LatentDataset` (same caption).
+
+    Args:
+        cache: a :class:`LatentCache` with captions.
+        mean, std: per-channel statistics [c].
+        flip: include the flipped copies.
+        embeddings: return the cached text embeddings instead of the caption.
+    """
+
+    def __init__(self, cache: LatentCache, mean: torch.Tensor, std: torch.Tensor, flip: bool = True,
+                 embeddings: bool = False):
+        self.latents = LatentDataset(cache, mean, std, flip)
+        self.cache, self.embeddings = cache, embeddings
+        self.caption_list = None if embeddings else cache.captions()
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int):
+        z, _ = self.latents[i]
+        index = i % len(self.cache)
+        if self.embeddings:
+            tokens, mask, pooled = self.cache.text_item(index)
+            return z, tokens.float(), mask.bool(), pooled.float()
+        return z, self.caption_list[index]
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

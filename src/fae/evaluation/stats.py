@@ -133,8 +133,9 @@ def _is_npy(path: Path) -> bool:
 
 
 def write_sample_batch(path: str | Path, images: np.ndarray | torch.Tensor,
-                       labels: np.ndarray | torch.Tensor | None = None) -> Path:
-    """Write an ADM sample batch: ``images`` uint8 NHWC [N, H, W, C] -> ``arr_0``; labels -> ``arr_1``."""
+                       labels: np.ndarray | torch.Tensor | None = None, prompts: list[str] | None = None) -> Path:
+    """Write an ADM sample batch: ``images`` uint8 NHWC [N, H, W, C] -> ``arr_0``; labels -> ``arr_1``;
+    the prompts of a text-to-image batch -> ``prompts`` (a unicode array [N], no pickling)."""
     images = _as_numpy(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise DataError(f"ADM batches hold uint8 [N, H, W, 1|3] images, got {images.dtype} "
@@ -145,7 +146,17 @@ def write_sample_batch(path: str | Path, images: np.ndarray | torch.Tensor,
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         arrays["arr_1"] = labels
+    if prompts is not None:
+        if len(prompts) != images.shape[0]:
+            raise DataError(f"{images.shape[0]} images but {len(prompts)} prompts")
+        arrays["prompts"] = np.array(list(prompts), dtype=str)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_prompts(path: str | Path) -> list[str] | None:
+    """The prompts stored in a text-to-image sample batch (None when it has none)."""
+    with _open_npz(path) as data:
+        return [str(p) for p in data["prompts"]] if "prompts" in data.files else None
 
 
 def read_sample_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,5 +1,5 @@
 """Latent generation: the diffusion transformer, flow transport and samplers; the STARFlow
-normalizing flow (``flow``); exported generators of both kinds (``load_generator``).
+normalizing flow (``flow``); the text-to-image MMDiT (``mmdit``); exported generators of every kind (``load_generator``).
 
 This package sees only latents; it never imports backbones or the autoencoder.
 """
@@ -10,9 +10,14 @@ from fae.generation.flow_generator import FlowGenerator, load_generator
 from fae.generation.generator import Generator
 from fae.generation.model import DiffusionTransformer, build_generator
 from fae.generation.samplers import GuidedVelocity, SamplerConfig, integrate
+from fae.generation.mmdit import MMDiT, build_mmdit
+from fae.generation.mmdit_config import MMDIT_SIZES, MMDiTConfig
+from fae.generation.t2i_generator import TextToImageGenerator
+from fae.generation.conditioning import TextCondition
 from fae.generation.transport import Transport, TransportConfig, shift_time
 
 __all__ = ["SIZES", "STYLES", "GeneratorConfig", "Generator", "DiffusionTransformer", "build_generator",
            "GuidedVelocity", "SamplerConfig", "integrate", "Transport", "TransportConfig", "shift_time",
            "STARFlow", "build_flow", "FLOW_SIZES", "FlowConfig", "FlowSamplerConfig", "FlowGenerator",
-           "load_generator"]
+           "load_generator", "MMDiT", "build_mmdit", "MMDIT_SIZES", "MMDiTConfig", "TextToImageGenerator",
+           "TextCondition"]

@@ -170,7 +170,7 @@ class SampleDecoder:
 
     @torch.no_grad()
     def batches(self, indices: Sequence[int] | range, labels: torch.Tensor | Sequence[int] | None = None,
-                seed: int = 0) -> Iterator[SampleBatch]:
+                seed: int = 0, prompts: Sequence[str] | None = None) -> Iterator[SampleBatch]:
         """Yield :class:`SampleBatch` es of up to ``batch_size`` samples, in index order.
 
         Args:
@@ -178,8 +178,17 @@ class SampleDecoder:
             labels: class of each sample [len(indices)]; default: cycle through every class
                 (:func:`class_labels`); must be None for an unconditional generator.
             seed: base seed.
+            prompts: one prompt per index, for a text-to-image generator (then labels are -1).
         """
         indices = [int(i) for i in indices]
+        if prompts is not None:
+            if labels is not None:
+                raise ConfigError("pass prompts or labels, not both")
+            latents = self.generator.iter_samples(indices, seed=seed, config=self.sampling,
+                                                  batch_size=self.batch_size, prompts=list(prompts))
+            for z in latents:
+                yield self._decode(z, None)
+            return
         labels = self._labels(indices, labels)
         latents = self.generator.iter_samples(indices, labels, seed=seed, config=self.sampling,
                                               batch_size=self.batch_size)
@@ -195,13 +204,14 @@ class SampleDecoder:
         return SampleBatch(images=images, labels=labels.cpu(), latents=z.float().cpu())
 
     def all(self, indices: Sequence[int] | range, labels: torch.Tensor | Sequence[int] | None = None,
-            seed: int = 0, progress: bool = False, desc: str = "samples") -> SampleBatch:
+            seed: int = 0, progress: bool = False, desc: str = "samples",
+            prompts: Sequence[str] | None = None) -> SampleBatch:
         """Every sample of :meth:`batches` in one :class:`SampleBatch` (optional tqdm bar)."""
         from tqdm.auto import tqdm
 
         parts = []
         with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
-            for batch in self.batches(indices, labels, seed):
+            for batch in self.batches(indices, labels, seed, prompts):
                 parts.append(batch)
                 bar.update(len(batch))
         return SampleBatch.cat(parts)

@@ -20,6 +20,7 @@ from fae.generation.flow import STARFlow
 from fae.generation.flow_config import FlowConfig, FlowSamplerConfig
 from fae.generation.generator import Generator, LatentGenerator
 from fae.generation.seeding import randn_per_sample, sample_generators
+from fae.generation.t2i_generator import TextToImageGenerator
 
 
 class FlowGenerator(LatentGenerator):
@@ -76,12 +77,14 @@ class FlowGenerator(LatentGenerator):
         return gen
 
 
-GENERATOR_KINDS: dict[str, type[LatentGenerator]] = {cls.export_format: cls for cls in (Generator, FlowGenerator)}
+GENERATOR_KINDS: dict[str, type[LatentGenerator]] = {cls.export_format: cls for cls in (Generator, FlowGenerator,
+                                                                                     TextToImageGenerator)}
 
 
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> LatentGenerator:
     """The exported generator in ``folder`` (or a run folder's ``export/``), of whichever kind its
-    ``config.json`` names (diffusion: :class:`Generator`; flow: :class:`FlowGenerator`)."""
+    ``config.json`` names (diffusion: :class:`Generator`; flow: :class:`FlowGenerator`;
+    text-to-image: :class:`TextToImageGenerator`)."""
     folder = resolve_folder(folder)
     found = read_export_config(folder, max_version=max(c.export_version for c in GENERATOR_KINDS.values()))
     cls = GENERATOR_KINDS.get(found["format"])

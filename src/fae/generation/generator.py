@@ -133,7 +133,7 @@ class Generator(LatentGenerator):
         generators = sample_generators(seed, indices)
         x = randn_per_sample(generators, self.config.latent_shape).to(device)  # [B, c, h, w], t = 1
         if cond is not None:
-            cond = cond.to(device)
+            cond = cond.to(device)  # labels [B] or a TextCondition
         null = None if cond is None else self.model.conditioner.null_like(cond)
         velocity = GuidedVelocity(self.model, cond, null, config)
         shape = self.config.latent_shape

@@ -92,12 +92,21 @@ def guidance_scale(cfg: SamplerConfig, t: float) -> float:
     return cfg.cfg_scale if low <= t <= high else 1.0
 
 
+def cat_conditions(a, b):
+    """Concatenate two batches of conditions along the batch: label tensors [B], or NamedTuples of
+    tensors such as ``TextCondition`` (field by field)."""
+    if isinstance(a, tuple):
+        return type(a)(*(torch.cat([x, y]) for x, y in zip(a, b)))
+    return torch.cat([a, b])
+
+
 class GuidedVelocity:
     """(x, t) -> guided velocity of ``model(x, t, cond)``; a :data:`VelocityFn` for the integrators.
 
     Args:
         model: the generator network ``(x [B, ...], t [B], cond [B]) -> v``.
-        cond: the conditions of the batch (labels [B]); None for an unconditional model.
+        cond: the conditions of the batch (labels [B], or a ``TextCondition``); None for an
+            unconditional model.
         null_cond: the null conditions for CFG (same shape as ``cond``).
         config: the sampler config holding the guidance scale / interval / schedule.
     """
@@ -111,7 +120,7 @@ class GuidedVelocity:
         if scale == 1.0 or self.cond is None:
             return self.model(x, t, self.cond)
         both = self.model(torch.cat([x, x]), torch.cat([t, t]),
-                          torch.cat([self.cond, self.null_cond]))  # [2B, ...]
+                          cat_conditions(self.cond, self.null_cond))  # [2B, ...]
         v_cond, v_uncond = both.chunk(2)
         return v_uncond + scale * (v_cond - v_uncond)  # every channel is guided
 

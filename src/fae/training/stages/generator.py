@@ -12,6 +12,13 @@ and shift. The engine keeps an EMA of the network; evaluation and the export use
 (numbers, never null), the latent statistics (to un-normalise samples) and the identity of the
 FAE that wrote the cache.
 
+``kind: mmdit`` trains the text-to-image MMDiT (``fae.generation.mmdit``, FAE paper Sec. 5.2) on a
+captioned latent cache with the same transport and sampler: its architecture is the ``mmdit``
+section, its frozen text encoder the ``text`` section (embeddings read from the cache, whose
+manifest must name the same encoder, or computed online from the cached captions); captions are
+replaced by the learned null caption with probability ``mmdit.caption_dropout`` (CFG training). Its
+export is a ``TextToImageGenerator`` folder (``fae sample --prompts``).
+
 ``kind: flow`` trains a STARFlow normalizing flow (``fae.generation.flow``) instead, on the same
 cache through the same loop: its architecture is the ``flow`` section, its sampler settings
 ``flow_sampling``, its loss the exact NLL per dimension of noise-augmented latents (evaluation:
@@ -32,8 +39,13 @@ from fae.errors import ConfigError, LatentCacheError
 from fae.generation import (SIZES, FlowConfig, FlowGenerator, FlowSamplerConfig, Generator, GeneratorConfig,
                             SamplerConfig, Transport, TransportConfig, build_flow)
 from fae.generation.flow import flow_loss
+from fae.generation.conditioning import TextCondition
 from fae.generation.flow_config import FLOW_SIZES, PUBLISHED_PARAMS
+from fae.generation.mmdit import build_mmdit
+from fae.generation.mmdit_config import MMDIT_SIZES, PUBLISHED_MMDIT_PARAMS, MMDiTConfig
 from fae.generation.model import build_generator, format_params
+from fae.generation.t2i_generator import TextToImageGenerator
+from fae.text import TextEncoderConfig
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Stage
 
@@ -79,25 +91,31 @@ class GeneratorEvalConfig:
 @dataclass
 class GeneratorRunConfig:
     """``fae train generator`` config: kind / train / model / transport / sampling / flow /
-    flow_sampling / data / eval sections. ``kind: diffusion`` uses model, transport and sampling;
-    ``kind: flow`` uses flow and flow_sampling (the sections of the other kind must stay unset)."""
+    flow_sampling / mmdit / text / data / eval sections. ``kind: diffusion`` uses model, transport
+    and sampling; ``kind: flow`` uses flow and flow_sampling; ``kind: mmdit`` uses mmdit, text,
+    transport and sampling (the sections of the other kinds must stay unset)."""
 
-    kind: Literal["diffusion", "flow"] = field(default="diffusion", metadata=OMIT_IF_DEFAULT)
+    kind: Literal["diffusion", "flow", "mmdit"] = field(default="diffusion", metadata=OMIT_IF_DEFAULT)
     train: TrainConfig = field(default_factory=_default_train)
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     sampling: SamplerConfig = field(default_factory=SamplerConfig)
     flow: FlowConfig = field(default_factory=FlowConfig, metadata=OMIT_IF_DEFAULT)
     flow_sampling: FlowSamplerConfig = field(default_factory=FlowSamplerConfig, metadata=OMIT_IF_DEFAULT)
+    mmdit: MMDiTConfig = field(default_factory=MMDiTConfig, metadata=OMIT_IF_DEFAULT)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig, metadata=OMIT_IF_DEFAULT)
     data: LatentDataConfig = field(default_factory=LatentDataConfig)
     eval: GeneratorEvalConfig = field(default_factory=GeneratorEvalConfig)
 
     def validate(self) -> None:
         """A section of the other kind that is set would be silently ignored: refuse it."""
         if self.kind == "diffusion":
-            unused, hint = ("flow", "flow_sampling"), "set kind: flow to train the flow"
+            unused, hint = ("flow", "flow_sampling", "mmdit", "text"), "set kind: flow or kind: mmdit to use it"
+        elif self.kind == "mmdit":
+            unused, hint = ("model", "flow", "flow_sampling"), "the MMDiT is configured by mmdit / text"
         else:
-            unused, hint = ("model", "transport", "sampling"), "the flow is configured by flow / flow_sampling"
+            unused, hint = ("model", "transport", "sampling", "mmdit", "text"), \
+                "the flow is configured by flow / flow_sampling"
         for section in unused:
             if to_dict(getattr(self, section)) != to_dict(type(getattr(self, section))()):
                 raise ConfigError(f"config section '{section}' is set, but kind is '{self.kind}', which "
@@ -107,6 +125,14 @@ class GeneratorRunConfig:
     def flow_kind(self) -> bool:
         return self.kind == "flow"
 
+    @property
+    def text_kind(self) -> bool:
+        return self.kind == "mmdit"
+
+    @property
+    def architecture_section(self) -> str:
+        return {"flow": "flow", "mmdit": "mmdit"}.get(self.kind, "model")
+
 
 class GeneratorStage(Stage):
     """Args: config: a :class:`GeneratorRunConfig`."""
@@ -115,8 +141,12 @@ class GeneratorStage(Stage):
 
     def __init__(self, config: GeneratorRunConfig):
         config.validate()
-        section = "flow" if config.flow_kind else "model"
+        section = config.architecture_section
         model, self.latent_source = resolve_latent_shape(getattr(config, section), config.data, section)
+        if config.text_kind:
+            config.text.validate()
+            info = config.text.info()  # registry entry or a local folder's config.json: no weights
+            model = model.with_text(info.dim, info.pooled_dim, f"text encoder '{info.name}' (text.encoder)")
         config = replace(config, **{section: model})
         model.resolved()  # validate the architecture now, before any work
         config.transport.validate()
@@ -125,12 +155,19 @@ class GeneratorStage(Stage):
         self.config = config
         self.transport = Transport(config.transport)
         self.cache = None
+        self.text_encoder = None  # loaded in setup for text.embeddings: online
         self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
-    def architecture(self) -> GeneratorConfig | FlowConfig:
-        """The config of the network this run trains (``model``, or ``flow`` for kind: flow)."""
-        return self.config.flow if self.config.flow_kind else self.config.model
+    def architecture(self) -> GeneratorConfig | FlowConfig | MMDiTConfig:
+        """The config of the network this run trains (``model``, ``flow`` or ``mmdit``)."""
+        return getattr(self.config, self.config.architecture_section)
+
+    def text_identity(self) -> dict:
+        """What a latent cache's text embeddings must have been made with (no weights needed)."""
+        info, text = self.config.text.info(), self.config.text
+        return {"name": info.name, "max_length": text.max_length or info.max_length, "dim": info.dim,
+                "pooled_dim": info.pooled_dim}
 
     @property
     def sampling(self) -> SamplerConfig | FlowSamplerConfig:
@@ -139,6 +176,8 @@ class GeneratorStage(Stage):
     def build_models(self, device) -> dict[str, nn.Module]:
         if self.config.flow_kind:
             return {"generator": build_flow(self.config.flow, device)}
+        if self.config.text_kind:
+            return {"generator": build_mmdit(self.config.mmdit, device)}
         return {"generator": build_generator(self.config.model, device)}
 
     def ema_modules(self) -> list[str]:
@@ -154,6 +193,8 @@ class GeneratorStage(Stage):
             raise LatentCacheError(f"latent cache '{data.cache}' holds latents of shape "
                                    f"{list(self.cache.latent_shape)}, but the model is built for "
                                    f"{list(model.latent_shape)} (from {self.latent_source})")
+        if self.config.text_kind:
+            self._setup_text(device)
         labels = self.cache.labels()
         if model.num_classes > 0 and len(labels) and (labels.min() < 0 or labels.max() >= model.num_classes):
             key = "flow" if self.config.flow_kind else "model"
@@ -163,15 +204,34 @@ class GeneratorStage(Stage):
         self.stats = self.cache.stats()
         self.device = device
 
-    def train_dataset(self):
-        from fae.data.latent_cache import LatentDataset
+    def _setup_text(self, device: torch.device) -> None:
+        if not self.cache.has_captions:
+            raise LatentCacheError(f"latent cache '{self.config.data.cache}' holds no captions; kind: mmdit "
+                                   f"needs a cache written from a captioned dataset (data.name: captions "
+                                   f"or webdataset in `fae cache-latents`)")
+        if self.config.text.embeddings == "cache":
+            self.cache.check_text_encoder(self.text_identity())
+        else:
+            self.text_encoder = self.config.text.load(device)
 
+    def train_dataset(self):
+        from fae.data.latent_cache import CaptionLatentDataset, LatentDataset
+
+        if self.config.text_kind:
+            return CaptionLatentDataset(self.cache, *self.stats, flip=self.config.data.flip,
+                                        embeddings=self.config.text.embeddings == "cache")
         return LatentDataset(self.cache, *self.stats, flip=self.config.data.flip)
 
-    def _cond(self, labels: torch.Tensor) -> torch.Tensor | None:
+    def _cond(self, labels):
+        """The network's condition from a batch's second part: labels [b] (class-conditional), the
+        cached text embeddings (tokens, mask, pooled), or captions encoded now (online)."""
+        if self.config.text_kind:
+            if self.text_encoder is not None:  # a list of caption strings
+                return TextCondition(*self.text_encoder.encode(list(labels)))
+            return TextCondition(*labels)
         return labels if self.architecture.num_classes > 0 else None
 
-    def _loss(self, network: nn.Module, latents: torch.Tensor, labels: torch.Tensor,
+    def _loss(self, network: nn.Module, latents: torch.Tensor, labels,
               generator: torch.Generator | None = None) -> torch.Tensor:
         """Velocity loss (diffusion) or NLL per dimension in nats of noise-augmented latents (flow)."""
         if self.config.flow_kind:
@@ -179,7 +239,8 @@ class GeneratorStage(Stage):
         return self.transport.loss(network, latents, self._cond(labels), generator=generator)
 
     def loss(self, phase, batch, models, step):
-        latents, labels = batch  # [b, c, h, w] normalised, [b]
+        latents, *rest = batch  # [b, c, h, w] normalised; labels [b], captions, or text embeddings
+        labels = rest[0] if len(rest) == 1 else rest
         loss = self._loss(models["generator"], latents, labels)
         return loss, ({"bits_per_dim": loss.detach() / math.log(2)} if self.config.flow_kind else {})
 
@@ -194,10 +255,10 @@ class GeneratorStage(Stage):
         if n == 0:
             return {}
         items = [dataset[i] for i in range(n)]
-        latents = torch.stack([z for z, _ in items])  # [n, c, h, w]
-        labels = torch.tensor([y for _, y in items])  # [n]
+        latents = torch.stack([item[0] for item in items])  # [n, c, h, w]
+        labels = self._eval_conditions(items, device)
         generator = torch.Generator(device=device).manual_seed(self.config.eval.seed)
-        loss = self._loss(network, latents.to(device), labels.to(device), generator)
+        loss = self._loss(network, latents.to(device), labels, generator)
         if self.config.data.fae and self.config.eval.grid_samples > 0:
             from fae import distributed as du
 
@@ -207,12 +268,28 @@ class GeneratorStage(Stage):
             return {"fixed_noise_loss": float(loss), "bits_per_dim": float(loss) / math.log(2)}
         return {"fixed_noise_loss": float(loss)}
 
-    def wrap(self, network: nn.Module) -> Generator | FlowGenerator:
+    def _eval_conditions(self, items: list[tuple], device: torch.device):
+        """The second part of a batch of dataset items, as ``loss`` receives it."""
+        if not self.config.text_kind:
+            return torch.tensor([item[1] for item in items]).to(device)  # labels [n]
+        if len(items[0]) == 2:  # captions (online text encoding)
+            return [item[1] for item in items]
+        return [torch.stack([item[k] for item in items]).to(device) for k in (1, 2, 3)]
+
+    def wrap(self, network: nn.Module) -> Generator | FlowGenerator | TextToImageGenerator:
         """The network as a :class:`Generator` (or :class:`FlowGenerator`) with this run's
         statistics and settings."""
         if self.config.flow_kind:
             return FlowGenerator(self.config.flow, *self.stats, sampling=self.config.flow_sampling,
                                  fae_identity=self.cache.identity, network=network)
+        if self.config.text_kind:
+            gen = TextToImageGenerator(self.config.mmdit, self.config.transport, *self.stats,
+                                       sampling=self.config.sampling, fae_identity=self.cache.identity,
+                                       text={**self.config.text.record(), "identity": self.text_identity()},
+                                       network=network)
+            if self.text_encoder is not None:
+                gen.attach_text_encoder(self.text_encoder)
+            return gen
         return Generator(self.config.model, self.config.transport, *self.stats,
                          sampling=self.config.sampling, fae_identity=self.cache.identity, network=network)
 
@@ -227,7 +304,11 @@ class GeneratorStage(Stage):
             return None
         n = self.config.eval.grid_samples
         decoder = SampleDecoder(self.wrap(network), fae, self.sampling)
-        samples = decoder.all(range(n), seed=self.config.eval.seed)  # images uint8 [n, C, H, W]
+        prompts = None
+        if self.config.text_kind:  # the first captions of the cache, cycled
+            captions = self.cache.captions()
+            prompts = [captions[i % len(captions)] for i in range(n)]
+        samples = decoder.all(range(n), seed=self.config.eval.seed, prompts=prompts)  # uint8 [n, C, H, W]
         ncol = max(1, int(n ** 0.5))
         return save_png(image_grid(samples.images, ncol=ncol), run_dir / "samples" / f"step_{step:07d}.png")
 
@@ -237,6 +318,8 @@ class GeneratorStage(Stage):
     def describe(self) -> dict[str, str]:
         if self.config.flow_kind:
             return self._describe_flow()
+        if self.config.text_kind:
+            return self._describe_mmdit()
         cfg = self.config.model.resolved()
         style = {"sit": "SiT", "lightningdit": "LightningDiT"}[cfg.style]
         blocks = f"norm={cfg.norm}, mlp={cfg.mlp}, rope={cfg.rope}, qk_norm={cfg.qk_norm}"
@@ -250,6 +333,28 @@ class GeneratorStage(Stage):
                              f"{self.config.transport.cosine_weight:g}",
                 "data": f"latent cache {self.config.data.cache}; latent shape from {self.latent_source}"}
 
+    def _describe_mmdit(self) -> dict[str, str]:
+        cfg = self.config.mmdit.resolved()
+        network = build_mmdit(cfg, "meta")
+        blocks = sum(p.numel() for p in network.blocks.parameters())
+        size = cfg.size if MMDIT_SIZES[cfg.size] == (cfg.depth, cfg.dim, cfg.heads) else "custom"
+        published = PUBLISHED_MMDIT_PARAMS.get(size, "none for this size")
+        info, text = self.config.text.info(), self.config.text
+        return {"generator": f"MMDiT-{size}/{cfg.patch_size} ({cfg.depth} x {cfg.dim}, {cfg.heads} heads x "
+                             f"{cfg.dim // cfg.heads}, MLP ratio {cfg.mlp_ratio:g}, qk_norm={cfg.qk_norm}, "
+                             f"2-D RoPE on latent tokens={cfg.rope}, text tokens unrotated) on "
+                             f"{cfg.latent_channels}x{cfg.latent_size}x{cfg.latent_size} latents: "
+                             f"{format_params(network.num_params())} parameters (the trainable network: "
+                             f"{format_params(blocks)} in the {cfg.depth} joint blocks"
+                             f"{', last text stream pre-only' if cfg.context_pre_only else ''}, the rest in "
+                             f"patch/text/pooled/timestep embedders, null caption and final layer; the "
+                             f"frozen text encoder is not counted); published: {published}",
+                "text": f"{info.name} ({info.description}; tokens {info.dim}-d, pooled {info.pooled_dim}-d, "
+                        f"{text.max_length or info.max_length} tokens), embeddings {text.embeddings}; "
+                        f"caption dropout {cfg.caption_dropout:g}",
+                "transport": f"{self.config.transport.time_sampling} t, shift {self.config.transport.shift} "
+                             f"(paper form; t = 1 is noise)",
+                "data": f"latent cache {self.config.data.cache}; latent shape from {self.latent_source}"}
 
     def _describe_flow(self) -> dict[str, str]:
         cfg = self.config.flow.resolved()

