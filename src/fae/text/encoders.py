@@ -90,14 +90,14 @@ class TextEncoder(nn.Module):
         """(ids, mask) -> (last hidden states [B, L, D], pooled [B, Dp]); per family."""
         raise NotImplementedError
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors could not enter a training graph later
     def encode(self, captions: Sequence[str]) -> TextEmbeddings:
         """Captions -> float32 :class:`TextEmbeddings` on the encoder's device."""
         ids, mask = self.tokenize(captions)
         tokens, pooled = self.run(ids, mask)
         keep = mask.to(torch.bool)
         tokens = tokens.float() * keep.unsqueeze(-1)  # padding rows are 0 whatever the model gives
-        return TextEmbeddings(tokens.clone(), keep.clone(), pooled.float().clone())
+        return TextEmbeddings(tokens, keep, pooled.float())
 
 
 class T5TextEncoder(TextEncoder):
