@@ -14,6 +14,7 @@ STAGES = {
     "autoencoder": "fae.training.stages.autoencoder",
     "pixel-decoder": "fae.training.stages.pixel_decoder",
     "generator": "fae.training.stages.generator",
+    "pixel-autoencoder": "fae.training.stages.pixel_autoencoder",  # fae experiment latent-space
 }
 
 
