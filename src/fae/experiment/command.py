@@ -1,0 +1,37 @@
+"""``fae experiment NAME [--quick] [--out ROOT] [--config FILE] [key=value ...]`` (see ``fae.experiment``)."""
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from fae.experiment.config import experiment_path, load_experiment, resolve_arms
+    from fae.experiment.run import run_experiment
+
+    path = experiment_path(args.name, args.config)
+    exp, arm_overrides = load_experiment(path, args.quick, args.overrides)
+    arms, base = resolve_arms(exp, path, args.quick, arm_overrides)
+    root = args.out or ("runs/experiments-quick" if args.quick else "runs/experiments")
+    report = run_experiment(exp, arms, base, path.stem if args.config else args.name, root, quick=args.quick)
+    print(f"report: {report}")
+    print(f"results: {report.parent / 'results.json'}")
+    return 0
+
+
+def register(subparsers) -> None:
+    from fae.experiment import __doc__ as doc
+
+    parser = subparsers.add_parser("experiment", help="compare latent spaces / encoders / latent sizes / time "
+                                   "shifts with equal generators on Fashion-MNIST (HTML report + verdicts)",
+                                   description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", default=None,
+                        help="latent-space | encoder | latent-channels | time-shift (configs/experiments/NAME.yaml)")
+    parser.add_argument("--quick", action="store_true", help="the ~3-minute version (the config's 'quick' "
+                        "and 'quick_arms' lists on top of the demo's 'quick' list)")
+    parser.add_argument("--out", help="root folder (default runs/experiments, or runs/experiments-quick with --quick); "
+                        "the experiment writes ROOT/NAME, stages are shared in ROOT/_stages")
+    parser.add_argument("--config", help="an experiment file instead of configs/experiments/NAME.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="experiment keys (evaluation.fid_samples=100, seeds=[1,2]) or, for any other "
+                             "key, an override of every arm (generator.overrides.train.steps=600)")
+    parser.set_defaults(func=run)

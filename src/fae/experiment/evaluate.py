@@ -1,0 +1,139 @@
+"""Score a generator checkpoint: FID against real test images and class accuracy by the judge.
+
+Everything is the demo's or the library's: samples come from ``fae.demo.evaluate.draw_samples``
+(class-balanced, fixed noise), the judge is the demo's pixel classifier
+(``fae.demo.evaluate.classifier_step``), features and distances are ``fae.evaluation``'s. What is
+new here is only the bookkeeping: a checkpoint's EMA weights as a ``Generator``, the shared
+reference statistics with the real-vs-real floor at the samples' N, and a per-checkpoint result
+file that a re-run reuses while the checkpoint, the decoder and the settings are unchanged.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fae.config import to_dict
+from fae.experiment.config import Evaluation
+
+
+@dataclass
+class Reference:
+    """Shared by every arm: the real test images' Inception features and the judge.
+
+    Attributes:
+        features: pool features [R, 2048] of the first ``reference_images`` test images.
+        floor: FID of the next ``fid_samples`` real test images against them (same N as the samples).
+        judge: the pixel classifier; ``judge_real``: its accuracy on the floor's real images.
+    """
+
+    features: np.ndarray
+    floor: float
+    judge: Any
+    judge_real: float
+    key: str
+
+
+def _features(images: torch.Tensor, desc: str) -> np.ndarray:
+    from fae.demo.evaluate import INCEPTION_CPU_BATCH
+    from fae.evaluation.features import compute_inception_stats
+    from fae.evaluation.inception import load_inception
+
+    return compute_inception_stats(images, load_inception(), batch_size=INCEPTION_CPU_BATCH, keep_features=True,
+                                   desc=f"inception ({desc})").pool_features
+
+
+def reference(cfg, ev: Evaluation, store: Path) -> Reference:
+    """Reference features + floor (cached in ``store``) and the judge (trained once per settings)."""
+    from fae.data.fashion_mnist import FashionMNIST
+    from fae.demo.evaluate import classifier_path, classifier_step, real_images
+    from fae.evaluation.fid import fid_from_features
+    from fae.evaluation.pixel_classifier import PixelClassifier
+    from fae.experiment.plan import digest
+    from fae.io import atomic_torch_save
+
+    judge_settings = {"train_images": cfg.eval.classifier_train_images, "steps": cfg.eval.classifier_steps,
+                      "data_root": cfg.data_root}
+    judge_dir = store / f"judge-{digest(judge_settings)}"
+    classifier_step(cfg, judge_dir)
+    judge = PixelClassifier.load(classifier_path(judge_dir))
+    key = digest({"reference_images": ev.reference_images, "n": ev.fid_samples, "data_root": cfg.data_root})
+    path = store / f"reference-{key}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        features, floor = saved["features"].numpy(), float(saved["floor"])
+    else:
+        real = real_images(cfg, "test", 0, ev.reference_images)
+        features = _features(real, "reference test images")
+        floor = fid_from_features(_features(real_images(cfg, "test", ev.reference_images, ev.fid_samples),
+                                            "floor: other test images"), features)
+        atomic_torch_save({"features": torch.from_numpy(features), "floor": floor}, path)
+    labels = FashionMNIST("test", root=cfg.data_root).labels
+    floor_images = real_images(cfg, "test", ev.reference_images, ev.fid_samples)
+    judge_real = judge.accuracy(floor_images, labels[ev.reference_images:ev.reference_images + ev.fid_samples])
+    return Reference(features, floor, judge, judge_real, key + digest(judge_settings))
+
+
+def checkpoint_generator(spec, step: int):
+    """The generator of ``spec``'s run at checkpoint ``step``, with its EMA weights."""
+    from fae.commands.train import load_stage
+    from fae.training.checkpoint import CheckpointManager, load_file, load_model_state
+
+    stage = load_stage(spec.kind, spec.config, spec.overrides)
+    stage.setup(torch.device("cpu"))  # the cache: statistics and identity
+    network = stage.build_models("cpu")["generator"]
+    run = Path(stage.config.train.run_dir)
+    state = load_file(CheckpointManager(run / "checkpoints").path(step))
+    load_model_state(network, state["models"]["generator"])
+    with torch.no_grad():
+        params = dict(network.named_parameters())
+        for name, value in state["ema"].get("generator", {}).get("shadow", {}).items():
+            params[name].copy_(value)
+    return stage.wrap(network.eval())
+
+
+def _eval_settings(ev: Evaluation):
+    from fae.demo.config import EvalSettings
+
+    # draw_samples' second (unguided) draw is only the grid's; its guided draw is what is scored.
+    return EvalSettings(fid_samples=ev.fid_samples, fid_without_cfg=False, sampling=dict(ev.sampling),
+                        grid_per_class=ev.grid_per_class, batch_size=ev.batch_size, seed=ev.seed)
+
+
+def fingerprint(checkpoint: Path, decoder_file: Path | None, ev: Evaluation, ref: Reference) -> dict[str, Any]:
+    stat = checkpoint.stat()
+    decoder = None if decoder_file is None else decoder_file.stat().st_mtime_ns
+    return {"checkpoint": [stat.st_size, stat.st_mtime_ns], "decoder": decoder, "evaluation": to_dict(ev),
+            "reference": ref.key}
+
+
+def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev: Evaluation, ref: Reference,
+                        folder: Path) -> tuple[str, dict[str, float]]:
+    """FID and class accuracy of checkpoint ``step`` (cached in ``folder/step-XXXXXXXX.json`` and the
+    grid's images in ``.pt``)."""
+    from fae.demo.evaluate import draw_samples
+    from fae.evaluation.fid import fid_from_features
+    from fae.io import atomic_save_json, atomic_torch_save
+    from fae.training.checkpoint import CheckpointManager
+
+    from fae.experiment.plan import run_dir
+
+    checkpoint = CheckpointManager(run_dir(spec) / "checkpoints").path(step)
+    mark = json.loads(json.dumps(fingerprint(checkpoint, decoder_file, ev, ref)))
+    record, images = folder / f"step-{step:08d}.json", folder / f"step-{step:08d}.pt"
+    if record.is_file() and images.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("fingerprint") == mark:
+            return "skipped (outputs valid)", saved["metrics"]
+    generator = checkpoint_generator(spec, step)
+    guided, _, _ = draw_samples(_eval_settings(ev), generator, decoder)
+    metrics = {"step": step, "fid": fid_from_features(_features(guided.images, f"samples, step {step}"), ref.features),
+               "class_accuracy": ref.judge.accuracy(guided.images, guided.labels), "samples": len(guided)}
+    shown = guided.images[:10 * ev.grid_per_class]
+    atomic_torch_save({"images": shown, "labels": guided.labels[:len(shown)]}, images)
+    atomic_save_json({"fingerprint": mark, "metrics": metrics}, record)
+    return "ran", metrics

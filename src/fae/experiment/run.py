@@ -1,0 +1,272 @@
+"""Run an experiment: every arm's stages (shared, cached, resumable), its generator with kept
+checkpoints, the evaluation of each checkpoint, then ``results.json`` and the report.
+
+Per arm, in order: the upstream stages its latent space needs (``fae.demo.pipeline.train_stage``:
+skipped when valid, resumed when interrupted, restarted when their config changed), its latent
+cache, the generator (``ROOT/NAME/ARM/generator``, a checkpoint kept at every evaluated step), and
+one evaluation per checkpoint (``ROOT/NAME/ARM/eval``). An arm whose ``result.json`` was written
+for the same resolved config, stages and evaluation settings is skipped outright; a changed arm
+reruns only what changed (the stage store is keyed on content, the generator's run folder restarts
+when its config differs, each checkpoint's scores are keyed on the checkpoint file).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from fae.config import to_dict
+from fae.experiment.config import ExperimentConfig, ResolvedArm
+from fae.experiment.plan import ArmPlan, plan_arm, run_dir
+
+STORE = "_stages"  # ROOT/_stages: stages, latent caches, judge and reference shared by every experiment
+
+
+def say(message: str) -> None:
+    print(f"[experiment] {message}", flush=True)
+
+
+def timed(title: str, action: Callable[[], str]) -> dict[str, Any]:
+    """Run one step, printing and returning its status and wall / CPU time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    status = action()
+    record = {"step": title, "status": status, "wall_s": round(time.perf_counter() - wall, 1),
+              "cpu_s": round(time.process_time() - cpu, 1)}
+    say(f"  {title}: {status} in {record['wall_s']:.1f} s (CPU {record['cpu_s']:.1f} s)")
+    return record
+
+
+# ------------------------------------------------------------------------------ latent caches
+
+
+def _latent_data(cfg):
+    from fae.data.datasets import DataConfig
+
+    return DataConfig(name="fashion-mnist", root=cfg.data_root, split="train", limit=cfg.latents.limit)
+
+
+def _cache_done(folder: Path) -> bool:
+    from fae.data.latent_cache import LatentCache
+    from fae.errors import LatentCacheError
+
+    try:
+        LatentCache(folder)
+        return True
+    except LatentCacheError:
+        return False
+
+
+def _write_space_cache(plan: ArmPlan, space, dataset, source: str) -> str:
+    """Measure the space's statistics on ``dataset`` and write its latent cache (resumable)."""
+    from fae.data.batches import iterate_batches
+    from fae.data.latent_cache import CacheConfig, write_cache
+    from fae.experiment.spaces import floored_stats
+    from fae.stats import ChannelStats
+
+    cfg = plan.arm.config
+    stats = ChannelStats(plan.latent_shape[0])
+    for items, _ in iterate_batches(dataset, cfg.latents.batch_size):
+        stats.update(space.encode(items).movedim(1, -1))  # [b, h, w, c]
+    space.set_latent_stats(*floored_stats(*stats.mean_std()))
+    identity = {"identity": space.identity(source=source), "backbone": f"{cfg.space} ({source})",
+                "resolution": cfg.backbone.resolution, "latent_shape": list(plan.latent_shape)}
+    write_cache(CacheConfig(fae=source, out=str(plan.latents), data=_latent_data(cfg),
+                            batch_size=cfg.latents.batch_size), space, identity=identity,
+                latent_mean=space.latent_mean, latent_std=space.latent_std, dataset=dataset)
+    return "ran"
+
+
+def _tokens(plan: ArmPlan):
+    """The training images' raw backbone tokens, from the shared token cache."""
+    from fae.backbones.registry import load_backbone
+    from fae.backbones.token_cache import TokenCache
+
+    cfg = plan.arm.config
+    backbone = load_backbone(cfg.backbone.name, resolution=cfg.backbone.resolution)
+    return TokenCache(plan.store / "token_cache", backbone).dataset(_latent_data(cfg))
+
+
+def cache_latents(plan: ArmPlan) -> str:
+    """The arm's latent cache (the demo's cache step for FAE latents)."""
+    from fae.data.fashion_mnist import FashionMNIST
+
+    cfg = plan.arm.config
+    if cfg.space == "fae":
+        from fae.demo.pipeline import cache_step
+
+        return cache_step(cfg, run_dir(plan.stages["pixel_decoder_ii"]) / "export", plan.latents, plan.store)
+    if _cache_done(plan.latents):
+        return "skipped (outputs valid)"
+    if cfg.space == "tokens":
+        from fae.experiment.spaces import TokenSpace
+
+        c, h, w = plan.latent_shape
+        return _write_space_cache(plan, TokenSpace((h, w), c), _tokens(plan), "raw backbone tokens")
+    images = FashionMNIST("train", root=cfg.data_root, limit=cfg.latents.limit)
+    if cfg.space == "pixels":
+        from fae.experiment.spaces import PatchSpace
+
+        return _write_space_cache(plan, PatchSpace(plan.latent_shape[1:], images.images.shape[-1]), images,
+                                  "patchified pixels")
+    from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
+    from fae.data.latent_cache import CacheConfig, write_cache
+
+    export = run_dir(plan.stages["pixel_autoencoder"]) / "export"
+    model = PixelAutoencoder.from_pretrained(export)
+    identity = {"identity": model.identity(), "backbone": "pixel autoencoder", "resolution": images.images.shape[-1],
+                "latent_shape": list(model.latent_shape)}
+    write_cache(CacheConfig(fae=str(export), out=str(plan.latents), data=_latent_data(cfg),
+                            batch_size=cfg.latents.batch_size), model, identity=identity,
+                latent_mean=model.latent_mean, latent_std=model.latent_std, dataset=images)
+    return "ran"
+
+
+def decoder_for(plan: ArmPlan) -> tuple[torch.nn.Module, Path | None]:
+    """The module that turns the arm's latents into images, and the file that identifies it."""
+    from fae.data.latent_cache import LatentCache
+
+    space = plan.arm.config.space
+    if space == "fae":
+        from fae.autoencoder import FAE
+
+        export = run_dir(plan.stages["pixel_decoder_ii"]) / "export"
+        return FAE.from_pretrained(export), export / "model.safetensors"
+    if space == "pixel-ae":
+        from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
+
+        export = run_dir(plan.stages["pixel_autoencoder"]) / "export"
+        return PixelAutoencoder.from_pretrained(export), export / "model.safetensors"
+    stats = LatentCache(plan.latents).stats()
+    c, h, w = plan.latent_shape
+    if space == "tokens":
+        from fae.autoencoder.pixel_decoder import PixelDecoder
+        from fae.experiment.spaces import TokenSpace
+
+        export = run_dir(plan.stages["pixel_decoder_ib"]) / "export"
+        decoder = TokenSpace((h, w), c, PixelDecoder.from_pretrained(export))
+        decoder.set_latent_stats(*stats)
+        return decoder, export / "model.safetensors"
+    from fae.experiment.spaces import PatchSpace
+
+    decoder = PatchSpace((h, w), 28)
+    decoder.set_latent_stats(*stats)
+    return decoder, None
+
+
+# ------------------------------------------------------------------------------ one arm
+
+
+def _loader(section: str):
+    from fae.autoencoder import FAE
+    from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
+    from fae.autoencoder.pixel_decoder import PixelDecoder
+    from fae.generation import Generator
+
+    return {"autoencoder": FAE.from_pretrained, "pixel_decoder_ib": PixelDecoder.from_pretrained,
+            "pixel_decoder_ii": FAE.from_pretrained, "pixel_autoencoder": PixelAutoencoder.from_pretrained,
+            "generator": Generator.from_pretrained}[section]
+
+
+def _upstream(plan: ArmPlan, section: str) -> list[Path]:
+    if section == "pixel_decoder_ii":
+        return [run_dir(plan.stages[s]) / "export" / "config.json" for s in ("autoencoder", "pixel_decoder_ib")]
+    return []
+
+
+def loss_summary(folder: Path) -> dict[str, float]:
+    """Training loss (the '<phase>/loss' values) averaged over the first and the last quarter of
+    the logged intervals of a run folder (single log lines are too noisy to say a loss fell)."""
+    from fae.training.metrics_log import read_metrics
+
+    rows = [r for r in read_metrics(folder, kind="train") if any(k.endswith("/loss") for k in r)]
+    if not rows:
+        return {}
+    value = lambda row: float(next(v for k, v in row.items() if k.endswith("/loss")))  # noqa: E731
+    k = max(1, len(rows) // 4)
+    return {"first_step": rows[k - 1]["step"], "first": sum(map(value, rows[:k])) / k,
+            "last_step": rows[-1]["step"], "last": sum(map(value, rows[-k:])) / k}
+
+
+def _stage_metrics(plan: ArmPlan) -> dict[str, dict[str, Any]]:
+    """Each upstream stage's final evaluation (e.g. the FAE's feature cosine and probe)."""
+    found = {}
+    for section, spec in plan.stages.items():
+        path = run_dir(spec) / "eval.json"
+        if path.is_file():
+            found[section] = json.loads(path.read_text())
+    return found
+
+
+def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -> dict[str, Any]:
+    """Train and evaluate one arm (or reuse its result.json); returns its result record."""
+    from fae.demo.pipeline import train_stage
+    from fae.experiment.evaluate import evaluate_checkpoint
+    from fae.io import atomic_save_json
+
+    arm = plan.arm
+    key = plan.key({**to_dict(exp.evaluation), "reference": ref.key})
+    result_path = plan.folder / "result.json"
+    say(f"arm {index}/{total}: {arm.name} ({', '.join(f'{k}={v[1]}' for k, v in arm.diff.items()) or 'main arm'})")
+    if result_path.is_file():
+        saved = json.loads(result_path.read_text())
+        if saved.get("key") == key:
+            say(f"  {arm.name}: skipped (finished; same config, stages and evaluation)")
+            return {**saved, "status": "skipped"}
+    start = time.perf_counter()
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_json({"name": arm.name, "overrides": arm.overrides, "diff": arm.diff,
+                      "config": to_dict(arm.config)}, plan.folder / "arm.json")
+    timings = [timed(section, lambda s=section, p=spec: train_stage(p, _upstream(plan, s), _loader(s)))
+               for section, spec in plan.stages.items()]
+    timings.append(timed("latent cache", lambda: cache_latents(plan)))
+    timings.append(timed("generator", lambda: train_stage(plan.generator, [plan.latents / "manifest.json"],
+                                                          _loader("generator"))))
+    decoder, decoder_file = decoder_for(plan)
+    curve = []
+    for step in plan.steps:
+        def score(step=step) -> str:
+            status, metrics = evaluate_checkpoint(plan.generator, step, decoder, decoder_file, exp.evaluation,
+                                                  ref, plan.folder / "eval")
+            curve.append(metrics)
+            return status
+        timings.append(timed(f"evaluation at step {step}", score))
+    result = {"name": arm.name, "key": key, "replicate_of": arm.replicate_of, "space": arm.config.space,
+              "overrides": arm.overrides, "diff": arm.diff, "latent_shape": list(plan.latent_shape),
+              "stages": {s: str(run_dir(p)) for s, p in plan.stages.items()}, "latents": str(plan.latents),
+              "curve": curve, "final": curve[-1], "generator_loss": loss_summary(run_dir(plan.generator)),
+              "stage_losses": {s: loss_summary(run_dir(p)) for s, p in plan.stages.items()},
+              "stage_metrics": _stage_metrics(plan), "timings": timings,
+              "wall_s": round(time.perf_counter() - start, 1)}
+    atomic_save_json(result, result_path)
+    return {**result, "status": "ran"}
+
+
+# ------------------------------------------------------------------------------ the experiment
+
+
+def run_experiment(exp: ExperimentConfig, arms: list[ResolvedArm], base: Path, name: str, root: str | Path,
+                   quick: bool = False) -> Path:
+    """Run every arm, write ``ROOT/NAME/results.json`` and ``report.html``; returns the report."""
+    from fae.experiment.evaluate import reference
+    from fae.experiment.report import write_report
+    from fae.experiment.verdict import results_record
+    from fae.io import atomic_save_json
+
+    root = Path(root).resolve()
+    store, folder = root / STORE, root / name
+    plans = [plan_arm(arm, base, folder, store, exp.evaluation.steps) for arm in arms]  # validates every stage
+    start = time.perf_counter()
+    say(f"{exp.title}: {len(plans)} arms in {folder} (stages shared in {store})")
+    store.mkdir(parents=True, exist_ok=True)
+    ref = reference(arms[0].config, exp.evaluation, store)
+    say(f"real-vs-real FID floor at N = {exp.evaluation.fid_samples}: {ref.floor:.2f}; judge on real test "
+        f"images: {100 * ref.judge_real:.1f}%")
+    results = [run_arm(p, exp, ref, i + 1, len(plans)) for i, p in enumerate(plans)]
+    record = results_record(exp, name, results, ref, quick, round(time.perf_counter() - start, 1))
+    atomic_save_json(record, folder / "results.json")
+    report = write_report(record, folder)
+    say(f"finished in {record['total_wall_s']:.0f} s; results: {folder / 'results.json'}")
+    return report
