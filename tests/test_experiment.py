@@ -111,6 +111,7 @@ def test_arms_differ_only_in_the_declared_variable(experiment):
 
 def test_arms_outside_the_variable_are_refused(tmp_path):
     from fae.experiment.config import load_experiment, resolve_arms
+    from fae.experiment.run import run_experiment
 
     path = experiment_file(tmp_path)
     data = yaml.safe_load(path.read_text())
@@ -123,6 +124,12 @@ def test_arms_outside_the_variable_are_refused(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="arm 'tokens'.*trian"):
         resolve_arms(*load_experiment(path, quick=True)[:1], path, True)
+    fresh = experiment_file(tmp_path / "again" if (tmp_path / "again").mkdir() is None else tmp_path)
+    exp, rest = load_experiment(fresh, quick=True, overrides=["seeds=[0]"])  # the generator's own seed
+    arms, base = resolve_arms(exp, fresh, True, rest)
+    with pytest.raises(ConfigError, match="'fae-seed0' trains exactly what the main arm 'fae'"):
+        run_experiment(exp, arms, base, "again", tmp_path / "runs", quick=True)
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
     with pytest.raises(ConfigError, match="evaluation.stpes"):
         load_experiment(path, quick=True, overrides=["evaluation.stpes=[1]"])
 
@@ -160,3 +167,22 @@ def test_rerun_skips_finished_arms_and_reruns_only_a_changed_one(experiment, cap
     assert after["arms"]["pixels"]["diff"] == {"space": ["fae", "pixels"],
                                                "generator.overrides.transport.shift": [None, 1.0]}
     assert after["arms"]["fae"]["curve"] == before["fae"]["curve"]
+
+
+def test_patch_space_round_trip_and_pixel_vae_shapes():
+    import torch
+
+    from fae.autoencoder.pixel_autoencoder import PixelAutoencoder, PixelAutoencoderConfig
+    from fae.experiment.spaces import PatchSpace, floored_stats
+
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    for grid in [(4, 4), (8, 8), (2, 2)]:  # 8x8 does not divide 28: padded to 32, cropped back
+        space = PatchSpace(grid, 28)
+        z = space.encode(images)
+        assert z.shape == (3, *space.latent_shape) and z.shape[2:] == grid
+        assert torch.equal((space.decode(z) * 255).round().to(torch.uint8), images)
+    mean, std = floored_stats(torch.zeros(4), torch.tensor([0.0, 1.0, 2.0, 1.0]))
+    assert std.min() == pytest.approx(0.1) and std.max() == 2.0
+    model = PixelAutoencoder(PixelAutoencoderConfig(latent_channels=8, grid=(8, 8), width=16))
+    z = model.encode(images)
+    assert z.shape == (3, 8, 8, 8) and model.decode(z).shape == (3, 1, 28, 28)

@@ -8,6 +8,10 @@ def run(args: argparse.Namespace) -> int:
     from fae.experiment.config import experiment_path, load_experiment, resolve_arms
     from fae.experiment.run import run_experiment
 
+    from fae.errors import ConfigError
+
+    if not args.name and not args.config:
+        raise ConfigError("name an experiment (latent-space, encoder, latent-channels, time-shift) or pass --config FILE")
     path = experiment_path(args.name, args.config)
     exp, arm_overrides = load_experiment(path, args.quick, args.overrides)
     arms, base = resolve_arms(exp, path, args.quick, arm_overrides)

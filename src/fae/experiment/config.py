@@ -216,7 +216,7 @@ def experiment_path(name: str | None, path: str | None) -> Path:
     folder = experiments_folder()
     file = folder / f"{name}.yaml"
     if not file.is_file():
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        known = sorted(p.stem for p in folder.glob("*.yaml") if "arms:" in p.read_text())
         raise ConfigError(f"no experiment '{name}' (configs/experiments/{name}.yaml); known: {', '.join(known)}")
     return file
 
@@ -274,6 +274,9 @@ def resolve_arms(exp: ExperimentConfig, path: Path, quick: bool, arm_overrides: 
         cfg, overrides = configs[name]
         diff = config_diff(reference, cfg)
         allowed = exp.seed_keys if replicate_of else exp.variable
+        if replicate_of and not diff:
+            raise ConfigError(f"experiment arm '{name}' is the main arm '{exp.main}' again: its seed is "
+                              f"already the main arm's value of {exp.seed_keys}; choose other 'seeds'")
         stray = [k for k in diff if not _declared(k, allowed)]
         if stray:
             raise ConfigError(f"experiment arm '{name}' differs from the main arm '{exp.main}' in "

@@ -247,6 +247,22 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
 # ------------------------------------------------------------------------------ the experiment
 
 
+def check_replicates(plans: list[ArmPlan]) -> None:
+    """A seed replicate must train something else than its main arm (e.g. not the seed it has)."""
+    from fae.errors import ConfigError
+    from fae.experiment.plan import stage_key
+
+    def keys(plan: ArmPlan) -> list[str]:
+        return [stage_key(s) for s in plan.stages.values()] + [stage_key(plan.generator)]
+
+    by_name = {p.arm.name: p for p in plans}
+    for plan in plans:
+        main = by_name.get(plan.arm.replicate_of or "")
+        if main is not None and keys(plan) == keys(main):
+            raise ConfigError(f"experiment arm '{plan.arm.name}' trains exactly what the main arm "
+                              f"'{main.arm.name}' trains (its seed is the main arm's); choose other 'seeds'")
+
+
 def run_experiment(exp: ExperimentConfig, arms: list[ResolvedArm], base: Path, name: str, root: str | Path,
                    quick: bool = False) -> Path:
     """Run every arm, write ``ROOT/NAME/results.json`` and ``report.html``; returns the report."""
@@ -258,6 +274,7 @@ def run_experiment(exp: ExperimentConfig, arms: list[ResolvedArm], base: Path, n
     root = Path(root).resolve()
     store, folder = root / STORE, root / name
     plans = [plan_arm(arm, base, folder, store, exp.evaluation.steps) for arm in arms]  # validates every stage
+    check_replicates(plans)
     start = time.perf_counter()
     say(f"{exp.title}: {len(plans)} arms in {folder} (stages shared in {store})")
     store.mkdir(parents=True, exist_ok=True)
