@@ -1,7 +1,7 @@
 """`fae demo --quick` end to end on a tiny subset (through fae.cli.main), then a re-run that skips.
 
 The test shrinks the quick profile further with demo-level overrides: EfficientNet-Lite0 at 64 px
-(2x2 tokens: the backbone is the costly part on CPU), a few hundred images, tens of steps, and
+(4x4 stride-16 tokens: the backbone is the costly part on CPU), a few hundred images, tens of steps, and
 tiny evaluation sets. It checks that every artifact exists and loads, that the report inlines its
 figures, that the metrics are finite and in sane ranges, and that a second run skips every stage.
 """
@@ -149,7 +149,7 @@ def test_demo_config_quick_profile_and_overrides():
     quick, _ = load_demo_config(None, quick=True, overrides=["autoencoder.overrides.train.steps=7"])
     assert (base / default.autoencoder.config).is_file()
     assert quick.backbone.resolution < default.backbone.resolution
-    assert default.backbone.name == "efficientnet-lite0"
+    assert default.backbone.name == "efficientnet-lite0-s16"
     assert quick.eval.fid_samples < default.eval.fid_samples
     assert "train.steps=7" in quick.autoencoder.override_list()  # the command line wins over --quick
     assert "train.steps=300" in quick.generator.override_list()

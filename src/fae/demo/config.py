@@ -105,8 +105,8 @@ class DemoConfig:
     """``configs/demo/demo.yaml``: the demo's sizes and budgets.
 
     Args:
-        backbone: the frozen encoder of every stage, said once (EfficientNet-Lite0 at 128 px ->
-            4x4 tokens; stage II, the latent cache and the generator read it from the exports).
+        backbone: the frozen encoder of every stage, said once (EfficientNet-Lite0's stride-16
+            tokens at 128 px -> 8x8x112; stage II, the latent cache and the generator read it from the exports).
         data_root: Fashion-MNIST folder (null = $FAE_FASHION_MNIST or /usr/share/datasets/fashion-mnist).
         autoencoder, pixel_decoder_ib, pixel_decoder_ii, generator: the training stages.
         latents: the latent cache.
@@ -118,7 +118,7 @@ class DemoConfig:
     pixel_decoder_ib: StageRun
     pixel_decoder_ii: StageRun
     generator: StageRun
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig("efficientnet-lite0", 128))
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig("efficientnet-lite0-s16", 128))
     data_root: str | None = None
     latents: LatentsRun = field(default_factory=LatentsRun)
     eval: EvalSettings = field(default_factory=EvalSettings)

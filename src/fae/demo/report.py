@@ -211,7 +211,7 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
                           f"latents. Every stage trained on this machine's CPU in {total:.0f} s in all.")
     report.add("Quality floors", tables=[("the issue's floors (they apply to the default run)", floor_rows(metrics))])
     report.add("Metrics", tables=[("Fashion-MNIST test split", metrics_rows(metrics))])
-    report.add("What each stage produced", "Test images; stage Ia: the FAE latent (4x4x32 here) "
+    report.add("What each stage produced", "Test images; stage Ia: the FAE latent "
                "drawn as its three leading principal components in RGB; stage Ib: decoded from the raw "
                "backbone features; stage II: decoded from the FAE latent (encode -> feature decoder -> "
                "stage-II decoder); generator: a sample asked for the same class (with CFG).",
