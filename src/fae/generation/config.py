@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fae.errors import ConfigError
+from fae.generation.latent_grid import LatentGrid
 
 # name -> (depth, width, heads), DiT Table 1.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -30,7 +31,7 @@ STYLES: dict[str, dict[str, object]] = {
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(LatentGrid):
     """Architecture of the latent diffusion transformer (saved in the export's config.json).
 
     Args:
@@ -93,30 +94,9 @@ class GeneratorConfig:
         out.validate()
         return out
 
-    def with_latent_shape(self, shape: tuple[int, int, int], source: str) -> GeneratorConfig:
-        """A copy whose latent shape is ``shape`` = (c, h, w) as made upstream (``source`` names it
-        in errors); explicit values must agree with it."""
-        c, h, w = (int(v) for v in shape)
-        if h != w:
-            raise ConfigError(f"{source} makes latents {[c, h, w]} on a non-square grid; the generator "
-                              f"needs h = w (model.latent_size)")
-        for key, value in (("latent_channels", c), ("latent_size", h)):
-            given = getattr(self, key)
-            if given is not None and given != value:
-                raise ConfigError(f"config key 'model.{key}' is {given}, but {source} makes latents "
-                                  f"{[c, h, w]} ({key} = {value}); leave it null to use {value}")
-        return dataclasses.replace(self, latent_channels=c, latent_size=h)
-
     def validate(self) -> None:
-        for key in ("depth", "dim", "heads", "patch_size", "latent_channels", "latent_size"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"config key 'model.{key}' must be >= 1, got {value}")
-        if self.patch_size not in (1, 2):
-            raise ConfigError(f"config key 'model.patch_size' must be 1 or 2, got {self.patch_size}")
-        if self.latent_size is not None and self.latent_size % self.patch_size:
-            raise ConfigError(f"config key 'model.latent_size' ({self.latent_size}) must be divisible "
-                              f"by model.patch_size ({self.patch_size})")
+        self.check_at_least(("depth", "dim", "heads", "patch_size", "latent_channels", "latent_size"), 1)
+        self.check_patch()
         if self.num_classes < 0:
             raise ConfigError(f"config key 'model.num_classes' must be >= 0, got {self.num_classes}")
         if not 0.0 <= self.class_dropout < 1.0:
@@ -134,14 +114,3 @@ class GeneratorConfig:
                               f"divisible by 4")
         if self.pos_embed == "sincos" and self.dim % 4:
             raise ConfigError(f"sin-cos positions need model.dim divisible by 4, got {self.dim}")
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Token grid after patchifying."""
-        side = self.latent_size // self.patch_size
-        return side, side
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """[c, h, w] of one latent."""
-        return self.latent_channels, self.latent_size, self.latent_size

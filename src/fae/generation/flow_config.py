@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fae.errors import ConfigError
+from fae.generation.latent_grid import LatentGrid
 
 # name -> (deep_layers, shallow_blocks, shallow_layers, dim).
 FLOW_SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -30,7 +31,7 @@ PUBLISHED_PARAMS: dict[str, str] = {"XL": "1.4B (STARFlow, ImageNet 256x256 defa
 
 
 @dataclass
-class FlowConfig:
+class FlowConfig(LatentGrid):
     """Architecture of the STARFlow generator (saved in the export's config.json).
 
     Args:
@@ -58,6 +59,8 @@ class FlowConfig:
         log_scale_clip: soft clip c * tanh(a / c) of every log-scale (STARFlow's soft_clip, 4 in
             its public text-to-image config); 0 disables it.
     """
+
+    SECTION = "flow"  # config section named in errors (fae.generation.latent_grid)
 
     size: Literal["S", "B", "XL"] = "XL"
     deep_layers: int | None = None
@@ -90,37 +93,13 @@ class FlowConfig:
         out.validate()
         return out
 
-    def with_latent_shape(self, shape: tuple[int, int, int], source: str) -> FlowConfig:
-        """A copy whose latent shape is ``shape`` = (c, h, w) as made upstream (``source`` names it
-        in errors); explicit values must agree with it."""
-        c, h, w = (int(v) for v in shape)
-        if h != w:
-            raise ConfigError(f"{source} makes latents {[c, h, w]} on a non-square grid; the flow "
-                              f"needs h = w (flow.latent_size)")
-        for key, value in (("latent_channels", c), ("latent_size", h)):
-            given = getattr(self, key)
-            if given is not None and given != value:
-                raise ConfigError(f"config key 'flow.{key}' is {given}, but {source} makes latents "
-                                  f"{[c, h, w]} ({key} = {value}); leave it null to use {value}")
-        return dataclasses.replace(self, latent_channels=c, latent_size=h)
-
     def validate(self) -> None:
-        for key in ("deep_layers", "dim", "head_dim", "patch_size", "latent_channels", "latent_size"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"config key 'flow.{key}' must be >= 1, got {value}")
-        for key in ("shallow_blocks", "shallow_layers"):
-            value = getattr(self, key)
-            if value is not None and value < 0:
-                raise ConfigError(f"config key 'flow.{key}' must be >= 0, got {value}")
+        self.check_at_least(("deep_layers", "dim", "head_dim", "patch_size", "latent_channels", "latent_size"), 1)
+        self.check_at_least(("shallow_blocks", "shallow_layers"), 0)
         if self.shallow_blocks and self.shallow_layers == 0:
             raise ConfigError("config key 'flow.shallow_layers' is 0 while flow.shallow_blocks is "
                               f"{self.shallow_blocks}: a flow block needs at least one layer")
-        if self.patch_size not in (1, 2):
-            raise ConfigError(f"config key 'flow.patch_size' must be 1 or 2, got {self.patch_size}")
-        if self.latent_size is not None and self.latent_size % self.patch_size:
-            raise ConfigError(f"config key 'flow.latent_size' ({self.latent_size}) must be divisible "
-                              f"by flow.patch_size ({self.patch_size})")
+        self.check_patch()
         if self.dim is not None and self.dim % self.head_dim:
             raise ConfigError(f"config key 'flow.dim' ({self.dim}) must be divisible by flow.head_dim "
                               f"({self.head_dim})")
@@ -135,17 +114,6 @@ class FlowConfig:
             raise ConfigError(f"config key 'flow.noise_std' must be >= 0, got {self.noise_std}")
         if self.log_scale_clip < 0:
             raise ConfigError(f"config key 'flow.log_scale_clip' must be >= 0, got {self.log_scale_clip}")
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Token grid after patchifying."""
-        side = self.latent_size // self.patch_size
-        return side, side
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """[c, h, w] of one latent."""
-        return self.latent_channels, self.latent_size, self.latent_size
 
     @property
     def token_channels(self) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fae.errors import ConfigError
+from fae.generation.latent_grid import LatentGrid
 
 # name -> (depth, width, heads).
 MMDIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -30,7 +31,7 @@ PUBLISHED_MMDIT_PARAMS: dict[str, str] = {"paper": "603.46M (FAE paper, Sec. 5.2
 
 
 @dataclass
-class MMDiTConfig:
+class MMDiTConfig(LatentGrid):
     """Architecture of the text-to-image MMDiT (saved in the export's config.json).
 
     Args:
@@ -52,6 +53,8 @@ class MMDiTConfig:
         caption_dropout: probability a training caption is replaced by the null caption (CFG
             training; our default 0.1, as DiT's class dropout).
     """
+
+    SECTION = "mmdit"  # config section named in errors (fae.generation.latent_grid)
 
     size: Literal["S", "B", "paper"] = "paper"
     depth: int | None = None
@@ -94,30 +97,15 @@ class MMDiTConfig:
         out.validate()
         return out
 
-    def with_latent_shape(self, shape: tuple[int, int, int], source: str) -> MMDiTConfig:
-        """A copy whose latent shape is ``shape`` = (c, h, w) from ``source``; explicit values must agree."""
-        c, h, w = (int(v) for v in shape)
-        if h != w:
-            raise ConfigError(f"{source} makes latents {[c, h, w]} on a non-square grid; the MMDiT "
-                              f"needs h = w (mmdit.latent_size)")
-        return dataclasses.replace(self, **_agreeing(self, {"latent_channels": c, "latent_size": h}, source))
-
     def with_text(self, text_dim: int, pooled_dim: int, source: str) -> MMDiTConfig:
         """A copy whose text widths are those of the encoder ``source``; explicit values must agree."""
         return dataclasses.replace(self, **_agreeing(self, {"text_dim": text_dim, "pooled_dim": pooled_dim},
                                                      source))
 
     def validate(self) -> None:
-        for key in ("depth", "dim", "heads", "patch_size", "latent_channels", "latent_size", "text_dim",
-                    "pooled_dim"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"config key 'mmdit.{key}' must be >= 1, got {value}")
-        if self.patch_size not in (1, 2):
-            raise ConfigError(f"config key 'mmdit.patch_size' must be 1 or 2, got {self.patch_size}")
-        if self.latent_size is not None and self.latent_size % self.patch_size:
-            raise ConfigError(f"config key 'mmdit.latent_size' ({self.latent_size}) must be divisible "
-                              f"by mmdit.patch_size ({self.patch_size})")
+        self.check_at_least(("depth", "dim", "heads", "patch_size", "latent_channels", "latent_size", "text_dim",
+                             "pooled_dim"), 1)
+        self.check_patch()
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"config key 'mmdit.caption_dropout' must be in [0, 1), got {self.caption_dropout}")
         if self.mlp_ratio <= 0:
@@ -129,17 +117,6 @@ class MMDiTConfig:
             if self.rope and (self.dim // self.heads) % 4:
                 raise ConfigError(f"2-D RoPE needs head dim (mmdit.dim / mmdit.heads = "
                                   f"{self.dim // self.heads}) divisible by 4")
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Latent token grid after patchifying."""
-        side = self.latent_size // self.patch_size
-        return side, side
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """[c, h, w] of one latent."""
-        return self.latent_channels, self.latent_size, self.latent_size
 
 
 def _agreeing(cfg: MMDiTConfig, values: dict[str, int], source: str) -> dict[str, int]:
