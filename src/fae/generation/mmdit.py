@@ -18,7 +18,7 @@ from torch import nn
 
 from fae.generation.conditioning import TextCondition, TextConditioner
 from fae.generation.mmdit_config import MMDiTConfig
-from fae.generation.model import FinalLayer, modulate, patchify, unpatchify
+from fae.generation.model import FinalLayer, adaln_zero_init, modulate, patchify, unpatchify
 from fae.nn import Attention, Rope2D, TimestepEmbedder, joint_attention, make_mlp, make_norm
 
 
@@ -108,20 +108,8 @@ class MMDiT(nn.Module):
     def initialize_weights(self) -> None:
         """DiT's initialisation: xavier linears, N(0, 0.02) timestep MLP, and adaLN-Zero (every
         modulation and the output layer start at zero, so every block starts as the identity)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for layer in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for block in self.blocks:
-            for stream in (block.latent, block.text):
-                nn.init.zeros_(stream.adaLN.weight)
-                nn.init.zeros_(stream.adaLN.bias)
-        for layer in (self.final.adaLN, self.final.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        adaln_zero_init(self, self.t_embed,
+                        [stream.adaLN for block in self.blocks for stream in (block.latent, block.text)])
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
         """z [B, c, h, w] noisy latent, t [B] times in [0, 1], cond text embeddings -> v [B, c, h, w]."""

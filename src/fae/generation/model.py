@@ -66,6 +66,23 @@ class DiTBlock(nn.Module):
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))  # [B, N, D]
 
 
+@torch.no_grad()
+def adaln_zero_init(model: nn.Module, t_embed: nn.Module, modulations: list[nn.Linear]) -> None:
+    """DiT's initialisation: xavier linears, N(0, 0.02) timestep MLP, and adaLN-Zero: the given
+    modulation layers and ``model.final`` (its adaLN and output linear) start at zero, so every
+    block starts as the identity and the network predicts zero."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for layer in (t_embed.mlp[0], t_embed.mlp[2]):
+        nn.init.normal_(layer.weight, std=0.02)
+    for layer in [*modulations, model.final.adaLN, model.final.linear]:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
 class FinalLayer(nn.Module):
     """adaLN(x) -> linear to p*p*c values per token.  [B, N, D] -> [B, N, p*p*c]."""
 
@@ -114,19 +131,7 @@ class DiffusionTransformer(nn.Module):
     def initialize_weights(self) -> None:
         """DiT's initialisation: xavier linears, N(0, 0.02) embedders, and adaLN-Zero (every
         modulation and the output layer start at zero, so each block starts as the identity)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for layer in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN.weight)
-            nn.init.zeros_(block.adaLN.bias)
-        for layer in (self.final.adaLN, self.final.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        adaln_zero_init(self, self.t_embed, [block.adaLN for block in self.blocks])
 
     def patchify(self, z: torch.Tensor) -> torch.Tensor:
         """[B, c, h, w] -> [B, (h/p)*(w/p), p*p*c] (see :func:`patchify`)."""
