@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from fae.backbones.preprocess import preprocess_images
+from fae.nn.frozen import FrozenModule
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class BackboneInfo:
         return self.grid[0] * self.grid[1]
 
 
-class Backbone(nn.Module):
+class Backbone(FrozenModule):  # never trained in FAE: freeze() / train() from fae.nn.frozen
     """Base class: subclasses set ``info`` and implement ``forward_features(pixels) -> tokens``.
 
     ``preprocess`` (shared) turns user images into normalised model input; subclasses only
@@ -66,18 +66,6 @@ class Backbone(nn.Module):
     def compute_dtype(self) -> torch.dtype:
         param = next(self.parameters(), None)
         return param.dtype if param is not None else torch.float32
-
-    def freeze(self) -> "Backbone":
-        """Eval mode and no gradients: backbones are never trained in FAE."""
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
-
-    def train(self, mode: bool = True) -> "Backbone":
-        # A frozen backbone stays in eval mode (BatchNorm statistics, dropout) even when a parent
-        # module is switched to train mode.
-        return super().train(False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, C, H, W] uint8/float -> normalised pixels [B, 3, S, S] on the model's device."""

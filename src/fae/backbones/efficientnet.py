@@ -14,7 +14,6 @@ The weights were converted from the TF-Lite checkpoints, which normalise pixels 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -132,8 +131,3 @@ class EfficientNetLite0(Backbone):
             fmap = self.feature_map(self.preprocess(images), full=True)  # [B, 1280, h, w]
             return self.net._fc(fmap.mean(dim=(2, 3))).float()  # [B, 1000]
 
-
-def grid_for(resolution: int, stride: int = 32) -> tuple[int, int]:
-    """Token grid at a given input size: 'SAME' convs of total stride s give ceil(S / s) per side."""
-    side = math.ceil(resolution / stride)
-    return side, side

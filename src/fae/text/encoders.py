@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fae.errors import ConfigError
+from fae.nn.frozen import FrozenModule
 
 
 class TextEmbeddings(NamedTuple):
@@ -35,7 +36,7 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(FrozenModule):  # frozen: freeze() / train() from fae.nn.frozen
     """A frozen text encoder with its tokenizer.
 
     Args:
@@ -68,15 +69,6 @@ class TextEncoder(nn.Module):
         """What a latent cache's manifest and a generator export record about this encoder."""
         return {"name": self.info.name, "source": self.info.source, "max_length": self.max_length,
                 "dim": self.dim, "pooled_dim": self.pooled_dim}
-
-    def freeze(self) -> "TextEncoder":
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
-
-    def train(self, mode: bool = True) -> "TextEncoder":
-        return super().train(False)  # frozen: always in eval mode
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """captions -> (input_ids [B, L], attention_mask [B, L]) padded to ``max_length``."""
