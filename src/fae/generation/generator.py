@@ -118,6 +118,9 @@ class Generator(LatentGenerator):
     """
 
     export_format = "fae-generator"
+    export_label = "generator"  # in the error naming an export's missing sections
+    model_config_class = GeneratorConfig  # what the export's "model" section holds
+    extra_sections: tuple[str, ...] = ()  # sections a subclass adds, passed to __init__ by name
 
     def __init__(self, model_config: GeneratorConfig, transport: TransportConfig | None = None,
                  latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None,
@@ -149,13 +152,13 @@ class Generator(LatentGenerator):
 
     @classmethod
     def from_export(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> "Generator":
-        missing = [k for k in ("model", "transport", "sampling") if k not in config]
+        missing = [k for k in ("model", "transport", "sampling", *cls.extra_sections) if k not in config]
         if missing:
-            raise CheckpointError(f"'{folder}' is a generator export without the config section(s) "
+            raise CheckpointError(f"'{folder}' is a {cls.export_label} export without the config section(s) "
                                   f"{', '.join(missing)}")
-        gen = cls(from_dict(GeneratorConfig, config["model"], "model"),
+        gen = cls(from_dict(cls.model_config_class, config["model"], "model"),
                   from_dict(TransportConfig, config["transport"], "transport"),
                   sampling=from_dict(SamplerConfig, config["sampling"], "sampling"),
-                  fae_identity=config.get("fae"))
+                  fae_identity=config.get("fae"), **{key: config[key] for key in cls.extra_sections})
         gen.load_export_tensors(tensors, folder)
         return gen

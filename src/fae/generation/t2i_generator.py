@@ -10,13 +10,11 @@ The text encoder is loaded the first time prompts are encoded (or attached with
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from fae.config import from_dict
-from fae.errors import CheckpointError, ConfigError
+from fae.errors import ConfigError
 from fae.generation.conditioning import TextCondition
 from fae.generation.generator import Generator, LatentGenerator
 from fae.generation.mmdit import MMDiT
@@ -40,6 +38,9 @@ class TextToImageGenerator(Generator):
     """
 
     export_format = "fae-t2i-generator"
+    export_label = "text-to-image generator"
+    model_config_class = MMDiTConfig
+    extra_sections = ("text",)  # from_export (Generator's) passes text=config["text"]
 
     def __init__(self, model_config: MMDiTConfig, transport: TransportConfig | None = None,
                  latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None,
@@ -108,16 +109,3 @@ class TextToImageGenerator(Generator):
     def export_config(self) -> dict[str, Any]:
         return {**super().export_config(), "text": self.text}
 
-    @classmethod
-    def from_export(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor],
-                    folder: Path) -> "TextToImageGenerator":
-        missing = [k for k in ("model", "transport", "sampling", "text") if k not in config]
-        if missing:
-            raise CheckpointError(f"'{folder}' is a text-to-image generator export without the config "
-                                  f"section(s) {', '.join(missing)}")
-        gen = cls(from_dict(MMDiTConfig, config["model"], "model"),
-                  from_dict(TransportConfig, config["transport"], "transport"),
-                  sampling=from_dict(SamplerConfig, config["sampling"], "sampling"),
-                  fae_identity=config.get("fae"), text=config["text"])
-        gen.load_export_tensors(tensors, folder)
-        return gen
