@@ -1,0 +1,61 @@
+"""The experiments shipped in configs/experiments: each one, full and ``--quick``, resolves and plans
+every arm (all stage configs validated, nothing trained), its arms differ from the main arm only in
+the declared variable, the main arm's seed replicates train something of their own, the evaluated
+checkpoints are the generator's milestones, and ``--quick`` is a smaller run of the same arms.
+
+Running them is tests/test_experiment.py's job (on a tiny experiment): this file catches a shipped
+experiment that a change elsewhere (a renamed key, a new default) broke before a user's 30-minute run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fae.config import read_yaml
+from fae.experiment.config import _declared, experiments_folder, load_experiment, resolve_arms
+from fae.experiment.plan import plan_arm, resolved_config, stage_key
+from fae.experiment.run import check_replicates
+
+SHIPPED = sorted(p for p in experiments_folder().glob("*.yaml") if "arms" in read_yaml(p))
+
+
+def plans(path: Path, quick: bool, root: Path):
+    exp, rest = load_experiment(path, quick)
+    arms, base = resolve_arms(exp, path, quick, rest)
+    return exp, [plan_arm(arm, base, root / path.stem, root / "_stages", exp.evaluation.steps) for arm in arms]
+
+
+def test_the_four_experiments_of_the_issue_are_shipped():
+    assert {"latent-space", "encoder", "latent-channels", "time-shift"} <= {p.stem for p in SHIPPED}
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_a_shipped_experiment_plans_every_arm_within_its_variable(path, quick, tmp_path):
+    exp, arm_plans = plans(path, quick, tmp_path)
+    assert not any(tmp_path.iterdir())  # planning writes nothing
+    names = [p.arm.name for p in arm_plans]
+    assert names[:len(exp.arms)] == [a.name for a in exp.arms]
+    assert names[len(exp.arms):] == [f"{exp.main}-seed{s}" for s in exp.seeds]
+    for plan in arm_plans:
+        allowed = exp.seed_keys if plan.arm.replicate_of else exp.variable
+        assert all(_declared(key, allowed) for key in plan.arm.diff), (plan.arm.name, plan.arm.diff)
+        if plan.arm.name != exp.main:
+            assert plan.arm.diff, f"arm '{plan.arm.name}' is the main arm again"
+        train = resolved_config(plan.generator).train
+        assert train.steps == exp.evaluation.steps[-1]
+        assert list(train.milestones) == list(exp.evaluation.steps)
+    check_replicates(arm_plans)  # raises when a replicate trains what the main arm trains
+    generators = [stage_key(p.generator) for p in arm_plans]
+    assert len(set(generators)) == len(generators)  # every arm trains its own generator
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_quick_is_a_smaller_run_of_the_same_arms(path, tmp_path):
+    full, full_plans = plans(path, False, tmp_path / "full")
+    quick, quick_plans = plans(path, True, tmp_path / "quick")
+    assert [p.arm.name for p in quick_plans] == [p.arm.name for p in full_plans]
+    assert [sorted(p.arm.diff) for p in quick_plans] == [sorted(p.arm.diff) for p in full_plans]
+    assert quick.evaluation.steps[-1] < full.evaluation.steps[-1]
+    assert quick.evaluation.fid_samples < full.evaluation.fid_samples
