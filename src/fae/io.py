@@ -31,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; the file gets what open() would give it
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -42,6 +43,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode a plain ``open(path, "w")`` creates files with."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_dir(folder: Path) -> None:
