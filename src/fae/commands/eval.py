@@ -222,6 +222,14 @@ _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, st
                ("--fae", "fae", "exported FAE folder"),
                ("--features", "features", "raw | latent | reconstructed"),
                ("--out", "out", "JSON results file")]),
+    "coco": ("CocoConfig", lambda cfg: _coco(cfg),
+             "text-to-image FID on COCO captions (U-ViT's protocol: one random caption per drawn image)",
+             [("--generator", "generator", "exported text-to-image generator folder"),
+              ("--fae", "fae", "exported FAE folder (with a pixel decoder)"),
+              ("--captions", "captions", "COCO captions file (captions_val2014.json)"),
+              ("--images", "images", "the COCO images folder (val2014/)"),
+              ("--num", "num", "prompts = samples (default 30000)", int),
+              ("--out-dir", "out_dir", "output folder")]),
     "recon": ("ReconConfig", run_recon,
               "reconstruction metrics of an exported FAE (feature cos/L2, PSNR, SSIM, rFID)",
               [("--fae", "fae", "exported FAE folder"),
@@ -229,8 +237,14 @@ _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, st
 }
 
 
+def _coco(cfg) -> dict[str, Any]:
+    from fae.commands.eval_coco import run_coco  # its own module: it samples too
+
+    return run_coco(cfg)
+
+
 def _overrides(args: argparse.Namespace, flags) -> list[str]:
-    extra = [f"{key}={json.dumps(getattr(args, key))}" for _, key, _ in flags if getattr(args, key) is not None]
+    extra = [f"{key}={json.dumps(getattr(args, key))}" for _, key, *_ in flags if getattr(args, key) is not None]
     return list(args.overrides) + extra
 
 
@@ -261,7 +275,7 @@ def register(subparsers) -> None:
     for verb, (_, _, help_text, flags) in _VERBS.items():
         p = verbs.add_parser(verb, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML config file (default: the schema's defaults)")
-        for flag, key, flag_help in flags:
-            p.add_argument(flag, dest=key, default=None, help=flag_help)
+        for flag, key, flag_help, *kind in flags:  # a 4th entry: the flag's type
+            p.add_argument(flag, dest=key, default=None, help=flag_help, type=kind[0] if kind else str)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         p.set_defaults(func=lambda args, verb=verb: _run(verb, args))
