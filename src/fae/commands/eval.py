@@ -205,7 +205,8 @@ def _write(results: dict[str, Any], out: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-# verb -> (config class in fae.evaluation.config, runner, help, flags mapping to config keys)
+# verb -> (config class in fae.evaluation.config, runner, help, flags mapping to config keys [, flag type]);
+# ``coco`` is added by fae.commands.eval_coco.add_verb (it uses the runners here, so it is not imported here)
 _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, str]]]] = {
     "fid": ("FidConfig", run_fid,
             "score an ADM sample batch against a reference (FID, sFID, KID, precision/recall)",
@@ -222,25 +223,11 @@ _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, st
                ("--fae", "fae", "exported FAE folder"),
                ("--features", "features", "raw | latent | reconstructed"),
                ("--out", "out", "JSON results file")]),
-    "coco": ("CocoConfig", lambda cfg: _coco(cfg),
-             "text-to-image FID on COCO captions (U-ViT's protocol: one random caption per drawn image)",
-             [("--generator", "generator", "exported text-to-image generator folder"),
-              ("--fae", "fae", "exported FAE folder (with a pixel decoder)"),
-              ("--captions", "captions", "COCO captions file (captions_val2014.json)"),
-              ("--images", "images", "the COCO images folder (val2014/)"),
-              ("--num", "num", "prompts = samples (default 30000)", int),
-              ("--out-dir", "out_dir", "output folder")]),
     "recon": ("ReconConfig", run_recon,
               "reconstruction metrics of an exported FAE (feature cos/L2, PSNR, SSIM, rFID)",
               [("--fae", "fae", "exported FAE folder"),
                ("--out", "out", "JSON results file")]),
 }
-
-
-def _coco(cfg) -> dict[str, Any]:
-    from fae.commands.eval_coco import run_coco  # its own module: it samples too
-
-    return run_coco(cfg)
 
 
 def _overrides(args: argparse.Namespace, flags) -> list[str]:

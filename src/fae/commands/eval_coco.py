@@ -108,3 +108,18 @@ def reference_stats(cfg: CocoConfig, images: list[CocoImage] | list[DrawnCaption
         atomic_save_json(record, record_path)
     dist.barrier()
     return path
+
+
+COCO_FLAGS = [("--generator", "generator", "exported text-to-image generator folder"),
+              ("--fae", "fae", "exported FAE folder (with a pixel decoder)"),
+              ("--captions", "captions", "COCO captions file (captions_val2014.json)"),
+              ("--images", "images", "the COCO images folder (val2014/)"),
+              ("--num", "num", "prompts = samples (default 30000)", int),
+              ("--out-dir", "out_dir", "output folder")]
+
+
+def add_verb(verbs: dict) -> None:
+    """Add ``coco`` to ``fae eval``'s verb table (``fae.commands.eval._VERBS``), as ``fae.cli``
+    does before building the parsers."""
+    verbs.setdefault("coco", ("CocoConfig", run_coco, "text-to-image FID on COCO captions (U-ViT's protocol: "
+                              "one random caption per drawn image)", COCO_FLAGS))
