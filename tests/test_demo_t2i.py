@@ -80,3 +80,56 @@ def test_unique_caption_encoder_embeds_each_distinct_caption_once():
         direct = CountingEncoder().encode(captions)
         for field in range(3):
             torch.testing.assert_close(got[field], direct[field], rtol=0, atol=0)
+
+
+def test_t2i_steps_on_a_tiny_fae_cache_train_evaluate_and_report(tmp_path):
+    """The --t2i steps as the demo runs them (quick profile, shrunk), on a tiny FAE export and a
+    briefly trained judge in place of the demo's earlier stages: the captioned cache is written
+    once and then skipped, the MMDiT trains at the given steps, and the evaluation and the report
+    section hold the figures the issue asks for."""
+    import json
+
+    from fae.data.fashion_mnist import FashionMNIST
+    from fae.data.latent_cache import LatentCache
+    from fae.demo.config import load_demo_config
+    from fae.demo.evaluate import classifier_path
+    from fae.demo.pipeline import stage_spec, train_stage
+    from fae.demo.t2i import t2i_cache_step, t2i_evaluate_step, t2i_overrides, training_set
+    from fae.demo.t2i_report import add_t2i_section
+    from fae.evaluation.pixel_classifier import ClassifierConfig, train_pixel_classifier
+    from fae.generation.t2i_generator import TextToImageGenerator
+    from fae.report import Report
+    from test_generation_pipeline import export_fae
+
+    out = tmp_path
+    export_fae(out / "pixel_decoder_ii" / "export", seed=0)
+    train = FashionMNIST("train", limit=2000)
+    train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=40)).save(classifier_path(out))
+    g = "t2i.generator.overrides."
+    cfg, base = load_demo_config(None, quick=True, t2i=True, overrides=[
+        "latents.limit=120", "latents.batch_size=40", "eval.fid_samples=20", "eval.test_images=16",
+        "eval.batch_size=20", "eval.sampling.steps=3", "t2i.seen_samples=20", f"{g}mmdit.depth=1",
+        f"{g}mmdit.dim=32", f"{g}mmdit.heads=2", f"{g}train.batch_size=16", f"{g}train.log_every=5",
+        f"{g}train.ckpt_every=0", f"{g}eval.grid_samples=0", f"{g}eval.loss_items=32",
+        f"{g}train.optim.warmup_steps=2", f"{g}train.progress=false"])
+    assert t2i_cache_step(cfg, out) == "ran"
+    assert t2i_cache_step(cfg, out) == "skipped (outputs valid)"
+    cache = LatentCache(out / "t2i" / "latents", fae=out / "pixel_decoder_ii" / "export")
+    assert cache.captions() == training_set(cfg)[0] and cache.text_encoder["name"] == "all-minilm-l6-v2"
+    spec = stage_spec("t2i.generator", "generator", cfg.t2i.generator, base, t2i_overrides(cfg, out, 12))
+    assert train_stage(spec, [out / "t2i" / "latents" / "manifest.json"], TextToImageGenerator.from_pretrained) == "ran"
+    status, t = t2i_evaluate_step(cfg, out, {"fid_real_floor": 12.5})
+    assert status == "ran" and t2i_evaluate_step(cfg, out, {})[0] == "skipped (outputs valid)"
+    assert t["steps"] == 12 and t["held_out_samples"] == 20 and t["seen_samples"] == 20
+    for key in ("class_accuracy_held_out", "attribute_accuracy_held_out", "class_accuracy_seen",
+                "attribute_accuracy_seen"):
+        assert 0.0 <= t[key] <= 1.0 and abs(20 * t[key] - round(20 * t[key])) < 1e-9, key  # a share of 20
+    assert t["fid_held_out"] > 0 and t["fid_real_floor"] == 12.5 and t["fid_reference_images"] == 16
+    saved = json.loads((out / "t2i" / "eval" / "metrics.json").read_text())["metrics"]
+    assert saved == json.loads(json.dumps(t))
+    report = Report("t2i")
+    main = {"class_accuracy_cfg": 0.5, "fid_cfg": 99.0, "cfg": "euler"}
+    add_t2i_section(report, out, main, t, per_row=2)
+    html = report.render()
+    assert "class accuracy, held-out phrasings" in html and "an image of a {attr} {name}" in html
+    assert (out / "figures" / "t2i_prompts.png").is_file()
