@@ -41,6 +41,11 @@ TINY = [
     "eval.test_images=40", "eval.probe_train_images=300", "eval.probe_epochs=50",
     "eval.fid_samples=20", "eval.grid_per_class=2", "eval.sampling.steps=8", "eval.batch_size=50",
     "eval.classifier_train_images=20000", "eval.classifier_steps=800",
+    # --t2i: a tiny MMDiT (its steps are the generator's 60), 20 held-out + 20 seen-phrasing samples
+    "t2i.generator.overrides.mmdit.depth=2", "t2i.generator.overrides.mmdit.dim=64",
+    "t2i.generator.overrides.train.batch_size=32", "t2i.generator.overrides.train.log_every=10",
+    "t2i.generator.overrides.eval.grid_samples=0", "t2i.generator.overrides.train.optim.warmup_steps=5",
+    "t2i.seen_samples=20",
 ]
 
 
@@ -58,7 +63,7 @@ def demo_run(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(effnet.EfficientNetLite0, "forward_features", counted)
-        assert main(["demo", "--quick", "--out", str(out), *TINY]) == 0
+        assert main(["demo", "--quick", "--t2i", "--out", str(out), *TINY]) == 0
     (out / "backbone_images.txt").write_text(str(sum(seen)))
     return out
 
@@ -93,7 +98,7 @@ def test_demo_writes_report_figures_and_exports(demo_run, capsys):
     images = fae.decode(z)
     assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     timings = json.loads((out / "timings.json").read_text())
-    assert [s["status"] for s in timings["steps"]].count("ran") == 7
+    assert [s["status"] for s in timings["steps"]].count("ran") == 10  # 7 + the three --t2i steps
     for words in ("What each stage produced", "FID floor: other real test images", "PSNR decoded from latents",
                   "decoded test reconstructions recognised", "ceiling)"):
         assert words in html, words
@@ -135,10 +140,57 @@ def test_demo_judge_recognises_real_images(demo_run):
 
 @pytest.mark.slow
 def test_demo_rerun_skips_every_stage(demo_run, capsys):
-    assert main(["demo", "--quick", "--out", str(demo_run), *TINY]) == 0
+    assert main(["demo", "--quick", "--t2i", "--out", str(demo_run), *TINY]) == 0
     timings = json.loads((demo_run / "timings.json").read_text())
     assert all(s["status"].startswith("skipped") for s in timings["steps"]), timings
     assert "report: " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_t2i_trains_on_generated_captions_and_reports_held_out_phrasings(demo_run):
+    from fae.data.fashion_mnist import FashionMNIST
+    from fae.data.latent_cache import LatentCache
+    from fae.demo.captions import ATTRIBUTES, CLASS_WORDS, HELD_OUT_TEMPLATES, attributes, class_thresholds, prompt_set
+    from fae.generation.t2i_generator import TextToImageGenerator
+    from fae.text import load_text_encoder
+
+    # the captioned cache: the generator's 300 training images, each captioned with its class
+    # word and its dark/light attribute by the stated rule, in training phrasings only
+    cache = LatentCache(demo_run / "t2i" / "latents", fae=demo_run / "pixel_decoder_ii" / "export")
+    captions = cache.captions()
+    train = FashionMNIST("train", limit=300)
+    attrs = attributes(train.images, train.labels, class_thresholds(train.images, train.labels))
+    assert len(captions) == 300 and len(set(captions)) <= 10 * 2 * 4
+    for text, y, a in zip(captions, train.labels.tolist(), attrs.tolist()):
+        words = text.replace(",", "").split()
+        assert CLASS_WORDS[y] in text and ATTRIBUTES[a] in words and ATTRIBUTES[1 - a] not in words
+    held_out = set(prompt_set(10 * 2 * len(HELD_OUT_TEMPLATES), HELD_OUT_TEMPLATES)[0])
+    assert held_out.isdisjoint(captions)
+    # its embeddings are all-MiniLM-L6-v2's of each caption
+    minilm = load_text_encoder("all-minilm-l6-v2", max_length=16)
+    tokens, mask, pooled = cache.text_item(7)
+    expected = minilm.encode([captions[7]])
+    torch.testing.assert_close(pooled.float(), expected.pooled[0], atol=2e-3, rtol=0)
+    assert mask.bool().tolist() == expected.mask[0].tolist()
+
+    t = json.loads((demo_run / "t2i" / "eval" / "metrics.json").read_text())["metrics"]
+    m = json.loads((demo_run / "eval" / "metrics.json").read_text())["metrics"]
+    assert t["steps"] == 60  # the class-conditional generator's steps
+    assert t["held_out_samples"] == 20 and t["seen_samples"] == 20
+    for key in ("class_accuracy_held_out", "attribute_accuracy_held_out", "class_accuracy_seen",
+                "attribute_accuracy_seen"):
+        assert 0.0 <= t[key] <= 1.0, key
+    assert math.isfinite(t["fid_held_out"]) and t["fid_held_out"] > t["fid_real_floor"] == m["fid_real_floor"]
+    assert t["fid_reference_images"] == m["test_images"]
+    html = (demo_run / "report.html").read_text()
+    for words in ("Text-to-image (--t2i)", "class accuracy, held-out phrasings", "attribute (dark / light)",
+                  "FID floor: other real test images", "an image of a {attr} {name}"):
+        assert words in html, words
+    assert (demo_run / "figures" / "t2i_prompts.png").is_file()
+    generator = TextToImageGenerator.from_pretrained(demo_run / "t2i" / "generator" / "export")
+    z = generator.sample(prompts=["an image of a light sneaker"], seed=0,
+                         config=generator.sampling.__class__(steps=4))
+    assert z.shape == (1, *generator.config.latent_shape) and torch.isfinite(z).all()
 
 
 def test_demo_config_quick_profile_and_overrides():
@@ -155,3 +207,5 @@ def test_demo_config_quick_profile_and_overrides():
     assert "train.steps=300" in quick.generator.override_list()
     with pytest.raises(ConfigError, match="eval.fid_sample"):
         load_demo_config(None, quick=False, overrides=["eval.fid_sample=3"])
+    t2i, _ = load_demo_config(None, quick=True, overrides=[], t2i=True)
+    assert t2i.t2i.enabled and not quick.t2i.enabled and t2i.t2i.seen_samples < default.t2i.seen_samples

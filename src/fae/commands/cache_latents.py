@@ -23,9 +23,12 @@ def fae_record(fae) -> dict[str, Any]:
             "latent_shape": list(fae.latent_shape)}
 
 
-def cache_latents(cfg: CacheConfig) -> Path:
+def cache_latents(cfg: CacheConfig, captions: list[str] | None = None) -> Path:
     """Load the FAE export ``cfg.fae`` on this rank's device and write (or resume) the cache
-    ``cfg.out``; returns the cache folder. The process group, if any, is the caller's."""
+    ``cfg.out``; returns the cache folder. The process group, if any, is the caller's.
+
+    ``captions`` (one per item of ``cfg.data``, e.g. generated ones) make the data captioned; their
+    embeddings (with ``cfg.text_encoder``) are computed once per distinct caption."""
     from fae import distributed as du
     from fae.autoencoder import FAE
     from fae.data.latent_cache import write_cache
@@ -38,11 +41,23 @@ def cache_latents(cfg: CacheConfig) -> Path:
         from fae.backbones.token_cache import TokenCache
 
         tokens = TokenCache(cfg.token_cache_dir, fae.backbone).dataset(cfg.data, progress=cfg.progress)
+    if captions is not None:
+        from dataclasses import replace
+
+        from fae.data.captions import CaptionedItems
+        from fae.data.datasets import build_dataset
+
+        items = tokens if tokens is not None else build_dataset(replace(cfg.data, flip=False))
+        tokens = CaptionedItems(items, captions)
     text = None
     if cfg.text_encoder:
         from fae.text import load_text_encoder
 
         text = load_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.text_max_length, device=device)
+        if captions is not None:  # a given caption list: few distinct strings, each encoded once
+            from fae.text.unique import UniqueCaptionEncoder
+
+            text = UniqueCaptionEncoder(text)
     return write_cache(cfg, fae, identity=fae_record(fae), latent_mean=fae.latent_mean,
                        latent_std=fae.latent_std, device=device, dataset=tokens, text_encoder=text)
 

@@ -205,7 +205,8 @@ def _write(results: dict[str, Any], out: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-# verb -> (config class in fae.evaluation.config, runner, help, flags mapping to config keys)
+# verb -> (config class in fae.evaluation.config, runner, help, flags mapping to config keys [, flag type]);
+# ``coco`` is added by fae.commands.eval_coco.add_verb (it uses the runners here, so it is not imported here)
 _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, str]]]] = {
     "fid": ("FidConfig", run_fid,
             "score an ADM sample batch against a reference (FID, sFID, KID, precision/recall)",
@@ -230,7 +231,7 @@ _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, st
 
 
 def _overrides(args: argparse.Namespace, flags) -> list[str]:
-    extra = [f"{key}={json.dumps(getattr(args, key))}" for _, key, _ in flags if getattr(args, key) is not None]
+    extra = [f"{key}={json.dumps(getattr(args, key))}" for _, key, *_ in flags if getattr(args, key) is not None]
     return list(args.overrides) + extra
 
 
@@ -261,7 +262,7 @@ def register(subparsers) -> None:
     for verb, (_, _, help_text, flags) in _VERBS.items():
         p = verbs.add_parser(verb, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML config file (default: the schema's defaults)")
-        for flag, key, flag_help in flags:
-            p.add_argument(flag, dest=key, default=None, help=flag_help)
+        for flag, key, flag_help, *kind in flags:  # a 4th entry: the flag's type
+            p.add_argument(flag, dest=key, default=None, help=flag_help, type=kind[0] if kind else str)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         p.set_defaults(func=lambda args, verb=verb: _run(verb, args))

@@ -88,3 +88,32 @@ class CaptionFolder(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         image, _ = self.images[i]
         return image, -1, self.caption_list[i]
+
+
+class CaptionedItems(Dataset):
+    """Any ``fae.data`` dataset with one given caption per item: items ``(x, label, caption)``
+    (e.g. cached backbone tokens with captions generated for them, as in ``fae demo --t2i``).
+
+    Args:
+        dataset: items ``(x, label)``.
+        captions: one caption per item, in item order.
+    """
+
+    captioned = True
+
+    def __init__(self, dataset: Dataset, captions: list[str]):
+        if len(captions) != len(dataset):
+            raise DataError(f"need one caption per item: {len(dataset)} items, {len(captions)} captions")
+        self.dataset, self.caption_list = dataset, list(captions)
+
+    def __len__(self) -> int:
+        return len(self.caption_list)
+
+    def check_batchable(self) -> None:
+        check = getattr(self.dataset, "check_batchable", None)
+        if callable(check):
+            check()
+
+    def __getitem__(self, i: int):
+        x, label = self.dataset[i][:2]
+        return x, label, self.caption_list[i]

@@ -1,4 +1,4 @@
-"""``fae demo [--quick] [--out runs/demo]``: the whole FAE pipeline, offline, on Fashion-MNIST.
+"""``fae demo [--quick] [--t2i] [--out runs/demo]``: the whole FAE pipeline, offline, on Fashion-MNIST.
 
 Every stage runs for real, through the same code as the full-size commands, on a 2-core CPU:
 
@@ -9,6 +9,7 @@ Every stage runs for real, through the same code as the full-size commands, on a
     latent cache                                   fae cache-latents
     class-conditional generator                    fae train generator
     sampling with / without CFG, evaluation        -> report.html + PNG figures + metrics.json
+    --t2i: captioned latent cache + text-to-image MMDiT, judged on held-out phrasings (fae.demo.t2i)
 
 Sizes, subsets and budgets live in ``configs/demo/demo.yaml`` (its ``quick`` list holds the
 ``--quick`` overrides); each stage's own settings come from its file in ``configs/demo/``. A

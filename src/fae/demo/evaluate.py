@@ -180,7 +180,8 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         # The generator alone: the latent head on the pooled generated latents (no pixel decoder).
         m[f"latent_class_accuracy_{tag}"] = probe("latent", batch.latents.mean(dim=(2, 3)), batch.labels)
     floor = real_images(cfg, "test", len(original), len(original)) if ev.real_floor else None
-    m.update(fid_scores(ev, original, decoded["from_latents"], guided, plain, floor))
+    m.update(fid_scores(ev, original, decoded["from_latents"], guided, plain, floor,
+                        reference=reference_features(cfg, out, original)))
     shown = ev.grid_per_class * NUM_CLASSES
     rows = min(ev.recon_rows, len(original))
     figures = {"original": original[:rows], "labels": test_y[:rows],
@@ -229,22 +230,46 @@ def draw_samples(ev, generator, fae):
     return guided, plain, sampling
 
 
-def fid_scores(ev, original: torch.Tensor, reconstructions: torch.Tensor, guided, plain,
-               floor: torch.Tensor | None = None) -> dict[str, float]:
-    """rFID, generation FID(s) and (given ``floor``: other real test images) the real-vs-real FID,
-    all against the same reference test images (ADM Inception pool features)."""
+def inception_features(ev, images: torch.Tensor, desc: str, net=None):
+    """ADM Inception pool features (numpy [n, 2048]) of uint8 images (CPU-sized batches)."""
     from fae.evaluation.features import compute_inception_stats
+    from fae.evaluation.inception import load_inception
+
+    net = net if net is not None else load_inception()
+    return compute_inception_stats(images, net, batch_size=min(ev.batch_size, INCEPTION_CPU_BATCH),
+                                   keep_features=True, desc=f"inception ({desc})").pool_features
+
+
+def reference_features(cfg, out: Path, original: torch.Tensor):
+    """Inception features of the reference test images ``original``, kept in
+    ``out/eval/reference_features.pt`` (the text-to-image evaluation scores against the same ones)."""
+    from fae.io import atomic_torch_save
+
+    path = out / "eval" / "reference_features.pt"
+    key = {"test_images": len(original), "data_root": cfg.data_root}
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == key:
+            return saved["features"].numpy()
+    features = inception_features(cfg.eval, original, "test images")  # numpy [n, 2048]
+    atomic_torch_save({"key": key, "features": torch.from_numpy(features)}, path)
+    return features
+
+
+def fid_scores(ev, original: torch.Tensor, reconstructions: torch.Tensor, guided, plain,
+               floor: torch.Tensor | None = None, reference=None) -> dict[str, float]:
+    """rFID, generation FID(s) and (given ``floor``: other real test images) the real-vs-real FID,
+    all against the same reference test images (ADM Inception pool features; ``reference``: those
+    features when already computed)."""
     from fae.evaluation.fid import fid_from_features
     from fae.evaluation.inception import load_inception
 
     net = load_inception()
-    batch = min(ev.batch_size, INCEPTION_CPU_BATCH)
 
     def features(images: torch.Tensor, desc: str):
-        return compute_inception_stats(images, net, batch_size=batch, keep_features=True,
-                                       desc=f"inception ({desc})").pool_features
+        return inception_features(ev, images, desc, net)
 
-    real = features(original, "test images")
+    real = features(original, "test images") if reference is None else reference
     scores = {"rfid": fid_from_features(features(reconstructions, "reconstructions"), real),
               "fid_cfg": fid_from_features(features(guided.images, "samples, CFG"), real)}
     if floor is not None:

@@ -60,8 +60,9 @@ class StageSpec:
     config: str | None
     overrides: list[str]
 
-    def validate(self) -> None:
-        """The stage's config, checked against its schema (no files of earlier stages needed)."""
+    def validate(self):
+        """The stage's config, checked against its schema (no files of earlier stages needed);
+        returns it."""
         import importlib
 
         from fae.commands.train import STAGES
@@ -69,7 +70,7 @@ class StageSpec:
 
         schema = importlib.import_module(STAGES[self.kind]).CONFIG_CLASS
         try:
-            load_config(schema, self.config, self.overrides)
+            return load_config(schema, self.config, self.overrides)
         except ConfigError as e:
             raise ConfigError(f"demo stage '{self.section}' (file {self.config or 'none'}, "
                               f"with {self.section}.overrides): {e}") from None
@@ -165,6 +166,12 @@ def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
     from fae.generation import Generator
 
     specs = stage_specs(cfg, base, out)
+    if cfg.t2i.enabled:
+        from fae.demo.t2i import t2i_overrides
+
+        steps = specs["gen"].validate().train.steps  # the class-conditional generator's
+        specs["t2i"] = stage_spec("t2i.generator", "generator", cfg.t2i.generator, base,
+                                  t2i_overrides(cfg, out, steps))
     for spec in specs.values():
         spec.validate()
     ae, ib, ii, lat = (out / n for n in ("autoencoder", "pixel_decoder_ib", "pixel_decoder_ii", "latents"))
@@ -179,7 +186,18 @@ def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
         Step("latent cache of the training images", lambda: cache_step(cfg, ii / "export", lat, out)),
         Step("class-conditional generator", lambda: train_stage(
             specs["gen"], [lat / "manifest.json"], Generator.from_pretrained)),
-    ]
+    ] + (t2i_steps(cfg, out, specs["t2i"]) if cfg.t2i.enabled else [])
+
+
+def t2i_steps(cfg: DemoConfig, out: Path, spec: StageSpec) -> list[Step]:
+    """``--t2i``: the captioned latent cache and the MMDiT (its evaluation runs after the judge)."""
+    from fae.demo.t2i import t2i_cache_step, t2i_folder
+    from fae.generation.t2i_generator import TextToImageGenerator
+
+    latents = t2i_folder(out) / "latents"
+    return [Step("text-to-image: captioned latent cache", lambda: t2i_cache_step(cfg, out)),
+            Step("text-to-image: MMDiT", lambda: train_stage(spec, [latents / "manifest.json"],
+                                                             TextToImageGenerator.from_pretrained))]
 
 
 def timed(title: str, action: Callable[[], str]) -> dict[str, Any]:
@@ -213,6 +231,15 @@ def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) 
         return status
 
     timings.append(timed("sampling and evaluation", evaluation))
+    if cfg.t2i.enabled:
+        from fae.demo.t2i import t2i_evaluate_step
+
+        def t2i_evaluation() -> str:
+            status, values = t2i_evaluate_step(cfg, out, metrics)
+            metrics["t2i"] = values
+            return status
+
+        timings.append(timed("text-to-image: sampling and evaluation", t2i_evaluation))
     total = time.perf_counter() - start
     atomic_save_json({"quick": quick, "total_wall_s": round(total, 1), "steps": timings},
                      out / "timings.json")

@@ -220,6 +220,11 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
                figures=[figures["samples"]])
     report.add("CFG off vs on", "The same noise per column pair: without guidance (left half), with "
                "guidance (right half).", figures=[figures["cfg"]])
+    if "t2i" in metrics:
+        from fae.demo.t2i_report import add_t2i_section
+
+        add_t2i_section(report, out, metrics, metrics["t2i"], cfg.eval.grid_per_class,
+                        loss_figure(out / "t2i" / "generator", "text-to-image MMDiT (flow matching on FAE latents)"))
     report.add("Loss curves", "Per training stage, from each run folder's metrics.jsonl.",
                figures=[p for k, p in figures.items() if k.startswith("loss_")])
     report.add("Time per step", tables=[("wall-clock and CPU seconds (CPU counts every core)",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from fae.data.datasets import DataConfig
 from fae.errors import ConfigError
@@ -74,6 +74,61 @@ class RefStatsConfig:
 
     def validate(self) -> None:
         _positive("batch_size", self.batch_size)
+
+
+@dataclass
+class CocoConfig:
+    """``fae eval coco``: COCO text-to-image FID (U-ViT's protocol, ``fae.commands.eval_coco``).
+
+    Args:
+        generator: exported text-to-image generator folder (``kind: mmdit``); required.
+        fae: the exported FAE (with a pixel decoder) it was trained for; required.
+        captions: COCO captions file (``annotations/captions_val2014.json``); required.
+        images: the folder its ``file_name`` s are relative to (``val2014/``); required.
+        num: prompts = samples = distinct images drawn (U-ViT / the FAE paper: 30000).
+        seed: seed of the caption draw and of the samples' noise.
+        image_size: reference images are ADM-center-cropped to this size (U-ViT: 256).
+        reference: "all" captioned images of the file (U-ViT's val2014 statistics) or only the
+            "drawn" ones.
+        ref_stats: reference statistics file (default ``out_dir/ref_stats.npz``); reused while its
+            record (``.json`` beside it) matches these settings, else written.
+        out_dir: where the prompts, ``samples.npz`` (with the prompts), the statistics and
+            ``coco.json`` go.
+        sampling: sampler overrides (keys of ``SamplerConfig``, e.g. ``cfg_scale``).
+        batch_size: samples per generator pass on each rank.
+        inception_batch_size: images per Inception pass.
+        sqrt_method, device, progress: as for ``fae eval fid``.
+    """
+
+    generator: str | None = None
+    fae: str | None = None
+    captions: str | None = None
+    images: str | None = None
+    num: int = 30000
+    seed: int = 0
+    image_size: int = 256
+    reference: Literal["all", "drawn"] = "all"
+    ref_stats: str | None = None
+    out_dir: str = "runs/eval/coco"
+    sampling: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    inception_batch_size: int = 50
+    sqrt_method: Literal["sqrtm", "eigh"] = "sqrtm"
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        from fae.generation.decode import check_sampler_overrides
+
+        for key in ("num", "image_size", "batch_size", "inception_batch_size"):
+            _positive(key, getattr(self, key))
+        check_sampler_overrides(self.sampling, "sampling")
+
+    def check(self) -> None:
+        """Called when the run starts (flags fill the required paths after loading)."""
+        for key in ("generator", "fae", "captions", "images"):
+            if not getattr(self, key):
+                raise ConfigError(f"config key '{key}' is required (or pass --{key})")
 
 
 @dataclass
