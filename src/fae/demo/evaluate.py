@@ -7,8 +7,12 @@ cache every stage shared (each image went through the backbone once), features a
 
 * feature cosine / relative L2 of the FAE's reconstructed tokens x_hat vs the backbone's x;
 * linear-probe top-1 (heads trained on the first ``eval.probe_train_images`` training images):
-  raw pooled tokens; FAE-reconstructed pooled tokens scored by the *raw* head (the paper's
-  protocol); pooled FAE latents (their own head);
+  the paper's zero-shot protocol (Table 1) - one head trained on the raw pooled tokens, applied
+  unchanged to the raw and to the FAE-reconstructed test tokens through the same functions as
+  ``fae eval probe --head`` (``fae.evaluation.linear_head``: ``head_input`` = mean of the patch
+  tokens here, EfficientNet has no CLS token; ``head_accuracy``); the head is saved as
+  ``out/eval/probe_head.pth`` in DINOv2's released head format; and pooled FAE latents (their own
+  head, also used on the generated latents);
 * PSNR / SSIM (uint8 rule) of images decoded from the raw features (stage-Ib decoder) and from the
   FAE latents (encode -> decode_features -> stage-II decoder), and rFID of the latter;
 * generation FID of ``eval.fid_samples`` class-balanced samples (with CFG, optionally without)
@@ -139,8 +143,9 @@ def real_images(cfg, split: str, start: int, count: int) -> torch.Tensor:
 def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
     from fae.data.batches import iterate_batches, map_batches
+    from fae.evaluation.linear_head import head_accuracy, head_input
     from fae.evaluation.pixel_classifier import PixelClassifier
-    from fae.evaluation.probe import linear_probe
+    from fae.evaluation.probe import train_linear_head
     from fae.evaluation.probe_features import probe_features
     from fae.evaluation.recon import feature_metrics, mean_image_scores
     from fae.images import from_unit_range, quantize
@@ -151,20 +156,26 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     train_x, train_y, _ = split_tokens(cfg, fae, out, "train", ev.probe_train_images)
     test_x, test_y, test_set = split_tokens(cfg, fae, out, "test", ev.test_images)
     train = probe_features(fae, train_x, ("raw", "latent"), batch_size=ev.batch_size)
-    test = probe_features(fae, test_x, ("raw", "latent", "reconstructed"), batch_size=ev.batch_size)
+    heads = {kind: train_linear_head(train[kind], train_y, epochs=ev.probe_epochs, num_classes=NUM_CLASSES)
+             for kind in ("raw", "latent")}  # one head each, trained once
+    heads["raw"].save(out / "eval" / "probe_head.pth")
 
-    def probe(head_on: str, features: torch.Tensor, labels: torch.Tensor) -> float:
-        return linear_probe(train[head_on], train_y, features, labels, epochs=ev.probe_epochs)["top1"]
+    def zero_shot(tokens: torch.Tensor, labels: torch.Tensor) -> float:  # fae eval probe --head's rule
+        return head_accuracy(heads["raw"], head_input(tokens, None, heads["raw"]), labels)["top1"]
+
+    def latent_probe(z: torch.Tensor, labels: torch.Tensor) -> float:  # pooled latents [n, c]
+        return head_accuracy(heads["latent"], z, labels)["top1"]
 
     x_hat = map_batches(lambda t: fae.decode_features(fae.encode(t)), test_x, ev.batch_size)  # [n, N, D]
+    test_latent = probe_features(fae, test_x, ("latent",), batch_size=ev.batch_size)["latent"]
     original = torch.cat([images for images, _ in iterate_batches(test_set, ev.batch_size)])  # uint8 [n, 1, 28, 28]
     decoded = {"from_features": quantize(map_batches(lambda t: from_unit_range(ib_decoder(t)), test_x, ev.batch_size)),
                "from_latents": quantize(map_batches(fae.decode_features_to_pixels, x_hat, ev.batch_size))}
     m: dict[str, Any] = {"test_images": len(test_y), "probe_train_images": len(train_y),
                          **feature_metrics(test_x, x_hat),
-                         "probe_raw": probe("raw", test["raw"], test_y),
-                         "probe_reconstructed": probe("raw", test["reconstructed"], test_y),
-                         "probe_latent": probe("latent", test["latent"], test_y)}
+                         "probe_raw": zero_shot(test_x, test_y),
+                         "probe_reconstructed": zero_shot(x_hat, test_y),
+                         "probe_latent": latent_probe(test_latent, test_y)}
     for name, images in decoded.items():
         for key, value in mean_image_scores(original, images).items():
             m[f"{key}_{name}"] = value
@@ -178,7 +189,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for tag, batch in (("cfg", guided), ("no_cfg", plain)):
         m[f"class_accuracy_{tag}"] = judge.accuracy(batch.images, batch.labels)
         # The generator alone: the latent head on the pooled generated latents (no pixel decoder).
-        m[f"latent_class_accuracy_{tag}"] = probe("latent", batch.latents.mean(dim=(2, 3)), batch.labels)
+        m[f"latent_class_accuracy_{tag}"] = latent_probe(batch.latents.mean(dim=(2, 3)), batch.labels)
     floor = real_images(cfg, "test", len(original), len(original)) if ev.real_floor else None
     m.update(fid_scores(ev, original, decoded["from_latents"], guided, plain, floor))
     shown = ev.grid_per_class * NUM_CLASSES
