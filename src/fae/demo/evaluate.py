@@ -143,10 +143,7 @@ def real_images(cfg, split: str, start: int, count: int) -> torch.Tensor:
 def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
     from fae.data.batches import iterate_batches, map_batches
-    from fae.evaluation.linear_head import head_accuracy, head_input
     from fae.evaluation.pixel_classifier import PixelClassifier
-    from fae.evaluation.probe import train_linear_head
-    from fae.evaluation.probe_features import probe_features
     from fae.evaluation.recon import feature_metrics, mean_image_scores
     from fae.images import from_unit_range, quantize
 
@@ -155,27 +152,14 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     judge = PixelClassifier.load(classifier_path(out))
     train_x, train_y, _ = split_tokens(cfg, fae, out, "train", ev.probe_train_images)
     test_x, test_y, test_set = split_tokens(cfg, fae, out, "test", ev.test_images)
-    train = probe_features(fae, train_x, ("raw", "latent"), batch_size=ev.batch_size)
-    heads = {kind: train_linear_head(train[kind], train_y, epochs=ev.probe_epochs, num_classes=NUM_CLASSES)
-             for kind in ("raw", "latent")}  # one head each, trained once
-    heads["raw"].save(out / "eval" / "probe_head.pth")
-
-    def zero_shot(tokens: torch.Tensor, labels: torch.Tensor) -> float:  # fae eval probe --head's rule
-        return head_accuracy(heads["raw"], head_input(tokens, None, heads["raw"]), labels)["top1"]
-
-    def latent_probe(z: torch.Tensor, labels: torch.Tensor) -> float:  # pooled latents [n, c]
-        return head_accuracy(heads["latent"], z, labels)["top1"]
-
     x_hat = map_batches(lambda t: fae.decode_features(fae.encode(t)), test_x, ev.batch_size)  # [n, N, D]
-    test_latent = probe_features(fae, test_x, ("latent",), batch_size=ev.batch_size)["latent"]
+    probes, latent_probe = probe_metrics(fae, (train_x, train_y), (test_x, test_y), x_hat, ev,
+                                         out / "eval" / "probe_head.pth")
     original = torch.cat([images for images, _ in iterate_batches(test_set, ev.batch_size)])  # uint8 [n, 1, 28, 28]
     decoded = {"from_features": quantize(map_batches(lambda t: from_unit_range(ib_decoder(t)), test_x, ev.batch_size)),
                "from_latents": quantize(map_batches(fae.decode_features_to_pixels, x_hat, ev.batch_size))}
     m: dict[str, Any] = {"test_images": len(test_y), "probe_train_images": len(train_y),
-                         **feature_metrics(test_x, x_hat),
-                         "probe_raw": zero_shot(test_x, test_y),
-                         "probe_reconstructed": zero_shot(x_hat, test_y),
-                         "probe_latent": latent_probe(test_latent, test_y)}
+                         **feature_metrics(test_x, x_hat), **probes}
     for name, images in decoded.items():
         for key, value in mean_image_scores(original, images).items():
             m[f"{key}_{name}"] = value
@@ -199,6 +183,36 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                **{k: v[:rows] for k, v in decoded.items()},
                "guided": guided.images[:shown], "plain": plain.images[:shown]}
     return m, figures
+
+
+def probe_metrics(fae, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                  x_hat: torch.Tensor, ev, head_path: Path):
+    """``{"probe_raw", "probe_reconstructed", "probe_latent"}`` and the latent head's scorer.
+
+    The zero-shot protocol of ``fae eval probe --head``: one head trained on the raw pooled train
+    tokens (saved to ``head_path`` in the released head format) scores the raw test tokens and
+    their reconstructions ``x_hat`` through ``head_input`` / ``head_accuracy``; the latent head is
+    trained on pooled train latents. Each head is fitted once.
+    """
+    from fae.evaluation.linear_head import head_accuracy, head_input
+    from fae.evaluation.probe import train_linear_head
+    from fae.evaluation.probe_features import probe_features
+
+    (train_x, train_y), (test_x, test_y) = train, test
+    pooled = probe_features(fae, train_x, ("raw", "latent"), batch_size=ev.batch_size)
+    heads = {kind: train_linear_head(pooled[kind], train_y, epochs=ev.probe_epochs, num_classes=NUM_CLASSES)
+             for kind in ("raw", "latent")}
+    heads["raw"].save(head_path)
+
+    def zero_shot(tokens: torch.Tensor) -> float:
+        return head_accuracy(heads["raw"], head_input(tokens, None, heads["raw"]), test_y)["top1"]
+
+    def latent_probe(z: torch.Tensor, labels: torch.Tensor) -> float:  # pooled latents [n, c]
+        return head_accuracy(heads["latent"], z, labels)["top1"]
+
+    test_latent = probe_features(fae, test_x, ("latent",), batch_size=ev.batch_size)["latent"]
+    return ({"probe_raw": zero_shot(test_x), "probe_reconstructed": zero_shot(x_hat),
+             "probe_latent": latent_probe(test_latent, test_y)}, latent_probe)
 
 
 def latent_pca_images(z: torch.Tensor, size: int) -> torch.Tensor:
