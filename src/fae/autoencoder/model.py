@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from fae.autoencoder.encoder import EncoderConfig, build_encoder
+from fae.autoencoder.extra_tokens import ExtraTokenDecoder, ExtraTokens, attention_heads
 from fae.autoencoder.feature_decoder import FeatureDecoder, FeatureDecoderConfig
 from fae.autoencoder.normalization import FeatureNormalizer
 from fae.autoencoder.vae import DiagonalGaussian, gaussian_kl
+from fae.backbones.base import BackboneOutput
 from fae.config import from_dict, to_dict
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
 from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable, load_strict
@@ -50,6 +52,11 @@ class FAEConfig:
             ``normalization.py``); "none" = raw tokens.
         encoder: encoder settings (kind attention | linear | transformer).
         decoder: feature decoder settings.
+        extra_tokens: what happens to the backbone's CLS / register tokens - "none" (dropped:
+            every export before this option), "pass_through" (carried beside the reconstruction
+            unchanged) or "reconstruct" (decoded from the latent); see ``extra_tokens.py``.
+        extra_count: how many extra tokens (CLS + registers); null = the backbone registry's
+            ``prefix_tokens`` (DINOv2 1, with registers 5). Only read when extra_tokens != "none".
     """
 
     backbone: str = "dinov2-g14"
@@ -60,24 +67,37 @@ class FAEConfig:
     feature_norm: Literal["dataset", "none"] = "dataset"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: FeatureDecoderConfig = field(default_factory=FeatureDecoderConfig)
+    extra_tokens: ExtraTokens = "none"
+    extra_count: int | None = None
 
     def validate(self) -> None:
         if self.latent_channels < 1:
             raise ConfigError(f"config key 'model.latent_channels' must be >= 1, got {self.latent_channels}")
+        if self.extra_count is not None and self.extra_count < 0:
+            raise ConfigError(f"config key 'model.extra_count' must be >= 0 or null, got {self.extra_count}")
 
     def resolved(self) -> "FAEConfig":
-        """A copy with resolution / token_dim / grid filled from the backbone registry (no weights)."""
-        if None not in (self.resolution, self.token_dim, self.grid):
+        """A copy with resolution / token_dim / grid (and extra_count when extra tokens are kept)
+        filled from the backbone registry (no weights)."""
+        needs_count = self.extra_tokens != "none" and self.extra_count is None
+        if None not in (self.resolution, self.token_dim, self.grid) and not needs_count:
             return self
         from fae.backbones.registry import get_info
 
         info = get_info(self.backbone, resolution=self.resolution)
+        if needs_count and info.prefix_tokens == 0:
+            raise ConfigError(f"config key 'model.extra_tokens' is '{self.extra_tokens}', but backbone "
+                              f"'{self.backbone}' has no CLS or register tokens; use 'none'")
+        count = info.prefix_tokens if needs_count else self.extra_count
+        if None not in (self.resolution, self.token_dim, self.grid):
+            return replace(self, extra_count=count)
         for key, known in (("token_dim", info.dim), ("grid", tuple(info.grid))):
             given = getattr(self, key)
             if given is not None and (tuple(given) if key == "grid" else given) != known:
                 raise ConfigError(f"config key 'model.{key}' is {given}, but backbone '{self.backbone}' "
                                   f"at {info.resolution} px has {known}; leave it null")
-        return replace(self, resolution=info.resolution, token_dim=info.dim, grid=tuple(info.grid))
+        return replace(self, resolution=info.resolution, token_dim=info.dim, grid=tuple(info.grid),
+                       extra_count=count)
 
 
 class FAE(Exportable, nn.Module):
@@ -97,6 +117,9 @@ class FAE(Exportable, nn.Module):
         self.normalizer = FeatureNormalizer(dim, enabled=config.feature_norm == "dataset")
         self.encoder = build_encoder(config.encoder, dim, grid, c)
         self.decoder = FeatureDecoder(config.decoder, dim, grid, c)
+        if config.extra_tokens == "reconstruct":  # absent otherwise: older exports load unchanged
+            self.extra_normalizer = FeatureNormalizer(dim, enabled=config.feature_norm == "dataset")
+            self.extra_decoder = ExtraTokenDecoder(dim, config.extra_count, attention_heads(dim, config.decoder.heads))
         # Per-channel statistics of the latent mean over the training set (for the generator).
         self.register_buffer("latent_mean", torch.zeros(c))
         self.register_buffer("latent_std", torch.ones(c))
@@ -184,18 +207,72 @@ class FAE(Exportable, nn.Module):
         """z [B, c, h, w] -> reconstructed tokens [B, N, D] in the backbone's raw feature scale."""
         return self.normalizer.denormalize(self.decode_normalized(z))
 
-    def forward(self, tokens: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
-        """Training pass on raw tokens [B, N, D].
+    def forward(self, tokens: torch.Tensor, sample: bool = True,
+                extra: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training pass on raw tokens [B, N, D] (and, with extra_tokens "reconstruct", the raw
+        CLS / register tokens ``extra`` [B, P, D]).
 
         Returns tensors only (DDP-friendly): ``target`` and ``recon`` [B, N, D] in the normalised
-        feature space (the stage Ia L2 is taken there), posterior ``mean`` / ``logvar`` [B, N, c].
+        feature space (the stage Ia L2 is taken there), posterior ``mean`` / ``logvar`` [B, N, c];
+        given ``extra``: ``extra_target`` / ``extra_recon`` [B, P, D] (normalised by their own stats).
         The sample's noise comes from the global torch RNG (the engine seeds it per step).
         """
         self._check_tokens(tokens)
         target = self.normalizer.normalize(tokens.float())  # [B, N, D]
         post = DiagonalGaussian(self.encoder(target))  # [B, N, c] each
         z = self._to_latent_grid(post.sample() if sample else post.mean)  # [B, c, h, w]
-        return {"target": target, "recon": self.decoder(z), "mean": post.mean, "logvar": post.logvar}
+        recon = self.decoder(z)  # [B, N, D]
+        out = {"target": target, "recon": recon, "mean": post.mean, "logvar": post.logvar}
+        if extra is not None:
+            self._check_extra(extra)
+            out["extra_target"] = self.extra_normalizer.normalize(extra.float())  # [B, P, D]
+            out["extra_recon"] = self.extra_decoder(recon)  # [B, P, D]
+        return out
+
+    # ---- CLS / register tokens (``extra_tokens.py``) -----------------------------------------
+
+    def _check_extra(self, extra: torch.Tensor) -> None:
+        if self.config.extra_tokens != "reconstruct":
+            raise ConfigError(f"this FAE has extra_tokens '{self.config.extra_tokens}': it does not "
+                              f"reconstruct CLS / register tokens (train one with extra_tokens: reconstruct)")
+        want = (self.config.extra_count, self.config.token_dim)
+        if extra.ndim != 3 or tuple(extra.shape[1:]) != want:
+            raise BackboneMismatchError(f"FAE expects extra (CLS + register) tokens [B, {want[0]}, {want[1]}], "
+                                        f"got {list(extra.shape)}")
+
+    def decode_extra(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, c, h, w] -> reconstructed CLS / register tokens [B, P, D] in the raw scale
+        (extra_tokens "reconstruct" only)."""
+        self._check_extra(torch.empty(0, self.config.extra_count or 0, self.config.token_dim))
+        return self.extra_normalizer.denormalize(self.extra_decoder(self.decode_normalized(z)))
+
+    def reconstruct(self, out: BackboneOutput, extra_tokens: ExtraTokens | None = None) -> BackboneOutput:
+        """A backbone's output -> the FAE's reconstruction of it through the posterior mean:
+        patches decode_features(encode(patches)); CLS / registers per ``extra_tokens`` (default:
+        the FAE's own mode; "pass_through" works with any FAE, "reconstruct" needs one trained so)."""
+        mode = extra_tokens or self.config.extra_tokens
+        z = self.encode(out.patches)  # [B, c, h, w]
+        hidden = self.decode_normalized(z)  # [B, N, D], normalised
+        patches = self.normalizer.denormalize(hidden)
+        if mode == "none":
+            return BackboneOutput(patches)
+        if mode == "pass_through":
+            return BackboneOutput(patches, out.cls, out.registers)
+        self._check_extra(torch.empty(0, self.config.extra_count or 0, self.config.token_dim))
+        extra = self.extra_normalizer.denormalize(self.extra_decoder(hidden))  # [B, P, D]
+        return BackboneOutput.from_extra(patches, extra)
+
+    def outputs_from(self, images: torch.Tensor) -> BackboneOutput:
+        """images [B, C, H, W] -> the backbone's patches with its CLS / register tokens."""
+        out = self.backbone.forward_all(images)
+        self._check_tokens(out.patches)
+        device = self._device()
+        return BackboneOutput(*(t.to(device, torch.float32) if t is not None else None for t in out))
+
+    def set_extra_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean / std [D] of the training CLS / register tokens ("reconstruct" only)."""
+        self._check_extra(torch.empty(0, self.config.extra_count or 0, self.config.token_dim))
+        self.extra_normalizer.set_stats(mean.to(self._device()), std.to(self._device()))
 
     # ---- pixels ------------------------------------------------------------------------------
 
@@ -297,9 +374,16 @@ def fae_loss(out: dict[str, torch.Tensor], kl_weight: float) -> tuple[torch.Tens
     """Stage Ia loss on ``FAE.forward``'s output: ||x_hat - x||^2 + beta * KL (paper).
 
     Both terms are means per element (MSE over the B*N*D normalised feature entries, KL over the
-    B*N*c latent entries), so ``kl_weight`` = beta does not depend on the batch or grid size.
+    B*N*c latent entries), so ``kl_weight`` = beta does not depend on the batch or grid size. With
+    extra_tokens "reconstruct" the mean L2 over the B*P*D normalised CLS / register entries is added
+    (weight 1: our choice, the paper does not train a CLS reconstruction).
     """
     rec = (out["recon"].float() - out["target"].float()).square().mean()
     kl = gaussian_kl(out["mean"], out["logvar"]).mean()
     loss = rec + kl_weight * kl
-    return loss, {"rec": rec.detach(), "kl": kl.detach()}
+    logs = {"rec": rec.detach(), "kl": kl.detach()}
+    if "extra_recon" in out:  # extra_tokens "reconstruct": the CLS / register L2, per element too
+        rec_extra = (out["extra_recon"].float() - out["extra_target"].float()).square().mean()
+        loss = loss + rec_extra
+        logs["rec_extra"] = rec_extra.detach()
+    return loss, logs

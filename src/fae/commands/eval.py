@@ -1,4 +1,4 @@
-"""``fae eval {fid, ref-stats, probe, recon}``: each verb is a function taking its config and
+"""``fae eval {fid, ref-stats, probe, retrieval, recon}``: each verb is a function taking its config and
 returning its results dict (``run_fid``, ...), plus the thin parser that calls it.
 
 Every verb takes ``--config FILE`` plus trailing ``key=value`` overrides; its convenience flags
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
-    from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig
+    from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig, RetrievalConfig
     from fae.evaluation.stats import InceptionStats
 
 
@@ -132,17 +132,60 @@ def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:
 
 
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
-    """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features."""
-    from fae.evaluation.probe import linear_probe
+    """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features; with
+    ``cfg.head``, the zero-shot protocol (:func:`run_head_probe`)."""
+    from fae.evaluation.probe import linear_probe, train_linear_head
     from fae.evaluation.probe_features import pooled_features
 
+    if cfg.head:
+        return run_head_probe(cfg)
     encoder = _probe_encoder(cfg, resolve_device(cfg.device))
     splits = {split: pooled_features(encoder, _limited(cfg.data, split, limit), batch_size=cfg.batch_size,
                                      progress=cfg.progress, desc=f"probe {split}")
               for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit))}
-    result = linear_probe(*splits["train"], *splits["test"], epochs=cfg.epochs, seed=cfg.seed,
-                          weight_decay=cfg.weight_decay)
+    kwargs = dict(epochs=cfg.epochs, seed=cfg.seed, weight_decay=cfg.weight_decay)
+    result = linear_probe(*splits["train"], *splits["test"], **kwargs)
     result.update(features=cfg.features, backbone=encoder.name, fae=cfg.fae)
+    if cfg.save_head:  # the same fit again (deterministic given the seed), kept as a head file
+        head = train_linear_head(*splits["train"], num_classes=result["num_classes"], **kwargs)
+        from fae import distributed as dist
+
+        if dist.is_main():
+            head.save(cfg.save_head)
+        result["saved_head"] = str(cfg.save_head)
+    return _write(result, cfg.out)
+
+
+def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
+    """Zero-shot top-1 / top-5 of a fixed head (``cfg.head``) on ``cfg.data`` (its own split): raw
+    backbone features and, with ``cfg.fae``, the FAE's reconstructions - the same head on both."""
+    from fae.evaluation.linear_head import LinearHead, head_accuracy
+    from fae.evaluation.probe_features import HeadFeatures, pooled_features
+
+    head = LinearHead.load(cfg.head)
+    device = resolve_device(cfg.device)
+    if cfg.fae:
+        fae = load_fae(cfg.fae, device, cfg.weights)
+        encoder = HeadFeatures(head, fae=fae, extra_tokens=cfg.extra_tokens)
+        mode = cfg.extra_tokens or fae.config.extra_tokens
+    else:
+        from fae.backbones import load_backbone
+
+        encoder = HeadFeatures(head, backbone=load_backbone(cfg.backbone, weights=cfg.weights, device=device,
+                                                            resolution=cfg.resolution))
+        mode = None
+    feats, labels = pooled_features(encoder, _limited(cfg.data, None, cfg.test_limit), batch_size=cfg.batch_size,
+                                    progress=cfg.progress, desc=f"head probe {cfg.data.split}")
+    width = head.in_features
+    result: dict[str, Any] = {"protocol": "zero-shot: one fixed head on raw and on reconstructed features",
+                              "head": str(cfg.head), "head_input": width, "num_test": int(len(labels)),
+                              "data": f"{cfg.data.name}:{cfg.data.split}", "backbone": encoder.name,
+                              "fae": cfg.fae, "extra_tokens": mode}
+    for i, kind in enumerate(encoder.kinds):
+        scores = head_accuracy(head, feats[:, i * width:(i + 1) * width], labels)
+        result[f"top1_{kind}"], result[f"top5_{kind}"] = scores["top1"], scores["top5"]
+    if cfg.fae:
+        result["top1_gap"] = result["top1_raw"] - result["top1_reconstructed"]
     return _write(result, cfg.out)
 
 
@@ -158,6 +201,20 @@ def _probe_encoder(cfg: ProbeConfig, device: torch.device):
 
     return BackboneFeatures(load_backbone(cfg.backbone, weights=cfg.weights, device=device,
                                           resolution=cfg.resolution))
+
+
+def load_fae(folder: str, device: torch.device, backbone_weights: str | None = None):
+    """An exported FAE; ``backbone_weights`` (a local folder) loads the backbone it records from
+    there (a generic ``hf``/``dinov2``/``siglip`` record such as ``siglip:<folder>`` needs one)."""
+    from fae.autoencoder import FAE
+    from fae.backbones import load_backbone
+
+    fae = FAE.from_pretrained(folder, device=device)
+    if backbone_weights:
+        name = fae.config.backbone.split(":")[0]
+        fae.attach_backbone(load_backbone(name, weights=backbone_weights, device=device,
+                                          resolution=fae.config.resolution))
+    return fae
 
 
 def _limited(data, split: str | None, limit: int | None):
@@ -187,6 +244,38 @@ def run_recon(cfg: ReconConfig) -> dict[str, Any]:
                                      pixels=cfg.pixels, rfid=cfg.rfid, sqrt_method=cfg.sqrt_method,
                                      progress=cfg.progress)
     results.update(fae=cfg.fae, data=f"{cfg.data.name}:{cfg.data.split}")
+    return _write(results, cfg.out)
+
+
+def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
+    """Top-1 / top-5 text->image and image->text retrieval of raw and FAE-reconstructed SigLIP
+    tokens (image embedding: the tower's MAP head; text: the SigLIP text tower)."""
+    import torch
+
+    from fae.data.imagefolder import ImageFiles
+    from fae.data.karpathy import read_karpathy
+    from fae.evaluation.probe_features import pooled_features
+    from fae.evaluation.retrieval import RetrievalImageEmbeddings, retrieval_scores, text_embeddings
+    from fae.text import load_text_encoder
+
+    device = resolve_device(cfg.device)
+    split = read_karpathy(cfg.captions, cfg.images, cfg.split, cfg.limit)
+    fae = load_fae(cfg.fae, device, cfg.backbone_weights)
+    encoder = RetrievalImageEmbeddings(fae)
+    dataset = ImageFiles(split.files, list(range(len(split.files))), cfg.image_size or fae.config.resolution)
+    emb, index = pooled_features(encoder, dataset, batch_size=cfg.batch_size, progress=cfg.progress,
+                                 desc="retrieval images")
+    order = torch.argsort(index)  # dataset order (gathered across ranks already in order)
+    emb = emb[order]
+    text = load_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.text_max_length, device=device)
+    texts = text_embeddings(text, split.captions, cfg.batch_size, progress=cfg.progress)
+    caption_image = torch.tensor(split.caption_image)
+    width = emb.shape[1] // 2
+    results: dict[str, Any] = {"fae": cfg.fae, "backbone": encoder.name, "text_encoder": text.info.name,
+                               "split": cfg.split, "images": len(split.files), "captions": len(split.captions)}
+    for i, kind in enumerate(encoder.kinds):
+        scores = retrieval_scores(emb[:, i * width:(i + 1) * width], texts, caption_image)
+        results.update({f"{key}_{kind}": value for key, value in scores.items()})
     return _write(results, cfg.out)
 
 
@@ -222,7 +311,14 @@ _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, st
               [("--backbone", "backbone", "registry name of the backbone"),
                ("--fae", "fae", "exported FAE folder"),
                ("--features", "features", "raw | latent | reconstructed"),
+               ("--head", "head", "fixed linear head file (DINOv2 released format): zero-shot, raw vs reconstructed"),
                ("--out", "out", "JSON results file")]),
+    "retrieval": ("RetrievalConfig", run_retrieval,
+                  "text-image retrieval top-1/top-5 (COCO Karpathy format) of raw vs FAE-reconstructed SigLIP tokens",
+                  [("--fae", "fae", "exported FAE folder (SigLIP / SigLIP2 backbone)"),
+                   ("--images", "images", "image folder (COCO: the one holding val2014/)"),
+                   ("--captions", "captions", "Karpathy-format captions file (dataset_coco.json)"),
+                   ("--out", "out", "JSON results file")]),
     "recon": ("ReconConfig", run_recon,
               "reconstruction metrics of an exported FAE (feature cos/L2, PSNR, SSIM, rFID)",
               [("--fae", "fae", "exported FAE folder"),

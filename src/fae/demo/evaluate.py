@@ -7,8 +7,12 @@ cache every stage shared (each image went through the backbone once), features a
 
 * feature cosine / relative L2 of the FAE's reconstructed tokens x_hat vs the backbone's x;
 * linear-probe top-1 (heads trained on the first ``eval.probe_train_images`` training images):
-  raw pooled tokens; FAE-reconstructed pooled tokens scored by the *raw* head (the paper's
-  protocol); pooled FAE latents (their own head);
+  the paper's zero-shot protocol (Table 1) - one head trained on the raw pooled tokens, applied
+  unchanged to the raw and to the FAE-reconstructed test tokens through the same functions as
+  ``fae eval probe --head`` (``fae.evaluation.linear_head``: ``head_input`` = mean of the patch
+  tokens here, EfficientNet has no CLS token; ``head_accuracy``); the head is saved as
+  ``out/eval/probe_head.pth`` in DINOv2's released head format; and pooled FAE latents (their own
+  head, also used on the generated latents);
 * PSNR / SSIM (uint8 rule) of images decoded from the raw features (stage-Ib decoder) and from the
   FAE latents (encode -> decode_features -> stage-II decoder), and rFID of the latter;
 * generation FID of ``eval.fid_samples`` class-balanced samples (with CFG, optionally without)
@@ -140,8 +144,6 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
     from fae.data.batches import iterate_batches, map_batches
     from fae.evaluation.pixel_classifier import PixelClassifier
-    from fae.evaluation.probe import linear_probe
-    from fae.evaluation.probe_features import probe_features
     from fae.evaluation.recon import feature_metrics, mean_image_scores
     from fae.images import from_unit_range, quantize
 
@@ -150,21 +152,14 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     judge = PixelClassifier.load(classifier_path(out))
     train_x, train_y, _ = split_tokens(cfg, fae, out, "train", ev.probe_train_images)
     test_x, test_y, test_set = split_tokens(cfg, fae, out, "test", ev.test_images)
-    train = probe_features(fae, train_x, ("raw", "latent"), batch_size=ev.batch_size)
-    test = probe_features(fae, test_x, ("raw", "latent", "reconstructed"), batch_size=ev.batch_size)
-
-    def probe(head_on: str, features: torch.Tensor, labels: torch.Tensor) -> float:
-        return linear_probe(train[head_on], train_y, features, labels, epochs=ev.probe_epochs)["top1"]
-
     x_hat = map_batches(lambda t: fae.decode_features(fae.encode(t)), test_x, ev.batch_size)  # [n, N, D]
+    probes, latent_probe = probe_metrics(fae, (train_x, train_y), (test_x, test_y), x_hat, ev,
+                                         out / "eval" / "probe_head.pth")
     original = torch.cat([images for images, _ in iterate_batches(test_set, ev.batch_size)])  # uint8 [n, 1, 28, 28]
     decoded = {"from_features": quantize(map_batches(lambda t: from_unit_range(ib_decoder(t)), test_x, ev.batch_size)),
                "from_latents": quantize(map_batches(fae.decode_features_to_pixels, x_hat, ev.batch_size))}
     m: dict[str, Any] = {"test_images": len(test_y), "probe_train_images": len(train_y),
-                         **feature_metrics(test_x, x_hat),
-                         "probe_raw": probe("raw", test["raw"], test_y),
-                         "probe_reconstructed": probe("raw", test["reconstructed"], test_y),
-                         "probe_latent": probe("latent", test["latent"], test_y)}
+                         **feature_metrics(test_x, x_hat), **probes}
     for name, images in decoded.items():
         for key, value in mean_image_scores(original, images).items():
             m[f"{key}_{name}"] = value
@@ -178,7 +173,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for tag, batch in (("cfg", guided), ("no_cfg", plain)):
         m[f"class_accuracy_{tag}"] = judge.accuracy(batch.images, batch.labels)
         # The generator alone: the latent head on the pooled generated latents (no pixel decoder).
-        m[f"latent_class_accuracy_{tag}"] = probe("latent", batch.latents.mean(dim=(2, 3)), batch.labels)
+        m[f"latent_class_accuracy_{tag}"] = latent_probe(batch.latents.mean(dim=(2, 3)), batch.labels)
     floor = real_images(cfg, "test", len(original), len(original)) if ev.real_floor else None
     m.update(fid_scores(ev, original, decoded["from_latents"], guided, plain, floor,
                         reference=reference_features(cfg, out, original)))
@@ -189,6 +184,36 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                **{k: v[:rows] for k, v in decoded.items()},
                "guided": guided.images[:shown], "plain": plain.images[:shown]}
     return m, figures
+
+
+def probe_metrics(fae, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                  x_hat: torch.Tensor, ev, head_path: Path):
+    """``{"probe_raw", "probe_reconstructed", "probe_latent"}`` and the latent head's scorer.
+
+    The zero-shot protocol of ``fae eval probe --head``: one head trained on the raw pooled train
+    tokens (saved to ``head_path`` in the released head format) scores the raw test tokens and
+    their reconstructions ``x_hat`` through ``head_input`` / ``head_accuracy``; the latent head is
+    trained on pooled train latents. Each head is fitted once.
+    """
+    from fae.evaluation.linear_head import head_accuracy, head_input
+    from fae.evaluation.probe import train_linear_head
+    from fae.evaluation.probe_features import probe_features
+
+    (train_x, train_y), (test_x, test_y) = train, test
+    pooled = probe_features(fae, train_x, ("raw", "latent"), batch_size=ev.batch_size)
+    heads = {kind: train_linear_head(pooled[kind], train_y, epochs=ev.probe_epochs, num_classes=NUM_CLASSES)
+             for kind in ("raw", "latent")}
+    heads["raw"].save(head_path)
+
+    def zero_shot(tokens: torch.Tensor) -> float:
+        return head_accuracy(heads["raw"], head_input(tokens, None, heads["raw"]), test_y)["top1"]
+
+    def latent_probe(z: torch.Tensor, labels: torch.Tensor) -> float:  # pooled latents [n, c]
+        return head_accuracy(heads["latent"], z, labels)["top1"]
+
+    test_latent = probe_features(fae, test_x, ("latent",), batch_size=ev.batch_size)["latent"]
+    return ({"probe_raw": zero_shot(test_x), "probe_reconstructed": zero_shot(x_hat),
+             "probe_latent": latent_probe(test_latent, test_y)}, latent_probe)
 
 
 def latent_pca_images(z: torch.Tensor, size: int) -> torch.Tensor:

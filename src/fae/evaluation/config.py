@@ -133,12 +133,16 @@ class CocoConfig:
 
 @dataclass
 class ProbeConfig:
-    """``fae eval probe``: top-1 of a linear classifier on pooled features (train split -> test split).
+    """``fae eval probe``: top-1 of a linear classifier on pooled features (train split -> test split),
+    or, given ``head``, the zero-shot protocol of the paper's Table 1: a fixed head (DINOv2's
+    released ImageNet head, or one saved here with ``save_head``) scored on the raw and on the
+    FAE-reconstructed features of ``data`` (its own split: e.g. ``data.split=val``), no training.
 
     Args:
         backbone: registry name of the frozen backbone (ignored with ``fae``: the FAE's own is used).
         resolution: backbone input size (null: the registry default).
-        weights: local weights folder / file for the backbone (offline use).
+        weights: local weights folder / file for the backbone (offline use; with ``fae``: of the
+            backbone the FAE records).
         fae: an exported FAE folder; then ``features`` picks what is probed.
         features: "raw" backbone tokens, FAE "latent" z, or FAE-"reconstructed" tokens (mean-pooled).
         data: dataset (its ``split`` is ignored: the probe trains on "train", scores on "test").
@@ -146,6 +150,14 @@ class ProbeConfig:
         epochs: L-BFGS iterations; weight_decay: L2 penalty; seed: makes the result deterministic.
         batch_size: images per backbone forward pass; device: as for ``fae eval fid``.
         out: JSON results file.
+        head: a linear head file (``weight`` [K, F] / ``bias`` [K], the released DINOv2 format; see
+            ``fae.evaluation.linear_head``): the zero-shot protocol above. With an FAE both raw and
+            reconstructed are scored; ``features`` and the training keys are not used.
+        save_head: (training mode) also write the head trained on the raw train features, in the
+            same format (standardisation folded in), for a later ``head=FILE`` run.
+        extra_tokens: (head mode, with an FAE) the CLS token of the reconstruction: null = the
+            FAE's own ``extra_tokens``; "pass_through" = the backbone's original CLS token;
+            "reconstruct" = decoded from the latent (an FAE trained so).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -163,12 +175,21 @@ class ProbeConfig:
     device: str = "auto"
     out: str = "runs/eval/probe.json"
     progress: bool = True
+    head: str | None = None
+    save_head: str | None = None
+    extra_tokens: Literal["none", "pass_through", "reconstruct"] | None = None
 
     def validate(self) -> None:
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
-        if self.features != "raw" and not self.fae:
+        if self.features != "raw" and not self.fae and not self.head:
             raise ConfigError(f"config key 'features': '{self.features}' features need an FAE (fae=DIR)")
+        if self.head and self.save_head:
+            raise ConfigError("config keys 'head' and 'save_head' exclude each other: a given head is "
+                              "not trained")
+        if self.save_head and self.features != "raw":
+            raise ConfigError("config key 'save_head': the protocol's head is trained on raw features "
+                              f"(features=raw), not '{self.features}'")
 
 
 @dataclass
@@ -201,6 +222,56 @@ class ReconConfig:
         _positive("batch_size", self.batch_size)
         if not self.fae:
             raise ConfigError("config key 'fae': reconstruction metrics need an exported FAE folder")
+
+
+@dataclass
+class RetrievalConfig:
+    """``fae eval retrieval``: COCO-style text-image retrieval, raw vs FAE-reconstructed tokens (the
+    paper's Table 4; protocol in ``fae.evaluation.retrieval``).
+
+    Args:
+        fae: exported FAE folder over a SigLIP / SigLIP2 backbone (its tower must keep its MAP head).
+        backbone_weights: local folder of that backbone's weights (null: the registry lookup of the
+            name the FAE records; e.g. ``$FAE_WEIGHTS_SIGLIP2_G_OPT16_256``).
+        images: folder of the images (COCO: the one holding ``val2014/``).
+        captions: Karpathy-format captions file (``dataset_coco.json``, see ``fae.data.karpathy``).
+        split: which split of it ("test": COCO 5K).
+        limit: only the first N images of the split (and their captions).
+        image_size: ADM center crop before the backbone (the backbone then resizes to its own
+            resolution); null = the FAE backbone's resolution. Our choice: a square center crop
+            (SigLIP's own processor squashes the whole image to a square instead).
+        text_encoder: ``fae.text`` name of the SigLIP text tower (generic ``siglip-text`` reads any
+            local SigLIP / SigLIP2 folder: give ``text_weights``).
+        text_weights: local folder (or hub id) of the text tower; null = the registry lookup.
+        text_max_length: tokens per caption (null: the entry's, 64 for SigLIP2).
+        batch_size, device, progress: as for ``fae eval fid``.
+        out: JSON results file.
+    """
+
+    fae: str | None = None
+    backbone_weights: str | None = None
+    images: str | None = None
+    captions: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    image_size: int | None = None
+    text_encoder: str = "siglip-text"
+    text_weights: str | None = None
+    text_max_length: int | None = None
+    batch_size: int = 64
+    device: str = "auto"
+    progress: bool = True
+    out: str = "runs/eval/retrieval.json"
+
+    def validate(self) -> None:
+        _positive("batch_size", self.batch_size)
+        for key in ("fae", "images", "captions"):
+            if not getattr(self, key):
+                raise ConfigError(f"config key '{key}' is required for retrieval (--{key})")
+        if self.limit is not None:
+            _positive("limit", self.limit)
+        if self.image_size is not None:
+            _positive("image_size", self.image_size)
 
 
 def _positive(key: str, value: int) -> None:

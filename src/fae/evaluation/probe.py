@@ -4,6 +4,9 @@ The paper measures how much pretrained information an FAE keeps by a linear prob
 features reconstructed by the FAE (86.17% vs 87.00% for raw DINOv2-g on ImageNet). Here the head
 is trained full-batch with L-BFGS on precomputed features (fast on CPU: a few seconds for 10^4 x
 10^3 features), with L2 weight decay, on standardised features (train-split mean/std).
+:func:`train_linear_head` returns the fitted head (standardisation folded in) for use on other
+features: the paper's protocol scores one head, trained on raw features, on the raw and on the
+FAE-reconstructed test features (``fae.evaluation.linear_head``).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fae.errors import DataError
+from fae.evaluation.linear_head import LinearHead, topk_accuracy
 
 
 def _as_tensor(x, dtype) -> torch.Tensor:
@@ -32,17 +36,29 @@ def _check(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, t
         raise DataError("linear probe needs class labels >= 0 (this dataset is unlabelled)")
 
 
-def _standardize(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale each feature to zero mean / unit std using the train split's statistics only."""
-    mean = train_x.mean(0, keepdim=True)  # [1, D]
-    std = train_x.std(0, keepdim=True).clamp_min(1e-6)  # constant features stay 0
-    return (train_x - mean) / std, (test_x - mean) / std
+def _standardizer(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], std [D]) of the train split: each feature to zero mean / unit std."""
+    return train_x.mean(0), train_x.std(0).clamp_min(1e-6)  # constant features stay 0
 
 
-def _topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices  # [N, k]
-    return float((top == labels[:, None]).any(dim=1).double().mean())
+def train_linear_head(train_x, train_y, *, epochs: int = 100, seed: int = 0, standardize: bool = True,
+                      weight_decay: float = 3e-2, num_classes: int | None = None,
+                      dtype: torch.dtype = torch.float64) -> LinearHead:
+    """A linear classifier fitted on ``train_x`` [N, D], returned as a :class:`LinearHead` on *raw*
+    features: the standardisation (train mean/std) is folded into its weight and bias
+    (W' = W / std, b' = b - W' mean), so the head applies to any features unchanged - raw test
+    features, FAE-reconstructed ones (the paper's protocol) - and saves in the released format.
+    Arguments as for :func:`linear_probe` (``num_classes`` default: max label + 1).
+    """
+    train_x, train_y = _as_tensor(train_x, dtype), _as_tensor(train_y, torch.long)
+    _check(train_x, train_y, train_x[:1], train_y[:1])
+    dim = train_x.shape[1]
+    mean, std = (_standardizer(train_x) if standardize
+                 else (torch.zeros(dim, dtype=dtype), torch.ones(dim, dtype=dtype)))
+    classes = num_classes or int(train_y.max()) + 1
+    weight, bias = _fit((train_x - mean) / std, train_y, classes, epochs, seed, weight_decay)
+    folded = weight / std  # [K, D]
+    return LinearHead(folded, bias - folded @ mean)
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, seed: int = 0,
@@ -67,16 +83,14 @@ def linear_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, seed: i
     train_x, test_x = _as_tensor(train_x, dtype), _as_tensor(test_x, dtype)
     train_y, test_y = _as_tensor(train_y, torch.long), _as_tensor(test_y, torch.long)
     _check(train_x, train_y, test_x, test_y)
-    if standardize:
-        train_x, test_x = _standardize(train_x, test_x)
     classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
-    weight, bias = _fit(train_x, train_y, classes, epochs, seed, weight_decay)
+    head = train_linear_head(train_x, train_y, epochs=epochs, seed=seed, standardize=standardize,
+                             weight_decay=weight_decay, num_classes=classes, dtype=dtype)
     with torch.no_grad():
-        train_logits = train_x @ weight.T + bias  # [N, K]
-        test_logits = test_x @ weight.T + bias
+        train_logits, test_logits = head.logits(train_x), head.logits(test_x)  # [N, K]
         train_loss = F.cross_entropy(train_logits, train_y)
-    return {"top1": _topk_accuracy(test_logits, test_y, 1), "top5": _topk_accuracy(test_logits, test_y, 5),
-            "train_top1": _topk_accuracy(train_logits, train_y, 1), "train_loss": float(train_loss),
+    return {"top1": topk_accuracy(test_logits, test_y, 1), "top5": topk_accuracy(test_logits, test_y, 5),
+            "train_top1": topk_accuracy(train_logits, train_y, 1), "train_loss": float(train_loss),
             "num_train": int(train_x.shape[0]), "num_test": int(test_x.shape[0]),
             "num_classes": classes, "dim": int(train_x.shape[1])}
 

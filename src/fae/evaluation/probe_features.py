@@ -7,7 +7,8 @@ From raw backbone tokens x [N, T, D] (:func:`probe_features`):
 * ``reconstructed``: decode_features(z) [N, T, D] averaged over tokens -> [N, D] (the paper's probe
   on FAE-reconstructed DINOv2 features; it must stay close to ``raw``).
 
-Image-level wrappers (:class:`BackboneFeatures`, :class:`FAEFeatures`) run the backbone first, and
+Image-level wrappers (:class:`BackboneFeatures`, :class:`FAEFeatures`; :class:`HeadFeatures` for a
+given head's input, the zero-shot protocol) run the backbone first, and
 :func:`pooled_features` streams a dataset through one of them, sharded over ranks under torchrun and
 gathered back in dataset order.
 """
@@ -111,6 +112,42 @@ class FAEFeatures:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.fae.tokens_from(images)  # [B, T, D]
         return probe_features(self.fae, tokens, (self.kind,), batch_size=max(1, len(tokens)))[self.kind]
+
+
+class HeadFeatures:
+    """uint8 images [B, C, H, W] -> a given head's input for the raw tokens and, with an FAE, for
+    its reconstruction, side by side: [B, F] or [B, 2F] (raw first; :attr:`kinds` names them).
+
+    The zero-shot protocol (paper Table 1): one head, never trained on reconstructions, scores
+    both. Its input is :func:`fae.evaluation.linear_head.head_input` of the backbone's output
+    (``concat(CLS, mean(patches))`` for the released DINOv2 heads, ``mean(patches)`` for a head on
+    pooled tokens); the reconstruction is :meth:`FAE.reconstruct` (posterior mean), its CLS token
+    per ``extra_tokens`` ("pass_through": the original; "reconstruct": decoded from the latent).
+
+    Args:
+        head: a :class:`fae.evaluation.linear_head.LinearHead`.
+        backbone: the frozen backbone (used when ``fae`` is None).
+        fae: an ``fae.autoencoder.FAE`` (its own backbone is used).
+        extra_tokens: override of the FAE's ``extra_tokens`` mode (None: the FAE's).
+    """
+
+    def __init__(self, head, backbone=None, fae=None, extra_tokens: str | None = None):
+        if (backbone is None) == (fae is None):
+            raise ConfigError("HeadFeatures needs exactly one of backbone= and fae=")
+        self.head, self.backbone, self.fae, self.extra_tokens = head, backbone, fae, extra_tokens
+        self.kinds = ("raw", "reconstructed") if fae is not None else ("raw",)
+        self.name = fae.config.backbone if fae is not None else backbone.info.name
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from fae.evaluation.linear_head import head_input
+
+        out = self.fae.outputs_from(images) if self.fae is not None else self.backbone.forward_all(images)
+        parts = [head_input(out.patches, out.cls, self.head)]  # [B, F]
+        if self.fae is not None:
+            rec = self.fae.reconstruct(out, self.extra_tokens)
+            parts.append(head_input(rec.patches, rec.cls, self.head))
+        return torch.cat(parts, dim=1).float().cpu()  # [B, len(kinds) * F]
 
 
 def pooled_features(encoder: Callable[[torch.Tensor], torch.Tensor], dataset, *, batch_size: int = 128,

@@ -150,6 +150,11 @@ class AutoencoderRunConfig:
                               "trained on cached raw train features)")
         if self.stats_images < 1:
             raise ConfigError(f"config key 'stats_images' must be >= 1, got {self.stats_images}")
+        if self.model.extra_tokens == "reconstruct":
+            # FAE.forward(tokens, extra=...) and fae_loss train it, but this stage feeds patch tokens
+            # only (the token cache stores no CLS / registers); refuse rather than train it untrained.
+            raise ConfigError("config key 'model.extra_tokens': 'reconstruct' is not trained by this stage "
+                              "yet (it feeds patch tokens only); use 'pass_through' or 'none'")
 
     def token_cache_folder(self) -> Path:
         return Path(self.token_cache_dir or Path(self.train.run_dir) / "token_cache")
@@ -320,7 +325,8 @@ class AutoencoderStage(Stage):
     def probe(self, fae: FAE) -> dict[str, float]:
         """Paper protocol: a linear head trained on raw pooled train features, scored on raw and on
         FAE-reconstructed held-out features (the paper keeps the gap within ~1 point)."""
-        from fae.evaluation.probe import linear_probe
+        from fae.evaluation.linear_head import head_accuracy
+        from fae.evaluation.probe import train_linear_head
         from fae.evaluation.probe_features import probe_features
 
         cfg = self.config
@@ -328,10 +334,11 @@ class AutoencoderStage(Stage):
         n_train = len(train) if cfg.eval.probe_train_limit is None else min(cfg.eval.probe_train_limit, len(train))
         train_x = probe_features(fae, train.tokens[:n_train], ("raw",), cfg.eval.batch_size)["raw"]  # [M, D]
         test_x = probe_features(fae, test.tokens, ("raw", "reconstructed"), cfg.eval.batch_size)
-        kwargs = {"epochs": cfg.eval.probe_epochs, "seed": 0}
-        top_raw = linear_probe(train_x, train.labels[:n_train], test_x["raw"], test.labels, **kwargs)["top1"]
-        top_recon = linear_probe(train_x, train.labels[:n_train], test_x["reconstructed"], test.labels,
-                                 **kwargs)["top1"]
+        classes = int(max(train.labels[:n_train].max(), test.labels.max())) + 1
+        head = train_linear_head(train_x, train.labels[:n_train], epochs=cfg.eval.probe_epochs, seed=0,
+                                 num_classes=classes)  # one head, applied unchanged to both
+        top_raw = head_accuracy(head, test_x["raw"], test.labels)["top1"]
+        top_recon = head_accuracy(head, test_x["reconstructed"], test.labels)["top1"]
         return {"probe_top1_raw": top_raw, "probe_top1_recon": top_recon, "probe_gap": top_raw - top_recon}
 
     @torch.no_grad()

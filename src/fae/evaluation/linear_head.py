@@ -1,0 +1,132 @@
+"""A linear classification head in the file format of DINOv2's released ImageNet heads, and the
+one rule that turns backbone (or FAE-reconstructed) tokens into that head's input.
+
+The released heads (``dinov2_vitg14_linear_head.pth``, ``dinov2_vitg14_reg4_linear_head.pth``, ...
+from ``dl.fbaipublicfiles.com/dinov2``) are the state dict of one ``nn.Linear(2 * D, 1000)``: the
+keys ``weight`` [1000, 2D] and ``bias`` [1000]. Their input (DINOv2's ``_LinearClassifierWrapper``
+with ``layers=1``) is the final-LayerNorm CLS token concatenated with the mean of the patch tokens
+(registers excluded), ``concat(cls, mean(patches))``; the ``_reg4`` heads have the same keys and
+shapes (the registers never enter the head). The README reports 86.5% (ViT-g/14) and 87.0%
+(ViT-g/14 + registers) ImageNet top-1 for them; the FAE paper's Table 1 "87.00% raw" is the latter.
+The ``linear4`` heads (``nn.Linear(5 * D, 1000)``) read the CLS tokens of the last four blocks,
+which an FAE (trained on the last block's tokens) does not reconstruct: they are refused.
+
+A head trained here (:func:`fae.evaluation.probe.train_linear_head`) is saved in the same format,
+with the standardisation it was trained under folded into ``weight`` / ``bias``, so it applies to
+raw pooled features unchanged. Its input is either ``mean(patches)`` (in_features = D: backbones
+without a CLS token, e.g. the demo's EfficientNet) or ``concat(cls, mean(patches))`` (2D):
+:func:`head_input` picks by the head's width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fae.errors import ConfigError, DataError
+
+
+@dataclass
+class LinearHead:
+    """logits = features @ weight.T + bias.
+
+    Args:
+        weight: [K, F] (K classes, F input features).
+        bias: [K].
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __post_init__(self):
+        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise DataError(f"a linear head needs weight [K, F] and bias [K], got "
+                            f"{list(self.weight.shape)} and {list(self.bias.shape)}")
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features [N, F] -> logits [N, K] (float64 on the CPU: exact ranks for the accuracy)."""
+        if features.ndim != 2 or features.shape[1] != self.in_features:
+            raise DataError(f"this head takes features [N, {self.in_features}], got {list(features.shape)}")
+        x = features.detach().to("cpu", torch.float64)
+        return x @ self.weight.to(torch.float64).T + self.bias.to(torch.float64)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``{"weight", "bias"}`` (float32) with ``torch.save``, atomically."""
+        from fae.io import atomic_torch_save
+
+        return atomic_torch_save({"weight": self.weight.detach().float().cpu().contiguous(),
+                                  "bias": self.bias.detach().float().cpu().contiguous()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LinearHead":
+        """Read a head file (released DINOv2 format or one saved here); errors name the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"linear head file '{path}' does not exist (config key 'head')")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - corrupt file, not a torch pickle
+            raise DataError(f"cannot read linear head '{path}': {type(e).__name__}: {e}") from None
+        if not isinstance(state, dict) or set(state) != {"weight", "bias"}:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise DataError(f"linear head '{path}' must hold exactly the keys 'weight' and 'bias' "
+                            f"(an nn.Linear state dict, as DINOv2's released heads), got {keys}")
+        try:
+            return cls(state["weight"].float(), state["bias"].float())
+        except DataError as e:
+            raise DataError(f"linear head '{path}': {e}") from None
+
+
+def head_input(patches: torch.Tensor, cls: torch.Tensor | None, head: LinearHead) -> torch.Tensor:
+    """The head's input for tokens ``patches`` [B, N, D] and ``cls`` [B, D] (or None).
+
+    in_features = D -> ``mean(patches)``; 2D -> ``concat(cls, mean(patches))`` (the released DINOv2
+    heads); anything else is a ConfigError saying what the head expects.
+    """
+    if patches.ndim != 3:
+        raise DataError(f"head_input takes patch tokens [B, N, D], got {list(patches.shape)}")
+    dim = patches.shape[-1]
+    pooled = patches.float().mean(dim=1)  # [B, D]
+    if head.in_features == dim:
+        return pooled
+    if head.in_features == 2 * dim:
+        if cls is None:
+            raise ConfigError(f"this head takes concat(CLS, mean(patches)) ({head.in_features} = 2 x {dim} "
+                              f"features), but these tokens have no CLS token (a backbone without one, or an "
+                              f"FAE with extra_tokens 'none': set extra_tokens=pass_through)")
+        return torch.cat([cls.float(), pooled], dim=1)  # [B, 2D]
+    if head.in_features == 5 * dim:
+        raise ConfigError(f"this head takes {head.in_features} = 5 x {dim} features: a DINOv2 'linear4' "
+                          f"head, which reads the CLS tokens of the last four blocks; an FAE reconstructs "
+                          f"only the last block's tokens. Use the 1-layer head (*_linear_head.pth)")
+    raise ConfigError(f"this head takes {head.in_features} features; tokens of width {dim} give {dim} "
+                      f"(mean of patches) or {2 * dim} (CLS + mean of patches)")
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of rows whose label is among the ``k`` largest logits (k capped at the class count)."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices  # [N, k]
+    return float((top == labels.to(top.device)[:, None]).any(dim=1).double().mean())
+
+
+def head_accuracy(head: LinearHead, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """top-1 / top-5 of ``head`` on features [N, F] with labels [N] (class indices of the head)."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if features.shape[0] != labels.shape[0] or labels.numel() == 0:
+        raise DataError(f"head accuracy needs one label per feature row and at least one row, got "
+                        f"{features.shape[0]} rows and {labels.shape[0]} labels")
+    if int(labels.min()) < 0 or int(labels.max()) >= head.num_classes:
+        raise DataError(f"labels must be class indices in [0, {head.num_classes}) for this head, got "
+                        f"[{int(labels.min())}, {int(labels.max())}]")
+    logits = head.logits(features)
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
