@@ -15,45 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fae.data.datasets import DataConfig
 from fae.errors import ConfigError
-from fae.evaluation.patch_study import PatchSettings
+
+if TYPE_CHECKING:
+    from fae.data.datasets import DataConfig
+    from fae.evaluation.patch_study import PatchesConfig
 
 DEFAULT_FOLDER_IMAGES = 8
-
-
-@dataclass
-class PatchesConfig:
-    """``fae viz patches`` settings.
-
-    Args:
-        fae: exported FAE folder (or a run folder holding ``export/``); required.
-        data: where the images come from (default: Fashion-MNIST test split; a folder:
-            ``data.name=folder data.root=DIR``, what ``--images DIR`` sets).
-        indices: which items of ``data`` (null: 0..7, or all of a smaller set); at least 2.
-        patches: the study's settings (clusters, pairs, radius, shift, seed, rows, batch_size);
-            ``rows`` null here = one figure row per image.
-        device: "auto" (CUDA when available), "cpu", "cuda", ...
-        out: the PNG to write; the numbers go to the same name with ``.json``.
-    """
-
-    fae: str | None = None
-    data: DataConfig = field(default_factory=lambda: DataConfig(split="test"))
-    indices: list[int] | None = None
-    patches: PatchSettings = field(default_factory=lambda: PatchSettings(rows=64))
-    device: str = "auto"
-    out: str = "runs/viz/patches.png"
-
-    def validate(self) -> None:
-        if not self.fae:
-            raise ConfigError("config key 'fae': the patch maps need an exported FAE folder (--fae DIR)")
-        if self.indices is not None and len(self.indices) < 2:
-            raise ConfigError(f"config key 'indices': the patch maps need at least 2 images, got {self.indices}")
-        self.patches.validate()
 
 
 def load_images(data: DataConfig, indices: list[int] | None):
@@ -120,6 +91,7 @@ def _images_overrides(text: str | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from fae.config import load_config
+    from fae.evaluation.patch_study import PatchesConfig
 
     flags = [f"{key}={json.dumps(value)}" for key, value in (("fae", args.fae), ("out", args.out)) if value]
     cfg = load_config(PatchesConfig, args.config, list(args.overrides) + _images_overrides(args.images) + flags)

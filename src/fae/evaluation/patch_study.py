@@ -18,12 +18,13 @@ each with its chance level and query count. The flipped / shifted copies go thro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from fae.errors import DataError
+from fae.data.datasets import DataConfig
+from fae.errors import ConfigError, DataError
 from fae.evaluation import patch_maps as pm
 
 SPACES = ("tokens", "latents")
@@ -54,13 +55,41 @@ class PatchSettings:
     rows: int = 4
 
     def validate(self) -> None:
-        from fae.errors import ConfigError
-
         for key in ("clusters", "kmeans_iters", "pairs", "shift", "batch_size", "rows"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"patch setting '{key}' must be >= 1, got {getattr(self, key)}")
         if self.radius < 0:
             raise ConfigError(f"patch setting 'radius' must be >= 0, got {self.radius}")
+
+
+@dataclass
+class PatchesConfig:
+    """``fae viz patches`` settings (the verb is ``fae.commands.viz``).
+
+    Args:
+        fae: exported FAE folder (or a run folder holding ``export/``); required.
+        data: where the images come from (default: Fashion-MNIST test split; a folder:
+            ``data.name=folder data.root=DIR``, what ``--images DIR`` sets).
+        indices: which items of ``data`` (null: 0..7, or all of a smaller set); at least 2.
+        patches: the study's settings (clusters, pairs, radius, shift, seed, rows, batch_size);
+            here ``rows`` defaults to 64: one figure row per image, up to 64.
+        device: "auto" (CUDA when available), "cpu", "cuda", ...
+        out: the PNG to write; the numbers go to the same name with ``.json``.
+    """
+
+    fae: str | None = None
+    data: DataConfig = field(default_factory=lambda: DataConfig(split="test"))
+    indices: list[int] | None = None
+    patches: PatchSettings = field(default_factory=lambda: PatchSettings(rows=64))
+    device: str = "auto"
+    out: str = "runs/viz/patches.png"
+
+    def validate(self) -> None:
+        if not self.fae:
+            raise ConfigError("config key 'fae': the patch maps need an exported FAE folder (--fae DIR)")
+        if self.indices is not None and len(self.indices) < 2:
+            raise ConfigError(f"config key 'indices': the patch maps need at least 2 images, got {self.indices}")
+        self.patches.validate()
 
 
 def shift_images(images: torch.Tensor, grid: tuple[int, int], patches: int) -> tuple[torch.Tensor, int]:
