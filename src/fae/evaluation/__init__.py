@@ -5,7 +5,9 @@ Modules: ``inception`` (the network and its input convention), ``stats`` (stream
 ``.npz`` I/O), ``fid`` (the metrics), ``features`` (image sets -> statistics, sharded), ``suite``
 (all generation metrics of a sample set), ``probe`` / ``probe_features`` (linear probing),
 ``image_metrics`` (PSNR, SSIM), ``recon`` (FAE reconstruction metrics and the one PSNR/SSIM rule
-every caller uses), ``config`` (the ``fae eval`` settings; the verbs are ``fae.commands.eval``).
+every caller uses), ``patch_maps`` / ``patch_study`` / ``patch_figures`` (patch-level similarity
+maps and matches of tokens vs latents, ``fae viz patches``), ``config`` (the ``fae eval`` settings;
+the verbs are ``fae.commands.eval``).
 """
 from fae.evaluation.fid import frechet_distance, kernel_inception_distance, precision_recall  # noqa: F401
 from fae.evaluation.image_metrics import psnr, ssim  # noqa: F401
