@@ -174,7 +174,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     m["classifier_accuracy_real"] = judge.accuracy(original, test_y)
     m["class_accuracy_reconstructions"] = judge.accuracy(decoded["from_latents"], test_y)
     m["class_accuracy_reconstructions_ib"] = judge.accuracy(decoded["from_features"], test_y)
-    patch_numbers, patch_figure = patch_metrics(fae, test_x, original, test_y, ev)
+    patch_numbers, patch_data = patch_metrics(fae, test_x, original, test_y, ev)
     m.update(patch_numbers)
 
     guided, plain, sampling = draw_samples(ev, generator, fae)
@@ -191,7 +191,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     figures = {"original": original[:rows], "labels": test_y[:rows],
                "latent_pca": latent_pca_images(fae.encode(test_x[:rows]), original.shape[-1]),
                **{k: v[:rows] for k, v in decoded.items()},
-               "guided": guided.images[:shown], "plain": plain.images[:shown], "patches": patch_figure}
+               "guided": guided.images[:shown], "plain": plain.images[:shown], "patches": patch_data}
     return m, figures
 
 

@@ -135,9 +135,9 @@ def foreground_masks(tokens: torch.Tensor, grid: tuple[int, int], clusters: int 
     _check_grid(tokens, grid)
     labels, _ = kmeans(F.normalize(tokens.float(), dim=-1), clusters, iters, seed)  # [B, N]
     corners, ring = border_positions(grid)
-    votes = lambda where: F.one_hot(labels[:, where], clusters).sum(1)  # [B, k]  # noqa: E731
-    n = tokens.shape[1]
-    background = (votes(corners) * (n + 1) + votes(ring.to(labels.device))).argmax(-1)  # corners first
+    corner_votes = F.one_hot(labels[:, corners], clusters).sum(1)  # [B, k]
+    ring_votes = F.one_hot(labels[:, ring.to(labels.device)], clusters).sum(1)  # [B, k], each < N + 1
+    background = (corner_votes * (tokens.shape[1] + 1) + ring_votes).argmax(-1)  # corners first, then ring
     mask = labels != background[:, None]
     return torch.where(mask.any(1, keepdim=True), mask, torch.ones_like(mask))
 
