@@ -72,8 +72,9 @@ def demo_run(tmp_path_factory):
 def test_each_image_passes_the_backbone_once(demo_run):
     # Every stage, the latent cache and the evaluation share one token cache: the backbone sees the
     # first 300 training images (the largest limit asked for) and the first 100 test images once;
-    # decoded images are judged by the pixel classifier, not through the backbone.
-    assert int((demo_run / "backbone_images.txt").read_text()) == 300 + 100
+    # decoded images are judged by the pixel classifier, not through the backbone. The patch-level
+    # checks add a flipped and a shifted copy of each of their 40 (eval.test_images) test images.
+    assert int((demo_run / "backbone_images.txt").read_text()) == 300 + 100 + 2 * 40
 
 
 @pytest.mark.slow
@@ -82,10 +83,12 @@ def test_demo_writes_report_figures_and_exports(demo_run, capsys):
     html = (out / "report.html").read_text()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     for name in ("reconstructions.png", "samples.png", "cfg_off_vs_on.png", "loss_autoencoder.png",
-                 "loss_pixel_decoder_ib.png", "loss_pixel_decoder_ii.png", "loss_generator.png"):
+                 "loss_pixel_decoder_ib.png", "loss_pixel_decoder_ii.png", "loss_generator.png",
+                 "patch_maps.png"):
         assert name in figures
     assert len(re.findall(r"src='data:image/png;base64,", html)) == len(figures)  # self-contained
-    for words in ("Quality floors", "generation FID", "FAE.from_pretrained"):
+    for words in ("Quality floors", "generation FID", "FAE.from_pretrained", "Patch-level maps",
+                  "left-right flip of the same image"):
         assert words in html
 
     from fae.autoencoder import FAE
@@ -119,6 +122,12 @@ def test_demo_metrics_are_sane(demo_run):
     for key in ("rfid", "fid_cfg", "fid_real_floor"):
         assert math.isfinite(m[key]) and m[key] > 0, key
     assert m["fid_samples"] == 20 and m["test_images"] == 40
+    assert m["patch_images"] == 40 and -1 <= m["patch_map_correlation"] <= 1
+    for check in ("flip", "shift", "pair"):
+        for key in (f"patch_{check}_tokens", f"patch_{check}_latents", f"patch_{check}_chance"):
+            assert 0.0 <= m[key] <= 1.0, key
+    # Backbone tokens of a shifted image are the same tokens moved (a CNN): far above chance.
+    assert m["patch_shift_tokens"] > m["patch_shift_chance"] + 0.2
     # Real images are closer to other real images than the tiny demo's samples are.
     assert m["fid_real_floor"] < m["fid_cfg"]
 

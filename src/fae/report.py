@@ -17,15 +17,29 @@ from PIL import Image
 from fae.io import atomic_write
 
 
-def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
-              xlabel: str = "step", ylabel: str = "loss", logy: bool = True) -> Image.Image:
-    """One matplotlib line chart (Agg backend) of named (x, y) series, returned as a PIL image."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed): every figure is drawn with it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=110)
+    return plt
+
+
+def figure_image(fig) -> Image.Image:
+    """A matplotlib figure as an RGB PIL image (the figure is closed)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    pyplot().close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+              xlabel: str = "step", ylabel: str = "loss", logy: bool = True) -> Image.Image:
+    """One matplotlib line chart (Agg backend) of named (x, y) series, returned as a PIL image."""
+    fig, ax = pyplot().subplots(figsize=(5.0, 3.2), dpi=110)
     for name, (xs, ys) in series.items():
         ys = np.asarray(ys, dtype=float)
         ax.plot(xs, ys, label=name, linewidth=1.2)
@@ -38,11 +52,7 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title:
     if len(series) > 1:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+    return figure_image(fig)
 
 
 def _png_base64(path: Path) -> str:

@@ -67,6 +67,8 @@ class EvalSettings:
         classifier_train_images: first training images the pixel classifier (the judge of decoded
             images, ``fae.evaluation.pixel_classifier``) learns from (null = all 60000).
         classifier_steps: its optimiser steps (batch 128).
+        patch_images: first test images of the patch-level checks (``fae.demo.patches``).
+        patch_rows: of them, the images drawn in the patch-map figure.
         real_floor: also the FID of the next ``test_images`` real test images against the reference
             ones (the floor an FID at this N can reach; costs ``test_images`` Inception passes).
     """
@@ -84,6 +86,8 @@ class EvalSettings:
     classifier_train_images: int | None = None
     classifier_steps: int = 600
     real_floor: bool = True
+    patch_images: int = 64
+    patch_rows: int = 4
 
     def validate(self) -> None:
         if self.classifier_steps < 1 or (self.classifier_train_images is not None and self.classifier_train_images < 10):
@@ -92,7 +96,9 @@ class EvalSettings:
         if self.real_floor and self.test_images > 5000:
             raise ConfigError(f"eval.real_floor compares two disjoint sets of eval.test_images test images, "
                               f"so eval.test_images must be <= 5000, got {self.test_images}")
-        for key in ("test_images", "probe_train_images", "fid_samples", "batch_size"):
+        if self.patch_rows < 1:
+            raise ConfigError(f"config key 'eval.patch_rows' must be >= 1, got {self.patch_rows}")
+        for key in ("test_images", "probe_train_images", "fid_samples", "batch_size", "patch_images"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"config key 'eval.{key}' must be >= 2, got {getattr(self, key)}")
         from fae.generation.decode import check_sampler_overrides

@@ -21,6 +21,8 @@ cache every stage shared (each image went through the backbone once), features a
   training pixels by :func:`classifier_step`): of the real test images (its ceiling), of the decoded
   test reconstructions (from features and from latents: how much of a miss is the pixel decoder's)
   and of the generated images; and the latent head on each generated latent (the generator alone);
+* patch-level maps of the tokens vs the latents (``fae.demo.patches``): similarity-map correlation
+  and flip / shift / same-class patch-matching agreement on the first ``eval.patch_images``;
 * the real-vs-real FID floor: the next ``eval.test_images`` test images against the reference ones
   (``eval.real_floor``), so rFID and generation FID can be read against what this N allows.
 
@@ -143,6 +145,7 @@ def real_images(cfg, split: str, start: int, count: int) -> torch.Tensor:
 def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
     from fae.data.batches import iterate_batches, map_batches
+    from fae.demo.patches import patch_metrics
     from fae.evaluation.pixel_classifier import PixelClassifier
     from fae.evaluation.recon import feature_metrics, mean_image_scores
     from fae.images import from_unit_range, quantize
@@ -166,6 +169,8 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     m["classifier_accuracy_real"] = judge.accuracy(original, test_y)
     m["class_accuracy_reconstructions"] = judge.accuracy(decoded["from_latents"], test_y)
     m["class_accuracy_reconstructions_ib"] = judge.accuracy(decoded["from_features"], test_y)
+    patch_numbers, patch_data = patch_metrics(fae, test_x, original, test_y, ev)
+    m.update(patch_numbers)
 
     guided, plain, sampling = draw_samples(ev, generator, fae)
     m["cfg"] = sampling_summary(sampling)
@@ -182,7 +187,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     figures = {"original": original[:rows], "labels": test_y[:rows],
                "latent_pca": latent_pca_images(fae.encode(test_x[:rows]), original.shape[-1]),
                **{k: v[:rows] for k, v in decoded.items()},
-               "guided": guided.images[:shown], "plain": plain.images[:shown]}
+               "guided": guided.images[:shown], "plain": plain.images[:shown], "patches": patch_data}
     return m, figures
 
 

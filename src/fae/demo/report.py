@@ -213,6 +213,7 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
                  quick: bool) -> Path:
     """Figures + ``report.html`` (images inlined); returns the HTML path."""
     from fae.demo import __doc__ as demo_doc
+    from fae.demo.patches import add_patch_section
     figures = write_figures(out)
     report = Report("FAE demo on Fashion-MNIST" + (" (--quick)" if quick else ""),
                     intro=f"EfficientNet-Lite0 (ImageNet weights) at {cfg.backbone.resolution} px -> "
@@ -225,6 +226,7 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
                "backbone features; stage II: decoded from the FAE latent (encode -> feature decoder -> "
                "stage-II decoder); generator: a sample asked for the same class (with CFG).",
                figures=[figures["reconstructions"]])
+    add_patch_section(report, out, metrics)
     report.add("Class-conditional samples", f"One row per class; sampler: {metrics['cfg']}.",
                figures=[figures["samples"]])
     report.add("CFG off vs on", "The same noise per column pair: without guidance (left half), with "

@@ -7,7 +7,9 @@ Modules: ``inception`` (the network and its input convention), ``stats`` (stream
 ``linear_head`` (fixed heads in DINOv2's released format: the zero-shot probe), ``retrieval``
 (text-image retrieval with SigLIP's own heads),
 ``image_metrics`` (PSNR, SSIM), ``recon`` (FAE reconstruction metrics and the one PSNR/SSIM rule
-every caller uses), ``config`` (the ``fae eval`` settings; the verbs are ``fae.commands.eval``).
+every caller uses), ``patch_maps`` / ``patch_study`` / ``patch_figures`` (patch-level similarity
+maps and matches of tokens vs latents, ``fae viz patches``), ``config`` (the ``fae eval`` settings;
+the verbs are ``fae.commands.eval``).
 """
 from fae.evaluation.fid import frechet_distance, kernel_inception_distance, precision_recall  # noqa: F401
 from fae.evaluation.image_metrics import psnr, ssim  # noqa: F401
