@@ -134,7 +134,7 @@ def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features; with
     ``cfg.head``, the zero-shot protocol (:func:`run_head_probe`)."""
-    from fae.evaluation.probe import linear_probe, train_linear_head
+    from fae.evaluation.probe import fit_linear_probe
     from fae.evaluation.probe_features import pooled_features
 
     if cfg.head:
@@ -143,11 +143,10 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     splits = {split: pooled_features(encoder, _limited(cfg.data, split, limit), batch_size=cfg.batch_size,
                                      progress=cfg.progress, desc=f"probe {split}")
               for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit))}
-    kwargs = dict(epochs=cfg.epochs, seed=cfg.seed, weight_decay=cfg.weight_decay)
-    result = linear_probe(*splits["train"], *splits["test"], **kwargs)
+    result, head = fit_linear_probe(*splits["train"], *splits["test"], epochs=cfg.epochs, seed=cfg.seed,
+                                    weight_decay=cfg.weight_decay)
     result.update(features=cfg.features, backbone=encoder.name, fae=cfg.fae)
-    if cfg.save_head:  # the same fit again (deterministic given the seed), kept as a head file
-        head = train_linear_head(*splits["train"], num_classes=result["num_classes"], **kwargs)
+    if cfg.save_head:  # the head the scores came from, kept as a head file
         from fae import distributed as dist
 
         if dist.is_main():

@@ -80,6 +80,14 @@ def linear_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, seed: i
     Returns:
         ``{"top1", "top5", "train_top1", "train_loss", "num_train", "num_test", "num_classes", "dim"}``.
     """
+    return fit_linear_probe(train_x, train_y, test_x, test_y, epochs=epochs, seed=seed, standardize=standardize,
+                            weight_decay=weight_decay, num_classes=num_classes, dtype=dtype)[0]
+
+
+def fit_linear_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, seed: int = 0,
+                     standardize: bool = True, weight_decay: float = 3e-2, num_classes: int | None = None,
+                     dtype: torch.dtype = torch.float64) -> tuple[dict[str, float], LinearHead]:
+    """:func:`linear_probe`'s scores and the head they came from (one fit, e.g. to save the head)."""
     train_x, test_x = _as_tensor(train_x, dtype), _as_tensor(test_x, dtype)
     train_y, test_y = _as_tensor(train_y, torch.long), _as_tensor(test_y, torch.long)
     _check(train_x, train_y, test_x, test_y)
@@ -89,10 +97,11 @@ def linear_probe(train_x, train_y, test_x, test_y, *, epochs: int = 100, seed: i
     with torch.no_grad():
         train_logits, test_logits = head.logits(train_x), head.logits(test_x)  # [N, K]
         train_loss = F.cross_entropy(train_logits, train_y)
-    return {"top1": topk_accuracy(test_logits, test_y, 1), "top5": topk_accuracy(test_logits, test_y, 5),
-            "train_top1": topk_accuracy(train_logits, train_y, 1), "train_loss": float(train_loss),
-            "num_train": int(train_x.shape[0]), "num_test": int(test_x.shape[0]),
-            "num_classes": classes, "dim": int(train_x.shape[1])}
+    scores = {"top1": topk_accuracy(test_logits, test_y, 1), "top5": topk_accuracy(test_logits, test_y, 5),
+              "train_top1": topk_accuracy(train_logits, train_y, 1), "train_loss": float(train_loss),
+              "num_train": int(train_x.shape[0]), "num_test": int(test_x.shape[0]),
+              "num_classes": classes, "dim": int(train_x.shape[1])}
+    return scores, head
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, epochs: int, seed: int,
