@@ -32,7 +32,6 @@ Results go to ``out/eval/metrics.json`` with the uint8 images the figures need
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +248,7 @@ def draw_samples(ev, generator, fae):
     from fae.generation.seeding import balanced_labels
 
     sampling = sampler_config(generator, ev.sampling)
-    unguided = replace(sampling, cfg_scale=1.0, cfg_schedule=[])
+    unguided = sampling.unguided()
     n = ev.fid_samples
     n_off = n if ev.fid_without_cfg else min(n, ev.grid_per_class * NUM_CLASSES)
     labels = balanced_labels(range(n), list(range(NUM_CLASSES)))

@@ -151,8 +151,22 @@ def stage_specs(cfg: DemoConfig, base: Path, out: Path) -> dict[str, StageSpec]:
                          common(ii) + [f"fae={ae / 'export'}", f"init_from={ib / 'export'}"]),
         "gen": stage_spec("generator", "generator", cfg.generator, base,
                           [f"train.run_dir={gen}", f"data.cache={lat}", f"data.fae={ii / 'export'}",
-                           "model.num_classes=10"]),
+                           f"{generator_section(cfg.generator, base)}.num_classes=10"]),
     }
+
+
+def generator_section(run: StageRun, base: Path) -> str:
+    """The architecture section of the generator stage's config ("model" for the diffusion
+    transformer, "flow" for STARFlow: ``kind`` in its file or overrides)."""
+    from fae.training.stages.generator import GeneratorRunConfig
+    from fae.config import load_config
+
+    spec = stage_spec("generator", "generator", run, base, [])
+    try:
+        return load_config(GeneratorRunConfig, spec.config, spec.overrides).architecture_section
+    except ConfigError as e:
+        raise ConfigError(f"demo stage 'generator' (file {spec.config or 'none'}, with generator.overrides): "
+                          f"{e}") from None
 
 
 def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:

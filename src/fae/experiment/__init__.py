@@ -10,6 +10,7 @@ accuracy by the demo's pixel judge) and writes ``ROOT/NAME/results.json`` and a 
     encoder          single attention (paper) vs linear vs transformer encoder
     latent-channels  c = 8 / 16 / 32 / 64
     time-shift       shift 0.4 (paper) vs off vs other values
+    starflow         a STARFlow normalizing flow on FAE latents vs on a pixel VAE's (+ bits/dim)
 
 The base of every arm is the demo's config (``configs/demo/demo.yaml``, read at run time); an arm
 is a list of ``key=value`` overrides of it (``fae.experiment.config``). Stages are shared between

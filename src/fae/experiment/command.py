@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
     from fae.errors import ConfigError
 
     if not args.name and not args.config:
-        raise ConfigError("name an experiment (latent-space, encoder, latent-channels, time-shift) or pass --config FILE")
+        raise ConfigError("name an experiment (latent-space, encoder, latent-channels, time-shift, starflow) or pass --config FILE")
     path = experiment_path(args.name, args.config)
     exp, arm_overrides = load_experiment(path, args.quick, args.overrides)
     arms, base = resolve_arms(exp, path, args.quick, arm_overrides)
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
                                    "shifts with equal generators on Fashion-MNIST (HTML report + verdicts)",
                                    description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", default=None,
-                        help="latent-space | encoder | latent-channels | time-shift (configs/experiments/NAME.yaml)")
+                        help="latent-space | encoder | latent-channels | time-shift | starflow (configs/experiments/NAME.yaml)")
     parser.add_argument("--quick", action="store_true", help="the ~3-minute version (the config's 'quick' "
                         "and 'quick_arms' lists on top of the demo's 'quick' list)")
     parser.add_argument("--out", help="root folder (default runs/experiments, or runs/experiments-quick with --quick); "

@@ -78,6 +78,9 @@ class Evaluation:
         batch_size: samples per generator / decoder pass.
         seed: seed of the samples (the same noise for every arm and checkpoint).
         grid_per_class: samples per class shown in the report's grids.
+        likelihood_images: first test images whose latents (in each arm's own space) a flow
+            generator's checkpoints are scored on in bits per dimension (``fae.experiment.likelihood``);
+            diffusion arms ignore it.
     """
 
     steps: list[int] = field(default_factory=lambda: [300, 600, 1200])
@@ -87,11 +90,12 @@ class Evaluation:
     batch_size: int = 100
     seed: int = 0
     grid_per_class: int = 2
+    likelihood_images: int = 500
 
     def validate(self) -> None:
         if not self.steps or any(s < 1 for s in self.steps) or sorted(set(self.steps)) != list(self.steps):
             raise ConfigError(f"config key 'evaluation.steps' must be increasing positive steps, got {self.steps}")
-        for key in ("fid_samples", "reference_images", "batch_size"):
+        for key in ("fid_samples", "reference_images", "batch_size", "likelihood_images"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"config key 'evaluation.{key}' must be >= 2, got {getattr(self, key)}")
         if self.reference_images + self.fid_samples > 10000:

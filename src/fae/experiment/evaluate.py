@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -112,9 +112,11 @@ def fingerprint(checkpoint: Path, decoder_file: Path | None, ev: Evaluation, ref
 
 
 def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev: Evaluation, ref: Reference,
-                        folder: Path) -> tuple[str, dict[str, float]]:
+                        folder: Path, likelihood: Callable[[Any], float] | None = None
+                        ) -> tuple[str, dict[str, float]]:
     """FID and class accuracy of checkpoint ``step`` (cached in ``folder/step-XXXXXXXX.json`` and the
-    grid's images in ``.pt``)."""
+    grid's images in ``.pt``); with ``likelihood`` (generator -> bits per dimension on held-out
+    latents, for flow generators) also ``bits_per_dim``."""
     from fae.demo.evaluate import draw_samples
     from fae.evaluation.fid import fid_from_features
     from fae.io import atomic_save_json, atomic_torch_save
@@ -123,7 +125,7 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
     from fae.experiment.plan import run_dir
 
     checkpoint = CheckpointManager(run_dir(spec) / "checkpoints").path(step)
-    mark = json.loads(json.dumps(fingerprint(checkpoint, decoder_file, ev, ref)))
+    mark = json.loads(json.dumps({**fingerprint(checkpoint, decoder_file, ev, ref), "likelihood": likelihood is not None}))
     record, images = folder / f"step-{step:08d}.json", folder / f"step-{step:08d}.pt"
     if record.is_file() and images.is_file():
         saved = json.loads(record.read_text())
@@ -133,6 +135,8 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
     guided, _, _ = draw_samples(_eval_settings(ev), generator, decoder)
     metrics = {"step": step, "fid": fid_from_features(_features(guided.images, f"samples, step {step}"), ref.features),
                "class_accuracy": ref.judge.accuracy(guided.images, guided.labels), "samples": len(guided)}
+    if likelihood is not None:
+        metrics["bits_per_dim"] = likelihood(generator)
     shown = guided.images[:10 * ev.grid_per_class]
     atomic_torch_save({"images": shown, "labels": guided.labels[:len(shown)]}, images)
     atomic_save_json({"fingerprint": mark, "metrics": metrics}, record)

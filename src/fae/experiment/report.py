@@ -34,11 +34,17 @@ def curve_figure(record: dict[str, Any], metric: str, folder: Path) -> Path:
     from fae.images import save_png
 
     series = {a["name"]: ([p["step"] for p in a["curve"]], [p[metric] for p in a["curve"]])
-              for a in record["arms"].values()}
+              for a in record["arms"].values() if all(metric in p for p in a["curve"])}
     if metric == "fid":
         steps = sorted({s for xs, _ in series.values() for s in xs})
         series[f"real-vs-real floor (N = {record['floor']['n']})"] = (steps, [record["floor"]["fid"]] * len(steps))
-    label = {"fid": "FID (lower is better)", "class_accuracy": "class accuracy (pixel judge)"}[metric]
+    if metric == "bits_per_dim":
+        refs = {a["gaussian_bits_per_dim"] for a in record["arms"].values() if "gaussian_bits_per_dim" in a}
+        steps = sorted({s for xs, _ in series.values() for s in xs})
+        for ref in sorted(refs):
+            series[f"per-channel Gaussian ({ref:.3f})"] = (steps, [ref] * len(steps))
+    label = {"fid": "FID (lower is better)", "class_accuracy": "class accuracy (pixel judge)",
+             "bits_per_dim": "bits/dim of held-out test latents (lower is better)"}[metric]
     plot = line_plot(series, f"{record['title']}: {label}", xlabel="generator steps", ylabel=label, logy=False)
     return save_png(plot, folder / "figures" / f"{metric}.png")
 
@@ -76,10 +82,21 @@ def arms_rows(record: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def bits_text(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def has_likelihood(record: dict[str, Any]) -> bool:
+    return any("bits_per_dim" in p for a in record["arms"].values() for p in a["curve"])
+
+
 def scores_rows(record: dict[str, Any]) -> list[list[str]]:
-    rows = [["arm", "generator step", "FID", "class accuracy"]]
+    bits = has_likelihood(record)
+    rows = [["arm", "generator step", "FID", "class accuracy"] + (["bits/dim (test latents)"] if bits else [])]
     for arm in record["arms"].values():
-        rows += [[arm["name"], str(p["step"]), fid_text(p["fid"]), pct_text(p["class_accuracy"])] for p in arm["curve"]]
+        rows += [[arm["name"], str(p["step"]), fid_text(p["fid"]), pct_text(p["class_accuracy"])]
+                 + ([bits_text(p["bits_per_dim"]) if "bits_per_dim" in p else "-"] if bits else [])
+                 for p in arm["curve"]]
     return rows
 
 
@@ -135,6 +152,13 @@ def write_report(record: dict[str, Any], folder: Path) -> Path:
                           f"Total time: {record['total_wall_s']:.0f} s.")
     figures = [curve_figure(record, "fid", folder), curve_figure(record, "class_accuracy", folder)]
     report.add("Curves", "One line per arm; x: generator steps.", figures=figures)
+    if has_likelihood(record):
+        report.add("Likelihood", "Exact bits per dimension of each flow checkpoint on the latents of "
+                   f"{ev['likelihood_images']} held-out test images in the arm's own space (standardised with "
+                   "the training statistics, noise-augmented as in training, conditioned on the true class). "
+                   "Comparable along a curve; across spaces each latent is standardised per channel, so the "
+                   "figure measures structure beyond a per-channel Gaussian (the flat line), not image quality.",
+                   figures=[curve_figure(record, "bits_per_dim", folder)])
     report.add("Arms", tables=[("what each arm changes (from results.json's config diff)", arms_rows(record))])
     report.add("Scores at every checkpoint", tables=[("FID and class accuracy", scores_rows(record))])
     stages = stage_rows(record)

@@ -20,7 +20,7 @@ import torch
 
 from fae.config import to_dict
 from fae.experiment.config import ExperimentConfig, ResolvedArm
-from fae.experiment.plan import ArmPlan, plan_arm, run_dir
+from fae.experiment.plan import ArmPlan, plan_arm, resolved_config, run_dir
 
 STORE = "_stages"  # ROOT/_stages: stages, latent caches, judge and reference shared by every experiment
 
@@ -156,6 +156,41 @@ def decoder_for(plan: ArmPlan) -> tuple[torch.nn.Module, Path | None]:
     return decoder, None
 
 
+class _TokenEncoder:
+    """Images -> the TokenSpace latents of their raw backbone tokens (for held-out latents)."""
+
+    def __init__(self, space, backbone_name: str, resolution: int):
+        from fae.backbones.registry import load_backbone
+
+        self.space, self.backbone = space, load_backbone(backbone_name, resolution=resolution)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.space.encode(self.backbone(images))
+
+
+def likelihood_for(plan: ArmPlan, decoder, ev) -> Callable[[Any], float] | None:
+    """For a flow arm: generator -> bits per dimension on the held-out test latents of the arm's
+    space (``fae.experiment.likelihood``; encoded once, on first use). None for diffusion arms."""
+    if resolved_config(plan.generator).kind != "flow":
+        return None
+    held: list = []
+
+    def score(generator) -> float:
+        from fae.data.fashion_mnist import FashionMNIST
+        from fae.experiment.likelihood import bits_per_dim, held_out_latents
+
+        if not held:
+            cfg = plan.arm.config
+            test = FashionMNIST("test", root=cfg.data_root)
+            n = ev.likelihood_images
+            encoder = _TokenEncoder(decoder, cfg.backbone.name, cfg.backbone.resolution) \
+                if cfg.space == "tokens" else decoder
+            held.append(held_out_latents(encoder, test.images[:n], test.labels[:n], ev.batch_size))
+        return bits_per_dim(generator, held[0], ev.seed, ev.batch_size)
+
+    return score
+
+
 # ------------------------------------------------------------------------------ one arm
 
 
@@ -163,11 +198,11 @@ def _loader(section: str):
     from fae.autoencoder import FAE
     from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
     from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.generation import Generator
+    from fae.generation import load_generator
 
     return {"autoencoder": FAE.from_pretrained, "pixel_decoder_ib": PixelDecoder.from_pretrained,
             "pixel_decoder_ii": FAE.from_pretrained, "pixel_autoencoder": PixelAutoencoder.from_pretrained,
-            "generator": Generator.from_pretrained}[section]
+            "generator": load_generator}[section]
 
 
 def _upstream(plan: ArmPlan, section: str) -> list[Path]:
@@ -200,6 +235,14 @@ def _stage_metrics(plan: ArmPlan) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _likelihood_reference(plan: ArmPlan) -> dict[str, float]:
+    """A flow arm's Gaussian reference figure in bits per dimension (``gaussian_bits``)."""
+    from fae.experiment.likelihood import gaussian_bits
+
+    cfg = resolved_config(plan.generator)
+    return {"gaussian_bits_per_dim": gaussian_bits(cfg.flow.noise_std)} if cfg.kind == "flow" else {}
+
+
 def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -> dict[str, Any]:
     """Train and evaluate one arm (or reuse its result.json); returns its result record."""
     from fae.demo.pipeline import train_stage
@@ -225,11 +268,12 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
     timings.append(timed("generator", lambda: train_stage(plan.generator, [plan.latents / "manifest.json"],
                                                           _loader("generator"))))
     decoder, decoder_file = decoder_for(plan)
+    likelihood = likelihood_for(plan, decoder, exp.evaluation)
     curve = []
     for step in plan.steps:
         def score(step=step) -> str:
             status, metrics = evaluate_checkpoint(plan.generator, step, decoder, decoder_file, exp.evaluation,
-                                                  ref, plan.folder / "eval")
+                                                  ref, plan.folder / "eval", likelihood)
             curve.append(metrics)
             return status
         timings.append(timed(f"evaluation at step {step}", score))
@@ -237,6 +281,7 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
               "overrides": arm.overrides, "diff": arm.diff, "latent_shape": list(plan.latent_shape),
               "stages": {s: str(run_dir(p)) for s, p in plan.stages.items()}, "latents": str(plan.latents),
               "curve": curve, "final": curve[-1], "generator_loss": loss_summary(run_dir(plan.generator)),
+              "generator_kind": resolved_config(plan.generator).kind, **_likelihood_reference(plan),
               "stage_losses": {s: loss_summary(run_dir(p)) for s, p in plan.stages.items()},
               "stage_metrics": _stage_metrics(plan), "timings": timings,
               "wall_s": round(time.perf_counter() - start, 1)}

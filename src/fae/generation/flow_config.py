@@ -148,3 +148,7 @@ class FlowSamplerConfig:
     @property
     def guided(self) -> bool:
         return self.cfg_scale != 1.0
+
+    def unguided(self) -> FlowSamplerConfig:
+        """The same sampler without guidance."""
+        return dataclasses.replace(self, cfg_scale=1.0)

@@ -20,6 +20,8 @@ e.g. 1.5) is one override: ``'sampling.cfg_schedule=[[0.9,1.0,0.9],[0.0,0.7,2.5]
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -79,6 +81,10 @@ class SamplerConfig:
         if self.cfg_schedule:
             return any(scale != 1.0 for _, _, scale in self.cfg_schedule)
         return self.cfg_scale != 1.0
+
+    def unguided(self) -> "SamplerConfig":
+        """The same sampler without guidance."""
+        return dataclasses.replace(self, cfg_scale=1.0, cfg_schedule=[])
 
 
 def guidance_scale(cfg: SamplerConfig, t: float) -> float:
