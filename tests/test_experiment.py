@@ -186,3 +186,52 @@ def test_patch_space_round_trip_and_pixel_vae_shapes():
     model = PixelAutoencoder(PixelAutoencoderConfig(latent_channels=8, grid=(8, 8), width=16))
     z = model.encode(images)
     assert z.shape == (3, 8, 8, 8) and model.decode(z).shape == (3, 1, 28, 28)
+
+
+# ------------------------------------------------------------------ a flow generator's experiment
+
+FLOW_TINY = [o for o in TINY if not o.startswith("generator.overrides.model.")] + [
+    "generator.overrides.flow.dim=32", "generator.overrides.flow.head_dim=8",
+    "generator.overrides.flow.deep_layers=1", "generator.overrides.flow.shallow_blocks=1",
+    "generator.overrides.flow.shallow_layers=1"]
+
+
+def test_a_flow_experiment_scores_bits_per_dim_and_reuses_the_stages(experiment, capsys):
+    """`fae experiment starflow`'s shape on the tiny settings: STARFlow on FAE vs pixel-VAE latents,
+    in the same root as the tiny latent-space experiment, so its FAE and pixel VAE are reused."""
+    from fae.experiment.likelihood import gaussian_bits
+    from fae.experiment.report import bits_text
+    from fae.generation import FlowGenerator, load_generator
+
+    folder, _ = experiment
+    config = {"title": "tiny flow", "question": "Flow?", "demo": str(REPO / "configs" / "demo" / "demo.yaml"),
+              "variable": ["space"],
+              "overrides": [f"pixel_autoencoder.config={REPO / 'configs' / 'experiments' / 'pixel_autoencoder.yaml'}",
+                            f"generator.config={REPO / 'configs' / 'experiments' / 'starflow_generator.yaml'}"],
+              "arms": [{"name": "fae", "set": ["space=fae"]}, {"name": "pixel-ae", "set": ["space=pixel-ae"]}],
+              "main": "fae", "seeds": [1],
+              "evaluation": {"steps": [30, 60], "fid_samples": 20, "reference_images": 20, "batch_size": 20,
+                             "grid_per_class": 1, "likelihood_images": 60},
+              "claims": [{"better": "fae", "worse": "pixel-ae", "source": "STARFlow"}],
+              "quick_arms": FLOW_TINY}
+    path = folder / "tiny-flow.yaml"
+    path.write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(["experiment", "--config", str(path), "--quick", "--out", str(folder / "runs")]) == 0
+    log = capsys.readouterr().out
+    for stage in ("autoencoder", "pixel_decoder_ii", "pixel_autoencoder"):
+        assert f"  {stage}: skipped (outputs valid)" in log  # shared with the latent-space arms
+    record = json.loads((folder / "runs" / "tiny-flow" / "results.json").read_text())
+    page = (folder / "runs" / "tiny-flow" / "report.html").read_text()
+    reference = gaussian_bits(0.3)
+    for arm in record["arms"].values():
+        assert arm["generator_kind"] == "flow" and arm["gaussian_bits_per_dim"] == pytest.approx(reference)
+        loss = arm["generator_loss"]
+        assert loss["last"] < loss["first"], arm["name"]
+        bits = [p["bits_per_dim"] for p in arm["curve"]]
+        assert bits[-1] < bits[0] and bits[-1] < reference, (arm["name"], bits)  # learned beyond a Gaussian
+        for p in arm["curve"]:
+            assert f"<td>{bits_text(p['bits_per_dim'])}</td>" in page
+        assert isinstance(load_generator(folder / "runs" / "tiny-flow" / arm["name"] / "generator"), FlowGenerator)
+    assert record["verdicts"][0]["fid"]["verdict"] in ("agrees", "disagrees", "too noisy to tell")
+    assert "Likelihood" in page

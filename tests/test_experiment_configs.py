@@ -59,3 +59,8 @@ def test_quick_is_a_smaller_run_of_the_same_arms(path, tmp_path):
     assert [sorted(p.arm.diff) for p in quick_plans] == [sorted(p.arm.diff) for p in full_plans]
     assert quick.evaluation.steps[-1] < full.evaluation.steps[-1]
     assert quick.evaluation.fid_samples < full.evaluation.fid_samples
+    for q, f in zip(quick_plans, full_plans):  # every stage of every arm trains fewer or as many steps
+        assert list(q.stages) == list(f.stages)
+        for section in f.stages:
+            assert resolved_config(q.stages[section]).train.steps <= resolved_config(f.stages[section]).train.steps, \
+                (path.stem, q.arm.name, section)
