@@ -8,6 +8,7 @@ Layout::
 
     folder/<key16>/manifest.json            what the tokens are (data, backbone, dtype, shape)
     folder/<key16>/shard-00000.safetensors  items [0, S) of the dataset: "tokens" [m, N, D], "labels" [m]
+                                            (and "extra" [m, P, D] in a folder with extra tokens)
     folder/<key16>/shard-00001.safetensors  items [S, 2S) ...
 
 A request for the first ``n`` items loads the shards it needs and runs the backbone only on the
@@ -26,6 +27,15 @@ and the format version. Two fields of the data config are left out:
 Under ``torchrun`` rank 0 computes the missing shards, every rank waits at a barrier, then every
 rank loads them. Shards are written atomically (temp file, fsync, rename); a damaged one is a
 :class:`~fae.errors.DataError` naming the file.
+
+Extra tokens (``with_extra=True``: stage Ia with ``extra_tokens: reconstruct``): the shards also
+hold the backbone's CLS / register tokens ("extra" [m, P, D], CLS first, from
+``backbone.forward_all``), and the manifest says so (``"extra_tokens": [P, D]``). The flag is not
+part of the key: a folder filled with extra tokens also serves patch-only requests (which read
+"tokens" alone, and keep filling it with extra tokens so every shard stays complete), so stage Ib
+shares stage Ia's cache. A folder filled *without* them is refused for a request that needs them
+(a :class:`~fae.errors.DataError` naming the folder: delete it to rebuild it with them), never
+silently read as if it had them.
 """
 from __future__ import annotations
 
@@ -46,27 +56,34 @@ from fae.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+EXTRA_FIELD = "extra_tokens"  # manifest field of a folder whose shards hold CLS / registers (not keyed)
 PREFIX_STABLE = ("fashion-mnist",)  # datasets whose `limit` keeps the first items
 
 
 class TokenDataset(Dataset):
-    """Cached backbone tokens as a map-style dataset: items ``(tokens [N, D] (stored dtype), label int)``.
+    """Cached backbone tokens as a map-style dataset: items ``(tokens [N, D] (stored dtype), label int)``,
+    or ``((tokens [N, D], extra [P, D]), label int)`` when it holds extra tokens.
 
     Args:
         tokens: [M, N, D] (float16 by default).
         labels: [M] int64 (-1 when unlabelled).
+        extra: [M, P, D] CLS / register tokens, or None (patch tokens only).
     """
 
-    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, extra: torch.Tensor | None = None):
         if tokens.shape[0] != labels.shape[0]:
             raise DataError(f"{tokens.shape[0]} cached token sets but {labels.shape[0]} labels")
-        self.tokens, self.labels = tokens, labels
+        if extra is not None and extra.shape[0] != tokens.shape[0]:
+            raise DataError(f"{tokens.shape[0]} cached token sets but {extra.shape[0]} extra token sets")
+        self.tokens, self.labels, self.extra = tokens, labels, extra
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.tokens[i], int(self.labels[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], int]:
+        if self.extra is None:
+            return self.tokens[i], int(self.labels[i])
+        return (self.tokens[i], self.extra[i]), int(self.labels[i])
 
 
 def dtype_named(name: str) -> torch.dtype:
@@ -89,19 +106,27 @@ class TokenCache:
         dtype: storage dtype of the tokens.
         shard_size: items per shard file.
         batch_size: images per backbone pass.
+        with_extra: also keep (and return) the CLS / register tokens; refused for a backbone
+            without them, and for a folder filled without them.
     """
 
     def __init__(self, folder: str | Path, backbone: Backbone, weights: str | None = None,
-                 dtype: torch.dtype = torch.float16, shard_size: int = 1024, batch_size: int = 64):
+                 dtype: torch.dtype = torch.float16, shard_size: int = 1024, batch_size: int = 64,
+                 with_extra: bool = False):
         if shard_size < 1 or batch_size < 1:
             raise ConfigError(f"token cache: shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+        if with_extra and backbone.info.prefix_tokens == 0:
+            raise ConfigError(f"token cache: backbone '{backbone.info.name}' has no CLS or register "
+                              "tokens to cache (with_extra)")
         self.folder, self.backbone, self.weights = Path(folder), backbone, weights
         self.dtype, self.shard_size, self.batch_size = dtype, shard_size, batch_size
+        self.with_extra = with_extra
 
     # ---- what a key covers ------------------------------------------------------------------------
 
     def manifest(self, data: DataConfig) -> dict:
-        """Everything the cached tokens of ``data`` depend on: the manifest, hashed into the key."""
+        """Everything the cached tokens of ``data`` depend on: the manifest, hashed into the key
+        (all but :data:`EXTRA_FIELD`, present with ``with_extra``)."""
         if data.flip:
             raise ConfigError("cached tokens are of unflipped images: set data.flip=false (random "
                               "flips cannot be cached)")
@@ -110,14 +135,18 @@ class TokenCache:
         if data.name in PREFIX_STABLE:
             del fields["limit"]  # "the first n items": every limit is a prefix of one cache
         info = self.backbone.info
-        return {"format": FORMAT_VERSION, "data": fields,
+        what = {"format": FORMAT_VERSION, "data": fields,
                 "backbone": {"name": info.name, "resolution": info.resolution, "weights": self.weights},
                 "dtype": str(self.dtype).removeprefix("torch."), "shard_size": self.shard_size,
                 "tokens": [info.num_tokens, info.dim]}
+        if self.with_extra:
+            what[EXTRA_FIELD] = [info.prefix_tokens, info.dim]
+        return what
 
     def key(self, data: DataConfig) -> str:
-        """sha256 (hex) of :meth:`manifest`."""
-        return hashlib.sha256(json.dumps(self.manifest(data), sort_keys=True).encode()).hexdigest()
+        """sha256 (hex) of :meth:`manifest` without :data:`EXTRA_FIELD` (one folder either way)."""
+        keyed = {k: v for k, v in self.manifest(data).items() if k != EXTRA_FIELD}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
     def folder_for(self, data: DataConfig) -> Path:
         return self.folder / self.key(data)[:16]
@@ -129,8 +158,19 @@ class TokenCache:
         """Tokens of the first ``count`` items of ``data`` (default: all of it, ``limit`` applied).
 
         Returns:
-            (tokens [n, N, D] in the storage dtype, labels [n] int64), on the CPU, in dataset order.
+            (tokens [n, N, D] in the storage dtype, labels [n] int64), on the CPU, in dataset order
+            (the extra tokens, with ``with_extra``, come from :meth:`dataset`).
         """
+        tokens, labels, _ = self._request(data, count, progress)
+        return tokens, labels
+
+    def dataset(self, data: DataConfig, count: int | None = None, progress: bool = True) -> TokenDataset:
+        """:meth:`tokens` as a :class:`TokenDataset` (with the extra tokens, with ``with_extra``)."""
+        return TokenDataset(*self._request(data, count, progress))
+
+    def _request(self, data: DataConfig, count: int | None, progress: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(tokens [n, N, D], labels [n], extra [n, P, D] or None) of :meth:`tokens`."""
         dataset = self._dataset(data)
         n = len(dataset)
         if data.name in PREFIX_STABLE and data.limit is not None:
@@ -138,14 +178,10 @@ class TokenCache:
         n = n if count is None else min(count, n)
         folder = self.folder_for(data)
         if du.is_main():
-            self._write_manifest(folder, data)
-            self._fill(folder, dataset, n, progress, desc=f"tokens ({data.split})")
+            holds_extra = self._write_manifest(folder, data)
+            self._fill(folder, dataset, n, progress, f"tokens ({data.split})", holds_extra)
         du.barrier()
         return self._load(folder, n)
-
-    def dataset(self, data: DataConfig, count: int | None = None, progress: bool = True) -> TokenDataset:
-        """:meth:`tokens` as a :class:`TokenDataset`."""
-        return TokenDataset(*self.tokens(data, count, progress))
 
     # ---- shards ---------------------------------------------------------------------------------
 
@@ -163,39 +199,49 @@ class TokenCache:
     def shard_path(folder: Path, index: int) -> Path:
         return folder / f"shard-{index:05d}.safetensors"
 
-    def _write_manifest(self, folder: Path, data: DataConfig) -> None:
+    def _write_manifest(self, folder: Path, data: DataConfig) -> bool:
+        """Check (or write) the folder's manifest; returns whether its shards hold extra tokens."""
         from fae.io import atomic_save_json
 
         path, what = folder / MANIFEST, self.manifest(data)
-        if path.is_file():
-            try:
-                same = json.loads(path.read_text()) == what
-            except (OSError, ValueError) as e:
-                raise DataError(f"token cache manifest '{path}' is unreadable ({e}); delete the folder "
-                                f"'{folder}' to rebuild it") from None
-            if not same:  # a 16-hex-digit key collision, or a hand-edited folder
-                raise DataError(f"token cache folder '{folder}' holds other tokens than this request "
-                                f"(see '{path}'); delete the folder to rebuild it")
-            return
-        atomic_save_json(what, path)
+        if not path.is_file():
+            atomic_save_json(what, path)
+            return self.with_extra
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"token cache manifest '{path}' is unreadable ({e}); delete the folder "
+                            f"'{folder}' to rebuild it") from None
+        patches_only = lambda m: {k: v for k, v in m.items() if k != EXTRA_FIELD}  # noqa: E731
+        if not isinstance(stored, dict) or patches_only(stored) != patches_only(what):
+            # a 16-hex-digit key collision, or a hand-edited folder
+            raise DataError(f"token cache folder '{folder}' holds other tokens than this request "
+                            f"(see '{path}'); delete the folder to rebuild it")
+        if self.with_extra and stored.get(EXTRA_FIELD) != what[EXTRA_FIELD]:
+            raise DataError(f"token cache folder '{folder}' holds patch tokens only, without the CLS / "
+                            f"register tokens this request needs (extra_tokens: reconstruct); delete "
+                            f"the folder to rebuild it with them")
+        return EXTRA_FIELD in stored
 
-    def _fill(self, folder: Path, dataset: Dataset, n: int, progress: bool, desc: str) -> None:
-        """Rank 0: compute the items the first ``n`` need that no shard holds yet."""
-        from fae.backbones.extract import extract_tokens
+    def _fill(self, folder: Path, dataset: Dataset, n: int, progress: bool, desc: str,
+              extra: bool) -> None:
+        """Rank 0: compute the items the first ``n`` need that no shard holds yet (with their
+        extra tokens when the folder holds them, ``extra``)."""
+        from fae.backbones.extract import extract_tokens, extract_tokens_and_extra
         from fae.io import atomic_save_safetensors
 
+        extract = extract_tokens_and_extra if extra else extract_tokens
         for index, want in self._shards(n):
             path = self.shard_path(folder, index)
             have = self._count(path)
             if have >= want:
                 continue
             start = index * self.shard_size
-            tokens, labels = extract_tokens(self.backbone, dataset, self.batch_size, dtype=self.dtype,
-                                            progress=progress, desc=desc, indices=range(start + have, start + want))
+            new = extract(self.backbone, dataset, self.batch_size, dtype=self.dtype, progress=progress,
+                          desc=desc, indices=range(start + have, start + want))
             if have:  # a partial last shard grows
-                old_tokens, old_labels = self._read(path)
-                tokens, labels = torch.cat([old_tokens, tokens]), torch.cat([old_labels, labels])
-            atomic_save_safetensors({"tokens": tokens, "labels": labels}, path)
+                new = tuple(torch.cat([old, part]) for old, part in zip(self._read(path, extra), new))
+            atomic_save_safetensors(dict(zip(("tokens", "labels", "extra"), new)), path)
 
     def _count(self, path: Path) -> int:
         """Items a shard holds (0 when absent), from its header alone."""
@@ -209,8 +255,9 @@ class TokenCache:
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise self._damaged(path, e) from None
 
-    def _read(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens [m, N, D], labels [m]) of one shard, checked against this cache's shape and dtype."""
+    def _read(self, path: Path, extra: bool = False) -> tuple[torch.Tensor, ...]:
+        """(tokens [m, N, D], labels [m]) of one shard, and its extra tokens [m, P, D] with
+        ``extra``, checked against this cache's shape and dtype."""
         from safetensors.torch import load_file
 
         if not path.is_file():
@@ -226,21 +273,33 @@ class TokenCache:
         if tokens.dtype != self.dtype or tuple(tokens.shape[1:]) != want or labels.shape[0] != tokens.shape[0]:
             raise self._damaged(path, f"holds tokens {tuple(tokens.shape)} {tokens.dtype} and "
                                       f"{labels.shape[0]} labels, expected [m, {want[0]}, {want[1]}] {self.dtype}")
-        return tokens, labels
+        if not extra:
+            return tokens, labels
+        extra_want = (tokens.shape[0], info.prefix_tokens, info.dim)
+        if "extra" not in data:
+            raise self._damaged(path, "holds no extra (CLS / register) tokens, but its folder's manifest "
+                                      "says it does")
+        if data["extra"].dtype != self.dtype or tuple(data["extra"].shape) != extra_want:
+            raise self._damaged(path, f"holds extra tokens {tuple(data['extra'].shape)} {data['extra'].dtype}, "
+                                      f"expected {list(extra_want)} {self.dtype}")
+        return tokens, labels, data["extra"]
 
-    def _load(self, folder: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` items, from the shards (every rank)."""
+    def _load(self, folder: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The first ``n`` items, from the shards (every rank); extra tokens with ``with_extra``."""
         info = self.backbone.info
-        tokens = [torch.empty((0, info.num_tokens, info.dim), dtype=self.dtype)]
-        labels = [torch.empty(0, dtype=torch.long)]
+        parts = [[torch.empty((0, info.num_tokens, info.dim), dtype=self.dtype)],
+                 [torch.empty(0, dtype=torch.long)]]
+        if self.with_extra:
+            parts.append([torch.empty((0, info.prefix_tokens, info.dim), dtype=self.dtype)])
         for index, want in self._shards(n):
             path = self.shard_path(folder, index)
-            shard_tokens, shard_labels = self._read(path)
-            if shard_tokens.shape[0] < want:
-                raise self._damaged(path, f"holds {shard_tokens.shape[0]} items, {want} are needed")
-            tokens.append(shard_tokens[:want])
-            labels.append(shard_labels[:want])
-        return torch.cat(tokens), torch.cat(labels)  # [n, N, D], [n]
+            shard = self._read(path, self.with_extra)
+            if shard[0].shape[0] < want:
+                raise self._damaged(path, f"holds {shard[0].shape[0]} items, {want} are needed")
+            for kept, part in zip(parts, shard):
+                kept.append(part[:want])
+        tokens, labels, *extra = (torch.cat(kept) for kept in parts)  # [n, N, D], [n], ([n, P, D])
+        return tokens, labels, extra[0] if extra else None
 
     @staticmethod
     def _damaged(path: Path, why) -> DataError:

@@ -12,6 +12,13 @@ fills ``model.backbone`` / ``model.resolution`` from ``backbone.name`` / ``backb
   across stages and runs.
 - ``cache_tokens: false`` (ImageNet): images are read and the backbone runs inside every step.
 
+``model.extra_tokens: reconstruct`` (see ``fae/autoencoder/extra_tokens.py``): the stage also feeds
+the backbone's CLS / register tokens (``backbone.forward_all``; the token cache then keeps them
+beside the patches, ``TokenCache(with_extra=True)``), the step is ``fae(tokens, extra=extras)`` and
+the loss gains ``fae_loss``'s ``rec_extra`` term. The extra tokens are standardised by the FAE's own
+``extra_normalizer`` (one per-channel mean / std over every CLS and register token of the same
+``stats_images`` items, measured beside the patch statistics).
+
 The feature statistics (:class:`fae.stats.ChannelStats` over the first ``stats_images`` training
 items, sharded over ranks) are measured once per run folder and kept in
 ``run_dir/feature_stats.safetensors``, so a resume does not measure them again. The latent
@@ -19,7 +26,8 @@ statistics (posterior means of the same items) are measured at export and stored
 (``FAE.set_latent_stats``): the one place the latent cache and the generator read them from.
 
 Held-out metrics (each evaluation): cosine similarity and relative L2 of reconstructed vs original
-raw tokens (``fae.evaluation.recon``), normalised MSE, KL, latent per-channel mean/std, and
+raw tokens (``fae.evaluation.recon``), normalised MSE, KL, latent per-channel mean/std (with
+reconstructed extra tokens: their cosine ``extra_cosine`` and normalised MSE ``rec_extra``), and
 optionally the paper's linear probe (a head trained on raw pooled train features, scored on raw vs
 FAE-reconstructed held-out features).
 """
@@ -150,11 +158,6 @@ class AutoencoderRunConfig:
                               "trained on cached raw train features)")
         if self.stats_images < 1:
             raise ConfigError(f"config key 'stats_images' must be >= 1, got {self.stats_images}")
-        if self.model.extra_tokens == "reconstruct":
-            # FAE.forward(tokens, extra=...) and fae_loss train it, but this stage feeds patch tokens
-            # only (the token cache stores no CLS / registers); refuse rather than train it untrained.
-            raise ConfigError("config key 'model.extra_tokens': 'reconstruct' is not trained by this stage "
-                              "yet (it feeds patch tokens only); use 'pass_through' or 'none'")
 
     def token_cache_folder(self) -> Path:
         return Path(self.token_cache_dir or Path(self.train.run_dir) / "token_cache")
@@ -176,6 +179,8 @@ class AutoencoderStage(Stage):
         self.backbone = None
         self.fae: FAE | None = None
         self.tokens: dict[str, TokenDataset] = {}  # split -> cached tokens (cache_tokens mode)
+        # extra_tokens "reconstruct": CLS / registers are fed beside the patches everywhere
+        self.with_extra = self.fae_config.extra_tokens == "reconstruct"
 
     # ---- models and data -----------------------------------------------------------------------
 
@@ -197,14 +202,18 @@ class AutoencoderStage(Stage):
         self.fae.attach_backbone(self.backbone)
         if cfg.cache_tokens:
             cache = TokenCache(cfg.token_cache_folder(), self.backbone, cfg.backbone.weights,
-                               dtype_named(cfg.cache_dtype), batch_size=cfg.eval.batch_size)
+                               dtype_named(cfg.cache_dtype), batch_size=cfg.eval.batch_size,
+                               with_extra=self.with_extra)
             for split in dict.fromkeys([cfg.data.split, cfg.eval.split]):
                 self.tokens[split] = cache.dataset(self.split_data(split), progress=cfg.train.progress)
                 if du.is_main():
                     print(f"token cache ({split}): {cache.folder_for(self.split_data(split))} "
                           f"[{len(self.tokens[split])} items]", flush=True)
         if self.fae_config.feature_norm == "dataset":
-            self.fae.set_feature_stats(*self.feature_stats())
+            stats = self.feature_stats()
+            self.fae.set_feature_stats(stats["mean"], stats["std"])
+            if self.with_extra:
+                self.fae.set_extra_stats(stats["extra_mean"], stats["extra_std"])
 
     def split_data(self, split: str) -> DataConfig:
         """The data config of ``split``: held-out splits use ``eval.limit`` and never flip."""
@@ -218,22 +227,31 @@ class AutoencoderStage(Stage):
             return self.tokens[self.config.data.split]
         return build_dataset(self.config.data)
 
-    def raw_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch from either dataset -> raw tokens [B, N, D] float32 (images go through the backbone)."""
-        if x.ndim == 4:  # images [B, C, H, W]
-            return self.backbone(x)
-        return x.float()  # cached tokens [B, N, D]
+    def raw_tokens(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch from either dataset -> (raw tokens [B, N, D], raw extra tokens [B, P, D] or None),
+        float32 (images go through the backbone; extras only with extra_tokens "reconstruct")."""
+        if isinstance(x, (list, tuple)):  # cached (tokens [B, N, D], extra [B, P, D])
+            return x[0].float(), x[1].float()
+        if x.ndim == 4 and self.with_extra:  # images [B, C, H, W]
+            out = self.backbone.forward_all(x)
+            return out.patches, out.extra()
+        if x.ndim == 4:
+            return self.backbone(x), None
+        return x.float(), None  # cached tokens [B, N, D]
 
     def loss(self, phase, batch, models, step):
         x, _ = batch
-        out = models["fae"](self.raw_tokens(x), sample=True)  # target/recon [B, N, D], mean/logvar [B, N, c]
+        tokens, extra = self.raw_tokens(x)
+        # target/recon [B, N, D], mean/logvar [B, N, c] (extra_target/extra_recon [B, P, D])
+        out = models["fae"](tokens, sample=True, extra=extra)
         return fae_loss(out, self.config.loss.kl_weight)
 
     @torch.no_grad()
     def batches(self, split: str, count: int | None, shard: bool, device: torch.device
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(raw tokens [b, N, D] float32 on ``device``, labels [b]) over the first ``count`` items
-        of ``split`` (this rank's slice of them with ``shard``), unflipped, in order."""
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """(raw tokens [b, N, D], raw extra tokens [b, P, D] or None, labels [b]) over the first
+        ``count`` items of ``split`` (this rank's slice of them with ``shard``), unflipped, in
+        order; tokens float32 on ``device``, extra tokens only with extra_tokens "reconstruct"."""
         from fae.data.batches import iterate_batches
 
         cfg = self.config
@@ -245,10 +263,12 @@ class AutoencoderStage(Stage):
         if cached is not None:
             for start in range(indices.start, indices.stop, size):
                 stop = min(start + size, indices.stop)
-                yield cached.tokens[start:stop].to(device).float(), cached.labels[start:stop]
+                extra = cached.extra[start:stop].to(device).float() if self.with_extra else None
+                yield cached.tokens[start:stop].to(device).float(), extra, cached.labels[start:stop]
             return
         for images, labels in iterate_batches(source, size, indices):
-            yield self.backbone(images).to(device), labels
+            tokens, extra = self.raw_tokens(images)
+            yield tokens.to(device), extra.to(device) if extra is not None else None, labels
 
     # ---- statistics ------------------------------------------------------------------------------
 
@@ -258,26 +278,36 @@ class AutoencoderStage(Stage):
         what = {"data": to_dict(replace(cfg.data, flip=False)), "backbone": to_dict(cfg.backbone),
                 "resolution": self.fae_config.resolution, "stats_images": cfg.stats_images,
                 "tokens": cfg.cache_dtype if cfg.cache_tokens else "float32"}
+        if self.with_extra:  # only then: the key of every patch-only run stays what it was
+            what["extra_tokens"] = self.fae_config.extra_count
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
-    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean/std [D] of the first ``stats_images`` training tokens, read from
-        ``run_dir/feature_stats.safetensors`` when an earlier start of this run measured them."""
+    def feature_stats(self) -> dict[str, torch.Tensor]:
+        """Per-channel ``mean`` / ``std`` [D] of the first ``stats_images`` training tokens (and
+        ``extra_mean`` / ``extra_std`` [D] over their CLS / register tokens, with extra_tokens
+        "reconstruct"), read from ``run_dir/feature_stats.safetensors`` when an earlier start of
+        this run measured them."""
         from fae.io import atomic_save_safetensors
 
         cfg = self.config
         path, key = Path(cfg.train.run_dir) / "feature_stats.safetensors", self._stats_key()
-        stored = _read_stats(path, key)
+        names = ("mean", "std") + (("extra_mean", "extra_std") if self.with_extra else ())
+        stored = _read_stats(path, key, names)
         if stored is not None:
             return stored
         stats = ChannelStats(self.fae_config.token_dim)
-        for tokens, _ in self.batches(cfg.data.split, cfg.stats_images, True, self.fae.latent_mean.device):
-            stats.update(tokens)
-        mean, std = stats.all_reduce().mean_std()
+        extra_stats = ChannelStats(self.fae_config.token_dim)
+        for tokens, extra, _ in self.batches(cfg.data.split, cfg.stats_images, True, self.fae.latent_mean.device):
+            stats.update(tokens)  # [b, N, D]
+            if extra is not None:
+                extra_stats.update(extra)  # [b, P, D]
+        measured = dict(zip(("mean", "std"), stats.all_reduce().mean_std()))
+        if self.with_extra:
+            measured.update(zip(("extra_mean", "extra_std"), extra_stats.all_reduce().mean_std()))
         if du.is_main():
-            atomic_save_safetensors({"mean": mean, "std": std}, path, metadata={"key": key})
+            atomic_save_safetensors(measured, path, metadata={"key": key})
         du.barrier()
-        return mean, std
+        return measured
 
     # ---- evaluation and export -------------------------------------------------------------------
 
@@ -294,32 +324,42 @@ class AutoencoderStage(Stage):
 
         cosine / rel_l2: ``fae.evaluation.recon`` in the raw feature scale; rec_mse / kl: the
         training loss terms per image (posterior mean decoded, no sampling); latent_*: per-channel
-        statistics of the posterior mean.
+        statistics of the posterior mean. With extra_tokens "reconstruct" also extra_cosine (the
+        mean cosine of the reconstructed CLS / register tokens, raw scale) and rec_extra (their
+        training loss term).
         """
         from fae.autoencoder.vae import gaussian_kl
         from fae.evaluation.recon import feature_cosine, feature_relative_l2
 
         cfg = self.config
-        per_image = ChannelStats(4)  # cosine, rel_l2, rec_mse, kl of each image
+        per_image = ChannelStats(6 if self.with_extra else 4)  # cosine, rel_l2, rec_mse, kl (, extra's)
         latent = ChannelStats(fae.config.latent_channels)
-        for tokens, _ in self.batches(cfg.eval.split, cfg.eval.limit, True, fae.latent_mean.device):
-            out = fae(tokens, sample=False)
+        for tokens, extra, _ in self.batches(cfg.eval.split, cfg.eval.limit, True, fae.latent_mean.device):
+            out = fae(tokens, sample=False, extra=extra)
             recon = fae.normalizer.denormalize(out["recon"].float())  # [b, N, D] raw scale
             mse = (out["recon"] - out["target"]).square().mean(dim=(1, 2))  # [b]
             kl = gaussian_kl(out["mean"], out["logvar"]).mean(dim=(1, 2))  # [b]
-            per_image.update(torch.stack([feature_cosine(tokens, recon), feature_relative_l2(tokens, recon),
-                                          mse.double(), kl.double()], dim=1))  # [b, 4]
+            columns = [feature_cosine(tokens, recon), feature_relative_l2(tokens, recon), mse.double(), kl.double()]
+            if extra is not None:
+                extra_recon = fae.extra_normalizer.denormalize(out["extra_recon"].float())  # [b, P, D] raw
+                extra_mse = (out["extra_recon"] - out["extra_target"]).square().mean(dim=(1, 2))  # [b]
+                columns += [feature_cosine(extra, extra_recon), extra_mse.double()]
+            per_image.update(torch.stack(columns, dim=1))  # [b, 4 or 6]
             latent.update(out["mean"])  # [b, N, c]
         per_image.all_reduce()
         latent.all_reduce()
         if per_image.count == 0:
             raise DataError(f"the held-out split '{cfg.eval.split}' is empty (check eval.split / eval.limit)")
-        (cos, rel, mse, kl), _ = per_image.mean_std()
+        (cos, rel, mse, kl, *extra_terms), _ = per_image.mean_std()
         mean, std = latent.mean_std()
-        return {"cosine": float(cos), "rel_l2": float(rel), "rec_mse": float(mse), "kl": float(kl),
-                "loss": float(mse) + cfg.loss.kl_weight * float(kl),
-                "latent_mean_abs": float(mean.abs().mean()), "latent_std_mean": float(std.mean()),
-                "latent_std_min": float(std.min()), "latent_std_max": float(std.max())}
+        results = {"cosine": float(cos), "rel_l2": float(rel), "rec_mse": float(mse), "kl": float(kl),
+                   "loss": float(mse) + cfg.loss.kl_weight * float(kl),
+                   "latent_mean_abs": float(mean.abs().mean()), "latent_std_mean": float(std.mean()),
+                   "latent_std_min": float(std.min()), "latent_std_max": float(std.max())}
+        if extra_terms:  # fae_loss adds rec_extra with weight 1
+            results.update(extra_cosine=float(extra_terms[0]), rec_extra=float(extra_terms[1]),
+                           loss=results["loss"] + float(extra_terms[1]))
+        return results
 
     @torch.no_grad()
     def probe(self, fae: FAE) -> dict[str, float]:
@@ -347,8 +387,8 @@ class AutoencoderStage(Stage):
         training items; rank 0 alone, as ``export`` runs there) -> ``run_dir/export``."""
         fae = models["fae"]
         stats = ChannelStats(fae.config.latent_channels)
-        for tokens, _ in self.batches(self.config.data.split, self.config.stats_images, False,
-                                      fae.latent_mean.device):
+        for tokens, _, _ in self.batches(self.config.data.split, self.config.stats_images, False,
+                                         fae.latent_mean.device):
             stats.update(fae.posterior(tokens).mean)  # [b, N, c]
         fae.set_latent_stats(*stats.mean_std())
         return fae.save_pretrained(Path(run_dir) / "export")
@@ -366,13 +406,14 @@ class AutoencoderStage(Stage):
                 "latent": f"{cfg.model.latent_channels}x{fae_cfg.grid[0]}x{fae_cfg.grid[1]} "
                           f"(encoder: {cfg.model.encoder.kind})",
                 "loss": f"||x_hat - x||^2 + {cfg.loss.kl_weight:g} * KL on {cfg.model.feature_norm}"
-                        "-normalised features",
+                        "-normalised features" + (f" + ||cls_hat - cls||^2 ({fae_cfg.extra_count} CLS / "
+                                                  "register tokens)" if self.with_extra else ""),
                 "tokens": f"token cache ({cfg.cache_dtype}) in {cfg.token_cache_folder()}"
                 if cfg.cache_tokens else "backbone runs every step"}
 
 
-def _read_stats(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(mean, std) stored under ``key``, or None (absent, other key, unreadable: measure again)."""
+def _read_stats(path: Path, key: str, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """The tensors ``names`` stored under ``key``, or None (absent, other key, unreadable: measure again)."""
     if not path.is_file():
         return None
     from safetensors import safe_open
@@ -381,7 +422,7 @@ def _read_stats(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | Non
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") != key:
                 return None
-            return f.get_tensor("mean"), f.get_tensor("std")
+            return {name: f.get_tensor(name) for name in names}
     except Exception:  # a damaged file is only a cache of a measurement: measure again
         return None
 
