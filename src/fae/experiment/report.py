@@ -44,8 +44,8 @@ def curve_figure(record: dict[str, Any], metric: str, folder: Path) -> Path:
         for ref in sorted(refs):
             series[f"per-channel Gaussian ({ref:.3f})"] = (steps, [ref] * len(steps))
     label = {"fid": "FID (lower is better)", "class_accuracy": "class accuracy (pixel judge)",
-             "bits_per_dim": "bits/dim of held-out test latents (lower is better)"}[metric]
-    plot = line_plot(series, f"{record['title']}: {label}", xlabel="generator steps", ylabel=label, logy=False)
+             "bits_per_dim": "bits/dim, test latents (lower is better)"}[metric]
+    plot = line_plot(series, label, xlabel="generator steps", ylabel=label, logy=False)
     return save_png(plot, folder / "figures" / f"{metric}.png")
 
 
