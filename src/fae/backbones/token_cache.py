@@ -60,6 +60,11 @@ EXTRA_FIELD = "extra_tokens"  # manifest field of a folder whose shards hold CLS
 PREFIX_STABLE = ("fashion-mnist",)  # datasets whose `limit` keeps the first items
 
 
+def _patches_only(manifest: dict) -> dict:
+    """A manifest without :data:`EXTRA_FIELD` (what the key covers)."""
+    return {k: v for k, v in manifest.items() if k != EXTRA_FIELD}
+
+
 class TokenDataset(Dataset):
     """Cached backbone tokens as a map-style dataset: items ``(tokens [N, D] (stored dtype), label int)``,
     or ``((tokens [N, D], extra [P, D]), label int)`` when it holds extra tokens.
@@ -145,8 +150,7 @@ class TokenCache:
 
     def key(self, data: DataConfig) -> str:
         """sha256 (hex) of :meth:`manifest` without :data:`EXTRA_FIELD` (one folder either way)."""
-        keyed = {k: v for k, v in self.manifest(data).items() if k != EXTRA_FIELD}
-        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(_patches_only(self.manifest(data)), sort_keys=True).encode()).hexdigest()
 
     def folder_for(self, data: DataConfig) -> Path:
         return self.folder / self.key(data)[:16]
@@ -212,8 +216,7 @@ class TokenCache:
         except (OSError, ValueError) as e:
             raise DataError(f"token cache manifest '{path}' is unreadable ({e}); delete the folder "
                             f"'{folder}' to rebuild it") from None
-        patches_only = lambda m: {k: v for k, v in m.items() if k != EXTRA_FIELD}  # noqa: E731
-        if not isinstance(stored, dict) or patches_only(stored) != patches_only(what):
+        if not isinstance(stored, dict) or _patches_only(stored) != _patches_only(what):
             # a 16-hex-digit key collision, or a hand-edited folder
             raise DataError(f"token cache folder '{folder}' holds other tokens than this request "
                             f"(see '{path}'); delete the folder to rebuild it")

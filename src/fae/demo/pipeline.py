@@ -158,15 +158,7 @@ def stage_specs(cfg: DemoConfig, base: Path, out: Path) -> dict[str, StageSpec]:
 def generator_section(run: StageRun, base: Path) -> str:
     """The architecture section of the generator stage's config ("model" for the diffusion
     transformer, "flow" for STARFlow: ``kind`` in its file or overrides)."""
-    from fae.training.stages.generator import GeneratorRunConfig
-    from fae.config import load_config
-
-    spec = stage_spec("generator", "generator", run, base, [])
-    try:
-        return load_config(GeneratorRunConfig, spec.config, spec.overrides).architecture_section
-    except ConfigError as e:
-        raise ConfigError(f"demo stage 'generator' (file {spec.config or 'none'}, with generator.overrides): "
-                          f"{e}") from None
+    return stage_spec("generator", "generator", run, base, []).validate().architecture_section
 
 
 def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:

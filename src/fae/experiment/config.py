@@ -6,9 +6,9 @@ shapes and budgets are whatever the demo says today) plus *arms*. Each arm is a 
 transport.shift=1.0``) plus the experiment's own (``space=tokens``, ``pixel_autoencoder...``).
 Arm i is resolved as: base file -> (``--quick``: the demo's ``quick`` list) -> the experiment's
 ``overrides`` -> (``--quick``: the experiment's ``quick_arms`` list, so it can shrink what
-``overrides`` sets) -> the arm's ``set`` -> command-line arm overrides. ``variable`` declares the keys the arms may differ in; :func:`resolve_arms` refuses an
-arm whose resolved config differs from the main arm's anywhere else, and each arm's diff is
-stored with its results. The main arm is replicated over ``seeds`` (``seed_keys`` set to each
+``overrides`` sets) -> the arm's ``set`` -> command-line arm overrides. ``variable`` declares the
+keys the arms may differ in; :func:`resolve_arms` refuses an arm whose resolved config differs
+from the main arm's anywhere else, and each arm's diff is stored with its results. The main arm is replicated over ``seeds`` (``seed_keys`` set to each
 seed): the seed-to-seed spread every verdict is read against.
 """
 from __future__ import annotations

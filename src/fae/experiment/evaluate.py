@@ -104,11 +104,12 @@ def _eval_settings(ev: Evaluation):
                         grid_per_class=ev.grid_per_class, batch_size=ev.batch_size, seed=ev.seed)
 
 
-def fingerprint(checkpoint: Path, decoder_file: Path | None, ev: Evaluation, ref: Reference) -> dict[str, Any]:
+def fingerprint(checkpoint: Path, decoder_file: Path | None, ev: Evaluation, ref: Reference,
+                likelihood: bool = False) -> dict[str, Any]:
     stat = checkpoint.stat()
     decoder = None if decoder_file is None else decoder_file.stat().st_mtime_ns
     return {"checkpoint": [stat.st_size, stat.st_mtime_ns], "decoder": decoder, "evaluation": to_dict(ev),
-            "reference": ref.key}
+            "reference": ref.key, "likelihood": likelihood}
 
 
 def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev: Evaluation, ref: Reference,
@@ -125,7 +126,7 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
     from fae.experiment.plan import run_dir
 
     checkpoint = CheckpointManager(run_dir(spec) / "checkpoints").path(step)
-    mark = json.loads(json.dumps({**fingerprint(checkpoint, decoder_file, ev, ref), "likelihood": likelihood is not None}))
+    mark = json.loads(json.dumps(fingerprint(checkpoint, decoder_file, ev, ref, likelihood is not None)))
     record, images = folder / f"step-{step:08d}.json", folder / f"step-{step:08d}.pt"
     if record.is_file() and images.is_file():
         saved = json.loads(record.read_text())

@@ -11,6 +11,7 @@ when its config differs, each checkpoint's scores are keyed on the checkpoint fi
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -168,27 +169,23 @@ class _TokenEncoder:
         return self.space.encode(self.backbone(images))
 
 
-def likelihood_for(plan: ArmPlan, decoder, ev) -> Callable[[Any], float] | None:
+def likelihood_for(plan: ArmPlan, decoder, ev) -> Callable[[Any], float]:
     """For a flow arm: generator -> bits per dimension on the held-out test latents of the arm's
-    space (``fae.experiment.likelihood``; encoded once, on first use). None for diffusion arms."""
-    if resolved_config(plan.generator).kind != "flow":
-        return None
-    held: list = []
+    space (``fae.experiment.likelihood``; encoded once, on first use)."""
+    from fae.experiment.likelihood import bits_per_dim, held_out_latents
 
-    def score(generator) -> float:
+    @functools.cache
+    def held():
         from fae.data.fashion_mnist import FashionMNIST
-        from fae.experiment.likelihood import bits_per_dim, held_out_latents
 
-        if not held:
-            cfg = plan.arm.config
-            test = FashionMNIST("test", root=cfg.data_root)
-            n = ev.likelihood_images
-            encoder = _TokenEncoder(decoder, cfg.backbone.name, cfg.backbone.resolution) \
-                if cfg.space == "tokens" else decoder
-            held.append(held_out_latents(encoder, test.images[:n], test.labels[:n], ev.batch_size))
-        return bits_per_dim(generator, held[0], ev.seed, ev.batch_size)
+        cfg = plan.arm.config
+        test = FashionMNIST("test", root=cfg.data_root)
+        n = ev.likelihood_images
+        encoder = _TokenEncoder(decoder, cfg.backbone.name, cfg.backbone.resolution) \
+            if cfg.space == "tokens" else decoder
+        return held_out_latents(encoder, test.images[:n], test.labels[:n], ev.batch_size)
 
-    return score
+    return lambda generator: bits_per_dim(generator, held(), ev.seed, ev.batch_size)
 
 
 # ------------------------------------------------------------------------------ one arm
@@ -235,18 +232,11 @@ def _stage_metrics(plan: ArmPlan) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _likelihood_reference(plan: ArmPlan) -> dict[str, float]:
-    """A flow arm's Gaussian reference figure in bits per dimension (``gaussian_bits``)."""
-    from fae.experiment.likelihood import gaussian_bits
-
-    cfg = resolved_config(plan.generator)
-    return {"gaussian_bits_per_dim": gaussian_bits(cfg.flow.noise_std)} if cfg.kind == "flow" else {}
-
-
 def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -> dict[str, Any]:
     """Train and evaluate one arm (or reuse its result.json); returns its result record."""
     from fae.demo.pipeline import train_stage
     from fae.experiment.evaluate import evaluate_checkpoint
+    from fae.experiment.likelihood import gaussian_bits
     from fae.io import atomic_save_json
 
     arm = plan.arm
@@ -268,7 +258,9 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
     timings.append(timed("generator", lambda: train_stage(plan.generator, [plan.latents / "manifest.json"],
                                                           _loader("generator"))))
     decoder, decoder_file = decoder_for(plan)
-    likelihood = likelihood_for(plan, decoder, exp.evaluation)
+    generator_cfg = resolved_config(plan.generator)
+    flow = generator_cfg.kind == "flow"
+    likelihood = likelihood_for(plan, decoder, exp.evaluation) if flow else None
     curve = []
     for step in plan.steps:
         def score(step=step) -> str:
@@ -281,7 +273,8 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
               "overrides": arm.overrides, "diff": arm.diff, "latent_shape": list(plan.latent_shape),
               "stages": {s: str(run_dir(p)) for s, p in plan.stages.items()}, "latents": str(plan.latents),
               "curve": curve, "final": curve[-1], "generator_loss": loss_summary(run_dir(plan.generator)),
-              "generator_kind": resolved_config(plan.generator).kind, **_likelihood_reference(plan),
+              "generator_kind": generator_cfg.kind,
+              **({"gaussian_bits_per_dim": gaussian_bits(generator_cfg.flow.noise_std)} if flow else {}),
               "stage_losses": {s: loss_summary(run_dir(p)) for s, p in plan.stages.items()},
               "stage_metrics": _stage_metrics(plan), "timings": timings,
               "wall_s": round(time.perf_counter() - start, 1)}

@@ -20,10 +20,8 @@ e.g. 1.5) is one override: ``'sampling.cfg_schedule=[[0.9,1.0,0.9],[0.0,0.7,2.5]
 """
 from __future__ import annotations
 
-import dataclasses
-
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import torch
@@ -84,7 +82,7 @@ class SamplerConfig:
 
     def unguided(self) -> "SamplerConfig":
         """The same sampler without guidance."""
-        return dataclasses.replace(self, cfg_scale=1.0, cfg_schedule=[])
+        return replace(self, cfg_scale=1.0, cfg_schedule=[])
 
 
 def guidance_scale(cfg: SamplerConfig, t: float) -> float:
