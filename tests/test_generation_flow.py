@@ -309,8 +309,9 @@ def test_a_flow_export_round_trips_and_samples_the_same(tmp_path):
     labels = torch.tensor([0, 4, 2])
     first = gen.sample(range(3), labels, seed=5)
     torch.testing.assert_close(again.sample(range(3), labels, seed=5), first, rtol=0, atol=1e-6)
-    # Sample i depends on (seed, index, label) only, not on the batch it is drawn in.
-    torch.testing.assert_close(gen.sample(range(3), labels, seed=5, batch_size=2), first, rtol=0, atol=1e-5)
+    # Sample i depends on (seed, index, label) only, not on the batch it is drawn in (up to the float
+    # rounding of a different matmul shape, which is relative to the sample's size: values reach ~8 here).
+    torch.testing.assert_close(gen.sample(range(3), labels, seed=5, batch_size=2), first, rtol=1e-5, atol=1e-5)
     with pytest.raises(CheckpointError, match="holds a 'fae-flow-generator' export, not a 'fae-generator'"):
         Generator.from_pretrained(folder)
 
