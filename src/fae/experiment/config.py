@@ -4,9 +4,10 @@ An experiment is a *base* (the demo config, ``configs/demo/demo.yaml``, read at 
 shapes and budgets are whatever the demo says today) plus *arms*. Each arm is a list of
 ``key=value`` overrides of an :class:`ArmConfig`: the demo's keys (``generator.overrides.
 transport.shift=1.0``) plus the experiment's own (``space=tokens``, ``pixel_autoencoder...``).
-Arm i is resolved as: base file -> (``--quick``: the demo's ``quick`` list) -> the experiment's
-``overrides`` -> (``--quick``: the experiment's ``quick_arms`` list, so it can shrink what
-``overrides`` sets) -> the arm's ``set`` -> command-line arm overrides. ``variable`` declares the
+Arm i is resolved as: base file -> the experiment's ``overrides`` (its full-run budget) ->
+(``--quick``: the demo's ``quick`` list, then the experiment's ``quick_arms``, so a shortened
+stage gets the demo's quick length again without restating it) -> the arm's ``set`` ->
+command-line arm overrides. ``variable`` declares the
 keys the arms may differ in; :func:`resolve_arms` refuses an arm whose resolved config differs
 from the main arm's anywhere else, and each arm's diff is stored with its results. The main arm is replicated over ``seeds`` (``seed_keys`` set to each
 seed): the seed-to-seed spread every verdict is read against.
@@ -123,8 +124,8 @@ class ExperimentConfig:
         evaluation: how checkpoints are scored.
         claims: the paper's orderings, checked in the verdict table.
         quick: experiment keys ``--quick`` sets (e.g. ``evaluation.steps=[20, 40]``).
-        quick_arms: ArmConfig overrides ``--quick`` adds to every arm (after the demo's ``quick``
-            and the experiment's ``overrides``).
+        quick_arms: ArmConfig overrides ``--quick`` adds to every arm (after the experiment's
+            ``overrides`` and the demo's ``quick``, which set what both name).
     """
 
     title: str
@@ -261,8 +262,8 @@ def resolve_arms(exp: ExperimentConfig, path: Path, quick: bool, arm_overrides: 
 
     demo_path = (path.parent / exp.demo).resolve()
     base = read_yaml(demo_path)
-    demo_quick = list(base.get("quick", [])) if quick else []
-    common = demo_quick + list(exp.overrides) + (list(exp.quick_arms) if quick else [])
+    # the experiment's budget first: --quick then shrinks it as it shrinks the demo
+    common = list(exp.overrides) + (list(base.get("quick", [])) + list(exp.quick_arms) if quick else [])
     plan = [(a.name, a.set, None) for a in exp.arms]
     main = next(a for a in exp.arms if a.name == exp.main)
     plan += [(f"{exp.main}-seed{s}", main.set + [f"{k}={s}" for k in exp.seed_keys], exp.main) for s in exp.seeds]
