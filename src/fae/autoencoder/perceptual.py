@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fae.backbones.weights import RANDOM_WEIGHTS
 from fae.errors import WeightsNotFoundError
 
 # VGG16 "D" configuration; "M" = 2x2 max-pool. Layer indices match torchvision's ``features``.
@@ -80,7 +81,8 @@ class LPIPS(nn.Module):
     """LPIPS distance (v0.1, VGG16): images [B, C, H, W] in [-1, 1] -> [B] distances.
 
     Args:
-        vgg_path: torchvision VGG16 state dict file.
+        vgg_path: torchvision VGG16 state dict file; ``"random"`` (with ``heads_path`` "random" or
+            unset) keeps the random initialisation: the same compute for plans and rehearsals.
         heads_path: LPIPS linear-head file.
     """
 
@@ -90,7 +92,8 @@ class LPIPS(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
-        self._load(vgg_path, heads_path)
+        if vgg_path != RANDOM_WEIGHTS or heads_path not in (None, RANDOM_WEIGHTS):
+            self._load(vgg_path, heads_path)
         self.requires_grad_(False).eval()
 
     def _load(self, vgg_path: str | None, heads_path: str | None) -> None:

@@ -40,6 +40,35 @@ MODEL_TYPES = {
     "siglip2_vision_model": ("siglip2", "Siglip2VisionModel"),
 }
 FAMILY_OF_GENERIC = {"dinov2": "dinov2", "dinov2-reg": "dinov2", "siglip": "siglip", "siglip2": "siglip2"}
+# Registry name -> the architecture of its published checkpoint (the config.json fields that set the
+# shapes), so ``weights="random"`` can build it without the hub: fae plan, rehearsals, benchmarks.
+_DINOV2 = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "g": (1536, 40, 24)}
+_SIGLIP = {"base": (768, 3072, 12, 12), "large": (1024, 4096, 24, 16), "so400m": (1152, 4304, 27, 16),
+           "g-opt": (1536, 6144, 40, 16)}  # width, MLP width, layers, heads
+
+
+def architecture(info: BackboneInfo) -> tuple[str, dict]:
+    """(transformers class name, config fields) of a registry entry's published checkpoint."""
+    if info.family == "dinov2":
+        size = info.name.split("-")[1][0]  # dinov2-g14[-reg] -> g
+        dim, layers, heads = _DINOV2[size]
+        fields = dict(hidden_size=dim, num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=4,
+                      use_swiglu_ffn=size == "g", image_size=518, patch_size=info.patch_size,
+                      layerscale_value=1.0)
+        if info.name.endswith("-reg"):
+            fields["num_register_tokens"] = 4
+        return _registry_class(info), fields
+    size = next(key for key in _SIGLIP if f"-{key}" in info.name)
+    dim, mlp, layers, heads = _SIGLIP[size]
+    fields = dict(hidden_size=dim, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads,
+                  patch_size=info.patch_size)
+    if info.family == "siglip2":
+        fields["num_patches"] = info.grid[0] * info.grid[1]
+    else:
+        fields["image_size"] = info.resolution
+    return _registry_class(info), fields
+
+
 NORMALISATION = {"dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic"),
                  "siglip": ((0.5,) * 3, (0.5,) * 3, "bicubic"),
                  "siglip2": ((0.5,) * 3, (0.5,) * 3, "bilinear")}
@@ -154,6 +183,16 @@ class HFBackbone(Backbone):
         model = _from_pretrained(class_name, source, info.name)
         _check_shape(info, model.config, source.location)
         return cls(info, model)
+
+    @classmethod
+    def random(cls, info: BackboneInfo) -> "HFBackbone":
+        """The entry's published architecture with random weights (built on the current default
+        device: under ``torch.device("meta")`` nothing is allocated). Costs, never results."""
+        import transformers
+
+        class_name, fields = architecture(info)
+        model_class = getattr(transformers, class_name)
+        return cls(info, model_class(model_class.config_class(**fields)))
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(pixels).patches  # [B, N, D]

@@ -7,6 +7,10 @@
 4. the registry's hub id (Hugging Face cache first; the network only when online).
 
 A path that does not exist is an error here, never a silent fall-through to the hub.
+
+``weights="random"`` (:data:`RANDOM_WEIGHTS`) builds a registry network from its architecture alone,
+randomly initialised: for ``fae plan``, the full-shape rehearsal (``bench/rehearse.py``) and the
+GPU check, which measure costs, not quality. Never train a real FAE on it.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from urllib.parse import urlparse
 from fae.errors import WeightsNotFoundError
 
 WEIGHTS_DIR_ENV = "FAE_WEIGHTS_DIR"
+RANDOM_WEIGHTS = "random"  # architecture only, random init (costs and rehearsals, not results)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
