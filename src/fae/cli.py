@@ -14,13 +14,13 @@ from fae.errors import FAEError
 
 def _verb_modules() -> list:
     """The verb modules, in the order ``fae --help`` lists them."""
-    from fae.commands import backbones, cache_latents, eval, eval_coco, sample, train, viz
+    from fae.commands import backbones, cache_latents, eval, eval_coco, plan, sample, train, viz
     from fae.demo import command as demo
     from fae.experiment import command as experiment
 
     eval_coco.add_verb(eval._VERBS)  # `fae eval coco`
 
-    return [demo, experiment, train, cache_latents, sample, eval, viz, backbones]
+    return [demo, experiment, train, plan, cache_latents, sample, eval, viz, backbones]
 
 
 def build_parser() -> argparse.ArgumentParser:

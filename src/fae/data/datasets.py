@@ -35,6 +35,11 @@ class DataConfig:
         skip_corrupt: replace unreadable images by the next readable one with a warning, instead
             of raising DataError (folders only).
         captions: the JSONL / CSV captions file of ``name: captions``.
+        decode: "exact" (default) or "draft" for the folder datasets: "draft" decodes large JPEGs
+            at 1/2, 1/4 or 1/8 scale inside libjpeg instead of halving them after a full decode
+            (several times faster on such files; the crop differs by about one grey level on
+            average: ``fae.data.imagefolder``, docs/performance.md). Keep "exact" for FID
+            reference sets, which the ADM suite builds with the exact path.
     """
 
     name: Literal["fashion-mnist", "imagefolder", "folder", "captions", "webdataset"] = "fashion-mnist"
@@ -45,6 +50,7 @@ class DataConfig:
     flip: bool = False
     skip_corrupt: bool = False
     captions: str | None = field(default=None, metadata={"omit_if_default": True})
+    decode: Literal["exact", "draft"] = field(default="exact", metadata={"omit_if_default": True})
 
     def validate(self) -> None:
         if self.limit is not None and self.limit <= 0:
@@ -53,6 +59,9 @@ class DataConfig:
             raise ConfigError(f"config key 'data.image_size': must be positive, got {self.image_size}")
         if self.name in ("imagefolder", "folder", "captions", "webdataset") and not self.root:
             raise ConfigError(f"config key 'data.root': dataset '{self.name}' needs a folder")
+        if self.decode == "draft" and self.name not in ("imagefolder", "folder"):
+            raise ConfigError(f"config key 'data.decode': 'draft' is for the image folders (imagefolder, "
+                              f"folder), not '{self.name}'")
         if (self.name == "captions") != (self.captions is not None):
             raise ConfigError("config key 'data.captions' (a JSONL / CSV captions file) goes with "
                               f"data.name: captions, and only with it (data.name is '{self.name}')")
@@ -102,7 +111,19 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
     from fae.data.imagefolder import ImageFolder, ImageFolderUnlabelled
     cls = ImageFolder if cfg.name == "imagefolder" else ImageFolderUnlabelled
     return cls(cfg.root, split=split, limit=cfg.limit, image_size=cfg.image_size, flip=cfg.flip,
-               skip_corrupt=cfg.skip_corrupt)
+               skip_corrupt=cfg.skip_corrupt, decode=cfg.decode)
+
+
+def synthetic_images(cfg: DataConfig, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``size`` random uint8 images [size, C, S, S] shaped as ``cfg``'s items after the crop
+    (Fashion-MNIST: 1 channel, 28 px unless ``image_size``; the folder datasets: RGB at
+    ``image_size``, which they then need). For plans and rehearsals of the data's shape."""
+    channels = 1 if cfg.name == "fashion-mnist" else 3
+    side = cfg.image_size or (28 if cfg.name == "fashion-mnist" else None)
+    if side is None:
+        raise ConfigError(f"config key 'data.image_size' is needed to plan on '{cfg.name}' images "
+                          "(without it the stored size is used, which is not known before reading)")
+    return torch.randint(0, 256, (size, channels, side, side), dtype=torch.uint8, device=device)
 
 
 def check_batchable(dataset: Dataset) -> None:

@@ -87,6 +87,23 @@ class Stage:
         """Write the final artifact (e.g. ``run_dir/export``) from EMA weights, on rank 0. Optional."""
         return None
 
+    # -- without weights or data: ``fae plan`` (costs) and the reduced-depth memory measurement --
+
+    def synthetic_setup(self, device: torch.device | str) -> dict[str, nn.Module]:
+        """``setup`` without weights, data or network: the frozen helpers ``loss`` needs, built
+        from their architecture with random weights (on ``"meta"`` nothing is allocated), by name.
+        Costs only, never results. Default: none."""
+        return {}
+
+    def synthetic_batch(self, size: int, device: torch.device | str) -> Any:
+        """``size`` items of random values, as ``loss`` receives a batch (after default collate)."""
+        raise NotImplementedError(f"stage '{self.name}' cannot be planned (no synthetic_batch)")
+
+    def sampling_passes(self) -> float | None:
+        """Generators: network forward passes per sample at the configured sampler (steps x calls
+        per step x CFG branches), in units of one item; None for stages that do not sample."""
+        return None
+
     def describe(self) -> dict[str, str]:
         """Extra lines for ``--dry-run`` and the run log (e.g. which perceptual loss is used)."""
         return {}

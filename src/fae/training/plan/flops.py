@@ -38,8 +38,8 @@ _CPU_ATTENTION = {
 
 @dataclass
 class FlopCount:
-    """Total FLOPs and the FLOPs of each module (dotted names of the module tree, as far down as
-    ``depth``), each split by op."""
+    """Total FLOPs and the FLOPs of each module called during the work (dotted names of the module
+    tree, the modules called directly without a dot), each split by op."""
 
     total: int
     by_module: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -48,9 +48,9 @@ class FlopCount:
         return sum(self.by_module.get(name, {}).values())
 
 
-def count_flops(work: Callable[[], Any], depth: int = 2) -> tuple[FlopCount, Any]:
+def count_flops(work: Callable[[], Any]) -> tuple[FlopCount, Any]:
     """Run ``work()`` under the FLOP counter; returns (the count, what ``work`` returned)."""
-    mode = flop_counter.FlopCounterMode(display=False, depth=depth, custom_mapping=_CPU_ATTENTION)
+    mode = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
     with mode:
         result = work()
     counts = {name: {str(op).split(".")[-1]: int(n) for op, n in ops.items()}

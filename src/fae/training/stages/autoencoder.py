@@ -47,7 +47,8 @@ from fae.autoencoder.model import FAE, FAEConfig, fae_loss
 from fae.backbones.config import PAPER_BACKBONE, BackboneConfig
 from fae.backbones.token_cache import TokenCache, TokenDataset, dtype_named
 from fae.config import to_dict
-from fae.data.datasets import DataConfig, build_dataset
+from fae.backbones.weights import RANDOM_WEIGHTS
+from fae.data.datasets import DataConfig, build_dataset, synthetic_images
 from fae.errors import ConfigError, DataError
 from fae.stats import ChannelStats
 from fae.training.config import OptimConfig, TrainConfig
@@ -214,6 +215,22 @@ class AutoencoderStage(Stage):
             self.fae.set_feature_stats(stats["mean"], stats["std"])
             if self.with_extra:
                 self.fae.set_extra_stats(stats["extra_mean"], stats["extra_std"])
+
+    def synthetic_setup(self, device):
+        """The backbone with random weights (in the step unless ``cache_tokens``)."""
+        self.backbone = replace(self.config.backbone, weights=RANDOM_WEIGHTS).load(device)
+        return {"backbone": self.backbone}
+
+    def synthetic_batch(self, size, device):
+        """Cached tokens (and extras) with labels, or images with labels: what ``loss`` receives."""
+        labels = torch.zeros(size, dtype=torch.long, device=device)
+        cfg = self.fae_config
+        if not self.config.cache_tokens:
+            return synthetic_images(self.config.data, size, device), labels
+        tokens = torch.randn(size, cfg.grid[0] * cfg.grid[1], cfg.token_dim, device=device)  # [B, N, D]
+        if self.with_extra:
+            return [tokens, torch.randn(size, cfg.extra_count, cfg.token_dim, device=device)], labels
+        return tokens, labels
 
     def split_data(self, split: str) -> DataConfig:
         """The data config of ``split``: held-out splits use ``eval.limit`` and never flip."""

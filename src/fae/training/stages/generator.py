@@ -214,6 +214,44 @@ class GeneratorStage(Stage):
         else:
             self.text_encoder = self.config.text.load(device)
 
+    def synthetic_batch(self, size, device):
+        """Normalised latents with labels, or with cached text embeddings (tokens, mask, pooled)."""
+        model = self.architecture.resolved()
+        latents = torch.randn(size, *model.latent_shape, device=device)  # [B, c, h, w]
+        if not self.config.text_kind:
+            return [latents, torch.zeros(size, dtype=torch.long, device=device)]
+        if self.config.text.embeddings != "cache":
+            raise ConfigError("fae plan needs text.embeddings: cache (captions encoded online depend on "
+                              "the text encoder's weights and tokenizer)")
+        text = self.text_identity()  # tokens [B, L, D], mask [B, L], pooled [B, P]
+        return [latents, torch.randn(size, text["max_length"], text["dim"], device=device),
+                torch.ones(size, text["max_length"], dtype=torch.bool, device=device),
+                torch.randn(size, text["pooled_dim"], device=device)]
+
+    def sampling_passes(self) -> float:
+        """Network forward passes per sample at the configured sampler, in units of one item.
+        Diffusion / MMDiT: counted by running the real integrator and guidance code on a stand-in
+        network that returns zeros (steps x model calls per step x CFG branches where w != 1).
+        Flow: the KV-cached inversion visits every token of every block once, the cost of one
+        forward pass (two with guidance: conditional and unconditional), and the score-based
+        denoising step is a forward and a backward pass (3 forward-equivalents)."""
+        if self.config.flow_kind:
+            sampling = self.config.flow_sampling
+            return (2.0 if sampling.guided else 1.0) + (3.0 if sampling.denoise and self.config.flow.noise_std > 0
+                                                        else 0.0)
+        from fae.generation.samplers import GuidedVelocity, integrate
+
+        items = []
+
+        def stand_in(x, t, cond):
+            items.append(x.shape[0])
+            return torch.zeros_like(x)
+
+        cond = torch.zeros(1, dtype=torch.long)  # one sample; any condition enables CFG branches
+        velocity = GuidedVelocity(stand_in, cond, cond, self.config.sampling)
+        integrate(velocity, torch.zeros(1, 1), self.config.sampling, shift=self.config.transport.shift or 1.0)
+        return float(sum(items))
+
     def train_dataset(self):
         from fae.data.latent_cache import CaptionLatentDataset, LatentDataset
 

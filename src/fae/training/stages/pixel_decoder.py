@@ -39,7 +39,9 @@ from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_lo
 from fae.autoencoder.noise import NoiseConfig, add_token_noise, token_rms
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from fae.backbones.config import BackboneConfig
-from fae.data.datasets import DataConfig, build_dataset
+from fae.backbones.weights import RANDOM_WEIGHTS
+from fae.config import from_dict
+from fae.data.datasets import DataConfig, build_dataset, synthetic_images
 from fae.errors import ConfigError
 from fae.images import to_unit_range
 from fae.training.config import OptimConfig, TrainConfig
@@ -157,9 +159,11 @@ class PixelDecoderStage(Stage):
 
     name = "pixel-decoder"
 
-    def __init__(self, config: PixelDecoderRunConfig):
+    def __init__(self, config: PixelDecoderRunConfig, stand_in_fae: bool = False):
         self.config = config
-        self.backbone_config = backbone_of(config)
+        # fae plan of stage II before its FAE is trained: the backbone section and the paper's FAE
+        self.stand_in_fae = stand_in_fae
+        self.backbone_config = config.backbone if stand_in_fae else backbone_of(config)
         self.info = self.backbone_config.info()
         self.backbone: nn.Module | None = None
         self.fae: nn.Module | None = None
@@ -228,6 +232,42 @@ class PixelDecoderStage(Stage):
             self.token_scale = token_rms(self._scale_sample())  # [n, N, D] -> s
         if du.is_main():  # the run log states the perceptual choice and the measured noise scale
             print("\n".join(f"{key}: {value}" for key, value in self.describe().items()), flush=True)
+
+    def synthetic_setup(self, device):
+        """Backbone, FAE (stage II; the export's architecture, or the paper's as a stand-in) and
+        perceptual net with random weights; the noise scale taken as 1."""
+        from fae.autoencoder.model import FAE, FAEConfig
+        from fae.autoencoder.perceptual import build_perceptual
+        from fae.export import read_export_config
+
+        cfg = self.config
+        self.backbone = replace(self.backbone_config, weights=RANDOM_WEIGHTS).load(device)
+        helpers = {"backbone": self.backbone}
+        if cfg.fae:
+            if self.stand_in_fae:
+                fae_config = FAEConfig(backbone=self.info.name, resolution=self.info.resolution)
+            else:
+                record = read_export_config(cfg.fae, FAE.export_format, FAE.export_version)["config"]
+                fae_config = from_dict(FAEConfig, record, prefix="config")
+            with torch.device(device):
+                self.fae = FAE(fae_config).requires_grad_(False).eval()
+            helpers["fae"] = self.fae
+        vgg = RANDOM_WEIGHTS if cfg.loss.perceptual == "lpips" else None
+        with torch.device(device):
+            self.perceptual = build_perceptual(cfg.loss.perceptual, self.backbone, vgg, None,
+                                               cfg.loss.perceptual_resolution)
+        if self.perceptual is not None:
+            helpers["perceptual"] = self.perceptual.to(device)
+        self.token_scale = self.token_scale or 1.0
+        return helpers
+
+    def synthetic_batch(self, size, device):
+        """(images, labels[, cached clean inputs]) as the training loader gives them."""
+        images = synthetic_images(self.config.data, size, device)
+        labels = torch.zeros(size, dtype=torch.long, device=device)
+        if not self.config.cache_tokens:
+            return [images, labels]
+        return [images, labels, torch.randn(size, self.info.num_tokens, self.info.dim, device=device)]
 
     def token_cache(self):
         """The shared token cache for this run's backbone (``token_cache_dir``)."""
@@ -334,7 +374,8 @@ class PixelDecoderStage(Stage):
         device = next(unwrap(disc).parameters()).device
         real = to_unit_range(images.to(device))
         last_images, last_fake = self._last if self._last is not None else (None, None)
-        if last_images is not None and last_images.shape == images.shape and torch.equal(last_images, images):
+        if last_images is images or (last_images is not None and last_images.shape == images.shape
+                                     and torch.equal(last_images, images)):
             fake = last_fake  # the decoder phase's output for this very batch
         else:
             with torch.no_grad():
@@ -395,7 +436,8 @@ class PixelDecoderStage(Stage):
         if self.finetune:
             lines["init_from"] = str(cfg.init_from)
         if cfg.fae:
-            lines["fae"] = str(cfg.fae)
+            lines["fae"] = str(cfg.fae) + (" (not trained yet: planned with the paper's FAE architecture)"
+                                           if self.stand_in_fae else "")
         if cfg.cache_tokens:
             lines["tokens"] = f"token cache ({cfg.cache_dtype}) in {cfg.token_cache_folder()}"
         return lines
@@ -409,6 +451,18 @@ def _describe_perceptual(loss: PixelLossConfig) -> str:
     if loss.perceptual == "efficientnet":
         return f"efficientnet (LPIPS-style, early EfficientNet-Lite0 blocks at {loss.perceptual_resolution} px)"
     return "none"
+
+
+def build_plan_stage(cfg: PixelDecoderRunConfig) -> PixelDecoderStage:
+    """``fae plan``'s stage: as ``build_stage``, but stage II whose FAE export does not exist yet
+    is planned on the ``backbone:`` section with the paper's FAE architecture (said in describe)."""
+    from fae.export import CONFIG_FILE, resolve_folder
+
+    missing = cfg.stage == "finetune" and cfg.fae and not (resolve_folder(cfg.fae) / CONFIG_FILE).is_file()
+    if missing and cfg.backbone.name is None:
+        raise ConfigError(f"stage II names the FAE export '{cfg.fae}', which does not exist yet; to plan "
+                          "it before the FAE is trained, set backbone.name (and backbone.resolution)")
+    return PixelDecoderStage(cfg, stand_in_fae=bool(missing))
 
 
 def build_stage(cfg: PixelDecoderRunConfig) -> PixelDecoderStage:

@@ -1,0 +1,82 @@
+"""``fae plan --config FILE [--stage NAME] [--gpus N] [--gpu KIND] [--json] [--no-measure] [key=value ...]``
+
+What a training stage costs before it runs: parameters (trainable / frozen, per module), FLOPs per
+image (forward, one training step; generators also per sample at the configured sampler), memory
+per GPU under DDP and FSDP2 at the config's global batch (weights, gradients, AdamW, EMA, frozen
+helpers, measured activations), the largest micro-batch that fits and the grad_accum it needs,
+step time, images/s and the GPU-hours to the paper's milestones. No weights, no data, no GPU: the
+models are built on the ``meta`` device (``fae.training.plan``). The stage is read from the
+config's sections when ``--stage`` is not given.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+
+from fae.commands.train import STAGES
+from fae.config import load_config, read_yaml
+from fae.errors import ConfigError
+from fae.training.plan.hardware import GPUS
+from fae.training.plan.report import format_plan
+
+
+def _sections(schema) -> set[str]:
+    return {f.name for f in dataclasses.fields(schema)}
+
+
+def infer_stage(path: str | None, overrides: list[str]) -> str:
+    """The stage whose config schema has every top-level section of the file and overrides."""
+    keys = set(read_yaml(path)) if path else set()
+    keys |= {o.split("=", 1)[0].split(".", 1)[0] for o in overrides if "=" in o}
+    fits = [name for name, module in STAGES.items()
+            if keys <= _sections(importlib.import_module(module).CONFIG_CLASS)]
+    if len(fits) > 1:  # the sections every stage has (train, data): the defining ones decide
+        fits = [name for name in fits if (keys - {"train", "data"}) & _sections(
+            importlib.import_module(STAGES[name]).CONFIG_CLASS)] or fits
+    if len(fits) != 1:
+        raise ConfigError(f"cannot tell which stage '{path}' configures (sections {sorted(keys)} fit "
+                          f"{', '.join(fits) or 'none of ' + ', '.join(STAGES)}); pass --stage NAME")
+    return fits[0]
+
+
+def build_plan_stage(name: str, config: str | None, overrides: list[str]):
+    """The stage as ``fae train`` builds it (same validation, same errors); a stage module's
+    ``build_plan_stage`` (stage II before its FAE exists) is used when it has one."""
+    module = importlib.import_module(STAGES[name])
+    cfg = load_config(module.CONFIG_CLASS, config, overrides)
+    return getattr(module, "build_plan_stage", module.build_stage)(cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fae.training.plan.planner import plan_stage
+
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
+    stage_name = args.stage or infer_stage(args.config, args.overrides)
+    stage = build_plan_stage(stage_name, args.config, args.overrides)
+    plan = plan_stage(stage, gpus=args.gpus, gpu=args.gpu, measure=args.measure)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print(format_plan(plan, config=args.config))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("plan", help="what a training stage costs: parameters, FLOPs, memory, "
+                                   "time (no weights, data or GPU)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="a stage config (e.g. configs/imagenet256/sit_xl1.yaml)")
+    parser.add_argument("--stage", choices=list(STAGES), help="the stage (default: read from the config)")
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs the global batch is split over (default 8)")
+    parser.add_argument("--gpu", choices=list(GPUS), default="h100-80gb", help="GPU kind (default h100-80gb)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (FLOPs, bytes)")
+    parser.add_argument("--no-measure", dest="measure", action="store_false",
+                        help="skip the activation measurement (seconds on the CPU); totals then exclude "
+                        "activations")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for fae train")
+    parser.set_defaults(func=run)
+
+
