@@ -5,9 +5,19 @@ sorted sub-folder names (ImageNet: sorted wnids -> 0..999, the standard order). 
 ``image_size`` every image gets the ADM center crop. An unreadable or corrupt file raises
 :class:`fae.errors.DataError` naming the file; with ``skip_corrupt=True`` it is replaced by the next
 readable item and counted in a warning instead - never a silent wrong sample.
+
+Decoding (``decode``): "exact" decodes every JPEG at full size, then the ADM crop halves it with a
+BOX filter while its short side is >= 2x the crop (``fae.data.transforms.center_crop_arr``).
+"draft" lets libjpeg do those halvings inside the decoder (PIL ``Image.draft``: DCT scaling by 1/2,
+1/4 or 1/8, never below the crop size), then the same ADM crop runs on the smaller image. Only
+JPEGs whose short side is >= 2x the crop change (ImageNet at 256: the larger photos), and they
+decode several times faster; the crop differs from the exact one by about one grey level on
+average (bench/loader_throughput.py measures speed and difference; docs/performance.md has the
+figures). Other formats and smaller JPEGs decode identically either way.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -17,10 +27,19 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from fae.data.transforms import center_crop_arr, random_hflip, to_chw_uint8
+from fae.data.transforms import center_crop_arr, center_crop_drafted, random_hflip, to_chw_uint8
 from fae.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+DECODE_MODES = ("exact", "draft")
+
+# Images/s of one loader worker (one process, one core) on the ImageNet path: JPEG decode + ADM
+# crop to 256 + flip, by decode mode. Measured by bench/loader_throughput.py on 2,000 synthetic
+# JPEGs of ImageNet-like sizes (quality 90, 0.41 MP on average, 17% with short side >= 512),
+# 2026-12-04, on a 2-core x86-64 cloud VM shared with other work (load average ~3), PIL 13 with
+# libjpeg-turbo: a conservative figure; an idle server core is faster. Re-measure on the training
+# machine (bench/loader_throughput.py --folder /data/imagenet) and pass the figure in.
+LOADER_IMAGES_PER_S = {"exact": 69.5, "draft": 101.5}
 
 
 def is_image_file(path: Path) -> bool:
@@ -37,9 +56,26 @@ def load_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise DataError(f"cannot read image '{path}': {e}") from None
+
+
+def load_crop_draft(path: Path, size: int) -> np.ndarray:
+    """The ADM crop to ``size`` of ``path``, a JPEG decoded at 1/2, 1/4 or 1/8 scale when its short
+    side stays >= ``size`` (the halvings the exact path does with its BOX filter while the short
+    side is >= 2 x ``size``); other files and small JPEGs take the exact path."""
+    try:
+        with Image.open(path) as img:
+            original = img.size
+            drafted = img.draft("RGB", (size, size)) if img.format == "JPEG" else None
+            img.load()
+            image = img if img.mode == "RGB" else img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise DataError(f"cannot read image '{path}': {e}") from None
+    if drafted is None or image.size == original:
+        return center_crop_arr(image, size)
+    return center_crop_drafted(image, size, original, drafted[1])
 
 
 def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
@@ -67,6 +103,23 @@ def check_one_size(files: list[Path]) -> None:
                             f"image to one size")
 
 
+def workers_needed(step_images_per_s: float, per_worker_images_per_s: float | None = None,
+                   decode: str = "exact", headroom: float = 1.25) -> int:
+    """Loader workers (processes, one core each) that keep up with a training step consuming
+    ``step_images_per_s`` images/s (all ranks of one machine together, for a per-machine count),
+    with ``headroom`` for slow files and busy cores.
+
+    ``per_worker_images_per_s`` defaults to the measured rate of ``decode``'s path
+    (:data:`LOADER_IMAGES_PER_S`); pass the figure of your machine (bench/loader_throughput.py).
+    """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got '{decode}'")
+    rate = per_worker_images_per_s or LOADER_IMAGES_PER_S[decode]
+    if rate <= 0 or step_images_per_s < 0:
+        raise ValueError(f"need a positive per-worker rate and a step rate >= 0, got {rate}, {step_images_per_s}")
+    return max(1, math.ceil(headroom * step_images_per_s / rate))
+
+
 class ImageFiles(Dataset):
     """A list of image files with optional labels (the shared logic of both folder datasets).
 
@@ -77,10 +130,15 @@ class ImageFiles(Dataset):
             one size: :meth:`check_batchable`).
         flip: random horizontal flip (p = 0.5).
         skip_corrupt: replace an unreadable file by the next readable one, with a warning.
+        decode: "exact" or "draft" (JPEGs decoded at a reduced scale, see the module docstring;
+            only with ``image_size``).
     """
 
     def __init__(self, files: list[Path], labels: list[int] | None = None, image_size: int | None = None,
-                 flip: bool = False, skip_corrupt: bool = False):
+                 flip: bool = False, skip_corrupt: bool = False, decode: str = "exact"):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got '{decode}'")
+        self.decode = decode
         self.files = files
         self.labels = labels
         self.image_size = image_size
@@ -97,6 +155,8 @@ class ImageFiles(Dataset):
             check_one_size(self.files)
 
     def _read(self, i: int) -> torch.Tensor:
+        if self.decode == "draft" and self.image_size:
+            return to_chw_uint8(load_crop_draft(self.files[i], self.image_size))  # [3, S, S] uint8
         image = load_rgb(self.files[i])
         arr = center_crop_arr(image, self.image_size) if self.image_size else np.asarray(image)
         return to_chw_uint8(arr)  # [3, H, W] uint8
@@ -138,11 +198,12 @@ class ImageFolder(ImageFiles):
         root: dataset folder (if ``root/split`` exists it is used).
         split: sub-folder name such as "train" / "val" (optional).
         limit: keep ``limit`` evenly spaced images (all classes stay represented).
-        image_size, flip, skip_corrupt: see :class:`ImageFiles`.
+        image_size, flip, skip_corrupt, decode: see :class:`ImageFiles`.
     """
 
     def __init__(self, root: str | os.PathLike, split: str | None = None, limit: int | None = None,
-                 image_size: int | None = None, flip: bool = False, skip_corrupt: bool = False):
+                 image_size: int | None = None, flip: bool = False, skip_corrupt: bool = False,
+                 decode: str = "exact"):
         folder = _split_dir(root, split)
         self.classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
@@ -157,7 +218,8 @@ class ImageFolder(ImageFiles):
         if not files:
             raise DataError(f"image folder '{folder}' holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         keep = evenly_spaced(len(files), limit)
-        super().__init__([files[k] for k in keep], [labels[k] for k in keep], image_size, flip, skip_corrupt)
+        super().__init__([files[k] for k in keep], [labels[k] for k in keep], image_size, flip, skip_corrupt,
+                         decode)
 
 
 class ImageFolderUnlabelled(ImageFiles):
@@ -167,10 +229,11 @@ class ImageFolderUnlabelled(ImageFiles):
     """
 
     def __init__(self, root: str | os.PathLike, split: str | None = None, limit: int | None = None,
-                 image_size: int | None = None, flip: bool = False, skip_corrupt: bool = False):
+                 image_size: int | None = None, flip: bool = False, skip_corrupt: bool = False,
+                 decode: str = "exact"):
         folder = _split_dir(root, split)
         files = list_images(folder)
         if not files:
             raise DataError(f"image folder '{folder}' holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         keep = evenly_spaced(len(files), limit)
-        super().__init__([files[k] for k in keep], None, image_size, flip, skip_corrupt)
+        super().__init__([files[k] for k in keep], None, image_size, flip, skip_corrupt, decode)

@@ -17,9 +17,31 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
         image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
     scale = size / min(image.size)
     image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
-    arr = np.asarray(image)
+    return _center(np.asarray(image), size)
+
+
+def _center(arr: np.ndarray, size: int) -> np.ndarray:
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
     return arr[top:top + size, left:left + size]
+
+
+def adm_resize_size(original: tuple[int, int], size: int) -> tuple[int, int]:
+    """(w, h) that :func:`center_crop_arr` resizes an image of size ``original`` to before its crop."""
+    width, height = original
+    while min(width, height) >= 2 * size:
+        width, height = width // 2, height // 2
+    scale = size / min(width, height)
+    return round(width * scale), round(height * scale)
+
+
+def center_crop_drafted(image: Image.Image, size: int, original: tuple[int, int],
+                        box: tuple[float, float, float, float]) -> np.ndarray:
+    """The ADM crop of a JPEG that libjpeg decoded at reduced scale (``Image.draft``): ``box`` is the
+    original image's extent in the reduced pixels (what ``draft`` returns). One BICUBIC resize from
+    that extent to the size the exact path resizes to (:func:`adm_resize_size`), then the same crop:
+    the geometry of the exact path, with libjpeg's scaled IDCT in place of its BOX halvings."""
+    image = image.resize(adm_resize_size(original, size), resample=Image.BICUBIC, box=box)
+    return _center(np.asarray(image), size)
 
 
 def to_chw_uint8(arr: np.ndarray) -> torch.Tensor:
