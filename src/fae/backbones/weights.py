@@ -10,7 +10,11 @@ A path that does not exist is an error here, never a silent fall-through to the 
 
 ``weights="random"`` (:data:`RANDOM_WEIGHTS`) builds a registry network from its architecture alone,
 randomly initialised: for ``fae plan``, the full-shape rehearsal (``bench/rehearse.py``) and the
-GPU check, which measure costs, not quality. Never train a real FAE on it.
+GPU check, which measure costs, not quality. Never train a real FAE on it. ``"random:N"`` keeps only
+the first N transformer blocks (real widths and shapes, less depth: rehearsals on small machines).
+``$FAE_WEIGHTS_<NAME>=random`` (or ``random:N``) asks for the same wherever the backbone is looked
+up without a ``weights=`` argument (``fae cache-latents``, ``FAE.from_pretrained``). The random
+initialisation is seeded (:data:`RANDOM_SEED`), so every verb builds the same network.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from fae.errors import WeightsNotFoundError
 
 WEIGHTS_DIR_ENV = "FAE_WEIGHTS_DIR"
 RANDOM_WEIGHTS = "random"  # architecture only, random init (costs and rehearsals, not results)
+RANDOM_SEED = 0  # the random weights of "random" / "random:N": one network across processes and verbs
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -76,6 +81,30 @@ def resolve_weights(name: str, weights: str | os.PathLike | None, hub_id: str | 
     if Path(hub_id).is_absolute():  # a file shipped inside a Python package (EfficientNet-Lite0)
         return _existing(hub_id, name, "package")
     return WeightsSource(hub_id, False, "hub")
+
+
+def is_random(weights: str | os.PathLike | None) -> bool:
+    """True for ``"random"`` and ``"random:N"`` (module docstring)."""
+    text = str(weights) if weights is not None else ""
+    return text == RANDOM_WEIGHTS or text.startswith(RANDOM_WEIGHTS + ":")
+
+
+def random_layers(weights: str | os.PathLike) -> int | None:
+    """N of ``"random:N"`` (the first N blocks); None for ``"random"`` (the published depth)."""
+    text = str(weights)
+    if text == RANDOM_WEIGHTS:
+        return None
+    layers = text[len(RANDOM_WEIGHTS) + 1:]
+    if not layers.isdigit() or int(layers) < 1:
+        raise WeightsNotFoundError(f"weights '{text}': write 'random' or 'random:N' with N >= 1 blocks")
+    return int(layers)
+
+
+def random_from_env(name: str) -> str | None:
+    """``$FAE_WEIGHTS_<NAME>`` when it asks for random weights, else None (a path there is read by
+    :func:`resolve_weights`)."""
+    value = os.environ.get(env_var_for(name))
+    return value if is_random(value) else None
 
 
 def hub_offline() -> bool:

