@@ -60,6 +60,7 @@ DATASHEET_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
 # Targets of the issue: ours at least 1.2x diffusers' DiT, and at least 45% of the measured peak.
 TARGET_RATIO, TARGET_MFU = 1.2, 0.45
 STEP_KEYS = ("sit_xl1", "diffusers_dit_xl1", "fae_ia", "pixel_decoder", "sampling_heun50_cfg", "inception")
+COMPILED_KEYS = ("sit_xl1_compiled", "diffusers_dit_xl1_compiled")  # results["steps"] holds both kinds
 FIGURE_KEYS = ("images_per_s", "flops_per_image", "achieved_flops_per_s", "mfu_datasheet", "mfu_measured",
                "peak_memory_bytes", "micro_batch", "compiled")
 
@@ -135,11 +136,11 @@ def smoke_settings() -> Settings:
 # ------------------------------------------------------------------------------------ GPU facts
 def gpu_facts(device: torch.device) -> dict[str, Any]:
     if device.type != "cuda":
-        return {"gpu_name": "cpu", "gpu_kind": "other", "gpu_count": 0, "gpu_memory_bytes": None,
+        return {"gpu": "cpu", "gpu_kind": "other", "gpu_count": 0, "gpu_memory_bytes": None,
                 "bf16_peak_datasheet_flops": None}
     props = torch.cuda.get_device_properties(device)
     name = props.name
-    return {"gpu_name": name, "gpu_kind": gpu_kind(name, props.total_memory),
+    return {"gpu": name, "gpu_kind": gpu_kind(name, props.total_memory),
             "gpu_count": torch.cuda.device_count(), "gpu_memory_bytes": props.total_memory,
             "bf16_peak_datasheet_flops": datasheet_peak(name)}
 
@@ -261,7 +262,7 @@ def flops_per_image(work: Work) -> int | None:
 
     if work.count is None:
         return None
-    flops, _ = count_flops(work.count, depth=0)
+    flops, _ = count_flops(work.count)
     return flops.total
 
 
@@ -664,7 +665,8 @@ def run_all(settings: Settings, out_dir: Path, only: set[str] | None, deadline_s
         **facts, "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
         "smoke": settings.smoke, "device": str(settings.device),
         "bf16_peak_measured_flops": None, "targets": {"ours_over_diffusers": TARGET_RATIO,
-                                                      "mfu_measured": TARGET_MFU}}
+                                                      "mfu_measured": TARGET_MFU},
+        "steps": {}}
     if settings.smoke:
         results["compiled"] = {"status": "skipped", "reason": "--smoke runs no torch.compile"}
         results["demo"] = {"status": "skipped", "reason": "--smoke runs no demo"}
@@ -677,11 +679,12 @@ def run_all(settings: Settings, out_dir: Path, only: set[str] | None, deadline_s
     write(results, out_dir)
     todo = [(name, fn) for name, fn in parts(settings, peaks) if only is None or name in only]
     for i, (name, fn) in enumerate(todo):
+        into = results["steps"] if name in STEP_KEYS + COMPILED_KEYS else results
         left = deadline_s - (time.perf_counter() - start)
         later = sum(settings.reserve.get(n, 0) for n, _ in todo[i + 1:])
         budget = min(settings.budgets.get(name, 60), left - later)
         if budget < settings.reserve.get(name, 1):
-            results[name] = {"status": "skipped", "reason": f"no time left ({left:.0f} s to the deadline)"}
+            into[name] = {"status": "skipped", "reason": f"no time left ({left:.0f} s to the deadline)"}
             write(results, out_dir)
             continue
         free_memory(settings)
@@ -689,14 +692,14 @@ def run_all(settings: Settings, out_dir: Path, only: set[str] | None, deadline_s
         print(f"[gpu_check] {name} (budget {budget:.0f} s)", flush=True)
         try:
             with time_limit(budget + 5):  # the part sizes itself to its budget; this is the backstop
-                results[name] = fn(budget)
+                into[name] = fn(budget)
         except BaseException as error:  # a part's failure is a figure too; Ctrl-C still stops the run
             if isinstance(error, KeyboardInterrupt):
                 raise
-            results[name] = {"status": "timeout" if isinstance(error, PartTimeout) else "failed",
+            into[name] = {"status": "timeout" if isinstance(error, PartTimeout) else "failed",
                              "error": first_line(error), "traceback": traceback.format_exc()[-2000:]}
-        results[name]["part_wall_s"] = time.perf_counter() - part_start
-        print(f"[gpu_check] {name}: {summary_line(results[name])}", flush=True)
+        into[name]["part_wall_s"] = time.perf_counter() - part_start
+        print(f"[gpu_check] {name}: {summary_line(into[name])}", flush=True)
         write(results, out_dir)
     results["wall_s"] = time.perf_counter() - start
     write(results, out_dir)
@@ -734,11 +737,11 @@ def _fmt(value, kind: str) -> str:
     return f"{value:.1f}"
 
 
-def verdicts(results: dict) -> list[str]:
-    """The issue's targets, said plainly."""
+def verdicts(steps: dict) -> list[str]:
+    """The issue's targets, said plainly (``steps``: the JSON's "steps")."""
     lines = []
     for suffix, label in (("", "eager"), ("_compiled", "torch.compile")):
-        ours, peer = results.get(f"sit_xl1{suffix}", {}), results.get(f"diffusers_dit_xl1{suffix}", {})
+        ours, peer = steps.get(f"sit_xl1{suffix}", {}), steps.get(f"diffusers_dit_xl1{suffix}", {})
         if ours.get("status") == "ok" and peer.get("status") == "ok":
             ratio = ours["images_per_s"] / peer["images_per_s"]
             ok = ratio >= TARGET_RATIO
@@ -755,7 +758,7 @@ def verdicts(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     peak, sheet = results.get("bf16_peak_measured_flops"), results.get("bf16_peak_datasheet_flops")
-    lines = [f"# gpu_check: {results.get('gpu_name')} ({results.get('gpu_kind')})", "",
+    lines = [f"# gpu_check: {results.get('gpu')} ({results.get('gpu_kind')})", "",
              f"{results.get('date')}, torch {results.get('torch_version')}"
              + (" — SMOKE RUN on the CPU: tiny sizes, the figures say nothing about a GPU" if results.get("smoke")
                 else ""), "",
@@ -766,9 +769,7 @@ def markdown(results: dict) -> str:
              "| step | micro-batch | compiled | images/s | GFLOP/image | achieved TFLOP/s | MFU measured "
              "| MFU datasheet | peak memory GiB |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        if not isinstance(r, dict) or "status" not in r or name in ("demo", "distributed", "compiled"):
-            continue
+    for name, r in results.get("steps", {}).items():
         if r["status"] != "ok":
             lines.append(f"| {name} | {r.get('status')}: {r.get('error') or r.get('reason', '')} |||||||| ")
             continue
@@ -777,7 +778,7 @@ def markdown(results: dict) -> str:
                      f"| {_fmt(r['mfu_measured'], 'pct')} | {_fmt(r['mfu_datasheet'], 'pct')} "
                      f"| {_fmt(r['peak_memory_bytes'], 'gib')} |")
     lines += ["", "## Targets (issue): ours >= 1.2x diffusers' DiT, >= 45% of the measured peak", ""]
-    lines += verdicts(results) or ["- not measured in this run"]
+    lines += verdicts(results.get("steps", {})) or ["- not measured in this run"]
     for name in ("demo", "distributed", "compiled"):
         r = results.get(name)
         if isinstance(r, dict):
@@ -792,7 +793,7 @@ def markdown(results: dict) -> str:
                 lines += ["", "```", json.dumps(r["metrics"], indent=1)[:3000], "```"]
             if r.get("summary"):
                 lines.append(f"pytest: {r['summary']}")
-    notes = [f"- {name}: {r['notes']}" for name, r in results.items() if isinstance(r, dict) and r.get("notes")]
+    notes = [f"- {name}: {r['notes']}" for name, r in results.get("steps", {}).items() if r.get("notes")]
     if notes:
         lines += ["", "## Notes", ""] + notes
     return "\n".join(lines) + "\n"

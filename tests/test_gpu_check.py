@@ -27,13 +27,13 @@ def smoke(tmp_path_factory) -> tuple[dict, Path]:
 
 def test_smoke_run_writes_every_step_with_sane_figures(smoke):
     results, out = smoke
-    for key in ("date", "gpu_name", "gpu_kind", "torch_version", "bf16_peak_measured_flops",
+    for key in ("date", "gpu", "gpu_kind", "torch_version", "bf16_peak_measured_flops",
                 "bf16_peak_datasheet_flops"):
         assert key in results, key
     assert results["smoke"] is True and results["gpu_kind"] == "other"
     assert results["bf16_peak_measured_flops"] > 0 and results["peak_measured_flops"] > 0
     for step in gpu_check.STEP_KEYS:
-        figures = results[step]
+        figures = results["steps"][step]
         assert figures["status"] == "ok", (step, figures.get("error"), figures.get("traceback"))
         for key in gpu_check.FIGURE_KEYS:
             assert key in figures, (step, key)
@@ -48,11 +48,24 @@ def test_smoke_run_writes_every_step_with_sane_figures(smoke):
     assert "SMOKE RUN" in report and "| sit_xl1 |" in report and "ours / diffusers" in report
 
 
+def test_fae_plan_reads_the_installed_figures(smoke, tmp_path, monkeypatch):
+    """The JSON's shape is the one fae.training.plan.hardware reads (steps -> mfu_datasheet)."""
+    from fae.training.plan import hardware
+
+    results, _ = smoke
+    record = {**results, "gpu_kind": "h200"}
+    record["steps"] = {**results["steps"], "sit_xl1": {**results["steps"]["sit_xl1"], "mfu_datasheet": 0.37}}
+    (tmp_path / "h200.json").write_text(json.dumps(record))
+    monkeypatch.setattr(hardware, "MEASURED_DIR", tmp_path)
+    used = hardware.utilisation("h200", "generator")
+    assert used.mfu == 0.37 and results["date"] in used.source
+
+
 def test_model_flops_count_the_backward_of_trained_networks_only(smoke):
     results, _ = smoke
     # a training step is about 3x its forward; sampling is forward only (100 evaluations per sample)
-    sit = results["sit_xl1"]["flops_per_image"]
-    sampling = results["sampling_heun50_cfg"]["flops_per_image"]
+    sit = results["steps"]["sit_xl1"]["flops_per_image"]
+    sampling = results["steps"]["sampling_heun50_cfg"]["flops_per_image"]
     steps = 2  # the smoke sampler's steps: 2 Heun steps x (cond + null) x 2 evaluations
     assert 2.5 < sit / (sampling / (4 * steps)) < 3.5
 

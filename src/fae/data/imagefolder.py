@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,19 @@ DECODE_MODES = ("exact", "draft")
 # libjpeg-turbo: a conservative figure; an idle server core is faster. Re-measure on the training
 # machine (bench/loader_throughput.py --folder /data/imagenet) and pass the figure in.
 LOADER_IMAGES_PER_S = {"exact": 69.5, "draft": 101.5}
+
+
+@dataclass(frozen=True)
+class LoaderRate:
+    """A loader worker's images/s and where the figure comes from (what ``fae plan`` prints)."""
+
+    images_per_s: float
+    source: str
+
+
+# the default decode path's rate (data.decode: exact)
+LOADER_RATE = LoaderRate(LOADER_IMAGES_PER_S["exact"],
+                         "measured 2026-12-04 by bench/loader_throughput.py on a shared 2-core VM, decode exact")
 
 
 def is_image_file(path: Path) -> bool:
