@@ -143,7 +143,8 @@ def main() -> None:
     parser.add_argument("--step-rate", type=float, default=550.0,
                         help="images/s a GPU's stage-Ia step consumes (gpu_check.json: fae_ia images_per_s; "
                              "default: an estimate for one H100/H200, ~0.9 TFLOP/image at ~50%% MFU)")
-    parser.add_argument("--folder", type=Path, help="read this ImageNet-layout folder instead of writing one")
+    parser.add_argument("--folder", type=Path, help="read --images files of this ImageNet-layout folder "
+                                                    "(e.g. /data/imagenet) instead of writing synthetic ones")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one worker = one process on one core
 
@@ -153,8 +154,9 @@ def main() -> None:
             start = time.perf_counter()
             root = make_folder(Path(tmp), args.images)
             print(f"wrote {args.images} JPEGs in {time.perf_counter() - start:.0f} s", flush=True)
+        limit = args.images if args.folder else None  # a real folder: --images evenly spaced files
         data = {mode: build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=args.size,
-                                               flip=True, decode=mode)) for mode in ("exact", "draft")}
+                                               flip=True, decode=mode, limit=limit)) for mode in ("exact", "draft")}
         sizes = [Image.open(f).size for f in data["exact"].files]
         large = sum(min(s) >= 2 * args.size for s in sizes)
         megapixels = sum(w * h for w, h in sizes) / len(sizes) / 1e6
