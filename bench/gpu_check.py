@@ -100,8 +100,9 @@ def full_settings(device: torch.device) -> Settings:
         fae_overrides=["backbone.weights=random"],
         pixel_overrides=["backbone.weights=random", "loss.lpips_vgg_path=random", "loss.lpips_heads_path=random"],
         image_size=256,
-        # SiT: 256 fills the GPU; fae_ia / pixel decoder: the paper's global batch over 8 GPUs
-        batches={"sit_xl1": 256, "diffusers_dit_xl1": 256, "fae_ia": 128, "pixel_decoder": 64,
+        # SiT: 128 (2x the paper's 512 over 8 GPUs; ~256 x 128 tokens per matmul fill the GPU; a
+        # CUDA OOM halves it); fae_ia / pixel decoder: the paper's global batch over 8 GPUs
+        batches={"sit_xl1": 128, "diffusers_dit_xl1": 128, "fae_ia": 128, "pixel_decoder": 64,
                  "sampling_heun50_cfg": 64, "inception": 200},
         sampling_steps=50, peak_size=8192,
         budgets={"peak": 20, "sit_xl1": 40, "diffusers_dit_xl1": 40, "fae_ia": 40, "pixel_decoder": 45,
@@ -562,14 +563,31 @@ def figures(work: Work, seconds: float, n: int, settings: Settings, peaks: dict[
             "seconds_per_step": seconds, "timed_steps": n, "notes": work.notes}
 
 
-def measure(build: Callable[[], Work], settings: Settings, peaks: dict, budget: float, compiled: bool = False,
-            warmup: int | None = None) -> dict[str, Any]:
+def measure(build: Callable[[], Work], settings: Settings, peaks: dict, budget: float, key: str,
+            compiled: bool = False, warmup: int | None = None) -> dict[str, Any]:
+    """Build the work and time it; on a CUDA out-of-memory error, again at half the micro-batch
+    (``settings.batches[key]``, which the compiled variant then reuses)."""
     start = time.perf_counter()
-    work = build()
     warmup = settings.warmup if warmup is None else min(warmup, settings.warmup)
-    seconds, n = time_steps(work.step, settings, budget - (time.perf_counter() - start), warmup)
+    too_big: list[int] = []
+    while True:
+        try:
+            work = build()
+            seconds, n = time_steps(work.step, settings, budget - (time.perf_counter() - start), warmup)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if settings.batches[key] == 1:
+                raise
+            too_big.append(settings.batches[key])
+        work = None  # outside the except block: the traceback no longer holds the models
+        free_memory(settings)
+        settings.batches[key] //= 2
     precision = "bf16 autocast" if settings.autocast == torch.bfloat16 else "fp32"
-    return figures(work, seconds, n, settings, peaks, compiled, precision)
+    out = figures(work, seconds, n, settings, peaks, compiled, precision)
+    if too_big:
+        out["out_of_memory_at"] = too_big
+        out["notes"] += f"; out of memory at micro-batch {', '.join(map(str, too_big))}"
+    return out
 
 
 def peak_part(settings: Settings, results: dict) -> dict:
@@ -639,19 +657,23 @@ def free_memory(settings: Settings) -> None:
 def parts(settings: Settings, peaks: dict) -> list[tuple[str, Callable[[float], dict]]]:
     """(name, run(budget) -> result) in the order they run: the figures fae plan reads first."""
     table = [
-        ("sit_xl1", lambda b: measure(lambda: sit_work(settings, False), settings, peaks, b)),
-        ("diffusers_dit_xl1", lambda b: measure(lambda: diffusers_work(settings, False), settings, peaks, b)),
-        ("fae_ia", lambda b: measure(lambda: fae_ia_work(settings), settings, peaks, b)),
-        ("pixel_decoder", lambda b: measure(lambda: pixel_decoder_work(settings), settings, peaks, b)),
-        ("sampling_heun50_cfg", lambda b: measure(lambda: sampling_work(settings), settings, peaks, b, warmup=1)),
-        ("inception", lambda b: measure(lambda: inception_work(settings), settings, peaks, b)),
+        ("sit_xl1", lambda b: measure(lambda: sit_work(settings, False), settings, peaks, b, "sit_xl1")),
+        ("diffusers_dit_xl1", lambda b: measure(lambda: diffusers_work(settings, False), settings, peaks, b,
+                                                "diffusers_dit_xl1")),
+        ("fae_ia", lambda b: measure(lambda: fae_ia_work(settings), settings, peaks, b, "fae_ia")),
+        ("pixel_decoder", lambda b: measure(lambda: pixel_decoder_work(settings), settings, peaks, b,
+                                            "pixel_decoder")),
+        ("sampling_heun50_cfg", lambda b: measure(lambda: sampling_work(settings), settings, peaks, b,
+                                                  "sampling_heun50_cfg", warmup=1)),
+        ("inception", lambda b: measure(lambda: inception_work(settings), settings, peaks, b, "inception")),
     ]
     if settings.smoke:
         return table
-    return table + [
-        ("sit_xl1_compiled", lambda b: measure(lambda: sit_work(settings, True), settings, peaks, b, True)),
+    return table + [  # at the micro-batch their eager runs fitted
+        ("sit_xl1_compiled", lambda b: measure(lambda: sit_work(settings, True), settings, peaks, b, "sit_xl1",
+                                               compiled=True)),
         ("diffusers_dit_xl1_compiled", lambda b: measure(lambda: diffusers_work(settings, True), settings, peaks,
-                                                         b, True)),
+                                                         b, "diffusers_dit_xl1", compiled=True)),
         ("demo", lambda b: demo_part(settings, b)),
         ("distributed", lambda b: distributed_part(settings, b)),
     ]

@@ -94,3 +94,19 @@ def test_install_refuses_a_smoke_run(smoke):
     _, out = smoke
     with pytest.raises(SystemExit, match="smoke"):
         gpu_check.install(out)
+
+
+def test_out_of_memory_halves_the_micro_batch():
+    import torch
+
+    settings = gpu_check.smoke_settings()
+    settings.batches["toy"] = 8
+
+    def build():
+        if settings.batches["toy"] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return gpu_check.Work(lambda: None, settings.batches["toy"], None)
+
+    out = gpu_check.measure(build, settings, {}, 5.0, "toy")
+    assert out["status"] == "ok" and out["micro_batch"] == 2 and out["out_of_memory_at"] == [8, 4]
+    assert settings.batches["toy"] == 2  # what a compiled rerun of the same step starts from
