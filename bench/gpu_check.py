@@ -189,9 +189,11 @@ class Timer:
         return begin.elapsed_time(end) / 1e3
 
 
-def time_steps(fn: Callable[[], Any], settings: Settings, budget_s: float, warmup: int) -> tuple[float, int]:
-    """(seconds per call, calls timed): ``warmup`` calls (compilation, allocator), one synchronised
-    call to size the run, then as many calls as fit in half the remaining budget."""
+def time_steps(fn: Callable[[], Any], settings: Settings, budget_s: float, warmup: int,
+               min_steps: int | None = None) -> tuple[float, int]:
+    """(seconds per call, calls timed): ``warmup`` calls (compilation, allocator), one call timed
+    alone to size the run, then as many more calls as fit in half the remaining budget, timed
+    together (at least ``min_steps``, default the settings'); the mean over all timed calls."""
     timer = Timer(settings.device)
     start = time.perf_counter()
     for _ in range(warmup):
@@ -199,8 +201,11 @@ def time_steps(fn: Callable[[], Any], settings: Settings, budget_s: float, warmu
     timer.sync()
     one = timer.seconds(fn, 1)
     left = budget_s - (time.perf_counter() - start)
-    n = int(max(settings.min_steps, min(settings.max_steps, 0.5 * left / max(one, 1e-6))))
-    return timer.seconds(fn, n) / n, n
+    least = settings.min_steps if min_steps is None else min_steps
+    n = int(max(least - 1, min(settings.max_steps - 1, 0.5 * left / max(one, 1e-6))))
+    if n == 0:
+        return one, 1
+    return (one + timer.seconds(fn, n)) / (n + 1), n + 1
 
 
 @contextlib.contextmanager
@@ -256,6 +261,7 @@ class Work:
     count: Callable[[], Any] | None
     images_per_step: int | None = None  # default: micro_batch
     notes: str = ""
+    min_steps: int | None = None  # timed calls at least (default: the settings'); long calls: 1
 
 
 def flops_per_image(work: Work) -> int | None:
@@ -512,8 +518,9 @@ def sampling_work(settings: Settings) -> Work:
             for _ in range(2 * 2 * sampler.steps):  # Heun: 2 per step; CFG: conditional + null
                 meta(z, torch.zeros(1, device="meta"), y)
 
-    return Work(run, batch, count, notes=f"{sampler.steps} Heun steps, CFG {sampler.cfg_scale} at every "
-                f"step; Generator.sample reads t on the host once per step (its own syncs)")
+    return Work(run, batch, count, min_steps=1,
+                notes=f"{sampler.steps} Heun steps, CFG {sampler.cfg_scale} at every step; Generator.sample "
+                      f"reads t on the host once per step (its own syncs)")
 
 
 def inception_work(settings: Settings) -> Work:
@@ -573,7 +580,8 @@ def measure(build: Callable[[], Work], settings: Settings, peaks: dict, budget: 
     while True:
         try:
             work = build()
-            seconds, n = time_steps(work.step, settings, budget - (time.perf_counter() - start), warmup)
+            seconds, n = time_steps(work.step, settings, budget - (time.perf_counter() - start), warmup,
+                                    work.min_steps)
             break
         except torch.cuda.OutOfMemoryError:
             if settings.batches[key] == 1:
@@ -664,7 +672,7 @@ def parts(settings: Settings, peaks: dict) -> list[tuple[str, Callable[[float], 
         ("pixel_decoder", lambda b: measure(lambda: pixel_decoder_work(settings), settings, peaks, b,
                                             "pixel_decoder")),
         ("sampling_heun50_cfg", lambda b: measure(lambda: sampling_work(settings), settings, peaks, b,
-                                                  "sampling_heun50_cfg", warmup=1)),
+                                                  "sampling_heun50_cfg", warmup=0)),
         ("inception", lambda b: measure(lambda: inception_work(settings), settings, peaks, b, "inception")),
     ]
     if settings.smoke:
