@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+from pathlib import Path
 
 from fae.commands.train import STAGES
 from fae.config import load_config, read_yaml
@@ -26,15 +27,32 @@ def _sections(schema) -> set[str]:
     return {f.name for f in dataclasses.fields(schema)}
 
 
+# top-level sections that say a file is not one stage's config, and what to plan instead
+NOT_A_STAGE = {
+    "num": "a `fae sample` config: plan its generator with it, fae plan --config GENERATOR.yaml --sampling {path}",
+    "arms": "an experiment (`fae experiment`): plan the stage configs its arms override, e.g. "
+            "fae plan --config configs/demo/generator.yaml KEY=VALUE ...",
+    "pixel_decoder_ib": "the demo's config (`fae demo`), which composes stage configs: plan those, "
+                        "e.g. fae plan --config configs/demo/autoencoder.yaml",
+}
+
+
 def infer_stage(path: str | None, overrides: list[str]) -> str:
-    """The stage whose config schema has every top-level section of the file and overrides."""
+    """The stage whose config schema has every top-level section of the file and overrides (a
+    tie goes to the stage named in the file name, e.g. pixel_autoencoder.yaml)."""
     keys = set(read_yaml(path)) if path else set()
+    for section, hint in NOT_A_STAGE.items():
+        if section in keys:
+            raise ConfigError(f"'{path}' is {hint.format(path=path)}")
     keys |= {o.split("=", 1)[0].split(".", 1)[0] for o in overrides if "=" in o}
     fits = [name for name, module in STAGES.items()
             if keys <= _sections(importlib.import_module(module).CONFIG_CLASS)]
     if len(fits) > 1:  # the sections every stage has (train, data): the defining ones decide
         fits = [name for name in fits if (keys - {"train", "data"}) & _sections(
             importlib.import_module(STAGES[name]).CONFIG_CLASS)] or fits
+    if len(fits) > 1 and path:
+        named = [name for name in fits if name.replace("-", "_") in Path(path).stem]
+        fits = sorted(named, key=len)[-1:] or fits  # the longest: pixel_autoencoder, not autoencoder
     if len(fits) != 1:
         raise ConfigError(f"cannot tell which stage '{path}' configures (sections {sorted(keys)} fit "
                           f"{', '.join(fits) or 'none of ' + ', '.join(STAGES)}); pass --stage NAME")
@@ -49,13 +67,26 @@ def build_plan_stage(name: str, config: str | None, overrides: list[str]):
     return getattr(module, "build_plan_stage", module.build_stage)(cfg)
 
 
+def sampling_overrides(path: str | None, stage: str) -> list[str]:
+    """The ``sampling:`` section of a ``fae sample`` config as overrides of a generator config."""
+    if path is None:
+        return []
+    if stage != "generator":
+        raise ConfigError(f"--sampling applies to generator configs, not to stage '{stage}'")
+    section = read_yaml(path).get("sampling")
+    if not isinstance(section, dict):
+        raise ConfigError(f"'{path}' has no 'sampling:' section to plan with")
+    return [f"sampling.{key}={json.dumps(value)}" for key, value in section.items()]
+
+
 def run(args: argparse.Namespace) -> int:
     from fae.training.plan.planner import plan_stage
 
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
     stage_name = args.stage or infer_stage(args.config, args.overrides)
-    stage = build_plan_stage(stage_name, args.config, args.overrides)
+    overrides = list(args.overrides) + sampling_overrides(args.sampling, stage_name)
+    stage = build_plan_stage(stage_name, args.config, overrides)
     plan = plan_stage(stage, gpus=args.gpus, gpu=args.gpu, measure=args.measure)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
@@ -72,6 +103,8 @@ def register(subparsers) -> None:
     parser.add_argument("--stage", choices=list(STAGES), help="the stage (default: read from the config)")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs the global batch is split over (default 8)")
     parser.add_argument("--gpu", choices=list(GPUS), default="h100-80gb", help="GPU kind (default h100-80gb)")
+    parser.add_argument("--sampling", metavar="FILE", help="a `fae sample` config whose sampling: section "
+                        "replaces the generator's (e.g. configs/imagenet256/sample_cfg.yaml)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (FLOPs, bytes)")
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="skip the activation measurement (seconds on the CPU); totals then exclude "

@@ -126,8 +126,9 @@ def _parameters(models, helpers, by_module: dict[str, int]) -> dict[str, dict[st
     for name, module in helpers.items():
         if name in out:
             name = f"{name} (frozen helper)"
+        called = {type(m).__name__ for m in module.modules()} & set(by_module)  # its own or its parts
         out[name] = {"trainable": 0, "frozen": sum(p.numel() for p in module.parameters()),
-                     "in_step": by_module.get(type(module).__name__, 0) > 0}
+                     "in_step": any(by_module[c] > 0 for c in called)}
     return out
 
 
@@ -206,7 +207,10 @@ def _loader(stage: Stage, time: dict[str, Any], gpus: int) -> dict[str, Any] | N
         return None
     if getattr(stage.config, "cache_tokens", False):
         return None
-    from fae.data.imagefolder import LOADER_RATE, workers_needed
+    try:
+        from fae.data.imagefolder import LOADER_RATE, workers_needed
+    except ImportError:  # the loader measurement is not in this tree yet
+        return None
 
     per_gpu = time["images_per_s"] / gpus
     return {"images_per_s_per_gpu": per_gpu, "workers_per_gpu": workers_needed(per_gpu),

@@ -88,6 +88,11 @@ class PixelAutoencoderStage(Stage):
     def ema_modules(self) -> list[str]:
         return ["autoencoder"]
 
+    def synthetic_batch(self, size, device):
+        from fae.data.datasets import synthetic_images
+
+        return [synthetic_images(self.config.data, size, device), torch.zeros(size, dtype=torch.long, device=device)]
+
     def train_dataset(self):
         from fae.data.datasets import build_dataset
 

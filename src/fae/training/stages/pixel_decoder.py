@@ -252,10 +252,9 @@ class PixelDecoderStage(Stage):
             with torch.device(device):
                 self.fae = FAE(fae_config).requires_grad_(False).eval()
             helpers["fae"] = self.fae
-        vgg = RANDOM_WEIGHTS if cfg.loss.perceptual == "lpips" else None
-        with torch.device(device):
-            self.perceptual = build_perceptual(cfg.loss.perceptual, self.backbone, vgg, None,
-                                               cfg.loss.perceptual_resolution)
+        vgg = RANDOM_WEIGHTS if cfg.loss.perceptual == "lpips" else None  # small: built on the CPU
+        self.perceptual = build_perceptual(cfg.loss.perceptual, self.backbone, vgg, None,
+                                           cfg.loss.perceptual_resolution)
         if self.perceptual is not None:
             helpers["perceptual"] = self.perceptual.to(device)
         self.token_scale = self.token_scale or 1.0
