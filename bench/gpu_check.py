@@ -759,9 +759,9 @@ def _fmt(value, kind: str) -> str:
     if kind == "pct":
         return f"{value:.1%}"
     if kind == "tflops":
-        return f"{value / 1e12:.1f}"
+        return f"{value / 1e12:.4g}"
     if kind == "gflop":
-        return f"{value / 1e9:.1f}"
+        return f"{value / 1e9:.4g}"
     if kind == "gib":
         return f"{value / 2**30:.1f}"
     return f"{value:.1f}"
