@@ -1,0 +1,94 @@
+"""The full-shape rehearsal of the paper recipes (bench/rehearse_recipes.py) at depth 1: the recipe
+files of configs/imagenet256/ at their real widths and input / latent shapes (DINOv2-g/14 random
+weights at 224 px -> 16x16x1536, 16x16x32 latents, 256 px images), through the `fae train` stage
+loader and the engine, on a generated ImageNet-layout JPEG folder. fp32 here: bf16 matmuls on CPUs
+without native bf16 run 10-100x slower (the bench runs bf16: `bench/rehearse.py --depth 1`).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import rehearse_recipes as recipes  # noqa: E402
+
+pytestmark = pytest.mark.slow
+DEPTH = 1
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> recipes.Work:
+    root = tmp_path_factory.mktemp("rehearse")
+    recipes.write_images(root / "imagenet", classes=2, train=2, val=1)
+    return recipes.Work(root, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def fae_run(work) -> dict:
+    """fae_dinov2g (backbone in the step): straight to 2, to 1 then resumed to 2, export checked."""
+    return recipes.rehearse_training("fae_dinov2g", work, DEPTH)
+
+
+@pytest.fixture(scope="module")
+def pixel_run(work) -> dict:
+    """pixel_decoder_vitl, one step with LPIPS (random VGG) and the GAN from step 0."""
+    result = recipes.train_run("pixel_decoder_vitl", work, DEPTH, work.run("pixel_decoder_vitl") / "straight", 1,
+                               probe=recipes.PROBES["pixel-decoder"])
+    stage = recipes.load("pixel_decoder_vitl", work, DEPTH, work.run("pixel_decoder_vitl") / "straight", 1)
+    result["reloaded"] = recipes.RELOADS["pixel-decoder"](stage, result["export"])
+    return result
+
+
+@pytest.fixture(scope="module")
+def stage_ii_export(work, fae_run, pixel_run) -> Path:
+    """The Ia FAE with the Ib decoder attached, where stage II writes its export (the stage-II
+    export is exactly this object saved; training it again would only cost time here)."""
+    from fae.autoencoder import FAE
+    from fae.autoencoder.pixel_decoder import PixelDecoder
+
+    fae = FAE.from_pretrained(fae_run["export"])
+    fae.set_pixel_decoder(PixelDecoder.from_pretrained(pixel_run["export"]))
+    return fae.save_pretrained(work.export("pixel_decoder_vitl_ii"))
+
+
+def test_fae_dinov2g_at_224px_resumes_bitwise(fae_run):
+    assert fae_run["resume_bitwise"], fae_run["resume_differences"]
+    assert fae_run["resumed_from"] == 1
+    assert fae_run["losses"] and fae_run["losses_finite"], fae_run["losses"]
+    assert fae_run["export_same_output"]
+    assert fae_run["trained_params"]["fae"] > 38_000_000  # the one-layer encoder alone is 38.17M
+
+
+def test_pixel_decoder_lpips_and_gan(pixel_run, work):
+    losses = recipes.last_losses(work.run("pixel_decoder_vitl") / "straight")
+    for key in ("decoder/loss", "decoder/perceptual", "decoder/g_loss", "discriminator/loss"):
+        assert math.isfinite(losses[key]), losses
+    assert pixel_run["reference"].shape == (2, 3, 256, 256)
+    assert torch.equal(pixel_run["reference"], pixel_run["reloaded"])
+
+
+def test_sit_xl1_samples_256px_images_through_the_fae(work, stage_ii_export):
+    recipes.cache_labelled(work)
+    run_dir = work.run("sit_xl1") / "straight"
+    result = recipes.train_run("sit_xl1", work, DEPTH, run_dir, 1)
+    assert all(math.isfinite(v) for v in recipes.last_losses(run_dir).values())
+    samples = recipes.sample_images(work, Path(result["export"]), work.run("sit_xl1") / "samples.npz")
+    assert samples["samples_ok"], samples  # uint8 [2, 256, 256, 3], not constant
+    grid = sorted((run_dir / "samples").glob("*.png"))
+    assert grid, "the evaluation's sample grid was not written"
+
+
+def test_starflow_fae_one_step(work, stage_ii_export):
+    if not (work.latents / "manifest.json").exists():
+        recipes.cache_labelled(work)
+    run_dir = work.run("starflow_fae") / "straight"
+    result = recipes.train_run("starflow_fae", work, DEPTH, run_dir, 1)
+    losses = recipes.last_losses(run_dir)
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    assert sum(result["trained_params"].values()) > 100_000_000  # two 2048-wide layers + embedders
+    shutil.rmtree(run_dir / "checkpoints")
