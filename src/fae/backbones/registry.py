@@ -146,7 +146,10 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
     else:
         info = get_info(name, resolution)
         weights = weights if weights is not None else random_from_env(name)
-        with torch.device(device) if is_random(weights) else contextlib.nullcontext():
+        # HF towers with random weights are built where they run (on "meta": nothing allocated);
+        # EfficientNet's real weights ship with it, so it is loaded on the CPU and moved
+        built_there = is_random(weights) and info.family in ("dinov2", "siglip", "siglip2")
+        with torch.device(device) if built_there else contextlib.nullcontext():
             backbone = _build(info, weights)
     backbone.to(device=device, dtype=dtype)  # dtype=None keeps float32
     return backbone.freeze()

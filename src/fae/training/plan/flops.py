@@ -48,11 +48,45 @@ class FlopCount:
         return sum(self.by_module.get(name, {}).values())
 
 
+class FlopMeter:
+    """``with FlopMeter() as meter: ...``; ``meter.snapshot()`` is the count so far (a
+    :class:`FlopCount`), so one run can be split into parts (a step's forward and backward)."""
+
+    def __init__(self):
+        self.mode = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+
+    def __enter__(self) -> "FlopMeter":
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+    def snapshot(self) -> FlopCount:
+        counts = {name: {str(op).split(".")[-1]: int(n) for op, n in ops.items()}
+                  for name, ops in self.mode.get_flop_counts().items()}
+        return FlopCount(int(self.mode.get_total_flops()), counts)
+
+
 def count_flops(work: Callable[[], Any]) -> tuple[FlopCount, Any]:
     """Run ``work()`` under the FLOP counter; returns (the count, what ``work`` returned)."""
-    mode = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
-    with mode:
+    with FlopMeter() as meter:
         result = work()
-    counts = {name: {str(op).split(".")[-1]: int(n) for op, n in ops.items()}
-              for name, ops in mode.get_flop_counts().items()}
-    return FlopCount(int(mode.get_total_flops()), counts), result
+    return meter.snapshot(), result
+
+
+def difference(after: FlopCount, before: FlopCount) -> FlopCount:
+    """The FLOPs counted between two snapshots of one meter."""
+    modules = {}
+    for name, ops in after.by_module.items():
+        old = before.by_module.get(name, {})
+        modules[name] = {op: n - old.get(op, 0) for op, n in ops.items() if n - old.get(op, 0)}
+    return FlopCount(after.total - before.total, {k: v for k, v in modules.items() if v})
+
+
+def add(a: FlopCount, b: FlopCount) -> FlopCount:
+    modules = {name: dict(ops) for name, ops in a.by_module.items()}
+    for name, ops in b.by_module.items():
+        for op, n in ops.items():
+            modules.setdefault(name, {})[op] = modules.get(name, {}).get(op, 0) + n
+    return FlopCount(a.total + b.total, modules)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from fae.training.phases import resolve_phases
-from fae.training.plan.flops import count_flops
+from fae.training.plan.flops import FlopCount, FlopMeter, add, difference
 from fae.training.plan.hardware import GPUS, utilisation
 from fae.training.plan.memory import Activations, StateBytes, measure_activations, state_bytes
 from fae.training.plan.milestones import paper_milestones
@@ -50,9 +50,11 @@ class Plan:
 # ---------------------------------------------------------------- the step, run on any device
 
 def run_step(stage: Stage, models: dict[str, nn.Module], phases: list[Phase], batch: Any,
-             backward: bool) -> None:
+             backward: bool, after_forward: Callable[[], None] | None = None,
+             after_backward: Callable[[], None] | None = None) -> None:
     """Every phase of one training step on ``batch``, as the engine runs it: each phase's
-    modules trainable, the others frozen, at a step where every phase is active (GAN included)."""
+    modules trainable, the others frozen, at a step where every phase is active (GAN included).
+    The callbacks run after each phase's loss and after its backward."""
     step = max(p.start_step for p in phases)
     flags = {id(p): p.requires_grad for m in models.values() for p in m.parameters()}
     try:
@@ -61,8 +63,12 @@ def run_step(stage: Stage, models: dict[str, nn.Module], phases: list[Phase], ba
                 for p in module.parameters():
                     p.requires_grad_(flags[id(p)] and name in phase.modules)
             loss, _ = stage.loss(phase.name, batch, models, step)
+            if after_forward:
+                after_forward()
             if backward:
                 loss.float().backward()
+            if after_backward:
+                after_backward()
     finally:
         for module in models.values():
             for p in module.parameters():
@@ -103,8 +109,13 @@ def plan_stage(stage: Stage, gpus: int = 8, gpu: str = "h100-80gb", measure: boo
 
 def _flops(stage: Stage, models, helpers, phases) -> dict[str, Any]:
     batch = stage.synthetic_batch(1, "meta")
-    forward, _ = count_flops(lambda: run_step(stage, models, phases, batch, backward=False))
-    train, _ = count_flops(lambda: run_step(stage, models, phases, batch, backward=True))
+    forward, marks = FlopCount(0), [FlopCount(0)]
+    with FlopMeter() as meter:  # one run: the forward is what each phase counts before its backward
+        run_step(stage, models, phases, batch, backward=True, after_forward=lambda: marks.append(meter.snapshot()),
+                 after_backward=lambda: marks.append(meter.snapshot()))
+        train = meter.snapshot()
+    for start, end in zip(marks[0::2], marks[1::2]):
+        forward = add(forward, difference(end, start))
     out = {"forward_per_image": forward.total, "train_step_per_image": train.total,
            "by_module": {name: sum(ops.values()) for name, ops in forward.by_module.items()
                          if name != "Global" and "." not in name},  # top-level modules, forward

@@ -452,15 +452,19 @@ def _describe_perceptual(loss: PixelLossConfig) -> str:
     return "none"
 
 
+PAPER_WIDTH = 1536  # DINOv2-g / SigLIP2-g tokens: the widths the paper's FAE architecture is built for
+
+
 def build_plan_stage(cfg: PixelDecoderRunConfig) -> PixelDecoderStage:
     """``fae plan``'s stage: as ``build_stage``, but stage II whose FAE export does not exist yet
     is planned on the ``backbone:`` section with the paper's FAE architecture (said in describe)."""
     from fae.export import CONFIG_FILE, resolve_folder
 
     missing = cfg.stage == "finetune" and cfg.fae and not (resolve_folder(cfg.fae) / CONFIG_FILE).is_file()
-    if missing and cfg.backbone.name is None:
-        raise ConfigError(f"stage II names the FAE export '{cfg.fae}', which does not exist yet; to plan "
-                          "it before the FAE is trained, set backbone.name (and backbone.resolution)")
+    if missing and (cfg.backbone.name is None or cfg.backbone.info().dim != PAPER_WIDTH):
+        raise ConfigError(f"stage II names the FAE export '{cfg.fae}', which does not exist yet, and its "
+                          "architecture is what the plan needs: train stage Ia first (the paper's FAE "
+                          f"stands in only on a {PAPER_WIDTH}-wide backbone named in backbone.name)")
     return PixelDecoderStage(cfg, stand_in_fae=bool(missing))
 
 
