@@ -212,11 +212,15 @@ def _differences(x, y, key: str) -> list[str]:
     return [] if x == y else [key]
 
 
-def last_losses(run_dir: Path) -> dict[str, float]:
-    """The training losses of the last logged step (metrics.jsonl)."""
+def last_record(run_dir: Path) -> dict:
+    """The last logged training step of a run (metrics.jsonl)."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in lines if r.get("kind", "train") == "train"]
-    return {k: v for k, v in train[-1].items() if k.endswith("loss") and isinstance(v, (int, float))}
+    return [r for r in lines if r.get("kind", "train") == "train"][-1]
+
+
+def last_losses(run_dir: Path) -> dict[str, float]:
+    """The training losses of the last logged step."""
+    return {k: v for k, v in last_record(run_dir).items() if k.endswith("loss") and isinstance(v, (int, float))}
 
 
 def rehearse_training(recipe: str, work: Work, depth: int | None) -> dict:

@@ -22,10 +22,14 @@ DEPTH = 1
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> recipes.Work:
+def work(tmp_path_factory):
+    """The JPEG folder; $FAE_WEIGHTS_DINOV2_G14=random:1 for verbs that look the backbone up
+    themselves (cache-latents through FAE.from_pretrained), as bench/rehearse.py sets it."""
     root = tmp_path_factory.mktemp("rehearse")
     recipes.write_images(root / "imagenet", classes=2, train=2, val=1)
-    return recipes.Work(root, precision="fp32")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FAE_WEIGHTS_DINOV2_G14", recipes.random_weights(DEPTH))
+        yield recipes.Work(root, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +69,9 @@ def test_fae_dinov2g_at_224px_resumes_bitwise(fae_run):
 
 
 def test_pixel_decoder_lpips_and_gan(pixel_run, work):
-    losses = recipes.last_losses(work.run("pixel_decoder_vitl") / "straight")
+    record = recipes.last_record(work.run("pixel_decoder_vitl") / "straight")
     for key in ("decoder/loss", "decoder/perceptual", "decoder/g_loss", "discriminator/loss"):
-        assert math.isfinite(losses[key]), losses
+        assert math.isfinite(record[key]), record
     assert pixel_run["reference"].shape == (2, 3, 256, 256)
     assert torch.equal(pixel_run["reference"], pixel_run["reloaded"])
 
