@@ -21,6 +21,7 @@ import gc
 import json
 import math
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -122,11 +123,11 @@ STAGE_OF = {"fae_dinov2g": "autoencoder", "fae_siglip2g": "autoencoder", "pixel_
             "starflow_fae": "generator", "starflow_sdvae": "generator", "mmdit_t2i": "generator"}
 
 
-def load(recipe: str, work: Work, depth: int | None, run_dir: Path, steps: int):
+def load(recipe: str, work: Work, depth: int | None, run_dir: Path, steps: int, extra: list[str] = ()):
     """The recipe's stage, as ``fae train <stage> --config <recipe>.yaml <overrides>`` builds it."""
     from fae.commands.train import load_stage
 
-    overrides = run_overrides(recipe, work, depth) + train_overrides(run_dir, steps, work.precision)
+    overrides = run_overrides(recipe, work, depth) + train_overrides(run_dir, steps, work.precision) + list(extra)
     return load_stage(STAGE_OF[recipe], str(CONFIGS / f"{recipe}.yaml"), overrides)
 
 
@@ -166,12 +167,12 @@ def fitting_depth(recipe: str, work: Work, depth: int | None) -> tuple[int | Non
 
 
 def train_run(recipe: str, work: Work, depth: int | None, run_dir: Path, steps: int, force: bool = False,
-              probe: Callable | None = None) -> dict:
+              probe: Callable | None = None, ckpt_every: int = 0) -> dict:
     """One ``fae train`` run; ``probe(stage, models)`` runs on the EMA weights before the trainer
-    closes (the export's reference output)."""
+    closes (the export's reference output); ``ckpt_every`` > 0 keeps every step's checkpoint."""
     from fae.training.engine import Trainer
 
-    stage = load(recipe, work, depth, run_dir, steps)
+    stage = load(recipe, work, depth, run_dir, steps, [f"train.ckpt_every={ckpt_every}", "train.keep_last=8"])
     trainer = Trainer(stage, resume=True, force=force)
     try:
         result = trainer.run()
@@ -224,12 +225,19 @@ def last_losses(run_dir: Path) -> dict[str, float]:
 
 
 def rehearse_training(recipe: str, work: Work, depth: int | None) -> dict:
-    """Straight, step-1 and resumed runs; the resume check, the losses, the export check."""
+    """A straight run to step 2 and its step-1 checkpoint resumed to step 2 in another folder; the
+    resume check (every tensor equal), the losses, the export check."""
+    from fae.training.checkpoint import checkpoint_name
+
     base = work.run(recipe)
-    straight = train_run(recipe, work, depth, base / "straight", STEPS, probe=PROBES[STAGE_OF[recipe]])
-    train_run(recipe, work, depth, base / "resumed", 1)
+    straight = train_run(recipe, work, depth, base / "straight", STEPS, probe=PROBES[STAGE_OF[recipe]],
+                         ckpt_every=1)
+    # the straight run's step-1 checkpoint, resumed in a folder of its own (its run_dir differs: force)
+    first = Path(straight["checkpoint"]).with_name(checkpoint_name(1))
+    (base / "resumed" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(first, base / "resumed" / "checkpoints" / first.name)
     gc.collect()
-    resumed = train_run(recipe, work, depth, base / "resumed", STEPS, force=True)  # train.steps 1 -> 2
+    resumed = train_run(recipe, work, depth, base / "resumed", STEPS, force=True)
     differences = checkpoint_differences(straight["checkpoint"], resumed["checkpoint"])
     losses = last_losses(base / "straight")
     reloaded = RELOADS[STAGE_OF[recipe]](load(recipe, work, depth, base / "straight", STEPS), straight["export"])
