@@ -4,7 +4,6 @@ A crash mid-write leaves either the old file or the new one, never a half-writte
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -66,9 +65,9 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    # Streamed into the temp file: a serialised copy in memory first would double the host memory
+    # of every checkpoint (SiT-XL's training state is ~13.5 GB; found by bench/rehearse.py).
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,

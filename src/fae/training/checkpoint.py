@@ -101,7 +101,9 @@ def _unreadable_reason(path: Path, error: Exception) -> str:
 def load_file(path: str | Path) -> dict:
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: tensors are paged in as load_state_dict copies them, so a resume does not
+        # hold the whole file in memory beside the live training state (2x at SiT-XL / STARFlow size)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' does not exist") from None
     except Exception as e:

@@ -44,7 +44,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"units": {"flops": "FLOP", "memory": "bytes", "time": "seconds, hours where a key says so"},
+                **asdict(self)}
 
 
 # ---------------------------------------------------------------- the step, run on any device
