@@ -37,10 +37,10 @@ DECODE_MODES = ("exact", "draft")
 # Images/s of one loader worker (one process, one core) on the ImageNet path: JPEG decode + ADM
 # crop to 256 + flip, by decode mode. Measured by bench/loader_throughput.py on 2,000 synthetic
 # JPEGs of ImageNet-like sizes (quality 90, 0.41 MP on average, 17% with short side >= 512),
-# 2026-12-04, on a 2-core x86-64 cloud VM shared with other work (load average ~3), PIL 13 with
+# 2026-12-04, on a quiet 2-core x86-64 cloud VM, PIL 13 with
 # libjpeg-turbo: a conservative figure; an idle server core is faster. Re-measure on the training
 # machine (bench/loader_throughput.py --folder /data/imagenet) and pass the figure in.
-LOADER_IMAGES_PER_S = {"exact": 69.5, "draft": 101.5}
+LOADER_IMAGES_PER_S = {"exact": 77.6, "draft": 109.7}
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class LoaderRate:
 
 # the default decode path's rate (data.decode: exact)
 LOADER_RATE = LoaderRate(LOADER_IMAGES_PER_S["exact"],
-                         "measured 2026-12-04 by bench/loader_throughput.py on a shared 2-core VM, decode exact")
+                         "measured 2026-12-04 by bench/loader_throughput.py on a quiet 2-core VM, decode exact")
 
 
 def is_image_file(path: Path) -> bool:
