@@ -196,7 +196,7 @@ def frozen_params(stage) -> int:
 
 def checkpoint_differences(a: str | Path, b: str | Path) -> list[str]:
     """Keys of the model / EMA / optimiser state where two checkpoints differ (torch.equal)."""
-    first, second = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    first, second = (torch.load(p, map_location="cpu", weights_only=True, mmap=True) for p in (a, b))
     return [key for part in ("models", "ema", "optimizers")
             for key in _differences(first[part], second[part], part)]
 
