@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import os
 import shutil
 import signal

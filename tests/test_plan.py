@@ -59,7 +59,7 @@ def test_fake_tensor_activations_equal_a_real_cpu_run():
         models = stage.build_models("meta")
 
         def step(on_cpu, micro):
-            planner.run_step(stage, on_cpu, phases, stage.synthetic_batch(micro, "cpu"), backward=True)
+            planner.run_step(stage, on_cpu, phases, stage.synthetic_batch(micro, "cpu"))
 
         return models, step
 

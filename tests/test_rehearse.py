@@ -8,7 +8,6 @@ STARFlow, MMDiT and SigLIP2 recipes take the same engine and export paths; the b
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from pathlib import Path
 

@@ -244,7 +244,7 @@ class Trainer:
             last = i == len(micro_batches) - 1
             with gradient_sync(trained, enabled=last):
                 with self._autocast():
-                    loss, logs = self.stage.loss(runner.name, to_device(batch, self.device), view,
+                    loss, logs = self.stage.loss(runner.name, batch, view,
                                                  self.step)
                 (loss.float() / len(micro_batches)).backward()
             for key, value in {"loss": loss, **logs}.items():
@@ -256,6 +256,9 @@ class Trainer:
 
     def _train_step(self, micro_batches: list) -> tuple[dict[str, float], bool]:
         """Run every active phase; returns rank-averaged values and whether the step was skipped."""
+        # on the device once per step: every phase sees the same tensors (no copy per phase, and
+        # a stage can tell it is the same batch without comparing values on the device)
+        micro_batches = [to_device(batch, self.device) for batch in micro_batches]
         values: dict[str, float] = {}
         for runner in self.runners:
             if not runner.active(self.step):

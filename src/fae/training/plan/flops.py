@@ -44,9 +44,6 @@ class FlopCount:
     total: int
     by_module: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def module_total(self, name: str) -> int:
-        return sum(self.by_module.get(name, {}).values())
-
 
 class FlopMeter:
     """``with FlopMeter() as meter: ...``; ``meter.snapshot()`` is the count so far (a

@@ -3,8 +3,8 @@
 Everything is built on the ``meta`` device (no weights, no memory) from the stage's own code:
 ``build_models`` for the trainable modules, ``synthetic_setup`` for the frozen helpers with random
 weights, ``synthetic_batch`` for a batch shaped as the loader's, ``loss`` for the step. FLOPs
-come from PyTorch's counter (``flops.py``), activations from a real reduced-depth run on the CPU
-(``memory.py``), time from the FLOPs at a measured or assumed MFU (``hardware.py``), GPU-hours
+come from PyTorch's counter (``flops.py``), activations from a reduced-depth run on fake CPU
+tensors (``memory.py``), time from the FLOPs at a measured or assumed MFU (``hardware.py``), GPU-hours
 from the paper's training lengths (``milestones.py``).
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Plan:
 # ---------------------------------------------------------------- the step, run on any device
 
 def run_step(stage: Stage, models: dict[str, nn.Module], phases: list[Phase], batch: Any,
-             backward: bool, after_forward: Callable[[], None] | None = None,
+             after_forward: Callable[[], None] | None = None,
              after_backward: Callable[[], None] | None = None) -> None:
     """Every phase of one training step on ``batch``, as the engine runs it: each phase's
     modules trainable, the others frozen, at a step where every phase is active (GAN included).
@@ -66,8 +66,7 @@ def run_step(stage: Stage, models: dict[str, nn.Module], phases: list[Phase], ba
             loss, _ = stage.loss(phase.name, batch, models, step)
             if after_forward:
                 after_forward()
-            if backward:
-                loss.float().backward()
+            loss.float().backward()
             if after_backward:
                 after_backward()
     finally:
@@ -112,7 +111,7 @@ def _flops(stage: Stage, models, helpers, phases) -> dict[str, Any]:
     batch = stage.synthetic_batch(1, "meta")
     forward, marks = FlopCount(0), [FlopCount(0)]
     with FlopMeter() as meter:  # one run: the forward is what each phase counts before its backward
-        run_step(stage, models, phases, batch, backward=True, after_forward=lambda: marks.append(meter.snapshot()),
+        run_step(stage, models, phases, batch, after_forward=lambda: marks.append(meter.snapshot()),
                  after_backward=lambda: marks.append(meter.snapshot()))
         train = meter.snapshot()
     for start, end in zip(marks[0::2], marks[1::2]):
@@ -151,7 +150,7 @@ def _activations(stage: Stage, phases, precision: str) -> Activations:
 
         def step(real, micro):
             batch = stage.synthetic_batch(micro, "cpu")
-            run_step(stage, {n: real[n] for n in models}, phases, batch, backward=True)
+            run_step(stage, {n: real[n] for n in models}, phases, batch)
 
         return {**models, **{f"frozen:{n}": m for n, m in helpers.items()}}, step
 
