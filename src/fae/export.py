@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from safetensors.torch import load_file
 
 from fae.errors import CheckpointError
-from fae.io import read_json_object
+from fae.io import atomic_save_json, atomic_save_safetensors, read_json_object
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT_KEY, VERSION_KEY = "format", "format_version"
@@ -77,8 +78,6 @@ def _normalise_legacy(data: dict[str, Any]) -> dict[str, Any]:
 
 def read_tensors(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """``model.safetensors`` of an export (errors name the file)."""
-    from safetensors.torch import load_file
-
     path = resolve_folder(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"export '{path.parent}' has no '{WEIGHTS_FILE}'")
@@ -121,8 +120,6 @@ class Exportable:
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``folder/model.safetensors`` then ``folder/config.json`` (atomically); returns the folder."""
-        from fae.io import atomic_save_json, atomic_save_safetensors
-
         folder = Path(folder)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.export_tensors().items()}
         atomic_save_safetensors(tensors, folder / WEIGHTS_FILE, metadata={FORMAT_KEY: self.export_format})

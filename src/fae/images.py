@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from fae.io import atomic_write
+
 
 def quantize(images01: torch.Tensor) -> torch.Tensor:
     """float [..] in [0, 1] -> uint8 (round to nearest; out-of-range values are clamped)."""
@@ -88,8 +90,6 @@ def image_grid(images: torch.Tensor, ncol: int, scale: int = 1, pad: int = 2,
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write a PIL image as PNG atomically; returns the path."""
-    from fae.io import atomic_write
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
