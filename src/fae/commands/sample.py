@@ -23,7 +23,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import torch
+
+from fae import distributed as du
+from fae.autoencoder import FAE
+from fae.config import load_config
 from fae.errors import ConfigError
+from fae.evaluation.stats import read_sample_batch, write_sample_batch
+from fae.generation import load_generator
+from fae.generation.decode import SampleDecoder, check_pair, check_sampler_overrides, class_labels, sampler_config
+from fae.images import image_grid, nchw_to_nhwc, nhwc_to_nchw, save_png, to_uint8_rgb
 
 
 @dataclass
@@ -62,8 +72,6 @@ class SampleConfig:
     prompts: str | None = None
 
     def validate(self) -> None:
-        from fae.generation.decode import check_sampler_overrides
-
         check_sampler_overrides(self.sampling, "sampling")
 
     def check(self) -> None:
@@ -79,14 +87,6 @@ class SampleConfig:
 def sample_to_npz(cfg: SampleConfig) -> Path:
     """Run ``fae sample`` from a config; returns the ``.npz`` path (on every rank). Each rank draws
     its contiguous slice of the sample indices; rank 0 assembles the file and the grid."""
-    import torch
-
-    from fae import distributed as du
-    from fae.autoencoder import FAE
-    from fae.evaluation.stats import write_sample_batch
-    from fae.generation import load_generator
-    from fae.generation.decode import SampleDecoder, check_pair, class_labels, sampler_config
-
     cfg.check()
     device = du.device()
     generator = load_generator(cfg.generator, device=device)  # diffusion or flow, as the export says
@@ -141,10 +141,6 @@ def cycled_prompts(generator, cfg: SampleConfig) -> list[str] | None:
 
 def _adm_arrays(samples):
     """SampleBatch -> (uint8 RGB [N, H, W, 3], int64 labels [N]): the ADM ``.npz`` layout."""
-    import numpy as np
-
-    from fae.images import nchw_to_nhwc, to_uint8_rgb
-
     labels = samples.labels.numpy().astype(np.int64)
     if len(samples) == 0:  # a rank with no samples (more ranks than samples)
         return np.zeros((0, 1, 1, 3), np.uint8), labels
@@ -156,17 +152,11 @@ def _part_path(out: Path, rank: int) -> Path:
 
 
 def _write_part(path: Path, samples) -> Path:
-    from fae.evaluation.stats import write_sample_batch
-
     return write_sample_batch(path, *_adm_arrays(samples))
 
 
 def _merge_parts(out: Path, world: int):
     """Rank 0: every rank's part, in rank order (= sample order), as one (images, labels)."""
-    import numpy as np
-
-    from fae.evaluation.stats import read_sample_batch
-
     images, labels = [], []
     for rank in range(world):
         path = _part_path(out, rank)
@@ -180,8 +170,6 @@ def _merge_parts(out: Path, world: int):
 
 def _write_grid(images, path: Path) -> Path:
     """PNG grid of uint8 NHWC images."""
-    from fae.images import image_grid, nhwc_to_nchw, save_png
-
     tiles = nhwc_to_nchw(images)  # [n, 3, H, W] uint8
     return save_png(image_grid(tiles, ncol=max(1, int(len(tiles) ** 0.5))), path)
 
@@ -190,9 +178,6 @@ def _write_grid(images, path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.config import load_config
-    from fae import distributed as du
-
     cfg = load_config(SampleConfig, args.config, args.overrides)
     flags = {"generator": args.generator, "fae": args.fae, "num": args.num, "out": args.out,
              "seed": args.seed, "batch_size": args.batch_size, "grid": args.grid,

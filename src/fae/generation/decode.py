@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from fae.config import from_dict, to_dict
 from fae.errors import ConfigError, LatentCacheError
 from fae.generation.flow_config import FlowSamplerConfig
 from fae.generation.samplers import SamplerConfig
 from fae.generation.seeding import balanced_labels
+from fae.images import quantize
 
 UNCONDITIONAL = -1  # the label SampleBatch reports for samples of an unconditional generator
 
@@ -196,8 +198,6 @@ class SampleDecoder:
             yield self._decode(z, None if labels is None else labels[start:start + len(z)])
 
     def _decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> SampleBatch:
-        from fae.images import quantize
-
         images = quantize(self.fae.decode(z.to(self.device))).cpu()  # [b, C, H, W] uint8
         if labels is None:
             labels = torch.full((len(z),), UNCONDITIONAL, dtype=torch.long)
@@ -207,8 +207,6 @@ class SampleDecoder:
             seed: int = 0, progress: bool = False, desc: str = "samples",
             prompts: Sequence[str] | None = None) -> SampleBatch:
         """Every sample of :meth:`batches` in one :class:`SampleBatch` (optional tqdm bar)."""
-        from tqdm.auto import tqdm
-
         parts = []
         with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
             for batch in self.batches(indices, labels, seed, prompts):

@@ -21,6 +21,7 @@ from fae.generation.mmdit import MMDiT
 from fae.generation.mmdit_config import MMDiTConfig
 from fae.generation.samplers import SamplerConfig
 from fae.generation.transport import TransportConfig
+from fae.text import load_text_encoder
 
 
 class TextToImageGenerator(Generator):
@@ -67,8 +68,6 @@ class TextToImageGenerator(Generator):
     def text_encoder(self):
         """The frozen text encoder named in the export (loaded on first use)."""
         if self._text_encoder is None:
-            from fae.text import load_text_encoder
-
             if not self.text.get("encoder"):
                 raise ConfigError("this generator records no text encoder: attach one with attach_text_encoder")
             self.attach_text_encoder(load_text_encoder(self.text["encoder"], self.text.get("weights"),
