@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from fae.errors import DataError
 
@@ -35,8 +36,6 @@ def iterate_batches(dataset: Dataset, batch_size: int, indices: Sequence[int] | 
         progress: show a tqdm bar.
         desc: the bar's label.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     indices = range(len(dataset)) if indices is None else indices

@@ -12,6 +12,11 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
+from fae.data.captions import CaptionFolder
+from fae.data.fashion_mnist import FashionMNIST
+from fae.data.imagefolder import ImageFolder, ImageFolderUnlabelled
+from fae.data.transforms import center_crop_tensor, random_hflip
+from fae.data.webdataset_shards import WebDatasetCaptions
 from fae.errors import ConfigError
 
 
@@ -87,7 +92,6 @@ class TransformedDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from fae.data.transforms import center_crop_tensor, random_hflip
         image, label = self.base[i]
         if self.image_size is not None and tuple(image.shape[-2:]) != (self.image_size,) * 2:
             image = center_crop_tensor(image, self.image_size)
@@ -99,16 +103,12 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
     cfg.validate()
     split = split or cfg.split
     if cfg.name == "fashion-mnist":
-        from fae.data.fashion_mnist import FashionMNIST
         base = FashionMNIST(split=split, root=cfg.root, limit=cfg.limit)
         return TransformedDataset(base, cfg.image_size, cfg.flip) if (cfg.image_size or cfg.flip) else base
     if cfg.name == "captions":
-        from fae.data.captions import CaptionFolder
         return CaptionFolder(cfg.root, cfg.captions, cfg.limit, cfg.image_size, cfg.flip, cfg.skip_corrupt)
     if cfg.name == "webdataset":
-        from fae.data.webdataset_shards import WebDatasetCaptions
         return WebDatasetCaptions(cfg.root, cfg.limit, cfg.image_size, cfg.flip)
-    from fae.data.imagefolder import ImageFolder, ImageFolderUnlabelled
     cls = ImageFolder if cfg.name == "imagefolder" else ImageFolderUnlabelled
     return cls(cfg.root, split=split, limit=cfg.limit, image_size=cfg.image_size, flip=cfg.flip,
                skip_corrupt=cfg.skip_corrupt, decode=cfg.decode)

@@ -25,9 +25,12 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from fae.data.transforms import center_crop_arr, random_hflip, to_chw_uint8
 from fae.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -64,10 +67,6 @@ def _caption(sample: dict[str, Any], where: str) -> str:
 
 def decode_sample(sample: dict[str, Any], image_size: int | None, where: str) -> tuple[torch.Tensor, int, str]:
     """A raw sample ({extension: bytes}) -> (uint8 image [3, H, W], -1, caption)."""
-    from PIL import Image
-
-    from fae.data.transforms import center_crop_arr, to_chw_uint8
-
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None:
         raise DataError(f"WebDataset sample {where} has no image ({', '.join(IMAGE_EXTENSIONS)})")
@@ -76,8 +75,6 @@ def decode_sample(sample: dict[str, Any], image_size: int | None, where: str) ->
     except Exception as e:  # noqa: BLE001 - PIL's many decoding errors
         raise DataError(f"WebDataset sample {where}: cannot decode its image ({e})") from None
     arr = center_crop_arr(image, image_size) if image_size else image
-    import numpy as np
-
     return to_chw_uint8(np.asarray(arr)), -1, _caption(sample, where)
 
 
@@ -168,8 +165,6 @@ class WebDatasetCaptions(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
-        from fae.data.transforms import random_hflip
-
         shard, key, members = self.index[i]
         with open(self.urls[shard], "rb") as f:
             sample = {}
