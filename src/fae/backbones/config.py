@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fae.backbones.base import Backbone, BackboneInfo
+from fae.backbones.registry import get_info, load_backbone
 from fae.errors import ConfigError
 
 
@@ -46,14 +47,10 @@ class BackboneConfig:
 
     def info(self) -> BackboneInfo:
         """Name, width, grid and resolution from the registry (no weights needed: ``--dry-run``)."""
-        from fae.backbones.registry import get_info
-
         return get_info(self._name(), self.resolution)
 
     def load(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Backbone:
         """The frozen backbone on ``device`` (tokens are float32 whatever ``dtype`` the weights use)."""
-        from fae.backbones.registry import load_backbone
-
         return load_backbone(self._name(), weights=self.weights, device=device, dtype=dtype,
                              resolution=self.resolution)
 

