@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tiny import GENERATOR_KINDS, tiny_fae_with_pixel_decoder, tiny_generator
+
 
 @pytest.fixture
 def one_thread():
@@ -21,3 +23,17 @@ def no_user_inception_weights(monkeypatch):
     """Tests choose their Inception network themselves: a user's $FAE_INCEPTION_WEIGHTS (which
     switches ``fae eval fid`` to the network with logits) must not leak into them."""
     monkeypatch.delenv("FAE_INCEPTION_WEIGHTS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_fae_export(tmp_path_factory):
+    """Read-only export folder of ``tiny.tiny_fae_with_pixel_decoder()`` (FAE + pixel decoder +
+    unit latent statistics), written once per session. Tests that edit an export copy it first."""
+    return tiny_fae_with_pixel_decoder().save_pretrained(tmp_path_factory.mktemp("tiny") / "fae")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_exports(tmp_path_factory):
+    """Read-only export folders of ``tiny.tiny_generator(kind)``, one per kind, written once."""
+    root = tmp_path_factory.mktemp("tiny_generators")
+    return {kind: tiny_generator(kind).save_pretrained(root / kind) for kind in GENERATOR_KINDS}

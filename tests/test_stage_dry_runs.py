@@ -1,0 +1,90 @@
+"""Every registered stage, and every shipped stage config, dry-runs: ``fae train <stage> --config F
+--dry-run`` through the Python API (``load_stage`` + ``fae.training.engine.dry_run``), on the meta
+device, with no weights, data or network.
+
+Every YAML file under ``configs/`` must be classified here (a stage config with its stage, or
+one of the configs of another verb), so a new config is dry-run the day it is shipped.
+(``tests/test_plan.py`` runs ``fae plan`` on the same files; this is the cheaper ``fae train`` path.)
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from fae.training.engine import dry_run
+from fae.training.stages.registry import STAGES, load_stage
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+ROOT = Path(__file__).resolve().parents[1]
+# Configs of other verbs (fae demo, fae experiment, fae sample): not one stage's config.
+NOT_STAGE_CONFIGS = {"demo/demo.yaml", "imagenet256/sample_cfg.yaml",
+                     *(f"experiments/{name}.yaml" for name in ("encoder", "latent-channels", "latent-space",
+                                                               "starflow", "time-shift"))}
+# Stage config -> (stage, overrides). The demo generators read their latent shape from an FAE
+# export that the demo writes first; the overrides give it (the demo FAE's 8 x 8 x 8).
+STAGE_CONFIGS = {
+    "demo/autoencoder.yaml": ("autoencoder", []),
+    "demo/pixel_decoder_ib.yaml": ("pixel-decoder", []),
+    "demo/pixel_decoder_ii.yaml": ("pixel-decoder", []),
+    "demo/generator.yaml": ("generator", ["model.latent_channels=8", "model.latent_size=8"]),
+    "demo/t2i_generator.yaml": ("generator", ["mmdit.latent_channels=8", "mmdit.latent_size=8"]),
+    "experiments/pixel_autoencoder.yaml": ("pixel-autoencoder", []),
+    "experiments/starflow_generator.yaml": ("generator", ["flow.latent_channels=8", "flow.latent_size=8"]),
+    "imagenet256/fae_dinov2g.yaml": ("autoencoder", []),
+    "imagenet256/fae_siglip2g.yaml": ("autoencoder", []),
+    "imagenet256/pixel_decoder_vitl.yaml": ("pixel-decoder", []),
+    "imagenet256/pixel_decoder_vitl_ii.yaml": ("pixel-decoder", []),
+    "imagenet256/lightningdit_xl1.yaml": ("generator", []),
+    "imagenet256/sit_xl1.yaml": ("generator", []),
+    "imagenet256/mmdit_t2i.yaml": ("generator", []),
+    "imagenet256/starflow_fae.yaml": ("generator", []),
+    "imagenet256/starflow_sdvae.yaml": ("generator", []),
+}
+# Stage II freezes a stage-Ia export, which must exist even for a dry run (it reads the backbone
+# from it): the Ia recipe of the same folder, shrunk where stage II does not look.
+STAGE_II_FAE = {"demo/pixel_decoder_ii.yaml": "demo/autoencoder.yaml",
+                "imagenet256/pixel_decoder_vitl_ii.yaml": "imagenet256/fae_dinov2g.yaml"}
+SHRUNK_FAE = ["model.encoder.heads=1", "model.encoder.head_dim=8", "model.decoder.depth=1",
+              "model.decoder.width=32", "model.decoder.heads=1"]
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(ROOT / "configs").as_posix()
+
+
+def _quiet_dry_run(stage_name: str, config: str, overrides: list[str]) -> dict:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return dry_run(load_stage(stage_name, config, overrides))
+
+
+def test_every_shipped_config_is_classified_and_every_stage_has_one():
+    shipped = {_name(p) for p in (ROOT / "configs").rglob("*.yaml")}
+    assert shipped == set(STAGE_CONFIGS) | NOT_STAGE_CONFIGS, "classify the new config in this file"
+    assert {stage for stage, _ in STAGE_CONFIGS.values()} == set(STAGES)
+
+
+@pytest.fixture(scope="module")
+def stage_ii_faes(tmp_path_factory) -> dict[str, Path]:
+    """Config name -> a random FAE export of its stage-Ia recipe (built on the CPU, shrunk)."""
+    root, exports = tmp_path_factory.mktemp("stage_ia"), {}
+    for ii, ia in STAGE_II_FAE.items():
+        torch.manual_seed(0)
+        fae = load_stage("autoencoder", str(ROOT / "configs" / ia), SHRUNK_FAE).build_models("cpu")["fae"]
+        exports[ii] = fae.save_pretrained(root / Path(ia).stem)
+    return exports
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_CONFIGS))
+def test_every_shipped_stage_config_dry_runs(name, stage_ii_faes, tmp_path):
+    stage_name, overrides = STAGE_CONFIGS[name]
+    overrides = [*overrides, f"train.run_dir={tmp_path / 'run'}"]
+    if name in stage_ii_faes:
+        overrides.append(f"fae={stage_ii_faes[name]}")
+    described = _quiet_dry_run(stage_name, str(ROOT / "configs" / name), overrides)
+    assert described["total_parameters"] > 0 and described["phases"]
+    assert described["resume_step"] is None and not (tmp_path / "run").exists()  # touches nothing
