@@ -20,17 +20,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from fae.autoencoder.encoder import EncoderConfig, build_encoder
 from fae.autoencoder.extra_tokens import ExtraTokenDecoder, ExtraTokens, attention_heads
 from fae.autoencoder.feature_decoder import FeatureDecoder, FeatureDecoderConfig
 from fae.autoencoder.normalization import FeatureNormalizer
+from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.autoencoder.vae import DiagonalGaussian, gaussian_kl
 from fae.backbones.base import BackboneOutput
+from fae.backbones.registry import get_info, load_backbone
 from fae.config import from_dict, to_dict
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
 from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable, load_strict
+from fae.images import from_unit_range
 
 # Tensors that define the latent space (what a latent cache must agree on); see FAE.identity.
 _IDENTITY_PREFIXES = ("normalizer.", "encoder.", "decoder.")
@@ -82,8 +86,6 @@ class FAEConfig:
         needs_count = self.extra_tokens != "none" and self.extra_count is None
         if None not in (self.resolution, self.token_dim, self.grid) and not needs_count:
             return self
-        from fae.backbones.registry import get_info
-
         info = get_info(self.backbone, resolution=self.resolution)
         if needs_count and info.prefix_tokens == 0:
             raise ConfigError(f"config key 'model.extra_tokens' is '{self.extra_tokens}', but backbone "
@@ -158,8 +160,6 @@ class FAE(Exportable, nn.Module):
     def backbone(self) -> nn.Module:
         """The frozen backbone, loaded from the registry on first use."""
         if self._backbone is None:
-            from fae.backbones import load_backbone
-
             self.attach_backbone(load_backbone(self.config.backbone, device=self._device(),
                                                resolution=self.config.resolution))
         return self._backbone
@@ -291,8 +291,6 @@ class FAE(Exportable, nn.Module):
         if self.pixel_decoder is None:
             raise CheckpointError("this FAE has no pixel decoder: train one with `fae train pixel-decoder` "
                                   "and attach it with FAE.set_pixel_decoder(...)")
-        from fae.images import from_unit_range
-
         return from_unit_range(self.pixel_decoder(tokens))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -325,8 +323,6 @@ class FAE(Exportable, nn.Module):
         latent statistics and the pixel decoder are left out so that attaching a pixel decoder
         later does not invalidate a latent cache written by this FAE.
         """
-        from safetensors.torch import save
-
         tensors = {k: v for k, v in self._tensors().items() if k.startswith(_IDENTITY_PREFIXES)}
         return hashlib.sha256(save(tensors)).hexdigest()
 
@@ -351,8 +347,6 @@ class FAE(Exportable, nn.Module):
             raise CheckpointError(f"'{folder / CONFIG_FILE}' has no 'config' section")
         model = cls(from_dict(FAEConfig, config["config"], prefix="config"))
         if config.get("pixel_decoder"):
-            from fae.autoencoder.pixel_decoder import PixelDecoder
-
             model.set_pixel_decoder(PixelDecoder.from_export_config(config["pixel_decoder"]))
         load_strict(model, tensors, folder)
         if model.identity() != config.get("identity"):

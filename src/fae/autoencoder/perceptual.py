@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fae.backbones import load_backbone
 from fae.backbones.weights import RANDOM_WEIGHTS
 from fae.errors import WeightsNotFoundError
 
@@ -165,8 +166,6 @@ class EfficientNetDistance(nn.Module):
 
     def __init__(self, resolution: int = 32, taps: tuple[int, ...] = (0, 2, 4)):
         super().__init__()
-        from fae.backbones import load_backbone
-
         backbone = load_backbone("efficientnet-lite0", resolution=resolution)
         net = backbone.net
         self.resolution, self.taps = resolution, taps

@@ -23,12 +23,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 from torch import nn
 
 from fae.autoencoder.vae import DiagonalGaussian
 from fae.config import from_dict
 from fae.errors import ConfigError
 from fae.export import Exportable, load_strict
+from fae.images import from_unit_range, to_unit_range
 
 
 @dataclass
@@ -138,15 +140,11 @@ class PixelAutoencoder(Exportable, nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] images -> posterior mean z [B, c, h, w]."""
-        from fae.images import to_unit_range
-
         return self.posterior(to_unit_range(images.to(self.latent_mean.device))).mean.movedim(-1, 1)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, c, h, w] -> images [B, C, S0, S0] in [0, 1]."""
-        from fae.images import from_unit_range
-
         return from_unit_range(self.decode_unit(z.to(self.latent_mean.device)))
 
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -155,8 +153,6 @@ class PixelAutoencoder(Exportable, nn.Module):
 
     def identity(self) -> str:
         """sha256 (hex) of the encoder and decoder weights (the latent space; stats left out)."""
-        from safetensors.torch import save
-
         tensors = {k: v for k, v in self.export_tensors().items() if not k.startswith("latent_")}
         return hashlib.sha256(save(tensors)).hexdigest()
 
