@@ -9,20 +9,20 @@ import torch
 from fae.autoencoder import FAE, FAEConfig, FeatureNormalizer
 from fae.stats import ChannelStats
 from fae.autoencoder.vae import DiagonalGaussian
-from fae.config import from_dict, load_config
+from fae.config import load_config
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
+from tiny import TINY_FAE, tiny_backbone
+from tiny import tiny_fae as shared_tiny_fae
 
-TINY = {"backbone": "tiny-vit", "latent_channels": 4,
-        "encoder": {"heads": 2, "head_dim": 16, "depth": 1},
-        "decoder": {"depth": 1, "width": 32, "heads": 2}}
+TINY = {**TINY_FAE, "encoder": {**TINY_FAE["encoder"], "depth": 1}}  # depth: the transformer kind's
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_fae(**encoder) -> FAE:
-    torch.manual_seed(0)
-    return FAE(from_dict(FAEConfig, {**TINY, "encoder": {**TINY["encoder"], **encoder}}))
+    """The shared tiny FAE (tests/tiny.py) with ``TINY``'s encoder and the given encoder keys."""
+    return shared_tiny_fae(encoder={**TINY["encoder"], **encoder})
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -191,7 +191,7 @@ def test_mismatched_backbone_is_refused(tmp_path):
         FAE.from_pretrained(folder, backbone=other)
     with pytest.raises(BackboneMismatchError, match=r"expects tokens \[B, 16, 64\]"):
         fae.encode(torch.randn(1, 16, 1280))
-    good = FAE.from_pretrained(folder, backbone=load_backbone("tiny-vit"))
+    good = FAE.from_pretrained(folder, backbone=tiny_backbone())
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(good.encode(images), fae.encode(images))  # lazy registry load == attached
 

@@ -13,18 +13,13 @@ from fae.data.fashion_mnist import FashionMNIST
 from fae.demo.evaluate import probe_metrics
 from fae.evaluation.linear_head import LinearHead
 from fae.evaluation.probe import linear_probe
+from tiny import tiny_fae
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_demo_probe_is_the_zero_shot_protocol(tmp_path, capsys):
-    from fae.autoencoder import FAE, FAEConfig
-    from fae.config import from_dict
-
-    torch.manual_seed(0)
-    fae = FAE(from_dict(FAEConfig, {"backbone": "tiny-vit", "latent_channels": 4,
-                                    "encoder": {"heads": 2, "head_dim": 16},
-                                    "decoder": {"depth": 1, "width": 32, "heads": 2}})).eval()
+    fae = tiny_fae().eval()
     train, test = FashionMNIST("train", limit=80), FashionMNIST("test", limit=30)
     with torch.no_grad():
         train_x, test_x = fae.tokens_from(train.images), fae.tokens_from(test.images)  # [n, 16, 64]

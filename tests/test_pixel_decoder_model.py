@@ -11,6 +11,7 @@ from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from fae.images import from_unit_range, to_unit_range
 from fae.config import load_config
 from fae.errors import CheckpointError, ConfigError
+from tiny import tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = ROOT / "configs" / "imagenet256" / "pixel_decoder_vitl.yaml"
@@ -113,12 +114,11 @@ def test_overfits_a_small_batch_to_high_psnr():
     image scores about 11 dB here; an untrained decoder about 7 dB. A decoder that cannot route
     each token to its patch, or whose unpatchify scrambles pixels, stays far below 20 dB.
     """
-    from fae.backbones import load_backbone
     from fae.data.fashion_mnist import FashionMNIST
 
     torch.manual_seed(0)
     images = FashionMNIST("train", limit=8).images  # [8, 1, 28, 28] uint8
-    tokens = load_backbone("tiny-vit")(images)  # [8, 16, 64]
+    tokens = tiny_backbone()(images)  # [8, 16, 64]
     target = to_unit_range(images)
     model = PixelDecoder(tiny(), token_dim=64, grid=(4, 4))
     fit_l1(model, tokens, target)
@@ -165,7 +165,6 @@ def test_conv_head_overfits_mixes_patches_and_round_trips(tmp_path):
     still overfits a small batch, and the export rebuilds it exactly."""
     from dataclasses import replace
 
-    from fae.backbones import load_backbone
     from fae.data.fashion_mnist import FashionMNIST
 
     torch.manual_seed(0)
@@ -180,7 +179,7 @@ def test_conv_head_overfits_mixes_patches_and_round_trips(tmp_path):
     assert change[10:, :].sum() == 0 and change[:, 10:].sum() == 0  # but no further
 
     images = FashionMNIST("train", limit=8).images
-    feats = load_backbone("tiny-vit")(images)  # [8, 16, 64]
+    feats = tiny_backbone()(images)  # [8, 16, 64]
     target = to_unit_range(images)
     fit_l1(model, feats, target)
     with torch.no_grad():

@@ -16,6 +16,7 @@ from fae.autoencoder.noise import add_token_noise, token_rms
 from fae.config import from_dict
 from fae.errors import ConfigError
 from fae.training.stages.pixel_decoder import CONFIG_CLASS, build_stage
+from tiny import tiny_fae
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -98,15 +99,8 @@ def test_decoder_and_discriminator_losses_update_their_own_parameters_only(tmp_p
 
 
 def tiny_fae_export(folder: Path) -> Path:
-    from fae.autoencoder.model import FAE, FAEConfig
-    from fae.autoencoder.encoder import EncoderConfig
-    from fae.autoencoder.feature_decoder import FeatureDecoderConfig
-
-    torch.manual_seed(1)
-    fae = FAE(FAEConfig(backbone="tiny-vit", latent_channels=4, feature_norm="none",
-                        encoder=EncoderConfig(heads=2, head_dim=16),
-                        decoder=FeatureDecoderConfig(depth=1, width=32, heads=2)))
-    return fae.save_pretrained(folder)
+    """The shared tiny FAE (tests/tiny.py) without feature normalisation, as a stage-Ia export."""
+    return tiny_fae(seed=1, feature_norm="none").save_pretrained(folder)
 
 
 def tiny_ib_export(folder: Path) -> Path:
