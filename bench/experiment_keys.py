@@ -12,7 +12,8 @@ from pathlib import Path
 
 from fae.config import to_dict
 from fae.experiment.config import experiment_path, load_experiment, resolve_arms
-from fae.experiment.plan import plan_arm, run_dir, stage_key
+from fae.experiment.plan import plan_arm
+from fae.experiment.store import run_dir, stage_key
 
 NAMES = ("latent-space", "encoder", "latent-channels", "time-shift", "starflow")
 

@@ -39,7 +39,7 @@ def ensure_export(stage: str, config: str, overrides: list[str]) -> Path:
     if (export / "config.json").is_file():
         print(f"[skip] {export} exists", flush=True)
         return export
-    from fae.commands.train import load_stage
+    from fae.training.stages.registry import load_stage
     from fae.training.engine import train
 
     print(f"[train] fae train {stage} {' '.join(overrides)} --config {config}", flush=True)

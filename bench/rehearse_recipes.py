@@ -125,7 +125,7 @@ STAGE_OF = {"fae_dinov2g": "autoencoder", "fae_siglip2g": "autoencoder", "pixel_
 
 def load(recipe: str, work: Work, depth: int | None, run_dir: Path, steps: int, extra: list[str] = ()):
     """The recipe's stage, as ``fae train <stage> --config <recipe>.yaml <overrides>`` builds it."""
-    from fae.commands.train import load_stage
+    from fae.training.stages.registry import load_stage
 
     overrides = run_overrides(recipe, work, depth) + train_overrides(run_dir, steps, work.precision) + list(extra)
     return load_stage(STAGE_OF[recipe], str(CONFIGS / f"{recipe}.yaml"), overrides)
@@ -290,12 +290,12 @@ def _generator_batch(stage):
     """The first two training items, as ``loss`` receives them."""
     dataset = stage.train_dataset()
     items = [dataset[i] for i in range(2)]
-    return torch.stack([item[0] for item in items]), stage._eval_conditions(items, torch.device("cpu"))
+    return torch.stack([item[0] for item in items]), stage.kind.eval_conditions(items, torch.device("cpu"))
 
 
 def _probe_generator(stage, models) -> torch.Tensor:
     latents, cond = _generator_batch(stage)
-    return stage._loss(models["generator"], latents, cond, torch.Generator().manual_seed(0))
+    return stage.kind.loss(models["generator"], latents, cond, torch.Generator().manual_seed(0))
 
 
 def _reload_generator(stage, export) -> torch.Tensor:
@@ -304,7 +304,7 @@ def _reload_generator(stage, export) -> torch.Tensor:
     stage.setup(torch.device("cpu"))
     latents, cond = _generator_batch(stage)
     with torch.no_grad():
-        return stage._loss(load_generator(export).model.eval(), latents, cond, torch.Generator().manual_seed(0))
+        return stage.kind.loss(load_generator(export).model.eval(), latents, cond, torch.Generator().manual_seed(0))
 
 
 PROBES = {"autoencoder": _probe_autoencoder, "pixel-decoder": _probe_pixel_decoder, "generator": _probe_generator}
@@ -351,9 +351,9 @@ def cache_latents(work: Work, depth: int | None) -> dict:
 
 def _cache(work: Work, overrides: list[str]) -> Path:
     """``fae cache-latents fae=<stage-II export> ... <overrides>`` over the JPEG folder."""
-    from fae.commands.cache_latents import cache_latents as run_cache
     from fae.config import load_config
     from fae.data.latent_cache import CacheConfig
+    from fae.training.latents import cache_latents as run_cache
 
     common = [f"fae={work.export('pixel_decoder_vitl_ii')}", "batch_size=2", "progress=false",
               f"data.root={work.images}", "data.image_size=256"]
@@ -386,7 +386,8 @@ class RandomLatents:
 def write_sdvae_cache(work: Work) -> Path:
     """A 4x32x32 latent cache written with the cache writer (``write_cache``) from random latents."""
     from fae.data.datasets import DataConfig
-    from fae.data.latent_cache import CacheConfig, write_cache
+    from fae.data.latent_cache import CacheConfig
+    from fae.data.latent_cache_writer import write_cache
 
     cfg = CacheConfig(fae="random 4x32x32 latents (rehearsal stand-in for SD-VAE)", out=str(work.sdvae_latents),
                       data=DataConfig(name="imagefolder", root=str(work.images), image_size=256), flip=True,

@@ -14,7 +14,8 @@ import pytest
 
 from fae.config import read_yaml
 from fae.experiment.config import _declared, experiments_folder, load_experiment, resolve_arms
-from fae.experiment.plan import plan_arm, resolved_config, stage_key
+from fae.experiment.plan import plan_arm
+from fae.experiment.store import resolved_config, stage_key
 from fae.experiment.run import check_replicates
 
 SHIPPED = sorted(p for p in experiments_folder().glob("*.yaml") if "arms" in read_yaml(p))

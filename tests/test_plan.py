@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fae.cli import main
-from fae.commands.plan import build_plan_stage
+from fae.training.stages.registry import load_plan_stage
 from fae.nn.attention import Attention
 from fae.training.ema import EMA
 from fae.training.phases import build_runner, resolve_phases
@@ -48,7 +48,7 @@ def test_attention_block_flops_equal_the_closed_form(device):
 
 
 def _tiny_stage(*overrides):
-    return build_plan_stage("generator", str(ROOT / "configs/imagenet256/sit_xl1.yaml"), TINY_SIT + list(overrides))
+    return load_plan_stage("generator", str(ROOT / "configs/imagenet256/sit_xl1.yaml"), TINY_SIT + list(overrides))
 
 
 def test_fake_tensor_activations_equal_a_real_cpu_run():

@@ -9,7 +9,7 @@ import torch
 from fae.cli import main as fae_main
 from fae.errors import ConfigError, TrainingError
 from fae.training.checkpoint import load_file
-from fae.commands.train import load_stage
+from fae.training.stages.registry import load_stage
 from fae.training.engine import Trainer, train
 from fae.training.metrics_log import read_metrics
 from training_helpers import single_thread, toy_stage

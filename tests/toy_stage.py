@@ -134,6 +134,6 @@ def build_stage(cfg: ToyConfig) -> ToyStage:
 
 def register() -> None:
     """Make ``fae train toy`` exist in this process (the module must be importable as toy_stage)."""
-    from fae.commands import train
+    from fae.training.stages.registry import register as register_stage
 
-    train.STAGES.setdefault("toy", "toy_stage")
+    register_stage("toy", "toy_stage")

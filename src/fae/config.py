@@ -186,6 +186,16 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (the dotted keys of the command line)."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4); the value is parsed as YAML."""
     if "=" not in text:

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 
-from fae.commands.train import STAGES
-from fae.config import load_config, read_yaml
+from fae.config import read_yaml
 from fae.errors import ConfigError
 from fae.training.plan.hardware import GPUS
 from fae.training.plan.report import format_plan
+from fae.training.stages.registry import STAGES, config_class, load_plan_stage
 
 
 def _sections(schema) -> set[str]:
@@ -45,11 +44,9 @@ def infer_stage(path: str | None, overrides: list[str]) -> str:
         if section in keys:
             raise ConfigError(f"'{path}' is {hint.format(path=path)}")
     keys |= {o.split("=", 1)[0].split(".", 1)[0] for o in overrides if "=" in o}
-    fits = [name for name, module in STAGES.items()
-            if keys <= _sections(importlib.import_module(module).CONFIG_CLASS)]
+    fits = [name for name in STAGES if keys <= _sections(config_class(name))]
     if len(fits) > 1:  # the sections every stage has (train, data): the defining ones decide
-        fits = [name for name in fits if (keys - {"train", "data"}) & _sections(
-            importlib.import_module(STAGES[name]).CONFIG_CLASS)] or fits
+        fits = [name for name in fits if (keys - {"train", "data"}) & _sections(config_class(name))] or fits
     if len(fits) > 1 and path:
         named = [name for name in fits if name.replace("-", "_") in Path(path).stem]
         fits = sorted(named, key=len)[-1:] or fits  # the longest: pixel_autoencoder, not autoencoder
@@ -57,14 +54,6 @@ def infer_stage(path: str | None, overrides: list[str]) -> str:
         raise ConfigError(f"cannot tell which stage '{path}' configures (sections {sorted(keys)} fit "
                           f"{', '.join(fits) or 'none of ' + ', '.join(STAGES)}); pass --stage NAME")
     return fits[0]
-
-
-def build_plan_stage(name: str, config: str | None, overrides: list[str]):
-    """The stage as ``fae train`` builds it (same validation, same errors); a stage module's
-    ``build_plan_stage`` (stage II before its FAE exists) is used when it has one."""
-    module = importlib.import_module(STAGES[name])
-    cfg = load_config(module.CONFIG_CLASS, config, overrides)
-    return getattr(module, "build_plan_stage", module.build_stage)(cfg)
 
 
 def sampling_overrides(path: str | None, stage: str) -> list[str]:
@@ -86,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
     stage_name = args.stage or infer_stage(args.config, args.overrides)
     overrides = list(args.overrides) + sampling_overrides(args.sampling, stage_name)
-    stage = build_plan_stage(stage_name, args.config, overrides)
+    stage = load_plan_stage(stage_name, args.config, overrides)
     plan = plan_stage(stage, gpus=args.gpus, gpu=args.gpu, measure=args.measure)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))

@@ -6,25 +6,8 @@ torchrun's rendezvous).
 from __future__ import annotations
 
 import argparse
-import importlib
 
-# Stage name -> module defining CONFIG_CLASS and build_stage(cfg). Tests add their own fixture
-# stage here (tests/toy_stage.py); users see only the paper's three.
-STAGES = {
-    "autoencoder": "fae.training.stages.autoencoder",
-    "pixel-decoder": "fae.training.stages.pixel_decoder",
-    "generator": "fae.training.stages.generator",
-    "pixel-autoencoder": "fae.training.stages.pixel_autoencoder",  # fae experiment latent-space
-}
-
-
-def load_stage(name: str, config: str | None, overrides: list[str]):
-    """Import the stage module, validate its config (file + overrides) and build the stage."""
-    from fae.config import load_config
-
-    module = importlib.import_module(STAGES[name])
-    cfg = load_config(module.CONFIG_CLASS, config, overrides)
-    return module.build_stage(cfg)
+from fae.training.stages.registry import STAGES, load_stage, stage_module
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +25,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 def _split_options(args: argparse.Namespace) -> argparse.Namespace:
     """Options may follow the stage name, mixed with the overrides (argparse cannot parse that
     with sub-commands, so the tail is parsed again here)."""
-    module = importlib.import_module(STAGES[args.stage])
+    module = stage_module(args.stage)
     tail = argparse.ArgumentParser(prog=f"fae train {args.stage}", description=module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_options(tail)
@@ -59,6 +42,7 @@ def _split_options(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: `fae --help` imports every verb module, and the training loop pulls in torch
     from fae import distributed as du
     from fae.training.engine import dry_run, train
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from fae.backbones import BackboneConfig
+from fae.config import apply_overrides, flatten, from_dict, read_yaml
 from fae.errors import ConfigError
+from fae.generation.decode import check_sampler_overrides
 
 DEFAULT_CONFIG = "demo.yaml"
 
@@ -30,8 +32,6 @@ class StageRun:
 
     def override_list(self) -> list[str]:
         """The mapping as the stage's ``key=value`` overrides (values as JSON, i.e. YAML)."""
-        from fae.training.run_folder import flatten
-
         return [f"{k}={json.dumps(v)}" for k, v in flatten(self.overrides).items()]
 
 
@@ -101,8 +101,6 @@ class EvalSettings:
         for key in ("test_images", "probe_train_images", "fid_samples", "batch_size", "patch_images"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"config key 'eval.{key}' must be >= 2, got {getattr(self, key)}")
-        from fae.generation.decode import check_sampler_overrides
-
         check_sampler_overrides(self.sampling, "eval.sampling")
 
 
@@ -176,8 +174,6 @@ def load_demo_config(path: str | Path | None, quick: bool, overrides: list[str],
                      t2i: bool = False) -> tuple[DemoConfig, Path]:
     """The demo config: file, then its ``quick`` list (with ``--quick``), then command-line overrides
     (``t2i`` = ``--t2i``: ``t2i.enabled=true`` first)."""
-    from fae.config import apply_overrides, from_dict, read_yaml
-
     path = Path(path) if path else default_config_path()
     data = read_yaml(path)
     extra = (["t2i.enabled=true"] if t2i else []) + (list(data.get("quick", [])) if quick else [])

@@ -1,16 +1,29 @@
 """The demo's steps: each trains one stage through the one training loop (or writes the latent
-cache), skipping it when its outputs are still valid; then the evaluation and the report."""
+cache), skipping it when its outputs are still fresh (``fae.freshness``); then the evaluation and
+the report."""
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fae import freshness
+from fae.autoencoder import FAE
+from fae.autoencoder.pixel_decoder import PixelDecoder
+from fae.config import to_dict
+from fae.data.datasets import DataConfig
+from fae.data.latent_cache import CacheConfig, LatentCache
 from fae.demo.config import DemoConfig, StageRun
-from fae.errors import ConfigError, FAEError
+from fae.demo.evaluate import classifier_step, evaluate_step
+from fae.demo.report import write_report
+from fae.demo.stages import StageSpec, stage_spec, train_stage
+from fae.demo.t2i import t2i_cache_step, t2i_evaluate_step, t2i_folder, t2i_overrides
+from fae.errors import LatentCacheError
+from fae.generation import Generator
+from fae.generation.t2i_generator import TextToImageGenerator
+from fae.io import atomic_save_json
+from fae.training.latents import cache_latents
 
 
 @dataclass
@@ -22,117 +35,28 @@ class Step:
     run: Callable[[], str]
 
 
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime if path.exists() else float("inf")
-
-
-def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
-    """("done" (skip) | "resume" | "restart" (stale) | "new", why)."""
-    from fae.config import yaml_load
-    from fae.training.run_folder import config_differences, saved_form
-
-    cfg = stage.config
-    run_dir = Path(cfg.train.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        return "new", ""
-    old = yaml_load((run_dir / "config.yaml").read_text()) or {}
-    changed = config_differences(old, saved_form(cfg))
-    if changed:
-        return "restart", "config changed: " + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
-    checkpoints = sorted((run_dir / "checkpoints").glob("step-*.pt"))
-    newest_input = max((_mtime(p) for p in upstream), default=0.0)
-    if any(_mtime(p) < newest_input for p in checkpoints):
-        return "restart", "its inputs were rebuilt"
-    eval_file, export = run_dir / "eval.json", run_dir / "export" / "config.json"
-    if eval_file.is_file() and export.is_file() and _mtime(export) >= newest_input:
-        if json.loads(eval_file.read_text()).get("step") == cfg.train.steps:
-            return "done", ""
-    return ("resume", "") if checkpoints else ("new", "")
-
-
-@dataclass
-class StageSpec:
-    """One training stage as the demo runs it: its section of the demo config, its verb, config
-    file and every override."""
-
-    section: str
-    kind: str
-    config: str | None
-    overrides: list[str]
-
-    def validate(self):
-        """The stage's config, checked against its schema (no files of earlier stages needed);
-        returns it."""
-        import importlib
-
-        from fae.commands.train import STAGES
-        from fae.config import load_config
-
-        schema = importlib.import_module(STAGES[self.kind]).CONFIG_CLASS
-        try:
-            return load_config(schema, self.config, self.overrides)
-        except ConfigError as e:
-            raise ConfigError(f"demo stage '{self.section}' (file {self.config or 'none'}, "
-                              f"with {self.section}.overrides): {e}") from None
-
-
-def stage_spec(section: str, kind: str, run: StageRun, base: Path, overrides: list[str]) -> StageSpec:
-    config = str(_resolve(run.config, base)) if run.config else None
-    return StageSpec(section, kind, config, run.override_list() + overrides)
-
-
-def train_stage(spec: StageSpec, upstream: list[Path], loader: Callable[[Path], Any]) -> str:
-    """Build the stage from its config + overrides and train it through the one training loop."""
-    from fae.commands.train import load_stage
-    from fae.training.engine import train
-
-    stage = load_stage(spec.kind, spec.config, spec.overrides)
-    status, why = stage_status(stage, upstream)
-    export = Path(stage.config.train.run_dir) / "export"
-    if status == "done":
-        try:
-            loader(export)  # a readable, hash-checked export
-            return "skipped (outputs valid)"
-        except FAEError as e:
-            print(f"[demo] {export} is unusable ({e}); re-exporting", flush=True)
-            status = "resume"
-    if status == "restart":
-        print(f"[demo] starting {stage.config.train.run_dir} again ({why})", flush=True)
-    train(stage, resume=status != "restart", force=status == "restart")
-    return {"new": "ran", "resume": "resumed", "restart": f"restarted ({why})"}[status]
-
-
-def _resolve(path: str, base: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else base / p
-
-
 def cache_step(cfg: DemoConfig, fae_dir: Path, out: Path, demo_dir: Path) -> str:
-    """Encode the training images once with the final FAE, from the shared token cache (resumes /
-    rebuilds as needed)."""
-    from fae.commands.cache_latents import cache_latents
-    from fae.data.datasets import DataConfig
-    from fae.data.latent_cache import CacheConfig, LatentCache
-    from fae.errors import LatentCacheError
-
+    """Encode the training images once with the final FAE, from the shared token cache: skipped
+    when the cache is complete and records this FAE export and data plan, resumed when it was
+    interrupted, written again (saying so) when it was produced from anything else."""
     data = DataConfig(name="fashion-mnist", root=cfg.data_root, split="train", limit=cfg.latents.limit)
     cache_cfg = CacheConfig(fae=str(fae_dir), out=str(out), data=data, flip=False,
                             batch_size=cfg.latents.batch_size, token_cache_dir=str(demo_dir / "token_cache"))
+    key = freshness.content_key({"data": to_dict(data), "batch_size": cache_cfg.batch_size}, [fae_dir])
+    action = freshness.claim(out, key, lambda: complete_cache(out, fae_dir), "latent cache")
+    if action == "skip":
+        return "skipped (outputs valid)"
+    cache_latents(cache_cfg)
+    return "ran" if action == "write" else "restarted (inputs changed)"
+
+
+def complete_cache(folder: Path, fae_dir: Path | None = None) -> bool:
+    """Whether ``folder`` is a complete latent cache (written by the FAE export ``fae_dir``)."""
     try:
-        cache = LatentCache(out, fae=fae_dir)
-        if cache.manifest.get("data", {}).get("limit") == data.limit and \
-                _mtime(out / "manifest.json") >= _mtime(fae_dir / "config.json"):
-            return "skipped (outputs valid)"
+        LatentCache(folder, fae=fae_dir)
+        return True
     except LatentCacheError:
-        pass
-    try:
-        cache_latents(cache_cfg)
-        return "ran"
-    except LatentCacheError as e:  # written by an older FAE or another data plan: rebuild
-        print(f"[demo] rebuilding the latent cache: {e}", flush=True)
-        shutil.rmtree(out, ignore_errors=True)
-        cache_latents(cache_cfg)
-        return "restarted (inputs changed)"
+        return False
 
 
 def stage_specs(cfg: DemoConfig, base: Path, out: Path) -> dict[str, StageSpec]:
@@ -167,14 +91,8 @@ def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
     cache and the generator read it (and the latent shape) from the exports. Every stage shares one
     token cache, so each image goes through the backbone once. Every stage's config is validated
     here, before the first step runs (a typo in the generator's overrides costs no training)."""
-    from fae.autoencoder import FAE
-    from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.generation import Generator
-
     specs = stage_specs(cfg, base, out)
     if cfg.t2i.enabled:
-        from fae.demo.t2i import t2i_overrides
-
         steps = specs["gen"].validate().train.steps  # the class-conditional generator's
         specs["t2i"] = stage_spec("t2i.generator", "generator", cfg.t2i.generator, base,
                                   t2i_overrides(cfg, out, steps))
@@ -187,7 +105,7 @@ def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
         Step("stage Ib: pixel decoder on noisy backbone features", lambda: train_stage(
             specs["ib"], [], PixelDecoder.from_pretrained)),
         Step("stage II: pixel decoder fine-tuned on FAE features", lambda: train_stage(
-            specs["ii"], [ae / "export" / "config.json", ib / "export" / "config.json"],
+            specs["ii"], [ae / "export", ib / "export"],
             FAE.from_pretrained)),
         Step("latent cache of the training images", lambda: cache_step(cfg, ii / "export", lat, out)),
         Step("class-conditional generator", lambda: train_stage(
@@ -197,9 +115,6 @@ def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
 
 def t2i_steps(cfg: DemoConfig, out: Path, spec: StageSpec) -> list[Step]:
     """``--t2i``: the captioned latent cache and the MMDiT (its evaluation runs after the judge)."""
-    from fae.demo.t2i import t2i_cache_step, t2i_folder
-    from fae.generation.t2i_generator import TextToImageGenerator
-
     latents = t2i_folder(out) / "latents"
     return [Step("text-to-image: captioned latent cache", lambda: t2i_cache_step(cfg, out)),
             Step("text-to-image: MMDiT", lambda: train_stage(spec, [latents / "manifest.json"],
@@ -219,10 +134,6 @@ def timed(title: str, action: Callable[[], str]) -> dict[str, Any]:
 
 def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) -> Path:
     """Run every stage (skipping fresh ones), evaluate, and write the report; returns report.html."""
-    from fae.demo.evaluate import classifier_step, evaluate_step
-    from fae.demo.report import write_report
-    from fae.io import atomic_save_json
-
     out = Path(out).resolve()
     steps = pipeline(cfg, base, out)  # validates every stage before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -238,8 +149,6 @@ def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) 
 
     timings.append(timed("sampling and evaluation", evaluation))
     if cfg.t2i.enabled:
-        from fae.demo.t2i import t2i_evaluate_step
-
         def t2i_evaluation() -> str:
             status, values = t2i_evaluate_step(cfg, out, metrics)
             metrics["t2i"] = values

@@ -17,11 +17,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
+from fae.autoencoder import FAE
+from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
+from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.config import to_dict
+from fae.data.fashion_mnist import FashionMNIST
+from fae.demo.stages import train_stage
+from fae.errors import ConfigError
 from fae.experiment.config import ExperimentConfig, ResolvedArm
-from fae.experiment.plan import ArmPlan, plan_arm, resolved_config, run_dir
+from fae.experiment.evaluate import evaluate_checkpoint, reference
+from fae.experiment.likelihood import bits_per_dim, gaussian_bits, held_out_latents
+from fae.experiment.latent_spaces import space_of
+from fae.experiment.plan import plan_arm
+from fae.experiment.report import write_report
+from fae.experiment.store import ArmPlan, resolved_config, run_dir, stage_key
+from fae.experiment.verdict import results_record
+from fae.generation import load_generator
+from fae.io import atomic_save_json
+from fae.training.metrics_log import read_metrics
 
 STORE = "_stages"  # ROOT/_stages: stages, latent caches, judge and reference shared by every experiment
 
@@ -40,150 +53,16 @@ def timed(title: str, action: Callable[[], str]) -> dict[str, Any]:
     return record
 
 
-# ------------------------------------------------------------------------------ latent caches
-
-
-def _latent_data(cfg):
-    from fae.data.datasets import DataConfig
-
-    return DataConfig(name="fashion-mnist", root=cfg.data_root, split="train", limit=cfg.latents.limit)
-
-
-def _cache_done(folder: Path) -> bool:
-    from fae.data.latent_cache import LatentCache
-    from fae.errors import LatentCacheError
-
-    try:
-        LatentCache(folder)
-        return True
-    except LatentCacheError:
-        return False
-
-
-def _write_space_cache(plan: ArmPlan, space, dataset, source: str) -> str:
-    """Measure the space's statistics on ``dataset`` and write its latent cache (resumable)."""
-    from fae.data.batches import iterate_batches
-    from fae.data.latent_cache import CacheConfig, write_cache
-    from fae.experiment.spaces import floored_stats
-    from fae.stats import ChannelStats
-
-    cfg = plan.arm.config
-    stats = ChannelStats(plan.latent_shape[0])
-    for items, _ in iterate_batches(dataset, cfg.latents.batch_size):
-        stats.update(space.encode(items).movedim(1, -1))  # [b, h, w, c]
-    space.set_latent_stats(*floored_stats(*stats.mean_std()))
-    identity = {"identity": space.identity(source=source), "backbone": f"{cfg.space} ({source})",
-                "resolution": cfg.backbone.resolution, "latent_shape": list(plan.latent_shape)}
-    write_cache(CacheConfig(fae=source, out=str(plan.latents), data=_latent_data(cfg),
-                            batch_size=cfg.latents.batch_size), space, identity=identity,
-                latent_mean=space.latent_mean, latent_std=space.latent_std, dataset=dataset)
-    return "ran"
-
-
-def _tokens(plan: ArmPlan):
-    """The training images' raw backbone tokens, from the shared token cache."""
-    from fae.backbones.registry import load_backbone
-    from fae.backbones.token_cache import TokenCache
-
-    cfg = plan.arm.config
-    backbone = load_backbone(cfg.backbone.name, resolution=cfg.backbone.resolution)
-    return TokenCache(plan.store / "token_cache", backbone).dataset(_latent_data(cfg))
-
-
-def cache_latents(plan: ArmPlan) -> str:
-    """The arm's latent cache (the demo's cache step for FAE latents)."""
-    from fae.data.fashion_mnist import FashionMNIST
-
-    cfg = plan.arm.config
-    if cfg.space == "fae":
-        from fae.demo.pipeline import cache_step
-
-        return cache_step(cfg, run_dir(plan.stages["pixel_decoder_ii"]) / "export", plan.latents, plan.store)
-    if _cache_done(plan.latents):
-        return "skipped (outputs valid)"
-    if cfg.space == "tokens":
-        from fae.experiment.spaces import TokenSpace
-
-        c, h, w = plan.latent_shape
-        return _write_space_cache(plan, TokenSpace((h, w), c), _tokens(plan), "raw backbone tokens")
-    images = FashionMNIST("train", root=cfg.data_root, limit=cfg.latents.limit)
-    if cfg.space == "pixels":
-        from fae.experiment.spaces import PatchSpace
-
-        return _write_space_cache(plan, PatchSpace(plan.latent_shape[1:], images.images.shape[-1]), images,
-                                  "patchified pixels")
-    from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
-    from fae.data.latent_cache import CacheConfig, write_cache
-
-    export = run_dir(plan.stages["pixel_autoencoder"]) / "export"
-    model = PixelAutoencoder.from_pretrained(export)
-    identity = {"identity": model.identity(), "backbone": "pixel autoencoder", "resolution": images.images.shape[-1],
-                "latent_shape": list(model.latent_shape)}
-    write_cache(CacheConfig(fae=str(export), out=str(plan.latents), data=_latent_data(cfg),
-                            batch_size=cfg.latents.batch_size), model, identity=identity,
-                latent_mean=model.latent_mean, latent_std=model.latent_std, dataset=images)
-    return "ran"
-
-
-def decoder_for(plan: ArmPlan) -> tuple[torch.nn.Module, Path | None]:
-    """The module that turns the arm's latents into images, and the file that identifies it."""
-    from fae.data.latent_cache import LatentCache
-
-    space = plan.arm.config.space
-    if space == "fae":
-        from fae.autoencoder import FAE
-
-        export = run_dir(plan.stages["pixel_decoder_ii"]) / "export"
-        return FAE.from_pretrained(export), export / "model.safetensors"
-    if space == "pixel-ae":
-        from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
-
-        export = run_dir(plan.stages["pixel_autoencoder"]) / "export"
-        return PixelAutoencoder.from_pretrained(export), export / "model.safetensors"
-    stats = LatentCache(plan.latents).stats()
-    c, h, w = plan.latent_shape
-    if space == "tokens":
-        from fae.autoencoder.pixel_decoder import PixelDecoder
-        from fae.experiment.spaces import TokenSpace
-
-        export = run_dir(plan.stages["pixel_decoder_ib"]) / "export"
-        decoder = TokenSpace((h, w), c, PixelDecoder.from_pretrained(export))
-        decoder.set_latent_stats(*stats)
-        return decoder, export / "model.safetensors"
-    from fae.experiment.spaces import PatchSpace
-
-    decoder = PatchSpace((h, w), 28)
-    decoder.set_latent_stats(*stats)
-    return decoder, None
-
-
-class _TokenEncoder:
-    """Images -> the TokenSpace latents of their raw backbone tokens (for held-out latents)."""
-
-    def __init__(self, space, backbone_name: str, resolution: int):
-        from fae.backbones.registry import load_backbone
-
-        self.space, self.backbone = space, load_backbone(backbone_name, resolution=resolution)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.space.encode(self.backbone(images))
-
-
 def likelihood_for(plan: ArmPlan, decoder, ev) -> Callable[[Any], float]:
     """For a flow arm: generator -> bits per dimension on the held-out test latents of the arm's
     space (``fae.experiment.likelihood``; encoded once, on first use)."""
-    from fae.experiment.likelihood import bits_per_dim, held_out_latents
 
     @functools.cache
     def held():
-        from fae.data.fashion_mnist import FashionMNIST
-
         cfg = plan.arm.config
         test = FashionMNIST("test", root=cfg.data_root)
         n = ev.likelihood_images
-        encoder = _TokenEncoder(decoder, cfg.backbone.name, cfg.backbone.resolution) \
-            if cfg.space == "tokens" else decoder
-        return held_out_latents(encoder, test.images[:n], test.labels[:n], ev.batch_size)
+        return held_out_latents(space_of(plan).encoder(plan, decoder), test.images[:n], test.labels[:n], ev.batch_size)
 
     return lambda generator: bits_per_dim(generator, held(), ev.seed, ev.batch_size)
 
@@ -191,28 +70,16 @@ def likelihood_for(plan: ArmPlan, decoder, ev) -> Callable[[Any], float]:
 # ------------------------------------------------------------------------------ one arm
 
 
-def _loader(section: str):
-    from fae.autoencoder import FAE
-    from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
-    from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.generation import load_generator
-
-    return {"autoencoder": FAE.from_pretrained, "pixel_decoder_ib": PixelDecoder.from_pretrained,
-            "pixel_decoder_ii": FAE.from_pretrained, "pixel_autoencoder": PixelAutoencoder.from_pretrained,
-            "generator": load_generator}[section]
-
-
-def _upstream(plan: ArmPlan, section: str) -> list[Path]:
-    if section == "pixel_decoder_ii":
-        return [run_dir(plan.stages[s]) / "export" / "config.json" for s in ("autoencoder", "pixel_decoder_ib")]
-    return []
+# section -> what loads (and checks) its export
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    "autoencoder": FAE.from_pretrained, "pixel_decoder_ib": PixelDecoder.from_pretrained,
+    "pixel_decoder_ii": FAE.from_pretrained, "pixel_autoencoder": PixelAutoencoder.from_pretrained,
+    "generator": load_generator}
 
 
 def loss_summary(folder: Path) -> dict[str, float]:
     """Training loss (the '<phase>/loss' values) averaged over the first and the last quarter of
     the logged intervals of a run folder (single log lines are too noisy to say a loss fell)."""
-    from fae.training.metrics_log import read_metrics
-
     rows = [r for r in read_metrics(folder, kind="train") if any(k.endswith("/loss") for k in r)]
     if not rows:
         return {}
@@ -234,11 +101,6 @@ def _stage_metrics(plan: ArmPlan) -> dict[str, dict[str, Any]]:
 
 def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -> dict[str, Any]:
     """Train and evaluate one arm (or reuse its result.json); returns its result record."""
-    from fae.demo.pipeline import train_stage
-    from fae.experiment.evaluate import evaluate_checkpoint
-    from fae.experiment.likelihood import gaussian_bits
-    from fae.io import atomic_save_json
-
     arm = plan.arm
     key = plan.key({**to_dict(exp.evaluation), "reference": ref.key})
     result_path = plan.folder / "result.json"
@@ -252,12 +114,12 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
     plan.folder.mkdir(parents=True, exist_ok=True)
     atomic_save_json({"name": arm.name, "overrides": arm.overrides, "diff": arm.diff,
                       "config": to_dict(arm.config)}, plan.folder / "arm.json")
-    timings = [timed(section, lambda s=section, p=spec: train_stage(p, _upstream(plan, s), _loader(s)))
+    timings = [timed(section, lambda s=section, p=spec: train_stage(p, space_of(plan).upstream(plan, s), LOADERS[s]))
                for section, spec in plan.stages.items()]
-    timings.append(timed("latent cache", lambda: cache_latents(plan)))
+    timings.append(timed("latent cache", lambda: space_of(plan).write_cache(plan)))
     timings.append(timed("generator", lambda: train_stage(plan.generator, [plan.latents / "manifest.json"],
-                                                          _loader("generator"))))
-    decoder, decoder_file = decoder_for(plan)
+                                                          LOADERS["generator"])))
+    decoder, decoder_file = space_of(plan).decoder(plan)
     generator_cfg = resolved_config(plan.generator)
     flow = generator_cfg.kind == "flow"
     likelihood = likelihood_for(plan, decoder, exp.evaluation) if flow else None
@@ -287,9 +149,6 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
 
 def check_replicates(plans: list[ArmPlan]) -> None:
     """A seed replicate must train something else than its main arm (e.g. not the seed it has)."""
-    from fae.errors import ConfigError
-    from fae.experiment.plan import stage_key
-
     def keys(plan: ArmPlan) -> list[str]:
         return [stage_key(s) for s in plan.stages.values()] + [stage_key(plan.generator)]
 
@@ -304,11 +163,6 @@ def check_replicates(plans: list[ArmPlan]) -> None:
 def run_experiment(exp: ExperimentConfig, arms: list[ResolvedArm], base: Path, name: str, root: str | Path,
                    quick: bool = False) -> Path:
     """Run every arm, write ``ROOT/NAME/results.json`` and ``report.html``; returns the report."""
-    from fae.experiment.evaluate import reference
-    from fae.experiment.report import write_report
-    from fae.experiment.verdict import results_record
-    from fae.io import atomic_save_json
-
     root = Path(root).resolve()
     store, folder = root / STORE, root / name
     plans = [plan_arm(arm, base, folder, store, exp.evaluation.steps) for arm in arms]  # validates every stage

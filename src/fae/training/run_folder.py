@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-from fae.config import to_dict, yaml_dump, yaml_load
+from fae.config import flatten, to_dict, yaml_dump, yaml_load
 from fae.errors import CheckpointError
 from fae.io import atomic_write
 from fae.training.metrics_log import set_aside_name
@@ -28,16 +28,6 @@ VOLATILE_KEYS = frozenset({
 })
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node}
-
-
 def config_differences(old: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ (volatile keys ignored), sorted."""
     a, b = flatten(old), flatten(new)
@@ -48,6 +38,17 @@ def config_differences(old: dict, new: dict) -> list[str]:
 def saved_form(cfg: Any) -> dict:
     """The config as it reads back from YAML (tuples become lists), for a fair comparison."""
     return yaml_load(yaml_dump(to_dict(cfg)))
+
+
+# Keys that say where a run writes, not what it computes.
+PLACE_KEYS = frozenset({"train.run_dir", "token_cache_dir"})
+
+
+def computed_settings(cfg: Any) -> dict[str, Any]:
+    """What a run computes: its config as dotted keys, without volatile and place keys (two runs
+    with equal settings produce equal results wherever they write)."""
+    flat = flatten(saved_form(cfg))
+    return {k: v for k, v in flat.items() if k not in VOLATILE_KEYS and k not in PLACE_KEYS}
 
 
 def prepare_run_folder(cfg: Any, run_dir: str | Path, resume: bool, force: bool,
