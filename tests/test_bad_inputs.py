@@ -12,33 +12,17 @@ import torch
 from PIL import Image
 
 from fae.cli import main
+from tiny import TINY_GENERATOR, tiny_fae_with_pixel_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_FAE = {"backbone": "tiny-vit", "latent_channels": 4, "encoder": {"heads": 2, "head_dim": 16},
-            "decoder": {"depth": 1, "width": 32, "heads": 2}}
-TINY_GENERATOR = {"depth": 1, "dim": 32, "heads": 2, "latent_channels": 4, "latent_size": 4}
-
-
-def _export_fae(folder: Path) -> Path:
-    from fae.autoencoder import FAE, FAEConfig
-    from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
-    from fae.config import from_dict
-
-    torch.manual_seed(0)
-    fae = FAE(from_dict(FAEConfig, TINY_FAE))
-    fae.set_pixel_decoder(PixelDecoder(PixelDecoderConfig(depth=1, dim=32, heads=2, out_channels=1,
-                                                          image_size=28), token_dim=64, grid=(4, 4)))
-    fae.set_latent_stats(torch.zeros(4), torch.ones(4))
-    return fae.save_pretrained(folder)
-
 
 def _export_generator(folder: Path) -> Path:
-    from fae.config import from_dict
+    """An unconditional tiny SiT (tests/tiny.py's architecture), default settings otherwise."""
     from fae.generation import Generator, GeneratorConfig
 
     torch.manual_seed(0)
-    return Generator(from_dict(GeneratorConfig, TINY_GENERATOR)).save_pretrained(folder)
+    return Generator(GeneratorConfig(**TINY_GENERATOR)).save_pretrained(folder)
 
 
 def _edit_json(src: Path, dst: Path, edit) -> None:
@@ -88,7 +72,7 @@ def world(tmp_path_factory) -> Path:
     (w / "binary.yaml").write_bytes(bytes(range(128, 256)))
     _npz_inputs(w)
     _mixed_size_folder(w / "mixed")
-    _export_fae(w / "fae")
+    tiny_fae_with_pixel_decoder().save_pretrained(w / "fae")
     _export_generator(w / "gen" / "export")
     _edit_json(w / "gen" / "export" / "config.json", w / "gen_no_sampling" / "config.json",
                lambda d: d.pop("sampling"))
