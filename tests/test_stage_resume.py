@@ -17,14 +17,13 @@ import torch
 from fae.cli import main as fae_main
 from fae.training.checkpoint import load_file
 from fae.training.metrics_log import read_metrics
+from tiny import tiny_fae
 from training_helpers import assert_bitwise_equal, single_thread
 
 KILL_CLI = Path(__file__).with_name("kill_cli.py")
 STEPS = 8
 LOOP = [f"train.steps={STEPS}", "train.ckpt_every=2", "train.log_every=1", "train.progress=false",
         "train.tensorboard=false", "train.batch_size=8", "train.eval_every=0"]
-TINY_FAE = {"backbone": "tiny-vit", "latent_channels": 4, "encoder": {"heads": 2, "head_dim": 16},
-            "decoder": {"depth": 1, "width": 32, "heads": 2}}
 
 STAGES = {  # stage -> (its overrides, the earliest step a kill may hit)
     "autoencoder": ([
@@ -51,13 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """A tiny FAE export (with latent statistics) and its latent cache of 32 images."""
-    from fae.autoencoder import FAE, FAEConfig
     from fae.commands.cache_latents import cache_latents
-    from fae.config import from_dict
 
     w = tmp_path_factory.mktemp("kill")
-    torch.manual_seed(0)
-    fae = FAE(from_dict(FAEConfig, TINY_FAE))
+    fae = tiny_fae()
     fae.set_latent_stats(torch.zeros(4), torch.ones(4))
     fae.save_pretrained(w / "fae")
     with single_thread():
