@@ -15,14 +15,17 @@ seed): the seed-to-seed spread every verdict is read against.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fae.config import apply_overrides, flatten, from_dict, read_yaml, to_dict
 from fae.demo.config import DemoConfig, StageRun
 from fae.errors import ConfigError
+from fae.generation.decode import check_sampler_overrides
 
 SPACES = ("fae", "tokens", "pixels", "pixel-ae")
 
@@ -102,8 +105,6 @@ class Evaluation:
         if self.reference_images + self.fid_samples > 10000:
             raise ConfigError("evaluation.reference_images + evaluation.fid_samples must be <= 10000 "
                               "(the Fashion-MNIST test split; the floor needs disjoint real images)")
-        from fae.generation.decode import check_sampler_overrides
-
         check_sampler_overrides(self.sampling, "evaluation.sampling")
 
 
@@ -187,8 +188,6 @@ class ResolvedArm:
 
 def arm_dict(cfg: ArmConfig) -> dict[str, Any]:
     """The arm's config as plain data, without the demo's ``quick`` list (already applied)."""
-    from fae.config import to_dict
-
     data = to_dict(cfg)
     data.pop("quick", None)
     return data
@@ -196,8 +195,6 @@ def arm_dict(cfg: ArmConfig) -> dict[str, Any]:
 
 def config_diff(a: ArmConfig, b: ArmConfig) -> dict[str, list[Any]]:
     """``{dotted key: [a's value, b's value]}`` where the two resolved configs differ."""
-    from fae.training.run_folder import flatten
-
     fa, fb = flatten(arm_dict(a)), flatten(arm_dict(b))
     return {k: [fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
 
@@ -230,8 +227,6 @@ def experiment_path(name: str | None, path: str | None) -> Path:
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     """Command-line overrides -> (experiment keys, ArmConfig keys of every arm): a key whose first
     part is a field of :class:`ExperimentConfig` is the experiment's."""
-    import dataclasses
-
     own = {f.name for f in dataclasses.fields(ExperimentConfig)}
     experiment = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in own]
     return experiment, [o for o in overrides if o not in experiment]
@@ -240,8 +235,6 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 def load_experiment(path: Path, quick: bool, overrides: list[str] = ()) -> tuple[ExperimentConfig, list[str]]:
     """The experiment config (file, ``--quick``'s ``quick`` list, then command-line experiment
     keys) and the command-line overrides left for every arm."""
-    from fae.config import apply_overrides, from_dict, read_yaml
-
     experiment_keys, arm_keys = split_overrides(list(overrides))
     data = read_yaml(path)
     extra = list(data.get("quick", [])) if quick else []
@@ -258,8 +251,6 @@ def resolve_arms(exp: ExperimentConfig, path: Path, quick: bool, arm_overrides: 
     Raises ConfigError when an arm differs from the main arm outside ``variable`` (a replicate:
     outside ``seed_keys``), or when an override names an unknown key (the error names it and the arm).
     """
-    from fae.config import apply_overrides, from_dict, read_yaml
-
     demo_path = (path.parent / exp.demo).resolve()
     base = read_yaml(demo_path)
     # the experiment's budget first: --quick then shrinks it as it shrinks the demo

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fae.images import image_grid, save_png
 from fae.report import Report, line_plot
 
 
@@ -31,8 +32,6 @@ def _arm_label(arm: dict[str, Any]) -> str:
 
 
 def curve_figure(record: dict[str, Any], metric: str, folder: Path) -> Path:
-    from fae.images import save_png
-
     series = {a["name"]: ([p["step"] for p in a["curve"]], [p[metric] for p in a["curve"]])
               for a in record["arms"].values() if all(metric in p for p in a["curve"])}
     if metric == "fid":
@@ -51,8 +50,6 @@ def curve_figure(record: dict[str, Any], metric: str, folder: Path) -> Path:
 
 def grid_figure(record: dict[str, Any], folder: Path) -> Path | None:
     """Final-step samples: one row per arm, classes in order."""
-    from fae.images import image_grid, save_png
-
     rows, names = [], []
     for arm in record["arms"].values():
         path = folder / arm["name"] / "eval" / f"step-{arm['final']['step']:08d}.pt"

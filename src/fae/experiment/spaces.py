@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fae.images import from_unit_range, to_unit_range
+
 # Per-channel std floor as a fraction of the mean std over channels (our choice): EfficientNet has
 # channels that are zero on every training image (std 0), and padded pixels are constant; a floor
 # relative to the typical scale keeps a rare activation from becoming a 1e5-sized latent.
@@ -79,8 +81,6 @@ class TokenSpace(_Space):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[B, D, h, w] -> images [B, C, H, W] in [0, 1] through the pixel decoder."""
-        from fae.images import from_unit_range
-
         tokens = z.float().flatten(2).transpose(1, 2)  # [B, N, D]
         return from_unit_range(self.pixel_decoder(tokens.to(self.latent_mean.device)))
 
@@ -106,8 +106,6 @@ class PatchSpace(_Space):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 / [0, 1] images [B, C, S, S] -> [B, C*ph*pw, h, w] in [-1, 1]."""
-        from fae.images import to_unit_range
-
         (h, w), (ph, pw) = self.grid, self.patch
         x = to_unit_range(images)  # [B, C, S, S]
         x = F.pad(x, (0, w * pw - x.shape[-1], 0, h * ph - x.shape[-2]), value=-1.0)  # [B, C, h*ph, w*pw]
@@ -117,8 +115,6 @@ class PatchSpace(_Space):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[B, C*ph*pw, h, w] -> images [B, C, S, S] in [0, 1]."""
-        from fae.images import from_unit_range
-
         (h, w), (ph, pw) = self.grid, self.patch
         x = z.float().view(len(z), self.channels, ph, pw, h, w).permute(0, 1, 4, 2, 5, 3)  # [B, C, h, ph, w, pw]
         x = x.reshape(len(z), self.channels, h * ph, w * pw)[..., :self.image_size, :self.image_size]
