@@ -98,7 +98,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def _copy_full_into(target: torch.Tensor, full: torch.Tensor) -> None:
     """Copy a full tensor into ``target``, which may be a shard (``DTensor``) of it."""
     if hasattr(target, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import distribute_tensor  # lazy: ~1 s to import, FSDP runs only
 
         full = distribute_tensor(full.to(target.to_local().device), target.device_mesh,
                                  target.placements)

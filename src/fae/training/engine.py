@@ -20,6 +20,7 @@ from fae.io import atomic_save_json
 from fae import distributed as du
 from fae.training.checkpoint import (CheckpointManager, capture_rng, load_file, load_model_state,
                                      load_optimizer_state, model_state, optimizer_state, restore_rng)
+from fae.training.dry_run import describe_stage
 from fae.training.ema import EMA
 from fae.training.metrics_log import MetricsLog
 from fae.training.phases import (PhaseRunner, build_runner, gradient_sync, grad_norm_and_clip,
@@ -42,8 +43,6 @@ def train(stage: Stage, resume: bool = True, force: bool = False, restart: bool 
 
 def dry_run(stage: Stage) -> dict:
     """Validate and describe a stage without weights, data or network (models on ``meta``)."""
-    from fae.training.dry_run import describe_stage
-
     return describe_stage(stage)
 
 

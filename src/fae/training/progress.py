@@ -1,6 +1,8 @@
 """A tqdm progress bar on rank 0 showing the loss and images/s (silent elsewhere)."""
 from __future__ import annotations
 
+from tqdm import tqdm
+
 
 class Progress:
     """Progress over optimiser steps.
@@ -15,8 +17,6 @@ class Progress:
         self.bar = None
         self.shown = initial
         if enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, step: int) -> None:

@@ -40,16 +40,24 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
+from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from fae import distributed as du
 from fae.autoencoder.model import FAE, FAEConfig, fae_loss
+from fae.autoencoder.vae import gaussian_kl
 from fae.backbones.config import PAPER_BACKBONE, BackboneConfig
 from fae.backbones.token_cache import TokenCache, TokenDataset, dtype_named
 from fae.config import to_dict
 from fae.backbones.weights import RANDOM_WEIGHTS
+from fae.data.batches import iterate_batches
 from fae.data.datasets import DataConfig, build_dataset, synthetic_images
 from fae.errors import ConfigError, DataError
+from fae.evaluation.linear_head import head_accuracy
+from fae.evaluation.probe import train_linear_head
+from fae.evaluation.probe_features import probe_features
+from fae.evaluation.recon import feature_cosine, feature_relative_l2
+from fae.io import atomic_save_safetensors
 from fae.stats import ChannelStats
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Stage
@@ -269,8 +277,6 @@ class AutoencoderStage(Stage):
         """(raw tokens [b, N, D], raw extra tokens [b, P, D] or None, labels [b]) over the first
         ``count`` items of ``split`` (this rank's slice of them with ``shard``), unflipped, in
         order; tokens float32 on ``device``, extra tokens only with extra_tokens "reconstruct"."""
-        from fae.data.batches import iterate_batches
-
         cfg = self.config
         cached = self.tokens.get(split) if cfg.cache_tokens else None
         source = cached if cached is not None else build_dataset(replace(self.split_data(split), flip=False))
@@ -304,8 +310,6 @@ class AutoencoderStage(Stage):
         ``extra_mean`` / ``extra_std`` [D] over their CLS / register tokens, with extra_tokens
         "reconstruct"), read from ``run_dir/feature_stats.safetensors`` when an earlier start of
         this run measured them."""
-        from fae.io import atomic_save_safetensors
-
         cfg = self.config
         path, key = Path(cfg.train.run_dir) / "feature_stats.safetensors", self._stats_key()
         names = ("mean", "std") + (("extra_mean", "extra_std") if self.with_extra else ())
@@ -345,9 +349,6 @@ class AutoencoderStage(Stage):
         mean cosine of the reconstructed CLS / register tokens, raw scale) and rec_extra (their
         training loss term).
         """
-        from fae.autoencoder.vae import gaussian_kl
-        from fae.evaluation.recon import feature_cosine, feature_relative_l2
-
         cfg = self.config
         per_image = ChannelStats(6 if self.with_extra else 4)  # cosine, rel_l2, rec_mse, kl (, extra's)
         latent = ChannelStats(fae.config.latent_channels)
@@ -382,10 +383,6 @@ class AutoencoderStage(Stage):
     def probe(self, fae: FAE) -> dict[str, float]:
         """Paper protocol: a linear head trained on raw pooled train features, scored on raw and on
         FAE-reconstructed held-out features (the paper keeps the gap within ~1 point)."""
-        from fae.evaluation.linear_head import head_accuracy
-        from fae.evaluation.probe import train_linear_head
-        from fae.evaluation.probe_features import probe_features
-
         cfg = self.config
         train, test = self.tokens[cfg.data.split], self.tokens[cfg.eval.split]
         n_train = len(train) if cfg.eval.probe_train_limit is None else min(cfg.eval.probe_train_limit, len(train))
@@ -433,8 +430,6 @@ def _read_stats(path: Path, key: str, names: tuple[str, ...]) -> dict[str, torch
     """The tensors ``names`` stored under ``key``, or None (absent, other key, unreadable: measure again)."""
     if not path.is_file():
         return None
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") != key:

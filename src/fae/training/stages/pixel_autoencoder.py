@@ -15,8 +15,12 @@ import torch
 
 from fae.autoencoder.pixel_autoencoder import PixelAutoencoder, PixelAutoencoderConfig
 from fae.autoencoder.vae import gaussian_kl
-from fae.data.datasets import DataConfig
+from fae.data.batches import iterate_batches
+from fae.data.datasets import DataConfig, build_dataset, synthetic_images
 from fae.errors import ConfigError
+from fae.evaluation.recon import mean_image_scores
+from fae.images import quantize, to_unit_range
+from fae.stats import ChannelStats
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Stage
 
@@ -64,9 +68,6 @@ class PixelAutoencoderRunConfig:
 
 def _images(data: DataConfig, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [n, C, H, W] and labels [n] of the first ``count`` items of ``data`` (no flips)."""
-    from fae.data.batches import iterate_batches
-    from fae.data.datasets import build_dataset
-
     dataset = build_dataset(replace(data, flip=False))
     n = len(dataset) if count is None else min(count, len(dataset))
     parts = list(iterate_batches(dataset, 512, range(n)))
@@ -89,18 +90,12 @@ class PixelAutoencoderStage(Stage):
         return ["autoencoder"]
 
     def synthetic_batch(self, size, device):
-        from fae.data.datasets import synthetic_images
-
         return [synthetic_images(self.config.data, size, device), torch.zeros(size, dtype=torch.long, device=device)]
 
     def train_dataset(self):
-        from fae.data.datasets import build_dataset
-
         return build_dataset(self.config.data)
 
     def loss(self, phase, batch, models, step):
-        from fae.images import to_unit_range
-
         images, _ = batch  # uint8 [b, C, H, W]
         x = to_unit_range(images)  # [b, C, H, W] in [-1, 1]
         out = models["autoencoder"](x)
@@ -112,9 +107,6 @@ class PixelAutoencoderStage(Stage):
     @torch.no_grad()
     def evaluate(self, models, step: int, run_dir: Path) -> dict[str, float]:
         """Held-out L1 (in [-1, 1] units) and PSNR (uint8 rule) of posterior-mean reconstructions."""
-        from fae.evaluation.recon import mean_image_scores
-        from fae.images import quantize, to_unit_range
-
         model, ev = models["autoencoder"], self.config.eval
         images, _ = _images(replace(self.config.data, split=ev.split), ev.limit)
         parts = [model.decode(model.encode(images[i:i + ev.batch_size])).cpu()
@@ -126,8 +118,6 @@ class PixelAutoencoderStage(Stage):
 
     @torch.no_grad()
     def export(self, models, run_dir: Path) -> Path:
-        from fae.stats import ChannelStats
-
         model = models["autoencoder"]
         images, _ = _images(self.config.data, self.config.stats_images)
         stats = ChannelStats(model.config.latent_channels)

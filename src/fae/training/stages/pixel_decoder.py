@@ -36,13 +36,19 @@ from fae import distributed as du
 from fae.autoencoder.discriminator import DiscriminatorConfig, PatchDiscriminator
 from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_loss, hinge_g_loss,
                                     reconstruction_loss)
+from fae.autoencoder.model import FAE, FAEConfig
 from fae.autoencoder.noise import NoiseConfig, add_token_noise, token_rms
+from fae.autoencoder.perceptual import build_perceptual
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from fae.backbones.config import BackboneConfig
+from fae.backbones.extract import extract_tokens
+from fae.backbones.token_cache import TokenCache, dtype_named
 from fae.backbones.weights import RANDOM_WEIGHTS
 from fae.config import from_dict
+from fae.data.batches import iterate_batches, map_batches
 from fae.data.datasets import DataConfig, build_dataset, synthetic_images
 from fae.errors import ConfigError
+from fae.export import CONFIG_FILE, read_export_config, resolve_folder
 from fae.images import to_unit_range
 from fae.training.config import OptimConfig, TrainConfig
 from fae.training.stage import Phase, Stage
@@ -112,9 +118,6 @@ def backbone_of(cfg: PixelDecoderRunConfig) -> BackboneConfig:
     """The backbone this run uses: the ``backbone:`` section (Ib), or the FAE export's record (II)."""
     if cfg.stage != "finetune":
         return cfg.backbone
-    from fae.autoencoder.model import FAE
-    from fae.export import read_export_config
-
     recorded = read_export_config(cfg.fae, FAE.export_format, FAE.export_version)["backbone"]
     given = {"name": cfg.backbone.name, "resolution": cfg.backbone.resolution}
     clash = {key: value for key, value in given.items() if value is not None and value != recorded[key]}
@@ -210,13 +213,9 @@ class PixelDecoderStage(Stage):
 
     def setup(self, device: torch.device) -> None:
         """Frozen backbone, FAE (finetune / optional in Ib), perceptual net, clean inputs, noise scale."""
-        from fae.autoencoder.perceptual import build_perceptual
-
         cfg = self.config
         self.backbone = self.backbone_config.load(device)
         if cfg.fae:  # the FAE refuses a backbone other than its own (BackboneMismatchError)
-            from fae.autoencoder.model import FAE
-
             self.fae = FAE.from_pretrained(cfg.fae, device=device, backbone=self.backbone)
             self.fae.requires_grad_(False).eval()
         self.perceptual = build_perceptual(cfg.loss.perceptual, self.backbone, cfg.loss.lpips_vgg_path,
@@ -236,10 +235,6 @@ class PixelDecoderStage(Stage):
     def synthetic_setup(self, device):
         """Backbone, FAE (stage II; the export's architecture, or the paper's as a stand-in) and
         perceptual net with random weights; the noise scale taken as 1."""
-        from fae.autoencoder.model import FAE, FAEConfig
-        from fae.autoencoder.perceptual import build_perceptual
-        from fae.export import read_export_config
-
         cfg = self.config
         self.backbone = replace(self.backbone_config, weights=RANDOM_WEIGHTS).load(device)
         helpers = {"backbone": self.backbone}
@@ -270,16 +265,12 @@ class PixelDecoderStage(Stage):
 
     def token_cache(self):
         """The shared token cache for this run's backbone (``token_cache_dir``)."""
-        from fae.backbones.token_cache import TokenCache, dtype_named
-
         cfg = self.config
         return TokenCache(cfg.token_cache_folder(), self.backbone, self.backbone_config.weights,
                           dtype_named(cfg.cache_dtype), batch_size=cfg.eval.batch_size)
 
     def _scale_sample(self) -> torch.Tensor:
         """Clean inputs of the first ``noise.scale_images`` training images [n, N, D]."""
-        from fae.data.batches import iterate_batches
-
         n = self.noise.scale_images
         if self.train_inputs is not None:
             return self.train_inputs[:n]
@@ -312,8 +303,6 @@ class PixelDecoderStage(Stage):
         x_hat = D_feat(E(x)) through the frozen FAE (II; float32, on the CPU)."""
         if not self.finetune:
             return tokens
-        from fae.data.batches import map_batches
-
         return map_batches(lambda t: self.fae.decode_features(self.fae.encode(t)), tokens,
                            self.config.eval.batch_size, self.fae.latent_mean.device)  # x_hat [N, T, D]
 
@@ -389,8 +378,6 @@ class PixelDecoderStage(Stage):
     def held_out_set(self) -> HeldOut:
         """The held-out images and their clean inputs (the frozen networks run over them once)."""
         if self.held_out is None:
-            from fae.backbones.extract import extract_tokens
-
             cfg = self.config
             data, size = replace(cfg.data, split=cfg.eval.split, limit=cfg.eval.limit, flip=False), cfg.eval.batch_size
             dataset = build_dataset(data)
@@ -458,8 +445,6 @@ PAPER_WIDTH = 1536  # DINOv2-g / SigLIP2-g tokens: the widths the paper's FAE ar
 def build_plan_stage(cfg: PixelDecoderRunConfig) -> PixelDecoderStage:
     """``fae plan``'s stage: as ``build_stage``, but stage II whose FAE export does not exist yet
     is planned on the ``backbone:`` section with the paper's FAE architecture (said in describe)."""
-    from fae.export import CONFIG_FILE, resolve_folder
-
     missing = cfg.stage == "finetune" and cfg.fae and not (resolve_folder(cfg.fae) / CONFIG_FILE).is_file()
     if missing and (cfg.backbone.name is None or cfg.backbone.info().dim != PAPER_WIDTH):
         raise ConfigError(f"stage II names the FAE export '{cfg.fae}', which does not exist yet, and its "
