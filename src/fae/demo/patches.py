@@ -13,6 +13,11 @@ from typing import Any
 
 import torch
 
+from fae.data.fashion_mnist import CLASS_NAMES
+from fae.evaluation.patch_figures import patch_figure
+from fae.evaluation.patch_study import PatchSettings, patch_study
+from fae.images import save_png
+
 SECTION = "Patch-level maps: backbone tokens vs FAE latents"
 
 
@@ -20,8 +25,6 @@ def patch_metrics(fae, tokens: torch.Tensor, images: torch.Tensor, labels: torch
                   ev) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(``patch_*`` numbers, figure data) of the first ``ev.patch_images`` of the given test images
     (tokens [n, N, D] from the cache, uint8 images [n, C, H, W], labels [n])."""
-    from fae.evaluation.patch_study import PatchSettings, patch_study
-
     n = min(ev.patch_images, len(tokens))
     settings = PatchSettings(rows=min(ev.patch_rows, n), seed=ev.seed, batch_size=ev.batch_size)
     summary, data = patch_study(fae, images[:n], settings, tokens=tokens[:n], labels=labels[:n])
@@ -47,10 +50,6 @@ def patch_rows(m: dict[str, Any]) -> list[list[str]]:
 
 def add_patch_section(report, out: Path, metrics: dict[str, Any]) -> None:
     """The figure (``out/figures/patch_maps.png``) and table; nothing when the evaluation predates them."""
-    from fae.data.fashion_mnist import CLASS_NAMES
-    from fae.evaluation.patch_figures import patch_figure
-    from fae.images import save_png
-
     if "patch_map_correlation" not in metrics:
         return
     data = torch.load(out / "eval" / "images.pt", weights_only=True).get("patches")

@@ -15,8 +15,12 @@ from typing import Any
 import torch
 
 from fae.data.fashion_mnist import CLASS_NAMES
-from fae.images import image_grid, save_png
+from fae.demo import __doc__ as demo_doc
+from fae.demo.patches import add_patch_section
+from fae.demo.t2i_report import add_t2i_section
+from fae.images import image_grid, save_png, to_uint8_rgb
 from fae.report import Report, line_plot
+from fae.training.metrics_log import read_metrics
 
 STAGES = (("autoencoder", "stage Ia: FAE (encoder + feature decoder)"),
           ("pixel_decoder_ib", "stage Ib: pixel decoder on noisy features"),
@@ -49,8 +53,6 @@ def reconstruction_figure(images: dict[str, torch.Tensor]):
     """One row per test image: what each stage made of it (stage Ia: its latent, as the leading
     principal components in RGB; Ib: decoded from the backbone features; II: decoded from the
     latent), then a generated sample of the same class."""
-    from fae.images import to_uint8_rgb
-
     samples = torch.stack([images["guided"][int(c)] for c in images["labels"]])  # sample i asked for class i % 10
     columns = [images["original"], images["latent_pca"], images["from_features"], images["from_latents"], samples]
     tiles = torch.stack([to_uint8_rgb(c) for c in columns], dim=1).flatten(0, 1)  # [rows * 5, 3, H, W]
@@ -81,8 +83,6 @@ def cfg_figure(plain: torch.Tensor, guided: torch.Tensor, per_side: int = 4):
 
 def loss_figure(run_dir: Path, title: str):
     """Training losses of every phase (and the held-out eval loss when logged); None if no log."""
-    from fae.training.metrics_log import read_metrics
-
     rows = read_metrics(run_dir)
     series: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
@@ -212,8 +212,6 @@ def timing_rows(timings: list[dict[str, Any]], total: float) -> list[list[str]]:
 def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str, Any]], total: float,
                  quick: bool) -> Path:
     """Figures + ``report.html`` (images inlined); returns the HTML path."""
-    from fae.demo import __doc__ as demo_doc
-    from fae.demo.patches import add_patch_section
     figures = write_figures(out)
     report = Report("FAE demo on Fashion-MNIST" + (" (--quick)" if quick else ""),
                     intro=f"EfficientNet-Lite0 (ImageNet weights) at {cfg.backbone.resolution} px -> "
@@ -232,8 +230,6 @@ def write_report(cfg, out: Path, metrics: dict[str, Any], timings: list[dict[str
     report.add("CFG off vs on", "The same noise per column pair: without guidance (left half), with "
                "guidance (right half).", figures=[figures["cfg"]])
     if "t2i" in metrics:
-        from fae.demo.t2i_report import add_t2i_section
-
         add_t2i_section(report, out, metrics, metrics["t2i"], cfg.eval.grid_per_class,
                         loss_figure(out / "t2i" / "generator", "text-to-image MMDiT (flow matching on FAE latents)"))
     report.add("Loss curves", "Per training stage, from each run folder's metrics.jsonl.",

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from fae.demo.captions import ATTRIBUTES, CLASS_WORDS, HELD_OUT_TEMPLATES, caption
+from fae.images import image_grid, save_png
 
 GRID_SCALE = 3
 
@@ -15,8 +16,6 @@ GRID_SCALE = 3
 def prompt_grid(images: torch.Tensor, per_row: int):
     """One row per (class, attribute) in the first held-out phrasing: its samples, which are the
     held-out samples i = 60 m + 10 a + c (``fae.demo.captions.prompt_set``)."""
-    from fae.images import image_grid
-
     n_classes, period = len(CLASS_WORDS), 2 * len(CLASS_WORDS) * len(HELD_OUT_TEMPLATES)
     last_row = range(2 * n_classes - 1, len(images), period)  # the row with the fewest samples
     per_row = max(1, min(per_row, len(last_row)))  # rows short of samples are padded white
@@ -64,8 +63,6 @@ def add_t2i_section(report, out: Path, main: dict[str, Any], t: dict[str, Any], 
                     loss=None) -> None:
     """Write the grid (and ``loss``, the MMDiT's loss plot, when given) under ``out/figures`` and add
     the section to ``report``."""
-    from fae.images import save_png
-
     images = torch.load(out / "t2i" / "eval" / "images.pt", weights_only=True)
     folder = out / "figures"
     figures = [save_png(prompt_grid(images["images"], per_row), folder / "t2i_prompts.png")]
