@@ -78,11 +78,11 @@ def generation_quality(row: dict, out: Path, gen_steps: int, samples: int) -> di
     from dataclasses import replace
 
     from fae.autoencoder import FAE
-    from fae.commands.cache_latents import cache_latents
     from fae.config import load_config
     from fae.data.latent_cache import CacheConfig
     from fae.generation import Generator
     from fae.training.engine import train
+    from fae.training.latents import cache_latents
     from fae.training.stages.generator import GeneratorRunConfig, build_stage
 
     folder = out / row["variant"]

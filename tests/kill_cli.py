@@ -26,9 +26,9 @@ def _kill_before_step(step: int) -> None:
 
 
 def _kill_before_shard(shard: int) -> None:
-    from fae.data import latent_cache
+    from fae.data import shard_store
 
-    save = latent_cache.atomic_save_safetensors
+    save = shard_store.atomic_save_safetensors
     written = []
 
     def save_shard(tensors, path, metadata=None):
@@ -37,7 +37,7 @@ def _kill_before_shard(shard: int) -> None:
         written.append(path)
         return save(tensors, path, metadata)
 
-    latent_cache.atomic_save_safetensors = save_shard
+    shard_store.atomic_save_safetensors = save_shard
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ def _npz_inputs(w: Path) -> None:
 
 
 def _latent_caches(w: Path) -> None:
-    from fae.commands.cache_latents import cache_latents
     from fae.data.datasets import DataConfig
-    from fae.data.latent_cache import CacheConfig, shard_path
+    from fae.data.latent_cache import CacheConfig
+    from fae.data.shard_store import shard_path
+    from fae.training.latents import cache_latents
 
     good = w / "cache"
     cache_latents(CacheConfig(fae=str(w / "fae"), out=str(good), data=DataConfig(limit=8), flip=False,

@@ -63,7 +63,7 @@ def coco_folder(tmp_path_factory):
     from PIL import Image
 
     from fae.autoencoder import FAE
-    from fae.commands.cache_latents import fae_record
+    from fae.training.latents import fae_record
     from fae.generation.mmdit_config import MMDiTConfig
     from fae.generation.samplers import SamplerConfig
     from fae.generation.t2i_generator import TextToImageGenerator

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """A tiny FAE export (with latent statistics) and its latent cache of 32 images."""
-    from fae.commands.cache_latents import cache_latents
+    from fae.training.latents import cache_latents
 
     w = tmp_path_factory.mktemp("kill")
     fae = tiny_fae()
@@ -117,8 +117,8 @@ def _shards(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.mark.slow
 def test_a_latent_cache_killed_between_shards_resumes_bitwise(world, tmp_path):
-    from fae.commands.cache_latents import cache_latents
     from fae.data.latent_cache import LatentCache
+    from fae.training.latents import cache_latents
 
     killed = tmp_path / "killed"
     at = random.Random("cache-latents").randint(1, 3)  # of the 4 shards

@@ -25,8 +25,8 @@ and the format version. Two fields of the data config are left out:
   keeps ``limit`` evenly spaced images, a different set for every limit, so there it stays in the key.
 
 Under ``torchrun`` rank 0 computes the missing shards, every rank waits at a barrier, then every
-rank loads them. Shards are written atomically (temp file, fsync, rename); a damaged one is a
-:class:`~fae.errors.DataError` naming the file.
+rank loads them. Each key folder is a :mod:`fae.data.shard_store`: shards are written atomically
+(temp file, fsync, rename); a damaged one is a :class:`~fae.errors.DataError` naming the file.
 
 Extra tokens (``with_extra=True``: stage Ia with ``extra_tokens: reconstruct``): the shards also
 hold the backbone's CLS / register tokens ("extra" [m, P, D], CLS first, from
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,12 +49,14 @@ from torch.utils.data import Dataset
 
 from fae import distributed as du
 from fae.backbones.base import Backbone
+from fae.backbones.extract import extract_tokens, extract_tokens_and_extra
 from fae.config import to_dict
 from fae.data.datasets import DataConfig, build_dataset
+from fae.data.shard_store import ShardStore, shard_spans
 from fae.errors import ConfigError, DataError
+from fae.io import storage_dtype
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 EXTRA_FIELD = "extra_tokens"  # manifest field of a folder whose shards hold CLS / registers (not keyed)
 PREFIX_STABLE = ("fashion-mnist",)  # datasets whose `limit` keeps the first items
 
@@ -93,8 +94,6 @@ class TokenDataset(Dataset):
 
 def dtype_named(name: str) -> torch.dtype:
     """``"float16"`` -> ``torch.float16`` (``fae.io.STORAGE_DTYPES``), as a ConfigError otherwise."""
-    from fae.io import storage_dtype
-
     try:
         return storage_dtype(name)
     except ValueError as e:
@@ -181,11 +180,12 @@ class TokenCache:
             n = min(n, data.limit)  # the dataset was built without its limit (see _dataset)
         n = n if count is None else min(count, n)
         folder = self.folder_for(data)
+        store = _store(folder)
         if du.is_main():
-            holds_extra = self._write_manifest(folder, data)
-            self._fill(folder, dataset, n, progress, f"tokens ({data.split})", holds_extra)
+            holds_extra = self._write_manifest(store, data)
+            self._fill(store, dataset, n, progress, f"tokens ({data.split})", holds_extra)
         du.barrier()
-        return self._load(folder, n)
+        return self._load(store, n)
 
     # ---- shards ---------------------------------------------------------------------------------
 
@@ -194,117 +194,82 @@ class TokenCache:
         limit = None if data.name in PREFIX_STABLE else data.limit
         return build_dataset(replace(data, limit=limit, flip=False))
 
-    def _shards(self, n: int) -> list[tuple[int, int]]:
-        """(shard index, items the request needs from it) covering the first ``n`` items."""
-        S = self.shard_size
-        return [(i, min(S, n - i * S)) for i in range(math.ceil(n / S))]
-
-    @staticmethod
-    def shard_path(folder: Path, index: int) -> Path:
-        return folder / f"shard-{index:05d}.safetensors"
-
-    def _write_manifest(self, folder: Path, data: DataConfig) -> bool:
+    def _write_manifest(self, store: ShardStore, data: DataConfig) -> bool:
         """Check (or write) the folder's manifest; returns whether its shards hold extra tokens."""
-        from fae.io import atomic_save_json
-
-        path, what = folder / MANIFEST, self.manifest(data)
-        if not path.is_file():
-            atomic_save_json(what, path)
+        what = self.manifest(data)
+        stored = store.read_manifest()
+        if stored is None:
+            store.write_manifest(what)
             return self.with_extra
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise DataError(f"token cache manifest '{path}' is unreadable ({e}); delete the folder "
-                            f"'{folder}' to rebuild it") from None
-        if not isinstance(stored, dict) or _patches_only(stored) != _patches_only(what):
-            # a 16-hex-digit key collision, or a hand-edited folder
-            raise DataError(f"token cache folder '{folder}' holds other tokens than this request "
-                            f"(see '{path}'); delete the folder to rebuild it")
+        # a 16-hex-digit key collision, or a hand-edited folder
+        keys = [k for k in {**what, **stored} if k != EXTRA_FIELD]
+        store.refuse_mismatch(stored, what, keys, fix="delete the folder to rebuild it")
         if self.with_extra and stored.get(EXTRA_FIELD) != what[EXTRA_FIELD]:
-            raise DataError(f"token cache folder '{folder}' holds patch tokens only, without the CLS / "
+            raise DataError(f"token cache folder '{store.folder}' holds patch tokens only, without the CLS / "
                             f"register tokens this request needs (extra_tokens: reconstruct); delete "
                             f"the folder to rebuild it with them")
         return EXTRA_FIELD in stored
 
-    def _fill(self, folder: Path, dataset: Dataset, n: int, progress: bool, desc: str,
+    def _fill(self, store: ShardStore, dataset: Dataset, n: int, progress: bool, desc: str,
               extra: bool) -> None:
         """Rank 0: compute the items the first ``n`` need that no shard holds yet (with their
         extra tokens when the folder holds them, ``extra``)."""
-        from fae.backbones.extract import extract_tokens, extract_tokens_and_extra
-        from fae.io import atomic_save_safetensors
-
         extract = extract_tokens_and_extra if extra else extract_tokens
-        for index, want in self._shards(n):
-            path = self.shard_path(folder, index)
-            have = self._count(path)
-            if have >= want:
+        for index, start, stop in shard_spans(n, self.shard_size):
+            have = store.rows(index, "tokens")
+            if have >= stop - start:
                 continue
-            start = index * self.shard_size
             new = extract(self.backbone, dataset, self.batch_size, dtype=self.dtype, progress=progress,
-                          desc=desc, indices=range(start + have, start + want))
+                          desc=desc, indices=range(start + have, stop))
             if have:  # a partial last shard grows
-                new = tuple(torch.cat([old, part]) for old, part in zip(self._read(path, extra), new))
-            atomic_save_safetensors(dict(zip(("tokens", "labels", "extra"), new)), path)
+                new = tuple(torch.cat([old, part]) for old, part in zip(self._read(store, index, extra), new))
+            store.write_shard(index, dict(zip(("tokens", "labels", "extra"), new)))
 
-    def _count(self, path: Path) -> int:
-        """Items a shard holds (0 when absent), from its header alone."""
-        if not path.is_file():
-            return 0
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                return int(f.get_slice("tokens").get_shape()[0])
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise self._damaged(path, e) from None
-
-    def _read(self, path: Path, extra: bool = False) -> tuple[torch.Tensor, ...]:
+    def _read(self, store: ShardStore, index: int, extra: bool = False) -> tuple[torch.Tensor, ...]:
         """(tokens [m, N, D], labels [m]) of one shard, and its extra tokens [m, P, D] with
         ``extra``, checked against this cache's shape and dtype."""
-        from safetensors.torch import load_file
-
+        path = store.shard_path(index)
         if not path.is_file():
             raise DataError(f"token cache shard '{path}' is missing (under torchrun every node must "
                             f"see the cache: put token_cache_dir on a shared filesystem)")
-        try:
-            data = load_file(str(path))
-            tokens, labels = data["tokens"], data["labels"]
-        except Exception as e:
-            raise self._damaged(path, e) from None
+        data = store.read_shard(index)
+        if "tokens" not in data or "labels" not in data:
+            raise store.damaged(path, f"holds {sorted(data)}, not 'tokens' and 'labels'")
+        tokens, labels = data["tokens"], data["labels"]
         info = self.backbone.info
         want = (info.num_tokens, info.dim)
         if tokens.dtype != self.dtype or tuple(tokens.shape[1:]) != want or labels.shape[0] != tokens.shape[0]:
-            raise self._damaged(path, f"holds tokens {tuple(tokens.shape)} {tokens.dtype} and "
+            raise store.damaged(path, f"holds tokens {tuple(tokens.shape)} {tokens.dtype} and "
                                       f"{labels.shape[0]} labels, expected [m, {want[0]}, {want[1]}] {self.dtype}")
         if not extra:
             return tokens, labels
         extra_want = (tokens.shape[0], info.prefix_tokens, info.dim)
         if "extra" not in data:
-            raise self._damaged(path, "holds no extra (CLS / register) tokens, but its folder's manifest "
+            raise store.damaged(path, "holds no extra (CLS / register) tokens, but its folder's manifest "
                                       "says it does")
         if data["extra"].dtype != self.dtype or tuple(data["extra"].shape) != extra_want:
-            raise self._damaged(path, f"holds extra tokens {tuple(data['extra'].shape)} {data['extra'].dtype}, "
+            raise store.damaged(path, f"holds extra tokens {tuple(data['extra'].shape)} {data['extra'].dtype}, "
                                       f"expected {list(extra_want)} {self.dtype}")
         return tokens, labels, data["extra"]
 
-    def _load(self, folder: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _load(self, store: ShardStore, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The first ``n`` items, from the shards (every rank); extra tokens with ``with_extra``."""
         info = self.backbone.info
         parts = [[torch.empty((0, info.num_tokens, info.dim), dtype=self.dtype)],
                  [torch.empty(0, dtype=torch.long)]]
         if self.with_extra:
             parts.append([torch.empty((0, info.prefix_tokens, info.dim), dtype=self.dtype)])
-        for index, want in self._shards(n):
-            path = self.shard_path(folder, index)
-            shard = self._read(path, self.with_extra)
+        for index, start, stop in shard_spans(n, self.shard_size):
+            want, shard = stop - start, self._read(store, index, self.with_extra)
             if shard[0].shape[0] < want:
-                raise self._damaged(path, f"holds {shard[0].shape[0]} items, {want} are needed")
+                raise store.damaged(store.shard_path(index), f"holds {shard[0].shape[0]} items, {want} are needed")
             for kept, part in zip(parts, shard):
                 kept.append(part[:want])
         tokens, labels, *extra = (torch.cat(kept) for kept in parts)  # [n, N, D], [n], ([n, P, D])
         return tokens, labels, extra[0] if extra else None
 
-    @staticmethod
-    def _damaged(path: Path, why) -> DataError:
-        return DataError(f"token cache shard '{path}' is damaged ({why}); delete it and it is "
-                         f"computed again on the next run")
+
+def _store(folder: Path) -> ShardStore:
+    """The shard store of one key folder (its errors say how the cache heals itself)."""
+    return ShardStore(folder, "token cache", DataError, rewrite="it is computed again on the next run",
+                      rebuild=f"delete the folder '{folder}' to rebuild it")

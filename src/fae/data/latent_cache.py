@@ -1,6 +1,6 @@
-"""Latent cache: a dataset encoded once by a trained FAE, for generator training.
+"""Latent cache, read side: a dataset encoded once by a trained FAE, for generator training.
 
-Folder layout (written by ``fae cache-latents``, i.e. ``fae.commands.cache_latents``):
+Folder layout (a :mod:`fae.data.shard_store`, written by :mod:`fae.data.latent_cache_writer`):
 
     manifest.json              format, the FAE's identity (hash of the tensors that define its latent
                                space), backbone, resolution, latent shape, the FAE's per-channel
@@ -12,42 +12,36 @@ Folder layout (written by ``fae cache-latents``, i.e. ``fae.commands.cache_laten
                                metadata) and, with a text encoder, ``text_tokens`` [n, L, D],
                                ``text_mask`` [n, L] bool and ``text_pooled`` [n, Dp]
 
-Captions and text embeddings (text-to-image): a dataset whose items are ``(image, label, caption)``
-stores its captions; given a ``text_encoder`` the writer also stores its embeddings of them, and the
-manifest records the encoder (``text_encoder``: name, source, max_length, widths), so a generator
-trained with another encoder is refused (:meth:`LatentCache.check_text_encoder`).
+Captions and text embeddings (text-to-image): the manifest records the text encoder whose embeddings
+the shards hold (``text_encoder``: name, source, max_length, widths), so a generator trained with
+another encoder is refused (:meth:`LatentCache.check_text_encoder`).
 
 Latent statistics have one source: the FAE export (stage Ia measures them; ``FAE.latent_mean`` /
 ``latent_std``). The cache records those numbers and never measures its own, so the generator, the
 cache and the FAE normalise latents identically. Caches of manifest version 1 measured their own
 statistics (``"stats"`` in the manifest and a ``stats.safetensors``); they still load and keep them.
 
-Shard ``i`` holds dataset items ``[i * shard_size, (i + 1) * shard_size)``. Ranks encode shards
-``i = rank, rank + world, ...``; every shard is written atomically, so an interrupted run resumes by
-skipping the shards that exist. A cache is only ever extended by the FAE that started it.
-
-This module never imports the autoencoder: the writer takes any *encoder* (``encode(uint8 images
-[b, C, H, W]) -> z [b, c, h, w]``) plus what the manifest must say about it.
+Shard ``i`` holds dataset items ``[i * shard_size, (i + 1) * shard_size)``. This module reads
+JSON and safetensors only: it never imports the autoencoder.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from fae.config import to_dict
 from fae.data.datasets import DataConfig
+from fae.data.shard_store import MANIFEST, ShardStore
 from fae.errors import ConfigError, LatentCacheError
-from fae.io import atomic_save_json, atomic_save_safetensors, read_json_object, storage_dtype
+from fae.export import CONFIG_FILE, read_export_config, resolve_folder
 
 FORMAT, VERSION = "fae-latent-cache", 2  # version 1: the cache measured its own statistics
-MANIFEST, LEGACY_STATS = "manifest.json", "stats.safetensors"
-# Manifest keys a resumed run must share with the run that started the cache.
-_PLAN_KEYS = ("data", "count", "flip", "shard_size", "dtype", "captions", "text_encoder")
+LEGACY_STATS = "stats.safetensors"
 
 
 @dataclass
@@ -98,8 +92,11 @@ class CacheConfig:
                 raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
 
 
-def shard_path(folder: Path, index: int) -> Path:
-    return Path(folder) / f"shard-{index:05d}.safetensors"
+def cache_store(folder: str | Path) -> ShardStore:
+    """The shard store of the latent cache in ``folder`` (its errors name `fae cache-latents`)."""
+    return ShardStore(Path(folder), "latent cache", LatentCacheError,
+                      rewrite="re-run `fae cache-latents` to write it again",
+                      rebuild="re-run `fae cache-latents` into a new folder")
 
 
 # ------------------------------------------------------------------------------ the FAE's export
@@ -112,8 +109,6 @@ def read_fae_export(folder: str | Path) -> dict[str, Any]:
     Exports written before ``latent_shape`` was recorded give it as ``config.latent_channels``
     and ``backbone.grid``; both spellings are read.
     """
-    from fae.export import CONFIG_FILE, read_export_config, resolve_folder
-
     config = read_export_config(folder)
     path = resolve_folder(folder) / CONFIG_FILE
     if not isinstance(config.get("identity"), str):
@@ -140,221 +135,41 @@ def mismatch_message(cache: str | Path, cache_id: dict[str, Any], fae: str | Pat
             f"(identity {fae_id[:12]}...); re-run `fae cache-latents` with this FAE into a new folder")
 
 
-# --------------------------------------------------------------------------------------- writing
+# -------------------------------------------------------------------------------------- manifest
 
 
-def stats_record(mean: torch.Tensor, std: torch.Tensor, channels: int, source: str) -> dict[str, list[float]]:
-    """The manifest's ``latent_stats``: per-channel mean / std [c] as given by the FAE export."""
-    mean, std = mean.detach().float().cpu().reshape(-1), std.detach().float().cpu().reshape(-1)
-    if mean.shape != (channels,) or std.shape != (channels,):
-        raise LatentCacheError(f"latent statistics of '{source}' have {mean.numel()} / {std.numel()} "
-                               f"channels, its latents {channels}")
-    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-        raise LatentCacheError(f"latent statistics of '{source}' are degenerate (std {std.tolist()}); "
-                               f"re-export the FAE with `fae train autoencoder`")
-    return {"mean": mean.tolist(), "std": std.tolist()}
-
-
-def _plan(cfg: CacheConfig, identity: dict[str, Any], stats: dict[str, list[float]], count: int,
-          text: dict[str, Any] | None = None) -> dict[str, Any]:
-    plan = {"format": FORMAT, "version": VERSION, "complete": False, "fae": identity, "fae_path": cfg.fae,
-            "latent_stats": stats, "data": to_dict(replace(cfg.data, flip=False)), "count": count,
-            "flip": cfg.flip, "shard_size": cfg.shard_size, "num_shards": math.ceil(count / cfg.shard_size),
-            "dtype": cfg.dtype}
-    if text is not None:  # captioned data only: older manifests keep their keys
-        plan.update(captions=True, text_encoder=text.get("encoder"))
-    return plan
-
-
-def _check_resumable(folder: Path, plan: dict[str, Any]) -> None:
-    """Refuse to extend a cache started by another FAE or with another dataset/shard plan."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        return
-    old = read_manifest(folder)
-    if old.get("fae", {}).get("identity") != plan["fae"]["identity"]:
-        raise LatentCacheError(mismatch_message(folder, old["fae"], plan["fae_path"], plan["fae"]["identity"]))
-    for key in _PLAN_KEYS + (("latent_stats",) if "latent_stats" in old else ()):
-        if old.get(key) != plan.get(key):
-            raise LatentCacheError(f"latent cache '{folder}' was started with {key}={old.get(key)!r}, "
-                                   f"now {plan.get(key)!r}; use a new folder (or the original settings)")
-
-
-def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
-                latent_mean: torch.Tensor, latent_std: torch.Tensor,
-                device: torch.device | str = "cpu", dataset: Dataset | None = None,
-                text_encoder=None) -> Path:
-    """Encode ``cfg.data`` with ``encoder`` into ``cfg.out``; resumes an interrupted run. Every rank
-    under torchrun takes its share of the shards. Returns the cache folder.
-
-    Args:
-        cfg: what to encode and how to store it.
-        encoder: ``encode(uint8 images [b, C, H, W] on device) -> latents [b, c, h, w]``.
-        identity: the manifest's ``fae`` entry (``identity``, ``backbone``, ``resolution``,
-            ``latent_shape``); a generator trained on the cache records it.
-        latent_mean, latent_std: the FAE export's per-channel latent statistics [c] (recorded as
-            the cache's statistics, not re-measured).
-        device: where the images go before ``encode``.
-        dataset: the items to encode in place of ``build_dataset(cfg.data)`` (same order and
-            labels), e.g. their cached backbone tokens, which ``encode`` takes as well.
-        text_encoder: for captioned datasets, ``encode(captions) -> (tokens, mask, pooled)`` with
-            ``identity()`` (a ``fae.text.TextEncoder``); its embeddings are stored beside the latents.
-    """
-    from fae import distributed as du
-    from fae.data.datasets import build_dataset, check_batchable
-
-    cfg.validate()
-    dataset = build_dataset(replace(cfg.data, flip=False)) if dataset is None else dataset
-    check_batchable(dataset)
-    folder = Path(cfg.out)
-    stats = stats_record(latent_mean, latent_std, identity["latent_shape"][0], cfg.fae)
-    captioned = bool(getattr(dataset, "captioned", False))
-    if text_encoder is not None and not captioned:
-        raise ConfigError("a text encoder was given, but the dataset has no captions (data.name: captions "
-                          "or webdataset)")
-    text = {"encoder": text_encoder.identity() if text_encoder is not None else None} if captioned else None
-    plan = _plan(cfg, identity, stats, len(dataset), text)
-    _start(folder, plan)
-    todo = [i for i in range(du.rank(), plan["num_shards"], du.world_size())
-            if not _shard_done(shard_path(folder, i), plan)]
-    _encode_shards(encoder, dataset, folder, todo, cfg, plan, device, progress=cfg.progress and du.is_main(),
-                   text_encoder=text_encoder)
-    du.barrier()
-    if du.is_main():
-        finish_cache(folder)
-    du.barrier()
-    return folder
-
-
-def _start(folder: Path, plan: dict[str, Any]) -> None:
-    """Rank 0 checks and writes the manifest; every rank raises the same error if it fails."""
-    from fae import distributed as du
-
-    error = None
-    if du.is_main():
-        try:
-            _check_resumable(folder, plan)
-            atomic_save_json(plan, folder / MANIFEST)
-        except LatentCacheError as e:
-            error = str(e)
-    error = du.broadcast_object(error)
-    if error is not None:
-        raise LatentCacheError(error)
-
-
-def _shard_done(path: Path, plan: dict[str, Any]) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        with open_shard(path) as f:
-            return (f.metadata() or {}).get("fae_identity") == plan["fae"]["identity"]
-    except LatentCacheError:  # a damaged shard is written again
-        return False
-
-
-def open_shard(path: Path):
-    """``safe_open`` of one shard; a damaged file is a LatentCacheError naming it."""
-    from safetensors import safe_open
-
-    try:
-        return safe_open(str(path), framework="pt")
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise LatentCacheError(f"latent cache shard '{path}' cannot be read ({' '.join(str(e).split())}); "
-                               f"delete it and re-run `fae cache-latents` to write it again") from None
-
-
-def _collate(items: list[tuple]) -> tuple:
-    """The DataLoader's batches, built by the one stacking rule (mixed sizes name the fix):
-    (images, labels) or, for captioned items, (images, labels, captions)."""
-    from fae.data.batches import stack_images
-
-    images = stack_images([item[0] for item in items])
-    labels = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
-    return (images, labels) if len(items[0]) == 2 else (images, labels, [item[2] for item in items])
-
-
-@torch.inference_mode()
-def _encode_shards(encoder, dataset: Dataset, folder: Path, todo: list[int], cfg: CacheConfig,
-                   plan: dict[str, Any], device: torch.device | str, progress: bool, text_encoder=None) -> None:
-    import json
-
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(min(cfg.shard_size, plan["count"] - i * cfg.shard_size) for i in todo),
-               disable=not progress, desc="cache-latents", unit="img")
-    dtype = storage_dtype(cfg.dtype)  # validated by CacheConfig's Literal
-    for index in todo:
-        lo, hi = index * cfg.shard_size, min((index + 1) * cfg.shard_size, plan["count"])
-        # A DataLoader (not fae.data.batches.iterate_batches) so that num_workers can decode JPEGs.
-        loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=cfg.batch_size,
-                            num_workers=cfg.num_workers, collate_fn=_collate)
-        parts: dict[str, list[torch.Tensor]] = {"latents": [], "labels": [], "latents_flipped": [],
-                                                "text_tokens": [], "text_mask": [], "text_pooled": []}
-        captions: list[str] = []
-        for images, labels, *texts in loader:
-            images = images.to(device)  # [b, C, H, W] uint8
-            if texts:
-                captions.extend(texts[0])
-            if texts and text_encoder is not None:
-                tokens, mask, pooled = text_encoder.encode(texts[0])  # [b, L, D], [b, L], [b, Dp]
-                parts["text_tokens"].append(tokens.to("cpu", dtype))
-                parts["text_mask"].append(mask.cpu())
-                parts["text_pooled"].append(pooled.to("cpu", dtype))
-            parts["latents"].append(encoder.encode(images).to("cpu", dtype))  # [b, c, h, w]
-            if cfg.flip:
-                parts["latents_flipped"].append(encoder.encode(images.flip(-1)).to("cpu", dtype))
-            parts["labels"].append(labels)
-            bar.update(len(images))
-        tensors = {k: torch.cat(v) for k, v in parts.items() if v}
-        metadata = {"fae_identity": plan["fae"]["identity"], "start": str(lo)}
-        if plan.get("captions"):
-            metadata["captions"] = json.dumps(captions)
-        atomic_save_safetensors(tensors, shard_path(folder, index), metadata=metadata)
-    bar.close()
-
-
-def finish_cache(folder: str | Path) -> dict[str, Any]:
-    """Check that every shard is present, holds its items and only finite latents; then mark the
-    manifest complete. (Statistics are the FAE's, recorded when the cache was started.)"""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest["count"] == 0:
-        raise LatentCacheError(f"latent cache '{folder}' holds no latents (empty dataset?)")
-    for index in range(manifest["num_shards"]):
-        _check_shard(folder, index, manifest)
-    manifest["complete"] = True
-    atomic_save_json(manifest, folder / MANIFEST)
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """A cache folder's manifest (finished or not), checked to be one."""
+    store = cache_store(folder)
+    manifest, path = store.read_manifest(), store.manifest_path
+    if manifest is None:
+        raise LatentCacheError(f"'{folder}' is not a latent cache (no {MANIFEST}); write one with "
+                               f"`fae cache-latents`")
+    if manifest.get("format") != FORMAT:
+        raise LatentCacheError(f"'{path}' is not a latent cache manifest")
+    if manifest.get("version", 1) > VERSION:
+        raise LatentCacheError(f"latent cache '{folder}' has manifest version {manifest['version']}; this "
+                               f"version of fae reads up to {VERSION}: upgrade fae")
     return manifest
 
 
-def _check_shard(folder: Path, index: int, manifest: dict[str, Any]) -> None:
-    path = shard_path(folder, index)
-    if not path.is_file():
-        raise LatentCacheError(f"latent cache '{folder}' is missing '{path.name}': re-run "
-                               f"`fae cache-latents` to finish it")
-    with open_shard(path) as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    n = min(manifest["shard_size"], manifest["count"] - index * manifest["shard_size"])
-    shape = (n, *manifest["fae"]["latent_shape"])
-    for key in ["latents"] + (["latents_flipped"] if manifest["flip"] else []):
-        z = tensors.get(key)
-        if z is None or tuple(z.shape) != shape:
-            got = "nothing" if z is None else list(z.shape)
-            raise LatentCacheError(f"'{path}': '{key}' should be {list(shape)}, holds {got}; delete the "
-                                   f"shard and re-run `fae cache-latents`")
-        if not torch.isfinite(z).all():
-            raise LatentCacheError(f"'{path}': '{key}' holds non-finite latents (an FAE or dtype "
-                                   f"problem: try dtype=float32)")
-    if tuple(tensors.get("labels", torch.empty(0)).shape) != (n,):
-        raise LatentCacheError(f"'{path}': 'labels' should hold {n} items; delete the shard and re-run")
-    text = manifest.get("text_encoder")
-    if text is not None:
-        for key, width in (("text_tokens", text["dim"]), ("text_pooled", text["pooled_dim"])):
-            t = tensors.get(key)
-            if t is None or t.shape[0] != n or t.shape[-1] != width or not torch.isfinite(t.float()).all():
-                raise LatentCacheError(f"'{path}': '{key}' should hold {n} finite text embeddings of width "
-                                       f"{width}; delete the shard and re-run `fae cache-latents`")
+# key of a finished manifest -> its type and how to name it; "fae" also records shape and identity
+_MANIFEST_KEYS = {"count": (int, "an integer"), "shard_size": (int, "an integer"),
+                  "num_shards": (int, "an integer"), "flip": (bool, "true/false"),
+                  "fae": (dict, "an object")}
+
+
+def _check_complete_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """A finished manifest holds every key the reader uses, with the right types."""
+    path = folder / MANIFEST
+    for key, (kind, name) in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind) or (kind is int and isinstance(manifest[key], bool)):
+            raise LatentCacheError(f"'{path}': '{key}' should be {name}, holds "
+                                   f"{manifest.get(key, 'nothing')!r}; the manifest is damaged: "
+                                   f"re-run `fae cache-latents` into a new folder")
+    for key in ("latent_shape", "identity"):
+        if key not in manifest["fae"]:
+            raise LatentCacheError(f"'{path}': 'fae' records no '{key}'; the manifest is damaged")
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -369,7 +184,7 @@ class LatentCache:
     """
 
     def __init__(self, folder: str | Path, fae: str | Path | None = None):
-        self.folder = Path(folder)
+        self.folder, self.store = Path(folder), cache_store(folder)
         self.manifest = read_manifest(self.folder)
         if not self.manifest.get("complete"):
             raise LatentCacheError(f"latent cache '{folder}' is incomplete: re-run `fae cache-latents` "
@@ -408,8 +223,6 @@ class LatentCache:
         if "latent_stats" in self.manifest:
             stats = self.manifest["latent_stats"]
         elif (self.folder / LEGACY_STATS).is_file():
-            from safetensors.torch import load_file
-
             stats = load_file(str(self.folder / LEGACY_STATS))
         elif "stats" in self.manifest:
             stats = self.manifest["stats"]
@@ -421,7 +234,7 @@ class LatentCache:
 
     def _handle(self, shard: int):
         if shard not in self._handles:
-            self._handles[shard] = open_shard(shard_path(self.folder, shard))
+            self._handles[shard] = self.store.open_shard(shard)
         return self._handles[shard]
 
     def item(self, i: int, flipped: bool = False) -> tuple[torch.Tensor, int]:
@@ -442,8 +255,6 @@ class LatentCache:
 
     def captions(self) -> list[str]:
         """Every item's caption [N] (from the shards' metadata)."""
-        import json
-
         if not self.has_captions:
             raise LatentCacheError(f"latent cache '{self.folder}' holds no captions: write it from a "
                                    f"captioned dataset (data.name: captions or webdataset)")
@@ -479,6 +290,28 @@ class LatentCache:
         return {**self.__dict__, "_handles": {}}
 
 
+class LatentDataset(Dataset):
+    """Items ``(normalised latent [c, h, w], label)``; with flips, items N..2N-1 are the flipped copies.
+
+    Args:
+        cache: a :class:`LatentCache`.
+        mean, std: per-channel statistics [c]; latents are returned as (z - mean) / std.
+        flip: include the cache's flipped copies (ignored when the cache has none).
+    """
+
+    def __init__(self, cache: LatentCache, mean: torch.Tensor, std: torch.Tensor, flip: bool = True):
+        self.cache, self.flip = cache, flip and cache.has_flips
+        self.mean, self.std = mean.view(-1, 1, 1).float(), std.view(-1, 1, 1).float()
+
+    def __len__(self) -> int:
+        return len(self.cache) * (2 if self.flip else 1)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        flipped, index = divmod(i, len(self.cache))
+        z, label = self.cache.item(index, flipped=bool(flipped))
+        return (z - self.mean) / self.std, label
+
+
 class CaptionLatentDataset(Dataset):
     """Text-to-image items: ``(normalised latent [c, h, w], caption)`` or, with cached embeddings,
     ``(latent, text tokens [L, D], text mask [L], pooled [Dp])``; flipped copies as in
@@ -507,59 +340,3 @@ class CaptionLatentDataset(Dataset):
             tokens, mask, pooled = self.cache.text_item(index)
             return z, tokens.float(), mask.bool(), pooled.float()
         return z, self.caption_list[index]
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """A cache folder's manifest (finished or not), checked to be one."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise LatentCacheError(f"'{folder}' is not a latent cache (no {MANIFEST}); write one with "
-                               f"`fae cache-latents`")
-    manifest = read_json_object(path, LatentCacheError)
-    if manifest.get("format") != FORMAT:
-        raise LatentCacheError(f"'{path}' is not a latent cache manifest")
-    if manifest.get("version", 1) > VERSION:
-        raise LatentCacheError(f"latent cache '{folder}' has manifest version {manifest['version']}; this "
-                               f"version of fae reads up to {VERSION}: upgrade fae")
-    return manifest
-
-
-# key of a finished manifest -> its type and how to name it; "fae" also records shape and identity
-_MANIFEST_KEYS = {"count": (int, "an integer"), "shard_size": (int, "an integer"),
-                  "num_shards": (int, "an integer"), "flip": (bool, "true/false"),
-                  "fae": (dict, "an object")}
-
-
-def _check_complete_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """A finished manifest holds every key the reader uses, with the right types."""
-    path = folder / MANIFEST
-    for key, (kind, name) in _MANIFEST_KEYS.items():
-        if not isinstance(manifest.get(key), kind) or (kind is int and isinstance(manifest[key], bool)):
-            raise LatentCacheError(f"'{path}': '{key}' should be {name}, holds "
-                                   f"{manifest.get(key, 'nothing')!r}; the manifest is damaged: "
-                                   f"re-run `fae cache-latents` into a new folder")
-    for key in ("latent_shape", "identity"):
-        if key not in manifest["fae"]:
-            raise LatentCacheError(f"'{path}': 'fae' records no '{key}'; the manifest is damaged")
-
-
-class LatentDataset(Dataset):
-    """Items ``(normalised latent [c, h, w], label)``; with flips, items N..2N-1 are the flipped copies.
-
-    Args:
-        cache: a :class:`LatentCache`.
-        mean, std: per-channel statistics [c]; latents are returned as (z - mean) / std.
-        flip: include the cache's flipped copies (ignored when the cache has none).
-    """
-
-    def __init__(self, cache: LatentCache, mean: torch.Tensor, std: torch.Tensor, flip: bool = True):
-        self.cache, self.flip = cache, flip and cache.has_flips
-        self.mean, self.std = mean.view(-1, 1, 1).float(), std.view(-1, 1, 1).float()
-
-    def __len__(self) -> int:
-        return len(self.cache) * (2 if self.flip else 1)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        flipped, index = divmod(i, len(self.cache))
-        z, label = self.cache.item(index, flipped=bool(flipped))
-        return (z - self.mean) / self.std, label
