@@ -19,6 +19,9 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from fae.backbones import load_backbone
+from fae.data.fashion_mnist import FashionMNIST
+
 
 def time_bare(net, pixels: torch.Tensor, n_batches: int, mode=torch.inference_mode,
               chunk: int | None = None) -> float:
@@ -118,8 +121,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fae.backbones import load_backbone
-    from fae.data.fashion_mnist import FashionMNIST
     backbone = load_backbone("efficientnet-lite0")
     dataset = FashionMNIST("test", limit=args.images + args.batch_size)
     print(f"efficientnet-lite0 @ 224 px, batch {args.batch_size}, {args.images} images, "

@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from fae.generation import GeneratorConfig, build_generator
+
 
 def matmul_peak(size: int = 2048, iters: int = 10) -> float:
     """Measured fp32 matmul FLOP/s (best of ``iters``)."""
@@ -31,8 +33,6 @@ def matmul_peak(size: int = 2048, iters: int = 10) -> float:
 
 
 def ours(size: str, channels: int, latent: int, patch: int):
-    from fae.generation import GeneratorConfig, build_generator
-
     model = build_generator(GeneratorConfig(size=size, style="sit", patch_size=patch,
                                             latent_channels=channels, latent_size=latent))
     return model, lambda z, t, y: model(z, t, y)

@@ -22,13 +22,27 @@ import json
 import time
 from pathlib import Path
 
+from torch.utils.data import TensorDataset
+
+from fae.autoencoder import FAE
+from fae.config import load_config
+from fae.data.datasets import DataConfig, build_dataset
+from fae.evaluation.features import compute_inception_stats
+from fae.evaluation.fid import frechet_distance
+from fae.evaluation.inception import load_inception
+from fae.evaluation.probe import linear_probe
+from fae.evaluation.probe_features import FAEFeatures, pooled_features
+from fae.evaluation.stats import read_stats
+from fae.generation import Generator
+from fae.generation.decode import SampleDecoder, check_pair, class_list, sampler_config
+from fae.generation.samplers import PAPER_CFG_SCHEDULE
+from fae.generation.seeding import balanced_labels
+
 PAPER_SETTING = "paper schedule"
 
 
 def settings(scales: list[float], intervals: list[str], paper: bool) -> dict[str, dict]:
     """Row name -> sampler overrides; scale 1 (no guidance) appears once, whatever the interval."""
-    from fae.generation.samplers import PAPER_CFG_SCHEDULE
-
     rows = {}
     for scale in scales:
         for text in ([intervals[0]] if scale == 1.0 else intervals):
@@ -42,10 +56,6 @@ def settings(scales: list[float], intervals: list[str], paper: bool) -> dict[str
 
 def probe_head(fae, overrides: list[str], batch_size: int):
     """(pooled raw backbone features [n, D], labels [n]) of the real training images."""
-    from fae.config import load_config
-    from fae.data.datasets import DataConfig, build_dataset
-    from fae.evaluation.probe_features import FAEFeatures, pooled_features
-
     data = load_config(DataConfig, None, ["split=train", "flip=false", *overrides])
     return pooled_features(FAEFeatures(fae, "raw"), build_dataset(data), batch_size=batch_size,
                            desc="probe train features")
@@ -53,16 +63,6 @@ def probe_head(fae, overrides: list[str], batch_size: int):
 
 def score(decoder, num: int, seed: int, head, reference, fae, batch_size: int) -> dict:
     """FID and class accuracy of ``num`` class-balanced samples drawn through ``decoder``."""
-    from torch.utils.data import TensorDataset
-
-    from fae.evaluation.features import compute_inception_stats
-    from fae.evaluation.fid import frechet_distance
-    from fae.evaluation.inception import load_inception
-    from fae.evaluation.probe import linear_probe
-    from fae.evaluation.probe_features import FAEFeatures, pooled_features
-    from fae.generation.decode import class_list
-    from fae.generation.seeding import balanced_labels
-
     labels = balanced_labels(range(num), class_list(decoder.generator))
     start = time.perf_counter()
     batch = decoder.all(range(num), labels, seed=seed, progress=True)
@@ -83,11 +83,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fae.autoencoder import FAE
-    from fae.evaluation.stats import read_stats
-    from fae.generation import Generator
-    from fae.generation.decode import SampleDecoder, check_pair, sampler_config
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", required=True, help="exported generator folder")
     parser.add_argument("--fae", required=True, help="exported FAE folder with a pixel decoder")

@@ -33,6 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fae.data.datasets import DataConfig, build_dataset
+from fae.data.imagefolder import workers_needed
+from fae.data.transforms import center_crop_arr, random_hflip, to_chw_uint8
+
 NOISE = 3.0  # grey levels of Gaussian noise added to every pixel
 COMMON = [(500, 375), (500, 333), (375, 500), (333, 500), (500, 500), (500, 400), (400, 500), (500, 366)]
 
@@ -112,8 +116,6 @@ class Cv2Dataset:
         return len(self.base)
 
     def __getitem__(self, i: int):
-        from fae.data.transforms import center_crop_arr, random_hflip, to_chw_uint8
-
         cv2 = self.cv2
         bgr = cv2.imdecode(np.fromfile(self.base.files[i], dtype=np.uint8), cv2.IMREAD_COLOR)
         image = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
@@ -134,9 +136,6 @@ def differences(items: list[torch.Tensor], reference: list[torch.Tensor]) -> tup
 
 
 def main() -> None:
-    from fae.data.datasets import DataConfig, build_dataset
-    from fae.data.imagefolder import workers_needed
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=256, help="ADM crop size")

@@ -19,6 +19,16 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import Subset
+
+from fae.autoencoder.model import FAE
+from fae.autoencoder.pixel_decoder import PixelDecoder
+from fae.backbones import BackboneConfig, TokenCache
+from fae.config import read_yaml
+from fae.data.datasets import DataConfig, build_dataset
+from fae.training.engine import train
+from fae.training.stages.pixel_decoder_heldout import HeldOut
+from fae.training.stages.registry import load_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"autoencoder": "configs/demo/autoencoder.yaml", "ib": "configs/demo/pixel_decoder_ib.yaml",
@@ -31,17 +41,12 @@ FAE_OVERRIDES = ["train.steps=300", "train.ckpt_every=100", "train.eval_every=0"
 
 def ensure_export(stage: str, config: str, overrides: list[str]) -> Path:
     """Train ``stage`` with ``config`` + overrides unless its export already exists."""
-    from fae.config import read_yaml
-
     run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.run_dir=")),
                    read_yaml(ROOT / config)["train"]["run_dir"])
     export = ROOT / run_dir / "export"
     if (export / "config.json").is_file():
         print(f"[skip] {export} exists", flush=True)
         return export
-    from fae.training.stages.registry import load_stage
-    from fae.training.engine import train
-
     print(f"[train] fae train {stage} {' '.join(overrides)} --config {config}", flush=True)
     result = train(load_stage(stage, str(ROOT / config), overrides))
     return Path(result["export"])
@@ -66,14 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fae", default=None, help="an existing FAE export (default: train a short one)")
     parser.add_argument("--out", default="runs/demo/pixel_decoder_table", help="output folder")
     args = parser.parse_args(argv)
-
-    from torch.utils.data import Subset
-
-    from fae.autoencoder.model import FAE
-    from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.backbones import BackboneConfig, TokenCache
-    from fae.data.datasets import DataConfig, build_dataset
-    from fae.training.stages.pixel_decoder_heldout import HeldOut
 
     out = ROOT / args.out
     cache = [f"token_cache_dir={out / 'token_cache'}"]  # one token cache for the three runs and the table

@@ -32,6 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from fae.backbones.weights import env_var_for
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rehearse_recipes as recipes  # noqa: E402  (bench/ is not a package)
 
@@ -62,8 +66,6 @@ def closure(wanted: list[str]) -> list[str]:
 def backbone_env(depth: int | None) -> dict[str, str]:
     """$FAE_WEIGHTS_<NAME>=random[:N] for the paper's backbones: verbs that look the backbone up
     themselves (``fae cache-latents`` through ``FAE.from_pretrained``) get the same random network."""
-    from fae.backbones.weights import env_var_for
-
     value = recipes.random_weights(depth)
     return {env_var_for(name): value for name in set(recipes.BACKBONES.values())}
 
@@ -85,8 +87,6 @@ def run_step(step: str, work: Path, depth: int | None, precision: str) -> dict:
 
 def worker(step: str, work: Path, depth: int | None, precision: str) -> None:
     """The child process: rehearse ``step`` and write its result JSON."""
-    import torch
-
     torch.set_num_threads(os.cpu_count() or 1)
     result = recipes.timed(step, recipes.Work(work, precision), depth)
     (work / "results").mkdir(parents=True, exist_ok=True)

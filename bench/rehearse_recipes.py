@@ -26,7 +26,22 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+from PIL import Image
+
+from fae.autoencoder import FAE
+from fae.autoencoder.pixel_decoder import PixelDecoder
+from fae.commands.sample import SampleConfig, sample_to_npz
+from fae.config import load_config
+from fae.data.datasets import DataConfig
+from fae.data.latent_cache import CacheConfig, read_manifest
+from fae.data.latent_cache_writer import write_cache
+from fae.generation import load_generator
+from fae.training.checkpoint import checkpoint_name
+from fae.training.engine import Trainer
+from fae.training.latents import cache_latents as run_cache
+from fae.training.stages.registry import load_stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
 BACKBONES = {"fae_dinov2g": "dinov2-g14", "fae_siglip2g": "siglip2-g-opt16-256",
@@ -125,8 +140,6 @@ STAGE_OF = {"fae_dinov2g": "autoencoder", "fae_siglip2g": "autoencoder", "pixel_
 
 def load(recipe: str, work: Work, depth: int | None, run_dir: Path, steps: int, extra: list[str] = ()):
     """The recipe's stage, as ``fae train <stage> --config <recipe>.yaml <overrides>`` builds it."""
-    from fae.training.stages.registry import load_stage
-
     overrides = run_overrides(recipe, work, depth) + train_overrides(run_dir, steps, work.precision) + list(extra)
     return load_stage(STAGE_OF[recipe], str(CONFIGS / f"{recipe}.yaml"), overrides)
 
@@ -170,8 +183,6 @@ def train_run(recipe: str, work: Work, depth: int | None, run_dir: Path, steps: 
               probe: Callable | None = None, ckpt_every: int = 0) -> dict:
     """One ``fae train`` run; ``probe(stage, models)`` runs on the EMA weights before the trainer
     closes (the export's reference output); ``ckpt_every`` > 0 keeps every step's checkpoint."""
-    from fae.training.engine import Trainer
-
     stage = load(recipe, work, depth, run_dir, steps, [f"train.ckpt_every={ckpt_every}", "train.keep_last=8"])
     trainer = Trainer(stage, resume=True, force=force)
     try:
@@ -227,8 +238,6 @@ def last_losses(run_dir: Path) -> dict[str, float]:
 def rehearse_training(recipe: str, work: Work, depth: int | None) -> dict:
     """A straight run to step 2 and its step-1 checkpoint resumed to step 2 in another folder; the
     resume check (every tensor equal), the losses, the export check."""
-    from fae.training.checkpoint import checkpoint_name
-
     base = work.run(recipe)
     straight = train_run(recipe, work, depth, base / "straight", STEPS, probe=PROBES[STAGE_OF[recipe]],
                          ckpt_every=1)
@@ -267,8 +276,6 @@ def _probe_autoencoder(stage, models) -> torch.Tensor:
 
 
 def _reload_autoencoder(stage, export) -> torch.Tensor:
-    from fae.autoencoder import FAE
-
     stage.backbone = stage.config.backbone.load("cpu")
     return FAE.from_pretrained(export, backbone=stage.backbone)(_tokens(stage), sample=False)["recon"]
 
@@ -278,9 +285,6 @@ def _probe_pixel_decoder(stage, models) -> torch.Tensor:
 
 
 def _reload_pixel_decoder(stage, export) -> torch.Tensor:
-    from fae.autoencoder import FAE
-    from fae.autoencoder.pixel_decoder import PixelDecoder
-
     stage.backbone = stage.backbone_config.load("cpu")
     decoder = FAE.from_pretrained(export).pixel_decoder if stage.finetune else PixelDecoder.from_pretrained(export)
     return decoder(_tokens(stage))
@@ -299,8 +303,6 @@ def _probe_generator(stage, models) -> torch.Tensor:
 
 
 def _reload_generator(stage, export) -> torch.Tensor:
-    from fae.generation import load_generator
-
     stage.setup(torch.device("cpu"))
     latents, cond = _generator_batch(stage)
     with torch.no_grad():
@@ -318,9 +320,6 @@ RELOADS = {"autoencoder": _reload_autoencoder, "pixel-decoder": _reload_pixel_de
 def write_images(root: Path, classes: int = 3, train: int = 8, val: int = 2, seed: int = 0) -> Path:
     """An ImageNet-layout folder (root/{train,val}/<wnid>/*.JPEG) of random-size noise JPEGs with
     200-500 px sides, and root/captions.jsonl (one caption per training image)."""
-    import numpy as np
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     captions = []
     for split, count in (("train", train), ("val", val)):
@@ -342,8 +341,6 @@ def cache_latents(work: Work, depth: int | None) -> dict:
     """``fae cache-latents`` over the JPEG folder with the stage-II FAE: a labelled cache with
     flipped copies (the class-conditional generators), and a captioned one with T5-XL embeddings
     (``mmdit_t2i``)."""
-    from fae.data.latent_cache import read_manifest
-
     cache_labelled(work)
     cache_captioned(work, depth)
     return {"latents": read_manifest(work.latents)["count"], "captioned": read_manifest(work.caption_latents)["count"]}
@@ -351,10 +348,6 @@ def cache_latents(work: Work, depth: int | None) -> dict:
 
 def _cache(work: Work, overrides: list[str]) -> Path:
     """``fae cache-latents fae=<stage-II export> ... <overrides>`` over the JPEG folder."""
-    from fae.config import load_config
-    from fae.data.latent_cache import CacheConfig
-    from fae.training.latents import cache_latents as run_cache
-
     common = [f"fae={work.export('pixel_decoder_vitl_ii')}", "batch_size=2", "progress=false",
               f"data.root={work.images}", "data.image_size=256"]
     return run_cache(load_config(CacheConfig, None, common + overrides))
@@ -385,10 +378,6 @@ class RandomLatents:
 
 def write_sdvae_cache(work: Work) -> Path:
     """A 4x32x32 latent cache written with the cache writer (``write_cache``) from random latents."""
-    from fae.data.datasets import DataConfig
-    from fae.data.latent_cache import CacheConfig
-    from fae.data.latent_cache_writer import write_cache
-
     cfg = CacheConfig(fae="random 4x32x32 latents (rehearsal stand-in for SD-VAE)", out=str(work.sdvae_latents),
                       data=DataConfig(name="imagefolder", root=str(work.images), image_size=256), flip=True,
                       batch_size=2, progress=False)
@@ -401,11 +390,6 @@ def write_sdvae_cache(work: Work) -> Path:
 def sample_images(work: Work, generator: Path, out: Path, config: str | None = None,
                   prompts: list[str] | None = None, steps: int | None = 2) -> dict:
     """``fae sample`` of 2 images through the stage-II FAE's decoders; checks the ADM batch."""
-    import numpy as np
-
-    from fae.commands.sample import SampleConfig, sample_to_npz
-    from fae.config import load_config
-
     overrides = [f"generator={generator}", f"fae={work.export('pixel_decoder_vitl_ii')}", "num=2",
                  "batch_size=2", f"out={out}"] + ([f"sampling.steps={steps}"] if steps else [])
     if prompts is not None:
@@ -424,8 +408,6 @@ def sample_images(work: Work, generator: Path, out: Path, config: str | None = N
 
 def sample_latents(export: Path) -> dict:
     """2 latents of a generator without an FAE decoder (the SD-VAE-shaped STARFlow)."""
-    from fae.generation import load_generator
-
     z = load_generator(export).sample(range(2), labels=torch.tensor([0, 1]), seed=0)
     return {"samples_shape": list(z.shape), "samples_ok": bool(torch.isfinite(z).all())}
 
