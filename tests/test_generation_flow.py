@@ -3,14 +3,27 @@ the likelihood of known Gaussians, cached = uncached decoding, guidance at scale
 and the flow through the generator stage, its export and `fae sample` (tiny configs, CPU)."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from fae.errors import ConfigError
-from fae.generation.flow import STARFlow, TARFlowBlock, flow_loss, guided_affine
+from fae.autoencoder import FAE
+from fae.cli import main as fae_main
+from fae.config import load_config
+from fae.errors import CheckpointError, ConfigError
+from fae.evaluation.stats import read_sample_batch
+from fae.generation import FlowGenerator, Generator, load_generator
+from fae.generation.flow import STARFlow, TARFlowBlock, build_flow, flow_loss, guided_affine
 from fae.generation.flow_config import FlowConfig, FlowSamplerConfig
+from fae.nn import Attention, KVCache
+from fae.training.engine import train
+from fae.training.latents import cache_latents
+from fae.training.run_folder import saved_form
+from fae.training.stages.generator import GeneratorRunConfig, build_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,8 +46,6 @@ def tiny_flow(seed: int = 0, **overrides) -> STARFlow:
 
 
 def test_cached_attention_fed_in_chunks_equals_full_causal_attention():
-    from fae.nn import Attention, KVCache
-
     torch.manual_seed(6)
     attn = Attention(16, 2).double()
     x = torch.randn(2, 7, 16, dtype=torch.float64)
@@ -254,8 +265,6 @@ def test_bad_config_values_name_their_key():
 
 
 def test_the_starflow_default_sizes_match_the_published_1_4b():
-    from fae.generation.flow import build_flow
-
     for c, side, patch in ((32, 16, 1), (4, 32, 2)):  # FAE latents, SD-VAE-shaped latents: 256 tokens
         flow = build_flow(FlowConfig(size="XL", latent_channels=c, latent_size=side, patch_size=patch), "meta")
         assert flow.config.grid == (16, 16)
@@ -266,10 +275,6 @@ def test_the_starflow_default_sizes_match_the_published_1_4b():
 
 
 def test_diffusion_run_configs_keep_their_saved_form_and_misplaced_sections_are_refused():
-    from fae.config import load_config
-    from fae.training.run_folder import saved_form
-    from fae.training.stages.generator import GeneratorRunConfig
-
     saved = saved_form(load_config(GeneratorRunConfig, "configs/imagenet256/lightningdit_xl1.yaml", []))
     assert not {"kind", "flow", "flow_sampling"} & set(saved)  # run folders written before still resume
     flow = saved_form(load_config(GeneratorRunConfig, "configs/imagenet256/starflow_fae.yaml", []))
@@ -284,8 +289,6 @@ def test_diffusion_run_configs_keep_their_saved_form_and_misplaced_sections_are_
 
 @pytest.mark.parametrize("name,count", [("starflow_fae", "1.424B"), ("starflow_sdvae", "1.423B")])
 def test_dry_run_prints_the_count_next_to_the_published_one(capsys, name, count):
-    from fae.cli import main as fae_main
-
     assert fae_main(["train", "generator", "--config", f"configs/imagenet256/{name}.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"STARFlow-XL/{1 if name == 'starflow_fae' else 2}" in out and "(256 tokens)" in out
@@ -293,9 +296,6 @@ def test_dry_run_prints_the_count_next_to_the_published_one(capsys, name, count)
 
 
 def test_a_flow_export_round_trips_and_samples_the_same(tmp_path):
-    from fae.errors import CheckpointError
-    from fae.generation import FlowGenerator, Generator, load_generator
-
     torch.manual_seed(4)
     gen = FlowGenerator(FlowConfig(**TINY), latent_mean=torch.randn(3), latent_std=torch.rand(3) + 0.5,
                         sampling=FlowSamplerConfig(cfg_scale=1.5), fae_identity={"identity": "abc"})
@@ -317,8 +317,6 @@ def test_a_flow_export_round_trips_and_samples_the_same(tmp_path):
 
 
 def test_bits_per_dim_of_fae_scale_latents_is_measured_in_the_normalised_scale():
-    from fae.generation import FlowGenerator
-
     mean, std = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.5, 1.0])
     gen = FlowGenerator(FlowConfig(**TINY), latent_mean=mean, latent_std=std)  # identity flow: N(0, I)
     latents = mean.view(1, 3, 1, 1) + std.view(1, 3, 1, 1) * torch.randn(6, 3, 4, 4)
@@ -331,11 +329,6 @@ def test_bits_per_dim_of_fae_scale_latents_is_measured_in_the_normalised_scale()
 def flow_run(tmp_path_factory):
     """A tiny FAE's latent cache, an untrained (step 0) and an 80-step flow run on it."""
     from test_generation_pipeline import cache_config, export_fae
-
-    from fae.commands.cache_latents import cache_latents
-    from fae.config import load_config
-    from fae.training.engine import train
-    from fae.training.stages.generator import GeneratorRunConfig, build_stage
 
     root = tmp_path_factory.mktemp("flow")
     export_fae(root / "fae", seed=0)
@@ -355,12 +348,6 @@ def flow_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_generator_stage_trains_the_flow_and_lowers_its_bits_per_dim(flow_run):
-    import json
-    from pathlib import Path
-
-    from fae.autoencoder import FAE
-    from fae.generation import FlowGenerator, load_generator
-
     root, untrained, result = flow_run
     before, after = untrained["eval"]["bits_per_dim"], result["eval"]["bits_per_dim"]
     assert after < before - 0.3, (before, after)
@@ -377,11 +364,6 @@ def test_the_generator_stage_trains_the_flow_and_lowers_its_bits_per_dim(flow_ru
 
 @pytest.mark.slow
 def test_fae_sample_picks_the_flow_from_its_export(flow_run, capsys):
-    import numpy as np
-
-    from fae.cli import main as fae_main
-    from fae.evaluation.stats import read_sample_batch
-
     root, _, result = flow_run
     out = root / "flow_samples.npz"
     args = ["sample", "--generator", result["export"], "--fae", str(root / "fae"), "--num", "8",

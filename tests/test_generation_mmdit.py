@@ -9,10 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from fae.cli import main as fae_main
+from fae.config import load_config
+from fae.data.datasets import DataConfig, build_dataset
+from fae.data.latent_cache import CacheConfig
+from fae.errors import FAEError
+from fae.evaluation.stats import read_prompts, read_sample_batch
 from fae.generation import MMDiTConfig, TextCondition, TextToImageGenerator, build_mmdit, load_generator
 from fae.generation.samplers import GuidedVelocity, SamplerConfig
 from fae.nn import Attention, joint_attention
+from fae.training.engine import train
+from fae.training.latents import cache_latents
+from fae.training.stages.generator import GeneratorRunConfig, build_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -107,11 +117,6 @@ CAPTIONS = ["a photo of a t-shirt", "a shirt, product shot", "a photo of a trous
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory):
     """A tiny FAE export and a captioned latent cache with MiniLM embeddings."""
-    from PIL import Image
-
-    from fae.commands.cache_latents import cache_latents
-    from fae.data.datasets import DataConfig, build_dataset
-    from fae.data.latent_cache import CacheConfig
     from test_generation_pipeline import export_fae
 
     root = tmp_path_factory.mktemp("t2i")
@@ -138,12 +143,6 @@ def t2i_overrides(root: Path, run: str, steps: int, *extra: str) -> list[str]:
 
 
 def test_tiny_mmdit_training_lowers_the_loss_and_its_export_samples_from_prompts(captioned, capsys):
-    from fae.cli import main as fae_main
-    from fae.config import load_config
-    from fae.evaluation.stats import read_prompts, read_sample_batch
-    from fae.training.engine import train
-    from fae.training.stages.generator import GeneratorRunConfig, build_stage
-
     before = train(build_stage(load_config(GeneratorRunConfig, None, t2i_overrides(captioned, "r0", 0))))
     after = train(build_stage(load_config(GeneratorRunConfig, None, t2i_overrides(captioned, "run", 80))))
     assert after["eval"]["fixed_noise_loss"] < 0.8 * before["eval"]["fixed_noise_loss"]
@@ -170,11 +169,6 @@ def test_tiny_mmdit_training_lowers_the_loss_and_its_export_samples_from_prompts
 
 
 def test_online_text_embeddings_train_too_and_a_mismatched_cache_is_refused(captioned):
-    from fae.config import load_config
-    from fae.errors import FAEError
-    from fae.training.engine import train
-    from fae.training.stages.generator import GeneratorRunConfig, build_stage
-
     result = train(build_stage(load_config(GeneratorRunConfig, None, t2i_overrides(
         captioned, "online", 2, "text.embeddings=online"))))
     assert np.isfinite(result["eval"]["fixed_noise_loss"])

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from safetensors.torch import load, load_file, save_file
 
 from fae.autoencoder import FAE, FAEConfig
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from fae.cli import main as fae_main
-from fae.commands.cache_latents import cache_latents
 from fae.config import from_dict, load_config
 from fae.data.datasets import DataConfig, build_dataset
-from fae.data.latent_cache import CacheConfig, LatentCache, LatentDataset, shard_path
+from fae.data.latent_cache import CacheConfig, LatentCache, LatentDataset
+from fae.data.shard_store import shard_path
 from fae.errors import ConfigError, LatentCacheError
 from fae.evaluation.stats import read_sample_batch
 from fae.generation import Generator, GeneratorConfig
@@ -25,6 +28,9 @@ from fae.generation.decode import SampleDecoder
 from fae.generation.samplers import SamplerConfig
 from fae.images import quantize
 from fae.stats import ChannelStats
+from fae.training.engine import train
+from fae.training.latents import cache_latents
+from fae.training.stages.generator import GeneratorRunConfig, build_stage
 
 TINY_FAE = {"backbone": "tiny-vit", "latent_channels": 4,
             "encoder": {"heads": 2, "head_dim": 16, "depth": 1},
@@ -95,8 +101,6 @@ def test_the_caches_statistics_are_the_fae_exports(workdir):
 def write_version1_cache(workdir, folder, tensors: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a copy of the cache into what the previous code wrote: manifest version 1 with its own
     measured "stats" (and stats.safetensors when ``tensors``), no "latent_stats"."""
-    from safetensors.torch import save_file
-
     shutil.copytree(workdir / "cache", folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["latent_stats"]
@@ -131,11 +135,14 @@ def test_interrupted_cache_resumes_without_re_encoding_finished_shards(workdir, 
     before = {i: os.stat(shard_path(folder, i)).st_mtime_ns for i in (0, 2)}
     cache_latents(cache_config(workdir, folder))
     assert {i: os.stat(shard_path(folder, i)).st_mtime_ns for i in (0, 2)} == before
-    from safetensors.torch import load
-
     again, first = load(shard_path(folder, 1).read_bytes()), load(shard1)
     assert torch.allclose(again["latents"], first["latents"], atol=1e-5)
     assert LatentCache(folder).manifest["complete"]
+
+
+def test_resuming_with_another_shard_plan_is_refused_naming_the_key(workdir):
+    with pytest.raises(LatentCacheError, match=r"cache' was started with shard_size=40, now 16; use a new folder"):
+        cache_latents(replace(cache_config(workdir, workdir / "cache"), shard_size=16))
 
 
 def test_a_cache_from_another_fae_is_refused(workdir):
@@ -149,8 +156,6 @@ def test_a_cache_from_another_fae_is_refused(workdir):
 
 
 def generator_stage(*overrides: str):
-    from fae.training.stages.generator import GeneratorRunConfig, build_stage
-
     return build_stage(load_config(GeneratorRunConfig, None, ["model.depth=1", "model.dim=32", "model.heads=2",
                                                                *overrides]))
 
@@ -173,8 +178,6 @@ def test_the_stage_reads_the_latent_shape_from_upstream_and_refuses_a_disagreein
 
 
 def test_dry_run_needs_no_latent_shape_in_the_config_when_data_fae_is_an_export(workdir, tmp_path, capsys):
-    import yaml
-
     config = Path("configs/demo/generator.yaml")
     assert not {"latent_channels", "latent_size"} & set(yaml.safe_load(config.read_text())["model"])
     assert fae_main(["train", "generator", "--config", str(config), "--dry-run", f"data.fae={workdir / 'fae'}",
@@ -214,9 +217,6 @@ def train_overrides(workdir, run: str, steps: int) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(workdir):
     """An untrained run (step 0) and a 120-step run of a tiny LightningDiT on the cache."""
-    from fae.training.engine import train
-    from fae.training.stages.generator import GeneratorRunConfig, build_stage
-
     untrained = train(build_stage(load_config(GeneratorRunConfig, None, train_overrides(workdir, "r0", 0))))
     result = train(build_stage(load_config(GeneratorRunConfig, None, train_overrides(workdir, "run", 120))))
     return untrained, result
@@ -280,8 +280,6 @@ def test_dry_run_prints_the_papers_sit_xl1_size(capsys):
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_share_the_cache_shards(workdir, tmp_path):
-    from safetensors.torch import load_file
-
     from launch import torchrun
 
     out = tmp_path / "cache2"

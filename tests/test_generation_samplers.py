@@ -1,17 +1,21 @@
 """Samplers against an analytic target, CFG, per-sample seeding and rank sharding, and the one
 sample-then-decode path (SampleDecoder) with its label, settings and pairing helpers."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from fae.commands.sample import SampleConfig
+from fae.config import load_config
+from fae.distributed import shard_range
 from fae.errors import ConfigError, LatentCacheError
 from fae.generation import Generator, GeneratorConfig
 from fae.generation.decode import SampleDecoder, check_pair, class_labels, class_list, sampler_config
-from fae.images import quantize
-from fae.generation.samplers import GuidedVelocity, SamplerConfig, guidance_scale, integrate
-from fae.distributed import shard_range
+from fae.generation.samplers import PAPER_CFG_SCHEDULE, GuidedVelocity, SamplerConfig, guidance_scale, integrate
 from fae.generation.seeding import balanced_labels
-from fae.generation.transport import TransportConfig
+from fae.generation.transport import TransportConfig, time_grid
+from fae.images import quantize
 
 
 def gaussian_velocity(mu: float, s: float):
@@ -85,13 +89,6 @@ def test_piecewise_schedule_overrides_the_single_scale():
 
 def test_the_paper_guidance_default_reproduces_the_printed_pieces():
     """App. D: w = 0.9 on t in [0.9, 1], 2.5 on [0, 0.7]; the unstated middle is w = 1 (no CFG)."""
-    from pathlib import Path
-
-    from fae.commands.sample import SampleConfig
-    from fae.config import load_config
-    from fae.generation.samplers import PAPER_CFG_SCHEDULE
-    from fae.generation.transport import time_grid
-
     path = Path(__file__).resolve().parents[1] / "configs" / "imagenet256" / "sample_cfg.yaml"
     stored = SamplerConfig(method="euler_maruyama", steps=250)  # what the generator export stores
     cfg = sampler_config(Generator(GeneratorConfig(depth=1, dim=32, heads=2, latent_channels=4, latent_size=4),

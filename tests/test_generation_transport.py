@@ -1,10 +1,14 @@
 """Flow transport: the time convention, the paper's shift converted to t = 1 noise, the loss."""
+from pathlib import Path
+
 import pytest
 import torch
 
+from fae.config import load_config
 from fae.errors import ConfigError
 from fae.generation.transport import (Transport, TransportConfig, cosine_velocity_loss, interpolate, sample_time,
                                       shift_time, target_velocity, time_grid, velocity_to_eps, velocity_to_x0)
+from fae.training.stages.generator import GeneratorRunConfig
 
 
 def test_shift_matches_the_papers_rational_form_written_with_t0_as_noise():
@@ -96,11 +100,6 @@ def test_transport_loss_adds_the_weighted_cosine_term():
 
 
 def test_imagenet_lightningdit_config_trains_with_lightningdits_setting():
-    from pathlib import Path
-
-    from fae.config import load_config
-    from fae.training.stages.generator import GeneratorRunConfig
-
     root = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
     configs = [load_config(GeneratorRunConfig, root / name) for name in ("lightningdit_xl1.yaml", "sit_xl1.yaml")]
     lightning, sit = (cfg.transport for cfg in configs)
