@@ -5,6 +5,8 @@ fills a cache on rank 0 only and checks that both ranks read the same tokens.
 """
 from __future__ import annotations
 
+import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -123,6 +125,21 @@ def test_a_damaged_shard_is_named_with_what_to_do(tmp_path, damage):
     shard.write_bytes(b"not a safetensors file" if damage == "garbage" else data[:len(data) // 2])
     with pytest.raises(DataError, match=r"shard-00000\.safetensors.*delete it"):
         cache.tokens(FASHION, count=20, progress=False)
+
+
+def test_a_hand_edited_or_damaged_manifest_is_refused_naming_the_folder(tmp_path):
+    cache = TokenCache(tmp_path, load_backbone("tiny-vit"), shard_size=16)
+    cache.tokens(FASHION, count=4, progress=False)
+    folder = cache.folder_for(FASHION)
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "dtype": "float32"}))
+    with pytest.raises(DataError, match=rf"token cache '{re.escape(str(folder))}' was started with "
+                                        r"dtype='float32', now 'float16'; delete the folder"):
+        cache.tokens(FASHION, count=4, progress=False)
+    manifest.write_text('{"format": ')
+    with pytest.raises(DataError, match=r"is not valid JSON.*the token cache manifest is damaged; delete the "
+                                        rf"folder '{re.escape(str(folder))}'"):
+        cache.tokens(FASHION, count=4, progress=False)
 
 
 def test_two_stages_share_one_cache(tmp_path, monkeypatch):

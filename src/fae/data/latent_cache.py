@@ -1,4 +1,6 @@
-"""Latent cache, read side: a dataset encoded once by a trained FAE, for generator training.
+"""Latent cache: a dataset encoded once by a trained FAE, for generator training. This module holds
+what a cache is made from (:class:`CacheConfig`, the FAE export's record) and how it is read
+(manifest, :class:`LatentCache`, the datasets); :mod:`fae.data.latent_cache_writer` writes it.
 
 Folder layout (a :mod:`fae.data.shard_store`, written by :mod:`fae.data.latent_cache_writer`):
 
@@ -21,8 +23,8 @@ Latent statistics have one source: the FAE export (stage Ia measures them; ``FAE
 cache and the FAE normalise latents identically. Caches of manifest version 1 measured their own
 statistics (``"stats"`` in the manifest and a ``stats.safetensors``); they still load and keep them.
 
-Shard ``i`` holds dataset items ``[i * shard_size, (i + 1) * shard_size)``. This module reads
-JSON and safetensors only: it never imports the autoencoder.
+Shard ``i`` holds dataset items ``[i * shard_size, (i + 1) * shard_size)``. Neither module imports
+the autoencoder: the reader reads JSON and safetensors, the writer takes any encoder.
 """
 from __future__ import annotations
 
