@@ -10,6 +10,7 @@ is NCCL when CUDA is available, gloo on CPU; multi-node runs work through torchr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from datetime import timedelta
 from typing import Iterator
@@ -123,6 +124,33 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
 
 
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``t`` (dim 0) in rank order, on the CPU; ``t`` itself in a single process.
+
+    The one gather of evaluation results (features, logits, labels): the collective runs on this
+    rank's default device (NCCL moves CUDA tensors only), and with :func:`shard_range` shards the
+    rows come back in the original item order.
+    """
+    if world_size() == 1:
+        return t
+    return all_gather_tensor(t.to(default_device())).cpu()
+
+
+def all_reduce_sums(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Sums over ranks of float64 accumulators (counts, sums, sums of products), on the CPU.
+
+    The one all-reduce of streamed statistics: the tensors travel packed in one flat buffer (one
+    collective, whatever their number and shapes) and come back with their shapes. A single process
+    gets them back unchanged.
+    """
+    if world_size() == 1:
+        return list(tensors)
+    packed = torch.cat([t.reshape(-1) for t in tensors]).to(default_device())
+    packed = all_reduce_sum(packed).cpu()
+    sizes = [t.numel() for t in tensors]
+    return [part.reshape(t.shape) for part, t in zip(packed.split(sizes), tensors)]
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of ``t`` over ranks (a new tensor; ``t`` is left untouched)."""
     t = t.clone()
@@ -155,8 +183,6 @@ def broadcast_object(obj: object, src: int = 0) -> object:
 
 def check_replicas_equal(tensors: list[torch.Tensor]) -> bool:
     """True when every rank holds bit-identical ``tensors`` (compares a byte digest per rank)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for t in tensors:
         digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

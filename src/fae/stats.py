@@ -38,12 +38,9 @@ class ChannelStats:
 
     def all_reduce(self) -> "ChannelStats":
         """Sum every rank's accumulators into this one (no-op in a single process); returns self."""
-        if dist.world_size() == 1:
-            return self
-        packed = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64), self.total, self.total_sq])
-        packed = dist.all_reduce_sum(packed.to(dist.default_device())).cpu()
-        self.count = int(round(float(packed[0])))
-        self.total, self.total_sq = packed[1:1 + self.dim].clone(), packed[1 + self.dim:].clone()
+        count, self.total, self.total_sq = dist.all_reduce_sums(
+            torch.tensor([float(self.count)], dtype=torch.float64), self.total, self.total_sq)
+        self.count = int(round(float(count[0])))
         return self
 
     def mean_std(self, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,13 +12,14 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from fae import distributed as dist
 from fae.data.batches import stack_images
 from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM, InceptionFeatures, resize_tf_bilinear
 from fae.evaluation.inception_v3 import NUM_LOGITS
 from fae.evaluation.stats import InceptionStats, StreamingStats
 from fae.images import nhwc_to_nchw, quantize
-from fae import distributed as dist
 
 
 class ImageSource(Protocol):
@@ -106,8 +107,6 @@ def compute_inception_stats(images, net: InceptionFeatures, *, batch_size: int =
         progress: show a tqdm bar (rank 0 only).
         desc: bar label.
     """
-    from tqdm.auto import tqdm
-
     source = as_source(images)
     shard = dist.shard_range(len(source))
     pool_stats, spatial_stats = StreamingStats(POOL_DIM), StreamingStats(SPATIAL_DIM)
@@ -124,35 +123,15 @@ def compute_inception_stats(images, net: InceptionFeatures, *, batch_size: int =
             logits.append(out["logits"].cpu())
         bar.update(stop - start)
     bar.close()
-    pool_stats, spatial_stats = reduce_stats(pool_stats), reduce_stats(spatial_stats)
+    pool_stats.all_reduce()
+    spatial_stats.all_reduce()
     features = None
     if keep_features:
         local = torch.cat(kept) if kept else torch.empty(0, POOL_DIM)
-        features = _gather(local).numpy()
+        features = dist.gather_rows(local).numpy()
     gathered = None
     if getattr(net, "has_logits", False):  # every rank gathers, an empty shard included
-        gathered = _gather(torch.cat(logits) if logits else torch.empty(0, NUM_LOGITS)).numpy()
+        gathered = dist.gather_rows(torch.cat(logits) if logits else torch.empty(0, NUM_LOGITS)).numpy()
     return InceptionStats(mu=pool_stats.mean(), sigma=pool_stats.cov(), mu_s=spatial_stats.mean(),
                           sigma_s=spatial_stats.cov(), count=pool_stats.count, pool_features=features,
                           logits=gathered)
-
-
-def reduce_stats(stats: StreamingStats) -> StreamingStats:
-    """Sum the accumulators of all ranks (no-op in a single process)."""
-    if dist.world_size() == 1:
-        return stats
-    device = dist.default_device()
-    packed = torch.cat([torch.tensor([float(stats.count)], dtype=torch.float64),
-                        torch.from_numpy(stats.total), torch.from_numpy(stats.outer).reshape(-1)])
-    packed = dist.all_reduce_sum(packed.to(device)).cpu().numpy()
-    merged = StreamingStats(stats.dim)
-    merged.count = int(round(packed[0]))
-    merged.total = packed[1:1 + stats.dim]
-    merged.outer = packed[1 + stats.dim:].reshape(stats.dim, stats.dim)
-    return merged
-
-
-def _gather(features: torch.Tensor) -> torch.Tensor:
-    if dist.world_size() == 1:
-        return features
-    return dist.all_gather_tensor(features.to(dist.default_device())).cpu()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fae import distributed as dist
 from fae.errors import DataError
 from fae.images import nhwc_to_nchw
 from fae.io import atomic_write
@@ -40,7 +41,15 @@ class StreamingStats:
         self.total += x.sum(axis=0)
         self.outer += x.T @ x
 
-    def merge(self, other: "StreamingStats") -> None:
+    def all_reduce(self) -> StreamingStats:
+        """Sum every rank's accumulators into this one (no-op in a single process); returns self."""
+        count, total, outer = dist.all_reduce_sums(torch.tensor([float(self.count)], dtype=torch.float64),
+                                                   torch.from_numpy(self.total), torch.from_numpy(self.outer))
+        self.count = int(round(float(count[0])))
+        self.total, self.outer = total.numpy(), outer.numpy()
+        return self
+
+    def merge(self, other: StreamingStats) -> None:
         """Add another accumulator's sums (e.g. from another rank)."""
         self.count += other.count
         self.total += other.total
