@@ -110,6 +110,35 @@ def load_file(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint '{path}' cannot be read: {e}") from None
 
 
+def ema_weights(state: dict, name: str, path: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA copy of module ``name``'s tracked parameters in the training checkpoint ``state``
+    (read from ``path``): an error naming the file when it holds none, e.g. a run trained with
+    ``train.ema_decay: null`` where EMA weights are expected."""
+    ema = state.get("ema") if isinstance(state, dict) else None
+    if not isinstance(ema, dict) or name not in ema or "shadow" not in ema[name]:
+        kept = ", ".join(ema) if isinstance(ema, dict) and ema else "none"
+        raise CheckpointError(f"checkpoint '{path}' holds no EMA weights of '{name}' (EMA kept for: {kept}); "
+                              "EMA weights are expected here: train with train.ema_decay set")
+    return ema[name]["shadow"]
+
+
+def load_ema_weights(module: nn.Module, path: str | Path, name: str) -> nn.Module:
+    """Load module ``name`` of the training checkpoint at ``path`` into ``module``, with its EMA
+    weights: the model state first (buffers and untracked parameters), then the EMA copy over the
+    parameters it tracks. A checkpoint without that module or without its EMA is an error."""
+    state = load_file(path)
+    models = state.get("models") if isinstance(state, dict) else None
+    if not isinstance(models, dict) or name not in models:
+        raise CheckpointError(f"checkpoint '{path}' holds no model '{name}'")
+    shadow = ema_weights(state, name, path)
+    load_model_state(module, models[name])
+    with torch.no_grad():
+        params = dict(unwrap(module).named_parameters())
+        for key, value in shadow.items():
+            params[key].copy_(value)
+    return module
+
+
 # ---------------------------------------------------------------- model / optimiser state
 def _options(full: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
