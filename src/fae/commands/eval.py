@@ -12,79 +12,58 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    import torch
+import torch
+import torch.utils.data
 
-    from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig, RetrievalConfig
-    from fae.evaluation.stats import InceptionStats
+from fae import distributed as dist
+from fae.autoencoder import FAE
+from fae.backbones import load_backbone
+from fae.config import load_config
+from fae.data.datasets import build_dataset, check_batchable
+from fae.data.imagefolder import ImageFiles
+from fae.data.karpathy import read_karpathy
+from fae.errors import ConfigError, DataError
+from fae.evaluation import config
+from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig, RetrievalConfig
+from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM
+from fae.evaluation.inception_v3 import load_scoring_network
+from fae.evaluation.linear_head import LinearHead, head_accuracy
+from fae.evaluation.probe import fit_linear_probe
+from fae.evaluation.probe_features import BackboneFeatures, FAEFeatures, HeadFeatures, pooled_features
+from fae.evaluation.recon import reconstruction_metrics
+from fae.evaluation.retrieval import RetrievalImageEmbeddings, retrieval_scores, text_embeddings
+from fae.evaluation.scorer import FIDScorer
+from fae.evaluation.stats import InceptionStats, NpzImages
+from fae.evaluation.suite import format_table
+from fae.io import atomic_save_json
+from fae.text import load_text_encoder
 
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> this rank's device; else ``name``."""
-    import torch
-
-    from fae import distributed as dist
-
     return dist.device() if name == "auto" else torch.device(name)
-
-
-def load_set_stats(path: str, net, *, need_features: bool, batch_size: int, progress: bool,
-                   desc: str) -> InceptionStats:
-    """Statistics of an image batch or stats file; precomputed mu/sigma are kept as given (ADM),
-    and pool features are computed from its images only when a metric needs them."""
-    from fae.errors import DataError
-    from fae.evaluation.features import compute_inception_stats
-    from fae.evaluation.stats import NpzImages, has_stats, read_stats
-
-    if not Path(path).is_file():
-        raise DataError(f"'{path}' does not exist")
-    if not has_stats(path):
-        return compute_inception_stats(NpzImages(path), net, batch_size=batch_size,
-                                       keep_features=need_features, progress=progress, desc=desc)
-    stats = read_stats(path)
-    if need_features and stats.pool_features is None and _has_images(path):
-        images = NpzImages(path)
-        stats.pool_features = compute_inception_stats(images, net, batch_size=batch_size,
-                                                      progress=progress, desc=desc).pool_features
-        stats.count = stats.count or len(images)
-    return stats
-
-
-def _has_images(path: str) -> bool:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as data:
-        return "arr_0" in data.files
 
 
 def run_fid(cfg: FidConfig) -> dict[str, Any]:
     """Score ``cfg.samples`` against ``cfg.ref``; writes JSON on rank 0 and returns the results."""
-    from fae.errors import ConfigError
-    from fae.evaluation.inception_v3 import load_scoring_network
-    from fae.evaluation.suite import generation_metrics
-
     if not cfg.samples or not cfg.ref:
         raise ConfigError("fae eval fid needs both samples=<.npz> and ref=<.npz> (or --samples/--ref)")
     net = load_scoring_network(cfg.inception_weights, device=resolve_device(cfg.device))  # IS with weights
+    scorer = FIDScorer(net, batch_size=cfg.batch_size, sqrt_method=cfg.sqrt_method, progress=cfg.progress)
     need = any(m in cfg.metrics for m in ("kid", "pr"))
-    kwargs = dict(need_features=need, batch_size=cfg.batch_size, progress=cfg.progress)
-    samples = load_set_stats(cfg.samples, net, desc="samples", **kwargs)
-    reference = load_set_stats(cfg.ref, net, desc="reference", **kwargs)
-    check_fid_inputs(cfg, {cfg.samples: samples, cfg.ref: reference})
-    results = generation_metrics(samples, reference, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
-                                 kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k,
-                                 sqrt_method=cfg.sqrt_method)
+    samples = scorer.npz_stats(cfg.samples, need_features=need, desc="samples")
+    scorer.use_reference(scorer.npz_stats(cfg.ref, need_features=need, desc="reference"))
+    check_fid_inputs(cfg, {cfg.samples: samples, cfg.ref: scorer.reference})
+    results = scorer.metrics(samples, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
+                             kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k)
     results.update(samples=str(cfg.samples), ref=str(cfg.ref))
     return _write(results, cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json")
 
 
 def check_fid_inputs(cfg: FidConfig, sets: dict[str, InceptionStats]) -> None:
     """Each set's statistics have the ADM Inception widths, and enough images for KID and P&R."""
-    from fae.errors import DataError
-    from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM
-
     for path, stats in sets.items():
         if stats.mu.shape[0] != POOL_DIM:
             raise DataError(f"'{path}' holds {stats.mu.shape[0]}-d statistics; the ADM InceptionV3 "
@@ -97,8 +76,6 @@ def check_fid_inputs(cfg: FidConfig, sets: dict[str, InceptionStats]) -> None:
 
 
 def _check_feature_count(cfg: FidConfig, path: str, features) -> None:
-    from fae.errors import DataError
-
     if features is None:
         return
     n = features.shape[0]
@@ -111,20 +88,12 @@ def _check_feature_count(cfg: FidConfig, path: str, features) -> None:
 
 def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:
     """Write reference statistics of ``cfg.images`` (an .npz) or of ``cfg.data``."""
-    from fae import distributed as dist
-    from fae.evaluation.features import compute_inception_stats
-    from fae.evaluation.inception import load_inception
-    from fae.evaluation.stats import NpzImages
-
-    net = load_inception(device=resolve_device(cfg.device))
+    scorer = FIDScorer(device=resolve_device(cfg.device), batch_size=cfg.batch_size, progress=cfg.progress)
     if cfg.images:
         source, label = NpzImages(cfg.images), cfg.images
     else:
-        from fae.data.datasets import build_dataset
-
         source, label = build_dataset(cfg.data), f"{cfg.data.name}:{cfg.data.split}"
-    stats = compute_inception_stats(source, net, batch_size=cfg.batch_size, keep_features=cfg.with_features,
-                                    progress=cfg.progress, desc="ref-stats")
+    stats = scorer.stats(source, keep_features=cfg.with_features, desc="ref-stats")
     if dist.is_main():
         stats.save(cfg.out, with_features=cfg.with_features)
     dist.barrier()
@@ -134,9 +103,6 @@ def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features; with
     ``cfg.head``, the zero-shot protocol (:func:`run_head_probe`)."""
-    from fae.evaluation.probe import fit_linear_probe
-    from fae.evaluation.probe_features import pooled_features
-
     if cfg.head:
         return run_head_probe(cfg)
     encoder = _probe_encoder(cfg, resolve_device(cfg.device))
@@ -147,8 +113,6 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
                                     weight_decay=cfg.weight_decay)
     result.update(features=cfg.features, backbone=encoder.name, fae=cfg.fae)
     if cfg.save_head:  # the head the scores came from, kept as a head file
-        from fae import distributed as dist
-
         if dist.is_main():
             head.save(cfg.save_head)
         result["saved_head"] = str(cfg.save_head)
@@ -158,9 +122,6 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
 def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Zero-shot top-1 / top-5 of a fixed head (``cfg.head``) on ``cfg.data`` (its own split): raw
     backbone features and, with ``cfg.fae``, the FAE's reconstructions - the same head on both."""
-    from fae.evaluation.linear_head import LinearHead, head_accuracy
-    from fae.evaluation.probe_features import HeadFeatures, pooled_features
-
     head = LinearHead.load(cfg.head)
     device = resolve_device(cfg.device)
     if cfg.fae:
@@ -168,8 +129,6 @@ def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
         encoder = HeadFeatures(head, fae=fae, extra_tokens=cfg.extra_tokens)
         mode = cfg.extra_tokens or fae.config.extra_tokens
     else:
-        from fae.backbones import load_backbone
-
         encoder = HeadFeatures(head, backbone=load_backbone(cfg.backbone, weights=cfg.weights, device=device,
                                                             resolution=cfg.resolution))
         mode = None
@@ -190,14 +149,8 @@ def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
 
 def _probe_encoder(cfg: ProbeConfig, device: torch.device):
     """Images -> pooled features: through the FAE when one is given, else the raw backbone."""
-    from fae.evaluation.probe_features import BackboneFeatures, FAEFeatures
-
     if cfg.fae:
-        from fae.autoencoder import FAE
-
         return FAEFeatures(FAE.from_pretrained(cfg.fae, device=device), cfg.features)
-    from fae.backbones import load_backbone
-
     return BackboneFeatures(load_backbone(cfg.backbone, weights=cfg.weights, device=device,
                                           resolution=cfg.resolution))
 
@@ -205,9 +158,6 @@ def _probe_encoder(cfg: ProbeConfig, device: torch.device):
 def load_fae(folder: str, device: torch.device, backbone_weights: str | None = None):
     """An exported FAE; ``backbone_weights`` (a local folder) loads the backbone it records from
     there (a generic ``hf``/``dinov2``/``siglip`` record such as ``siglip:<folder>`` needs one)."""
-    from fae.autoencoder import FAE
-    from fae.backbones import load_backbone
-
     fae = FAE.from_pretrained(folder, device=device)
     if backbone_weights:
         name = fae.config.backbone.split(":")[0]
@@ -218,10 +168,6 @@ def load_fae(folder: str, device: torch.device, backbone_weights: str | None = N
 
 def _limited(data, split: str | None, limit: int | None):
     """The dataset ``data`` (split overridden when given), cut to its first ``limit`` items."""
-    import torch.utils.data
-
-    from fae.data.datasets import build_dataset, check_batchable
-
     dataset = build_dataset(data, split=split)
     check_batchable(dataset)
     if limit is not None:
@@ -231,10 +177,6 @@ def _limited(data, split: str | None, limit: int | None):
 
 def run_recon(cfg: ReconConfig) -> dict[str, Any]:
     """Feature cosine / relative L2, PSNR, SSIM and rFID of an exported FAE on ``cfg.data``."""
-    from fae.autoencoder import FAE
-    from fae.errors import ConfigError
-    from fae.evaluation.recon import reconstruction_metrics
-
     fae = FAE.from_pretrained(cfg.fae, device=resolve_device(cfg.device))
     if cfg.pixels and fae.pixel_decoder is None:
         raise ConfigError(f"the FAE in '{cfg.fae}' has no pixel decoder: pass pixels=false for feature "
@@ -249,14 +191,6 @@ def run_recon(cfg: ReconConfig) -> dict[str, Any]:
 def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
     """Top-1 / top-5 text->image and image->text retrieval of raw and FAE-reconstructed SigLIP
     tokens (image embedding: the tower's MAP head; text: the SigLIP text tower)."""
-    import torch
-
-    from fae.data.imagefolder import ImageFiles
-    from fae.data.karpathy import read_karpathy
-    from fae.evaluation.probe_features import pooled_features
-    from fae.evaluation.retrieval import RetrievalImageEmbeddings, retrieval_scores, text_embeddings
-    from fae.text import load_text_encoder
-
     device = resolve_device(cfg.device)
     split = read_karpathy(cfg.captions, cfg.images, cfg.split, cfg.limit)
     fae = load_fae(cfg.fae, device, cfg.backbone_weights)
@@ -280,9 +214,6 @@ def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
 
 def _write(results: dict[str, Any], out: str) -> dict[str, Any]:
     """Rank 0 writes ``out`` (JSON); every rank returns the results with ``out`` recorded."""
-    from fae import distributed as dist
-    from fae.io import atomic_save_json
-
     results = {**results, "out": str(out)}
     if dist.is_main():
         atomic_save_json(json.loads(json.dumps(results, default=float)), out)
@@ -331,10 +262,6 @@ def _overrides(args: argparse.Namespace, flags) -> list[str]:
 
 
 def _run(verb: str, args: argparse.Namespace) -> int:
-    from fae import distributed as dist
-    from fae.config import load_config
-    from fae.evaluation import config
-
     schema_name, runner, _, flags = _VERBS[verb]
     results = runner(load_config(getattr(config, schema_name), args.config, _overrides(args, flags)))
     if dist.is_main():
@@ -343,8 +270,6 @@ def _run(verb: str, args: argparse.Namespace) -> int:
 
 
 def _print(verb: str, results: dict[str, Any]) -> None:
-    from fae.evaluation.suite import format_table
-
     print(json.dumps(results, default=float))
     print(format_table({k: v for k, v in results.items() if k != "out"}))
     print(f"fae eval {verb}: wrote {results['out']}")

@@ -36,8 +36,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from fae.autoencoder import FAE
+from fae.autoencoder.pixel_decoder import PixelDecoder
+from fae.backbones.token_cache import TokenCache
 from fae.config import to_dict
+from fae.data.batches import iterate_batches, map_batches
+from fae.data.datasets import DataConfig, build_dataset
+from fae.data.fashion_mnist import FashionMNIST
+from fae.demo.patches import patch_metrics
+from fae.errors import DataError
+from fae.evaluation.linear_head import head_accuracy, head_input
+from fae.evaluation.pixel_classifier import ClassifierConfig, PixelClassifier, train_pixel_classifier
+from fae.evaluation.probe import train_linear_head
+from fae.evaluation.probe_features import probe_features
+from fae.evaluation.recon import feature_metrics, mean_image_scores
+from fae.evaluation.scorer import FIDScorer
+from fae.generation import Generator
+from fae.generation.decode import SampleDecoder, check_pair, sampler_config
+from fae.generation.seeding import balanced_labels
+from fae.images import from_unit_range, quantize
+from fae.io import atomic_save_json, atomic_torch_save
 
 NUM_CLASSES = 10
 INCEPTION_CPU_BATCH = 16  # on a 2-core CPU ~15% faster than batches of 50-100 (bench/inception_throughput.py)
@@ -54,8 +74,6 @@ def _fingerprint(cfg, out: Path) -> dict[str, Any]:
 
 def evaluate_step(cfg, out: Path) -> tuple[str, dict[str, Any]]:
     """Evaluate unless ``out/eval`` already holds results for these exports and settings."""
-    from fae.io import atomic_save_json, atomic_torch_save
-
     folder = out / "eval"
     fingerprint = _fingerprint(cfg, out)
     metrics_path, images_path = folder / "metrics.json", folder / "images.pt"
@@ -79,10 +97,6 @@ def classifier_path(out: Path) -> Path:
 def classifier_step(cfg, out: Path) -> str:
     """Train the pixel classifier on real training pixels unless ``out/classifier`` holds one trained
     with these settings."""
-    from fae.data.fashion_mnist import FashionMNIST
-    from fae.evaluation.pixel_classifier import ClassifierConfig, train_pixel_classifier
-    from fae.io import atomic_save_json
-
     ev = cfg.eval
     settings = {"train_images": ev.classifier_train_images, "steps": ev.classifier_steps,
                 "data_root": cfg.data_root}
@@ -101,11 +115,6 @@ def classifier_step(cfg, out: Path) -> str:
 
 def load_models(out: Path):
     """The final FAE (with the stage-II decoder), the stage-Ib decoder and the generator."""
-    from fae.autoencoder import FAE
-    from fae.autoencoder.pixel_decoder import PixelDecoder
-    from fae.generation import Generator
-    from fae.generation.decode import check_pair
-
     fae_dir, gen_dir = out / "pixel_decoder_ii" / "export", out / "generator" / "export"
     fae = FAE.from_pretrained(fae_dir)
     ib_decoder = PixelDecoder.from_pretrained(out / "pixel_decoder_ib" / "export")
@@ -117,9 +126,6 @@ def load_models(out: Path):
 def split_tokens(cfg, fae, out: Path, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """(raw tokens [n, N, D] float32, labels [n], dataset) of the first ``count`` images of a split,
     read from the token cache the stages filled (computed there only when missing)."""
-    from fae.backbones.token_cache import TokenCache
-    from fae.data.datasets import DataConfig, build_dataset
-
     data = DataConfig(name="fashion-mnist", root=cfg.data_root, split=split, limit=count)
     tokens, labels = TokenCache(out / "token_cache", fae.backbone).tokens(data, count)
     return tokens.float(), labels, build_dataset(data)
@@ -127,9 +133,6 @@ def split_tokens(cfg, fae, out: Path, split: str, count: int) -> tuple[torch.Ten
 
 def real_images(cfg, split: str, start: int, count: int) -> torch.Tensor:
     """uint8 images [count, 1, 28, 28] of a split from index ``start`` (an error if it has fewer)."""
-    from fae.data.fashion_mnist import FashionMNIST
-    from fae.errors import DataError
-
     images = FashionMNIST(split, root=cfg.data_root).images[start:start + count]
     if len(images) < count:
         raise DataError(f"the Fashion-MNIST {split} split has fewer than {start + count} images "
@@ -143,12 +146,6 @@ def real_images(cfg, split: str, start: int, count: int) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
-    from fae.data.batches import iterate_batches, map_batches
-    from fae.demo.patches import patch_metrics
-    from fae.evaluation.pixel_classifier import PixelClassifier
-    from fae.evaluation.recon import feature_metrics, mean_image_scores
-    from fae.images import from_unit_range, quantize
-
     ev = cfg.eval
     fae, ib_decoder, generator = load_models(out)
     judge = PixelClassifier.load(classifier_path(out))
@@ -179,8 +176,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         # The generator alone: the latent head on the pooled generated latents (no pixel decoder).
         m[f"latent_class_accuracy_{tag}"] = latent_probe(batch.latents.mean(dim=(2, 3)), batch.labels)
     floor = real_images(cfg, "test", len(original), len(original)) if ev.real_floor else None
-    m.update(fid_scores(ev, original, decoded["from_latents"], guided, plain, floor,
-                        reference=reference_features(cfg, out, original)))
+    m.update(fid_scores(ev, reference_scorer(cfg, out, original), decoded["from_latents"], guided, plain, floor))
     shown = ev.grid_per_class * NUM_CLASSES
     rows = min(ev.recon_rows, len(original))
     figures = {"original": original[:rows], "labels": test_y[:rows],
@@ -199,10 +195,6 @@ def probe_metrics(fae, train: tuple[torch.Tensor, torch.Tensor], test: tuple[tor
     their reconstructions ``x_hat`` through ``head_input`` / ``head_accuracy``; the latent head is
     trained on pooled train latents. Each head is fitted once.
     """
-    from fae.evaluation.linear_head import head_accuracy, head_input
-    from fae.evaluation.probe import train_linear_head
-    from fae.evaluation.probe_features import probe_features
-
     (train_x, train_y), (test_x, test_y) = train, test
     pooled = probe_features(fae, train_x, ("raw", "latent"), batch_size=ev.batch_size)
     heads = {kind: train_linear_head(pooled[kind], train_y, epochs=ev.probe_epochs, num_classes=NUM_CLASSES)
@@ -223,10 +215,6 @@ def probe_metrics(fae, train: tuple[torch.Tensor, torch.Tensor], test: tuple[tor
 def latent_pca_images(z: torch.Tensor, size: int) -> torch.Tensor:
     """Latents [n, c, h, w] as uint8 RGB pictures [n, 3, size, size]: the three leading principal
     components over all their positions, each scaled to [0, 1], nearest-neighbour upscaled."""
-    import torch.nn.functional as F
-
-    from fae.images import quantize
-
     n, c, h, w = z.shape
     flat = z.permute(0, 2, 3, 1).reshape(-1, c).double()  # [n*h*w, c]
     flat = flat - flat.mean(dim=0)
@@ -244,9 +232,6 @@ def draw_samples(ev, generator, fae):
     """Class-balanced samples with CFG (``eval.fid_samples``) and without (all of them, or just the
     grid's when ``fid_without_cfg`` is off); sample i asks for class i % 10 and both draws share
     every sample's noise."""
-    from fae.generation.decode import SampleDecoder, sampler_config
-    from fae.generation.seeding import balanced_labels
-
     sampling = sampler_config(generator, ev.sampling)
     unguided = sampling.unguided()
     n = ev.fid_samples
@@ -259,52 +244,27 @@ def draw_samples(ev, generator, fae):
     return guided, plain, sampling
 
 
-def inception_features(ev, images: torch.Tensor, desc: str, net=None):
-    """ADM Inception pool features (numpy [n, 2048]) of uint8 images (CPU-sized batches)."""
-    from fae.evaluation.features import compute_inception_stats
-    from fae.evaluation.inception import load_inception
-
-    net = net if net is not None else load_inception()
-    return compute_inception_stats(images, net, batch_size=min(ev.batch_size, INCEPTION_CPU_BATCH),
-                                   keep_features=True, desc=f"inception ({desc})").pool_features
-
-
-def reference_features(cfg, out: Path, original: torch.Tensor):
-    """Inception features of the reference test images ``original``, kept in
-    ``out/eval/reference_features.pt`` (the text-to-image evaluation scores against the same ones)."""
-    from fae.io import atomic_torch_save
-
-    path = out / "eval" / "reference_features.pt"
+def reference_scorer(cfg, out: Path, original: torch.Tensor) -> FIDScorer:
+    """The FID scorer (CPU-sized Inception batches) against the reference test images ``original``,
+    whose features are kept in ``out/eval/reference_features.pt`` (the text-to-image evaluation
+    scores against the same ones)."""
+    scorer = FIDScorer(batch_size=min(cfg.eval.batch_size, INCEPTION_CPU_BATCH))
     key = {"test_images": len(original), "data_root": cfg.data_root}
-    if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        if saved.get("key") == key:
-            return saved["features"].numpy()
-    features = inception_features(cfg.eval, original, "test images")  # numpy [n, 2048]
-    atomic_torch_save({"key": key, "features": torch.from_numpy(features)}, path)
-    return features
+    scorer.cached_reference(out / "eval" / "reference_features.pt", key, lambda: original,
+                            "inception (test images)")
+    return scorer
 
 
-def fid_scores(ev, original: torch.Tensor, reconstructions: torch.Tensor, guided, plain,
-               floor: torch.Tensor | None = None, reference=None) -> dict[str, float]:
+def fid_scores(ev, scorer: FIDScorer, reconstructions: torch.Tensor, guided, plain,
+               floor: torch.Tensor | None = None) -> dict[str, float]:
     """rFID, generation FID(s) and (given ``floor``: other real test images) the real-vs-real FID,
-    all against the same reference test images (ADM Inception pool features; ``reference``: those
-    features when already computed)."""
-    from fae.evaluation.fid import fid_from_features
-    from fae.evaluation.inception import load_inception
-
-    net = load_inception()
-
-    def features(images: torch.Tensor, desc: str):
-        return inception_features(ev, images, desc, net)
-
-    real = features(original, "test images") if reference is None else reference
-    scores = {"rfid": fid_from_features(features(reconstructions, "reconstructions"), real),
-              "fid_cfg": fid_from_features(features(guided.images, "samples, CFG"), real)}
+    all against the scorer's reference test images (ADM Inception pool features)."""
+    scores = {"rfid": scorer.score(reconstructions, "inception (reconstructions)"),
+              "fid_cfg": scorer.score(guided.images, "inception (samples, CFG)")}
     if floor is not None:
-        scores["fid_real_floor"] = fid_from_features(features(floor, "other test images"), real)
+        scores["fid_real_floor"] = scorer.score(floor, "inception (other test images)")
     if ev.fid_without_cfg:
-        scores["fid_no_cfg"] = fid_from_features(features(plain.images, "samples, no CFG"), real)
+        scores["fid_no_cfg"] = scorer.score(plain.images, "inception (samples, no CFG)")
     return scores
 
 

@@ -61,10 +61,10 @@ def t2i_cache_step(cfg, out: Path) -> str:
     this text encoder."""
     import shutil
 
-    from fae.commands.cache_latents import cache_latents
     from fae.data.datasets import DataConfig
     from fae.data.latent_cache import CacheConfig, LatentCache
     from fae.errors import LatentCacheError
+    from fae.training.latents import cache_latents
 
     fae_dir, folder = out / "pixel_decoder_ii" / "export", t2i_folder(out) / "latents"
     captions, _ = training_set(cfg)
@@ -131,8 +131,7 @@ def evaluate_t2i(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[dict[str
     """The text-to-image metrics (module docstring) and the samples the prompt grid shows."""
     from fae.autoencoder import FAE
     from fae.demo.captions import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, prompt_set
-    from fae.demo.evaluate import classifier_path, inception_features, real_images, reference_features, sampling_summary
-    from fae.evaluation.fid import fid_from_features
+    from fae.demo.evaluate import classifier_path, real_images, reference_scorer, sampling_summary
     from fae.evaluation.pixel_classifier import PixelClassifier
     from fae.generation.decode import SampleDecoder, check_pair, sampler_config
     from fae.generation.t2i_generator import TextToImageGenerator
@@ -159,9 +158,8 @@ def evaluate_t2i(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[dict[str
         m[f"{name}_samples"] = n
         m.update({f"{k}_{name}": v for k, v in _judged(judge, batch, classes, attrs, thresholds).items()})
     test = real_images(cfg, "test", 0, ev.test_images)
-    reference = reference_features(cfg, out, test)
-    m["fid_held_out"] = fid_from_features(inception_features(ev, samples["held_out"][1].images, "t2i samples"),
-                                          reference)
+    m["fid_held_out"] = reference_scorer(cfg, out, test).score(samples["held_out"][1].images,
+                                                                 "inception (t2i samples)")
     m["fid_reference_images"] = len(test)
     if "fid_real_floor" in main_metrics:
         m["fid_real_floor"] = main_metrics["fid_real_floor"]

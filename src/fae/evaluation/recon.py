@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fae.errors import DataError
-from fae.evaluation.fid import fid_from_features
-from fae.evaluation.image_metrics import psnr_per_image, ssim_per_image
-from fae.images import quantize
 from fae import distributed as dist
+from fae.data.batches import iterate_batches
+from fae.errors import DataError
+from fae.evaluation.image_metrics import psnr_per_image, ssim_per_image
+from fae.evaluation.scorer import FIDScorer
+from fae.images import quantize
 
 
 def feature_cosine(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -92,7 +93,7 @@ class _Sums:
         self.values[-1] += next(iter(per_image.values())).shape[0]
 
     def means(self, keys: tuple[str, ...]) -> dict[str, float]:
-        total = dist.all_reduce_sum(self.values.to(dist.default_device())).cpu()
+        total, = dist.all_reduce_sums(self.values)
         count = max(float(total[-1]), 1.0)
         return {k: float(total[i]) / count for i, k in enumerate(self.keys) if k in keys}
 
@@ -113,13 +114,9 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
         sqrt_method: FID matrix square root, "sqrtm" (checked, with fallback) or "eigh".
         progress: show a tqdm bar on rank 0.
     """
-    from fae.data.batches import iterate_batches
-    from fae.evaluation.inception import load_inception
-
     if len(dataset) < 2:
         raise DataError(f"reconstruction metrics need at least 2 images, got {len(dataset)}")
-    if pixels and rfid and inception is None:
-        inception = load_inception(device=next(fae.parameters()).device)
+    scorer = FIDScorer(inception, device=next(fae.parameters()).device, sqrt_method=sqrt_method)
     sums, real_feats, fake_feats = _Sums(), [], []
     shard = dist.shard_range(len(dataset))
     batches = iterate_batches(dataset, batch_size, shard, progress=progress and dist.is_main(), desc="recon")
@@ -131,21 +128,13 @@ def reconstruction_metrics(fae, dataset, *, batch_size: int = 32, pixels: bool =
         if pixels:
             recon = quantize(fae.decode_features_to_pixels(tokens_hat).cpu())  # uint8 [B, C, H, W]
             batch.update(image_scores(images, recon))
-            if rfid:
-                original = quantize(match_reference(images, recon))
-                real_feats.append(inception(original)["pool"].cpu())
-                fake_feats.append(inception(recon)["pool"].cpu())
+            if rfid:  # this rank's shard, batch by batch: originals (at the decoder's size), reconstructions
+                real_feats.append(scorer.embed(quantize(match_reference(images, recon))))
+                fake_feats.append(scorer.embed(recon))
         sums.add(**batch)
     keys = _Sums.keys if pixels else _Sums.keys[:2]
     out = {"num_images": len(dataset), **sums.means(keys)}
-    if pixels and rfid:
-        real, fake = _gather(real_feats), _gather(fake_feats)  # [N, 2048] each, dataset order
-        out["rfid"] = fid_from_features(fake, real, method=sqrt_method)
+    if pixels and rfid:  # [N, 2048] each, gathered in dataset order
+        scorer.use_reference(dist.gather_rows(torch.cat(real_feats)).numpy())
+        out["rfid"] = scorer.fid(dist.gather_rows(torch.cat(fake_feats)).numpy())
     return out
-
-
-def _gather(parts: list[torch.Tensor]):
-    local = torch.cat(parts)
-    if dist.world_size() > 1:
-        local = dist.all_gather_tensor(local.to(dist.default_device())).cpu()
-    return local.double().numpy()

@@ -14,91 +14,73 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from fae.config import to_dict
+from fae.data.fashion_mnist import FashionMNIST
+from fae.demo.config import EvalSettings
+from fae.demo.evaluate import INCEPTION_CPU_BATCH, classifier_path, classifier_step, draw_samples, real_images
+from fae.evaluation.pixel_classifier import PixelClassifier
+from fae.evaluation.scorer import FIDScorer
 from fae.experiment.config import Evaluation
+from fae.experiment.store import digest, run_dir
+from fae.io import atomic_save_json, atomic_torch_save
+from fae.training.checkpoint import CheckpointManager, load_ema_weights
+from fae.training.stages.registry import load_stage
 
 
 @dataclass
 class Reference:
-    """Shared by every arm: the real test images' Inception features and the judge.
+    """Shared by every arm: the FID scorer against the real test images, and the judge.
 
     Attributes:
-        features: pool features [R, 2048] of the first ``reference_images`` test images.
+        scorer: FID against the pool features of the first ``reference_images`` test images.
         floor: FID of the next ``fid_samples`` real test images against them (same N as the samples).
         judge: the pixel classifier; ``judge_real``: its accuracy on the floor's real images.
     """
 
-    features: np.ndarray
+    scorer: FIDScorer
     floor: float
     judge: Any
     judge_real: float
     key: str
 
 
-def _features(images: torch.Tensor, desc: str) -> np.ndarray:
-    from fae.demo.evaluate import INCEPTION_CPU_BATCH
-    from fae.evaluation.features import compute_inception_stats
-    from fae.evaluation.inception import load_inception
-
-    return compute_inception_stats(images, load_inception(), batch_size=INCEPTION_CPU_BATCH, keep_features=True,
-                                   desc=f"inception ({desc})").pool_features
-
-
 def reference(cfg, ev: Evaluation, store: Path) -> Reference:
     """Reference features + floor (cached in ``store``) and the judge (trained once per settings)."""
-    from fae.data.fashion_mnist import FashionMNIST
-    from fae.demo.evaluate import classifier_path, classifier_step, real_images
-    from fae.evaluation.fid import fid_from_features
-    from fae.evaluation.pixel_classifier import PixelClassifier
-    from fae.experiment.plan import digest
-    from fae.io import atomic_torch_save
-
     judge_settings = {"train_images": cfg.eval.classifier_train_images, "steps": cfg.eval.classifier_steps,
                       "data_root": cfg.data_root}
     judge_dir = store / f"judge-{digest(judge_settings)}"
     classifier_step(cfg, judge_dir)
     judge = PixelClassifier.load(classifier_path(judge_dir))
     key = digest({"reference_images": ev.reference_images, "n": ev.fid_samples, "data_root": cfg.data_root})
-    path = store / f"reference-{key}.pt"
-    if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        features, floor = saved["features"].numpy(), float(saved["floor"])
-    else:
-        real = real_images(cfg, "test", 0, ev.reference_images)
-        features = _features(real, "reference test images")
-        floor = fid_from_features(_features(real_images(cfg, "test", ev.reference_images, ev.fid_samples),
-                                            "floor: other test images"), features)
-        atomic_torch_save({"features": torch.from_numpy(features), "floor": floor}, path)
+    scorer = FIDScorer(batch_size=INCEPTION_CPU_BATCH)
+
+    def floor() -> dict[str, float]:  # the next fid_samples real test images against the reference
+        other = real_images(cfg, "test", ev.reference_images, ev.fid_samples)
+        return {"floor": scorer.score(other, "inception (floor: other test images)")}
+
+    saved = scorer.cached_reference(store / f"reference-{key}.pt", key,
+                                    lambda: real_images(cfg, "test", 0, ev.reference_images),
+                                    "inception (reference test images)", extras=floor)
     labels = FashionMNIST("test", root=cfg.data_root).labels
     floor_images = real_images(cfg, "test", ev.reference_images, ev.fid_samples)
     judge_real = judge.accuracy(floor_images, labels[ev.reference_images:ev.reference_images + ev.fid_samples])
-    return Reference(features, floor, judge, judge_real, key + digest(judge_settings))
+    return Reference(scorer, float(saved["floor"]), judge, judge_real, key + digest(judge_settings))
 
 
 def checkpoint_generator(spec, step: int):
-    """The generator of ``spec``'s run at checkpoint ``step``, with its EMA weights."""
-    from fae.commands.train import load_stage
-    from fae.training.checkpoint import CheckpointManager, load_file, load_model_state
-
+    """The generator of ``spec``'s run at checkpoint ``step``, with its EMA weights (a checkpoint
+    without them is an error)."""
     stage = load_stage(spec.kind, spec.config, spec.overrides)
     stage.setup(torch.device("cpu"))  # the cache: statistics and identity
     network = stage.build_models("cpu")["generator"]
     run = Path(stage.config.train.run_dir)
-    state = load_file(CheckpointManager(run / "checkpoints").path(step))
-    load_model_state(network, state["models"]["generator"])
-    with torch.no_grad():
-        params = dict(network.named_parameters())
-        for name, value in state["ema"].get("generator", {}).get("shadow", {}).items():
-            params[name].copy_(value)
+    load_ema_weights(network, CheckpointManager(run / "checkpoints").path(step), "generator")
     return stage.wrap(network.eval())
 
 
 def _eval_settings(ev: Evaluation):
-    from fae.demo.config import EvalSettings
-
     # draw_samples' second (unguided) draw is only the grid's; its guided draw is what is scored.
     return EvalSettings(fid_samples=ev.fid_samples, fid_without_cfg=False, sampling=dict(ev.sampling),
                         grid_per_class=ev.grid_per_class, batch_size=ev.batch_size, seed=ev.seed)
@@ -118,13 +100,6 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
     """FID and class accuracy of checkpoint ``step`` (cached in ``folder/step-XXXXXXXX.json`` and the
     grid's images in ``.pt``); with ``likelihood`` (generator -> bits per dimension on held-out
     latents, for flow generators) also ``bits_per_dim``."""
-    from fae.demo.evaluate import draw_samples
-    from fae.evaluation.fid import fid_from_features
-    from fae.io import atomic_save_json, atomic_torch_save
-    from fae.training.checkpoint import CheckpointManager
-
-    from fae.experiment.plan import run_dir
-
     checkpoint = CheckpointManager(run_dir(spec) / "checkpoints").path(step)
     mark = json.loads(json.dumps(fingerprint(checkpoint, decoder_file, ev, ref, likelihood is not None)))
     record, images = folder / f"step-{step:08d}.json", folder / f"step-{step:08d}.pt"
@@ -134,7 +109,7 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
             return "skipped (outputs valid)", saved["metrics"]
     generator = checkpoint_generator(spec, step)
     guided, _, _ = draw_samples(_eval_settings(ev), generator, decoder)
-    metrics = {"step": step, "fid": fid_from_features(_features(guided.images, f"samples, step {step}"), ref.features),
+    metrics = {"step": step, "fid": ref.scorer.score(guided.images, f"inception (samples, step {step})"),
                "class_accuracy": ref.judge.accuracy(guided.images, guided.labels), "samples": len(guided)}
     if likelihood is not None:
         metrics["bits_per_dim"] = likelihood(generator)

@@ -8,11 +8,10 @@ are ``<decoder>/<input>/<metric>``, e.g. ``Ib/true/psnr``, ``II/fae/rfid``; stag
 the untouched stage-Ib decoder, so one evaluation shows what fine-tuning bought.
 
 Every score follows the library's rules: PSNR / SSIM are ``fae.evaluation.recon.mean_image_scores``
-(decodings quantised to uint8 first, as a saved PNG holds them), rFID is
-``fae.evaluation.fid.fid_from_features`` on the InceptionV3 pool features of
-``fae.evaluation.features.compute_inception_stats`` (FID at a few hundred images is biased upwards:
-compare runs, not published numbers). The grid ``run_dir/recon_<step>.png`` shows one held-out
-image per row: original | each decoding.
+(decodings quantised to uint8 first, as a saved PNG holds them), rFID is the
+``fae.evaluation.scorer.FIDScorer``'s, with the originals as its reference (FID at a few hundred
+images is biased upwards: compare runs, not published numbers). The grid
+``run_dir/recon_<step>.png`` shows one held-out image per row: original | each decoding.
 """
 from __future__ import annotations
 
@@ -22,8 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fae.data.batches import map_batches
+from fae import distributed as du
+from fae.data.batches import iterate_batches, map_batches
 from fae.errors import ConfigError
+from fae.evaluation.recon import match_reference, mean_image_scores
+from fae.evaluation.scorer import FIDScorer
 from fae.images import from_unit_range, image_grid, quantize, save_png
 
 
@@ -62,8 +64,6 @@ class HeldOut:
     """
 
     def __init__(self, dataset, tokens: torch.Tensor, fae: nn.Module | None = None, batch_size: int = 64):
-        from fae.data.batches import iterate_batches
-
         self.images = torch.cat([images for images, _ in iterate_batches(dataset, batch_size)])  # uint8 [N, C, H, W]
         if len(self.images) != len(tokens):
             raise ConfigError(f"{len(self.images)} held-out images but {len(tokens)} token sets")
@@ -72,8 +72,7 @@ class HeldOut:
         if fae is not None:
             self.inputs["fae"] = map_batches(lambda t: fae.decode_features(fae.encode(t)), tokens,
                                              batch_size, fae.latent_mean.device)  # x_hat [N, T, D]
-        self._inception = None
-        self._real_features = None  # pool features of the originals, computed once
+        self._scorer = None  # FIDScorer with the originals' pool features as reference, made once
 
     @torch.no_grad()
     def decode(self, decoders: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -88,8 +87,6 @@ class HeldOut:
 
     def scores(self, decoded: dict[str, torch.Tensor], rfid: bool) -> dict[str, float]:
         """PSNR / SSIM (and rFID) of every decoding against the originals."""
-        from fae.evaluation.recon import mean_image_scores
-
         metrics = {}
         for key, images in decoded.items():
             for metric, value in mean_image_scores(self.images, images, self.batch_size).items():
@@ -101,28 +98,14 @@ class HeldOut:
     def rfid(self, decoded: torch.Tensor) -> float:
         """FID between the originals and the uint8-quantised decodings (collective under torchrun:
         the Inception passes are sharded over ranks)."""
-        from fae.evaluation.fid import fid_from_features
-        from fae.evaluation.recon import match_reference
-
         fake = quantize(decoded)  # uint8 [N, C, H, W]
-        if self._real_features is None:  # originals at the decodings' channels and size
-            self._real_features = self._pool_features(quantize(match_reference(self.images, fake)))
-        return fid_from_features(self._real_features, self._pool_features(fake))
-
-    def _pool_features(self, images: torch.Tensor):
-        from fae import distributed as du
-        from fae.evaluation.features import compute_inception_stats
-        from fae.evaluation.inception import load_inception
-
-        if self._inception is None:
-            self._inception = load_inception(device=du.device())
-        stats = compute_inception_stats(images, self._inception, batch_size=self.batch_size, progress=False)
-        return stats.pool_features  # [N, 2048]
+        if self._scorer is None:  # originals at the decodings' channels and size
+            self._scorer = FIDScorer(device=du.device(), batch_size=self.batch_size, progress=False)
+            self._scorer.use_reference(self._scorer.features(quantize(match_reference(self.images, fake))))
+        return self._scorer.fid(self._scorer.features(fake), reference_first=True)
 
     def save_grid(self, decoded: dict[str, torch.Tensor], path: Path, rows: int) -> Path:
         """One row per held-out image: original | each decoding (columns labelled by their key)."""
-        from fae.evaluation.recon import match_reference
-
         columns = [d[:rows] for d in decoded.values()]  # float [rows, C, H, W] in [0, 1]
         columns.insert(0, match_reference(self.images[:rows], columns[0]))  # at the decodings' C, H, W
         tiles = torch.stack(columns, dim=1).flatten(0, 1)  # [rows * columns, C, H, W], row-major
@@ -133,8 +116,6 @@ class HeldOut:
     def evaluate(self, decoders: dict[str, nn.Module], cfg: PixelDecoderEvalConfig, grid_path: Path
                  ) -> dict[str, float]:
         """The stage's ``evaluate``: decode, score, and (rank 0) write the grid."""
-        from fae import distributed as du
-
         decoded = self.decode(decoders)
         metrics = self.scores(decoded, cfg.rfid)
         if du.is_main() and cfg.grid_images > 0:
