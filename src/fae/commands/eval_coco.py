@@ -25,12 +25,17 @@ with the protocol's settings). Runs under torchrun like the other verbs.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from fae.data.coco import CocoImage, DrawnCaption
-    from fae.evaluation.config import CocoConfig
+from fae import distributed as dist
+from fae.commands.eval import _write, run_fid, run_ref_stats
+from fae.commands.sample import SampleConfig, sample_to_npz
+from fae.data.coco import CocoImage, DrawnCaption, draw_captions, read_coco_captions
+from fae.data.datasets import DataConfig
+from fae.evaluation.config import CocoConfig, FidConfig, RefStatsConfig
+from fae.io import atomic_save_json, atomic_write
 
 PROTOCOL = ("U-ViT (baofff/U-ViT eval_t2i_discrete.py): num distinct val images in a seeded random order, "
             "one caption drawn uniformly per image; reference statistics of the {reference} images, ADM center "
@@ -40,14 +45,6 @@ PROTOCOL = ("U-ViT (baofff/U-ViT eval_t2i_discrete.py): num distinct val images 
 def run_coco(cfg: CocoConfig) -> dict[str, Any]:
     """Draw the prompts, sample them, build (or reuse) the reference statistics and score FID;
     rank 0 writes ``out_dir/coco.json``; returns the results."""
-    from dataclasses import replace
-
-    from fae import distributed as dist
-    from fae.commands.eval import _write, run_fid
-    from fae.commands.sample import SampleConfig, sample_to_npz
-    from fae.data.coco import draw_captions, read_coco_captions
-    from fae.evaluation.config import FidConfig
-
     cfg.check()
     images = read_coco_captions(cfg.captions)
     drawn = draw_captions(images, cfg.num, cfg.seed)
@@ -73,8 +70,6 @@ def run_coco(cfg: CocoConfig) -> dict[str, Any]:
 
 def _write_draw(out: Path, drawn: list[DrawnCaption]) -> None:
     """``prompts.txt`` (one caption a line: ``fae sample --prompts``) and ``drawn.jsonl``."""
-    from fae.io import atomic_write
-
     lines = [json.dumps({"image_id": d.image_id, "file": d.file_name, "caption": d.caption}) for d in drawn]
     atomic_write(out / "prompts.txt", lambda f: f.write("".join(d.caption + "\n" for d in drawn)), mode="w")
     atomic_write(out / "drawn.jsonl", lambda f: f.write("\n".join(lines) + "\n"), mode="w")
@@ -83,12 +78,6 @@ def _write_draw(out: Path, drawn: list[DrawnCaption]) -> None:
 def reference_stats(cfg: CocoConfig, images: list[CocoImage] | list[DrawnCaption]) -> Path:
     """The reference statistics file: reused while its record matches, else computed from the
     images (``fae eval ref-stats`` on a captions-file dataset of them) and recorded."""
-    from fae import distributed as dist
-    from fae.commands.eval import run_ref_stats
-    from fae.data.datasets import DataConfig
-    from fae.evaluation.config import RefStatsConfig
-    from fae.io import atomic_save_json, atomic_write
-
     path = Path(cfg.ref_stats) if cfg.ref_stats else Path(cfg.out_dir) / "ref_stats.npz"
     record_path = path.with_suffix(".json")
     files = sorted({im.file_name for im in images})

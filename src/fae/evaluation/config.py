@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from fae.data.datasets import DataConfig
 from fae.errors import ConfigError
+from fae.generation.decode import check_sampler_overrides
 from fae.evaluation.fid import PR_NEAREST_K
 
 
@@ -118,8 +119,6 @@ class CocoConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        from fae.generation.decode import check_sampler_overrides
-
         for key in ("num", "image_size", "batch_size", "inception_batch_size"):
             _positive(key, getattr(self, key))
         check_sampler_overrides(self.sampling, "sampling")

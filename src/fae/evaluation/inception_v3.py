@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fae.errors import WeightsNotFoundError
-from fae.evaluation.inception import POOL_DIM, SPATIAL_CHANNELS, SPATIAL_DIM, to_inception_input
+from fae.evaluation.inception import POOL_DIM, SPATIAL_CHANNELS, SPATIAL_DIM, load_inception, to_inception_input
 
 NUM_LOGITS = 1008  # the TF graph's softmax: 1000 ImageNet classes + 8 unused
 WEIGHTS_ENV = "FAE_INCEPTION_WEIGHTS"
@@ -266,8 +266,6 @@ def load_scoring_network(weights: str | Path | None = None, device: str | torch.
     """The network ``fae eval fid`` scores with: this InceptionV3 (pool, spatial and logits, so IS
     too) when a 1008-class weights file is named (``weights`` or ``$FAE_INCEPTION_WEIGHTS``), else
     the shared TorchScript of :func:`fae.evaluation.inception.load_inception` (no logits, no IS)."""
-    from fae.evaluation.inception import load_inception
-
     path = weights_path(weights)
     if path is None:
         return load_inception(device=device, channels_last=channels_last)

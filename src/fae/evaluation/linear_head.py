@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fae.errors import ConfigError, DataError
+from fae.io import atomic_torch_save
 
 
 @dataclass
@@ -61,8 +62,6 @@ class LinearHead:
 
     def save(self, path: str | Path) -> Path:
         """Write ``{"weight", "bias"}`` (float32) with ``torch.save``, atomically."""
-        from fae.io import atomic_torch_save
-
         return atomic_torch_save({"weight": self.weight.detach().float().cpu().contiguous(),
                                   "bias": self.bias.detach().float().cpu().contiguous()}, path)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fae.data.batches import map_batches
 from fae.data.datasets import DataConfig
 from fae.errors import ConfigError, DataError
 from fae.evaluation import patch_maps as pm
@@ -107,8 +108,6 @@ def shift_images(images: torch.Tensor, grid: tuple[int, int], patches: int) -> t
 
 def _features(fae, images_or_tokens: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     """{"tokens": x [B, N, D], "latents": z as [B, N, c]} on the CPU."""
-    from fae.data.batches import map_batches
-
     tokens = map_batches(fae.tokens_from, images_or_tokens, batch_size)  # [B, N, D]
     latents = pm.latent_patches(map_batches(fae.encode, tokens, batch_size))  # [B, N, c]
     return {"tokens": tokens.float(), "latents": latents.float()}

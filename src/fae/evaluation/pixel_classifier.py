@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from fae.errors import CheckpointError, DataError
 from fae.images import to_unit_range
+from fae.io import atomic_torch_save
 
 
 @dataclass
@@ -90,8 +92,6 @@ class PixelClassifier(nn.Module):
         return float((self.predict(images) == labels.to(torch.long)).double().mean())
 
     def save(self, path: str | Path) -> Path:
-        from fae.io import atomic_torch_save
-
         return atomic_torch_save({"config": asdict(self.config), "state": self.state_dict()}, path)
 
     @classmethod
@@ -138,8 +138,6 @@ def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, config: C
     x_all, y_all = to_unit_range(images), labels.to(torch.long)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=config.steps, desc="pixel classifier", unit="step", dynamic_ncols=True)
     for _ in range(config.steps):
         idx = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)

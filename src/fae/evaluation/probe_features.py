@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 import torch
 
 from fae import distributed as dist
+from fae.data.batches import iterate_batches
 from fae.errors import ConfigError
+from fae.evaluation.linear_head import head_input
 
 KINDS = ("raw", "latent", "reconstructed")
 
@@ -140,8 +142,6 @@ class HeadFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from fae.evaluation.linear_head import head_input
-
         out = self.fae.outputs_from(images) if self.fae is not None else self.backbone.forward_all(images)
         parts = [head_input(out.patches, out.cls, self.head)]  # [B, F]
         if self.fae is not None:
@@ -154,8 +154,6 @@ def pooled_features(encoder: Callable[[torch.Tensor], torch.Tensor], dataset, *,
                     progress: bool = True, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, F] float32, labels [N] int64) of ``dataset`` (items ``(uint8 image, label)``)
     through ``encoder`` (images -> [b, F]); each rank encodes its shard, then all are gathered."""
-    from fae.data.batches import iterate_batches
-
     shard = dist.shard_range(len(dataset))
     feats, labels = [], []
     for images, y in iterate_batches(dataset, batch_size, indices=shard, desc=desc,
@@ -164,8 +162,4 @@ def pooled_features(encoder: Callable[[torch.Tensor], torch.Tensor], dataset, *,
         labels.append(y)
     feats = torch.cat(feats) if feats else torch.empty(0, 0)
     labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
-    if dist.world_size() > 1:
-        device = dist.default_device()
-        feats = dist.all_gather_tensor(feats.to(device)).cpu()
-        labels = dist.all_gather_tensor(labels.to(device)).cpu()
-    return feats, labels
+    return dist.gather_rows(feats), dist.gather_rows(labels)

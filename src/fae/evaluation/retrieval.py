@@ -20,8 +20,9 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from fae.errors import DataError
+from fae.errors import ConfigError, DataError
 
 TOP_K = (1, 5)
 
@@ -94,8 +95,6 @@ class RetrievalImageEmbeddings:
     kinds = ("raw", "reconstructed")
 
     def __init__(self, fae):
-        from fae.errors import ConfigError
-
         self.fae = fae
         backbone = fae.backbone
         if not getattr(backbone, "has_attention_pool", False):
@@ -115,8 +114,6 @@ class RetrievalImageEmbeddings:
 @torch.no_grad()
 def text_embeddings(encoder, captions: list[str], batch_size: int = 256, progress: bool = True) -> torch.Tensor:
     """Pooled text-tower embeddings [T, P] of ``captions`` (float32, CPU), in order."""
-    from tqdm.auto import tqdm
-
     parts = []
     for start in tqdm(range(0, len(captions), batch_size), desc="captions", disable=not progress):
         parts.append(encoder.encode(captions[start:start + batch_size]).pooled.float().cpu())
