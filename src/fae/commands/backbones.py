@@ -5,13 +5,13 @@ import argparse
 import os
 from pathlib import Path
 
-from fae.backbones.efficientnet import packaged_weights_path
-from fae.backbones.registry import get_info, list_backbones
-from fae.backbones.weights import WEIGHTS_DIR_ENV, env_var_for
-
 
 def weights_status(info) -> str:
     """Where usable weights are found locally without a download ("no" when none)."""
+    # lazy: cli.py imports every verb module, and fae.backbones would add ~0.1 s to `fae --help`
+    from fae.backbones.efficientnet import packaged_weights_path
+    from fae.backbones.weights import WEIGHTS_DIR_ENV, env_var_for
+
     if info.family == "tiny-vit":
         return "built-in (seeded)"
     var = env_var_for(info.name)
@@ -40,6 +40,8 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fae.backbones.registry import get_info, list_backbones  # lazy: see weights_status
+
     infos = list_backbones()
     if args.resolution is not None:
         infos = [get_info(info.name, args.resolution) for info in infos]
