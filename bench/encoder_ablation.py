@@ -30,9 +30,27 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from fae.autoencoder import FAE
+from fae.backbones.token_cache import TokenCache
+from fae.config import load_config
+from fae.data.latent_cache import CacheConfig
+from fae.evaluation.fid import frechet_distance
+from fae.evaluation.probe import linear_probe
+from fae.evaluation.probe_features import probe_features
+from fae.generation import Generator
+from fae.generation.seeding import balanced_labels
+from fae.training.engine import train
+from fae.training.latents import cache_latents
+from fae.training.stages.autoencoder import AutoencoderRunConfig
+from fae.training.stages.autoencoder import build_stage as build_autoencoder_stage
+from fae.training.stages.generator import GeneratorRunConfig
+from fae.training.stages.generator import build_stage as build_generator_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name -> the config overrides that make it (everything else is the config's)
@@ -52,18 +70,12 @@ GENERATOR_CONFIG = ROOT / "configs" / "demo" / "generator.yaml"
 
 def run_variant(config: Path, variant: str, out: Path, steps: int | None, overrides: list[str]) -> dict:
     """Train one FAE with encoder ``variant`` (a key of VARIANTS); returns its held-out metrics and sizes."""
-    import torch
-
-    from fae.config import load_config
-    from fae.training.engine import train
-    from fae.training.stages.autoencoder import AutoencoderRunConfig, build_stage
-
     base = load_config(AutoencoderRunConfig, config, overrides)
     cache = base.token_cache_folder()  # the base run's cache, shared by every variant
     extra = [*VARIANTS[variant], f"train.run_dir={out / variant}", f"token_cache_dir={cache}"]
     if steps is not None:
         extra.append(f"train.steps={steps}")
-    stage = build_stage(load_config(AutoencoderRunConfig, config, overrides + extra))
+    stage = build_autoencoder_stage(load_config(AutoencoderRunConfig, config, overrides + extra))
     with torch.device("meta"):
         params = sum(p.numel() for p in stage.build_models("meta")["fae"].encoder.parameters())
     start = time.perf_counter()
@@ -75,16 +87,6 @@ def run_variant(config: Path, variant: str, out: Path, steps: int | None, overri
 
 def generation_quality(row: dict, out: Path, gen_steps: int, samples: int) -> dict:
     """Train the demo generator on the latents of ``row``'s FAE; FD and class accuracy of its samples."""
-    from dataclasses import replace
-
-    from fae.autoencoder import FAE
-    from fae.config import load_config
-    from fae.data.latent_cache import CacheConfig
-    from fae.generation import Generator
-    from fae.training.engine import train
-    from fae.training.latents import cache_latents
-    from fae.training.stages.generator import GeneratorRunConfig, build_stage
-
     folder = out / row["variant"]
     latents = cache_latents(CacheConfig(fae=row["export"], out=str(folder / "latents"),
                                         data=replace(row["data"], flip=False), progress=False,
@@ -92,7 +94,7 @@ def generation_quality(row: dict, out: Path, gen_steps: int, samples: int) -> di
     cfg = load_config(GeneratorRunConfig, GENERATOR_CONFIG,
                       [f"data.fae={row['export']}", f"data.cache={latents}", "data.flip=false",
                        f"train.run_dir={folder / 'generator'}", f"train.steps={gen_steps}"])
-    train(build_stage(cfg), resume=False, force=True)
+    train(build_generator_stage(cfg), resume=False, force=True)
     generator = Generator.from_pretrained(folder / "generator" / "export")
     fae = FAE.from_pretrained(row["export"])
     return score_samples(generator, fae, row, samples)
@@ -101,16 +103,6 @@ def generation_quality(row: dict, out: Path, gen_steps: int, samples: int) -> di
 def score_samples(generator, fae, row: dict, samples: int) -> dict:
     """FD of pooled x_hat of ``samples`` class-balanced samples to the pooled raw test features, and
     the top-1 of a probe (trained on pooled raw train features) at the sampled labels."""
-    from dataclasses import replace
-
-    import torch
-
-    from fae.backbones.token_cache import TokenCache
-    from fae.evaluation.fid import frechet_distance
-    from fae.evaluation.probe import linear_probe
-    from fae.evaluation.probe_features import probe_features
-    from fae.generation.seeding import balanced_labels
-
     labels = balanced_labels(range(samples), list(range(generator.config.num_classes)))
     with torch.no_grad():
         x_hat = fae.decode_features(generator.sample(range(samples), labels, seed=0))  # [n, T, D]

@@ -21,12 +21,26 @@ Steps (after the class-conditional demo's; each skipped while its outputs are va
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fae.autoencoder import FAE
 from fae.config import to_dict
+from fae.data.datasets import DataConfig
+from fae.data.fashion_mnist import FashionMNIST
+from fae.data.latent_cache import CacheConfig, LatentCache
+from fae.demo.captions import (HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, attributes, class_thresholds, prompt_set,
+                               training_captions)
+from fae.demo.evaluate import classifier_path, real_images, reference_scorer, sampling_summary
+from fae.errors import LatentCacheError
+from fae.evaluation.pixel_classifier import PixelClassifier
+from fae.generation.decode import SampleDecoder, check_pair, sampler_config
+from fae.generation.t2i_generator import TextToImageGenerator
+from fae.io import atomic_save_json, atomic_torch_save
+from fae.training.latents import cache_latents
 
 
 def t2i_folder(out: Path) -> Path:
@@ -47,9 +61,6 @@ def t2i_overrides(cfg, out: Path, steps: int) -> list[str]:
 
 def training_set(cfg) -> tuple[list[str], torch.Tensor]:
     """(one caption per captioned training image, per-class brightness thresholds [10])."""
-    from fae.data.fashion_mnist import FashionMNIST
-    from fae.demo.captions import attributes, class_thresholds, training_captions
-
     train = FashionMNIST("train", root=cfg.data_root, limit=cfg.latents.limit)
     thresholds = class_thresholds(train.images, train.labels)
     attrs = attributes(train.images, train.labels, thresholds)
@@ -59,13 +70,6 @@ def training_set(cfg) -> tuple[list[str], torch.Tensor]:
 def t2i_cache_step(cfg, out: Path) -> str:
     """Write the captioned latent cache unless it holds these captions, from the current FAE, with
     this text encoder."""
-    import shutil
-
-    from fae.data.datasets import DataConfig
-    from fae.data.latent_cache import CacheConfig, LatentCache
-    from fae.errors import LatentCacheError
-    from fae.training.latents import cache_latents
-
     fae_dir, folder = out / "pixel_decoder_ii" / "export", t2i_folder(out) / "latents"
     captions, _ = training_set(cfg)
     data = DataConfig(name="fashion-mnist", root=cfg.data_root, split="train", limit=cfg.latents.limit)
@@ -101,8 +105,6 @@ def _fingerprint(cfg, out: Path) -> dict[str, Any]:
 
 def t2i_evaluate_step(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Evaluate unless ``out/t2i/eval`` holds results for these exports and settings."""
-    from fae.io import atomic_save_json, atomic_torch_save
-
     folder = t2i_folder(out) / "eval"
     fingerprint = json.loads(json.dumps(_fingerprint(cfg, out)))
     metrics_path, images_path = folder / "metrics.json", folder / "images.pt"
@@ -117,8 +119,6 @@ def t2i_evaluate_step(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[str
 
 
 def _judged(judge, batch, classes: torch.Tensor, attrs: torch.Tensor, thresholds: torch.Tensor) -> dict[str, float]:
-    from fae.demo.captions import attributes
-
     if len(classes) == 0:
         return {}
     measured = attributes(batch.images, classes, thresholds)
@@ -129,13 +129,6 @@ def _judged(judge, batch, classes: torch.Tensor, attrs: torch.Tensor, thresholds
 @torch.no_grad()
 def evaluate_t2i(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The text-to-image metrics (module docstring) and the samples the prompt grid shows."""
-    from fae.autoencoder import FAE
-    from fae.demo.captions import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, prompt_set
-    from fae.demo.evaluate import classifier_path, real_images, reference_scorer, sampling_summary
-    from fae.evaluation.pixel_classifier import PixelClassifier
-    from fae.generation.decode import SampleDecoder, check_pair, sampler_config
-    from fae.generation.t2i_generator import TextToImageGenerator
-
     ev, t2i = cfg.eval, cfg.t2i
     fae_dir, gen_dir = out / "pixel_decoder_ii" / "export", t2i_folder(out) / "generator" / "export"
     fae = FAE.from_pretrained(fae_dir)
