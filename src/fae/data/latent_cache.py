@@ -292,6 +292,15 @@ class LatentCache:
         return {**self.__dict__, "_handles": {}}
 
 
+def complete_cache(folder: str | Path, fae: str | Path | None = None) -> bool:
+    """Whether ``folder`` is a complete latent cache (written by the FAE export ``fae``, when given)."""
+    try:
+        LatentCache(folder, fae=fae)
+        return True
+    except LatentCacheError:
+        return False
+
+
 class LatentDataset(Dataset):
     """Items ``(normalised latent [c, h, w], label)``; with flips, items N..2N-1 are the flipped copies.
 

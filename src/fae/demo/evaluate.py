@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fae import freshness
 from fae.autoencoder import FAE
 from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.backbones.token_cache import TokenCache
@@ -63,27 +64,26 @@ NUM_CLASSES = 10
 INCEPTION_CPU_BATCH = 16  # on a 2-core CPU ~15% faster than batches of 50-100 (bench/inception_throughput.py)
 
 
-def _fingerprint(cfg, out: Path) -> dict[str, Any]:
-    """What the evaluation depends on: its settings and the exports' modification times."""
-    exports = {name: (out / name / "export" / "model.safetensors")
-               for name in ("pixel_decoder_ib", "pixel_decoder_ii", "generator")}
-    exports["classifier"] = classifier_path(out)
-    return {"eval": to_dict(cfg.eval), "data_root": cfg.data_root,
-            "exports": {k: p.stat().st_mtime if p.exists() else None for k, p in exports.items()}}
+def _key(cfg, out: Path) -> str:
+    """What the evaluation depends on (``fae.freshness``): its settings, the exports it decodes
+    and samples with, and the judge."""
+    exports = [out / name / "export" for name in ("pixel_decoder_ib", "pixel_decoder_ii", "generator")]
+    return freshness.content_key({"eval": to_dict(cfg.eval), "data_root": cfg.data_root},
+                                 exports + [classifier_path(out)])
 
 
 def evaluate_step(cfg, out: Path) -> tuple[str, dict[str, Any]]:
     """Evaluate unless ``out/eval`` already holds results for these exports and settings."""
     folder = out / "eval"
-    fingerprint = _fingerprint(cfg, out)
+    key = _key(cfg, out)
     metrics_path, images_path = folder / "metrics.json", folder / "images.pt"
     if metrics_path.is_file() and images_path.is_file():
         saved = json.loads(metrics_path.read_text())
-        if saved.get("fingerprint") == json.loads(json.dumps(fingerprint)):
+        if saved.get("key") == key:
             return "skipped (outputs valid)", saved["metrics"]
     metrics, images = evaluate(cfg, out)
     atomic_torch_save(images, images_path)
-    atomic_save_json({"fingerprint": fingerprint, "metrics": metrics}, metrics_path)
+    atomic_save_json({"key": key, "metrics": metrics}, metrics_path)
     return "ran", metrics
 
 
@@ -98,16 +98,16 @@ def classifier_step(cfg, out: Path) -> str:
     """Train the pixel classifier on real training pixels unless ``out/classifier`` holds one trained
     with these settings."""
     ev = cfg.eval
-    settings = {"train_images": ev.classifier_train_images, "steps": ev.classifier_steps,
-                "data_root": cfg.data_root}
-    path, record = classifier_path(out), out / "classifier" / "settings.json"
-    if path.is_file() and record.is_file() and json.loads(record.read_text()) == settings:
+    path = classifier_path(out)
+    key = freshness.content_key({"train_images": ev.classifier_train_images, "steps": ev.classifier_steps,
+                                 "data_root": cfg.data_root})
+    action = freshness.claim(path.parent, key, path.is_file, "pixel classifier")
+    if action == "skip":
         return "skipped (outputs valid)"
     train = FashionMNIST("train", root=cfg.data_root, limit=ev.classifier_train_images)
     model = train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=ev.classifier_steps))
     model.save(path)
-    atomic_save_json(settings, record)
-    return "ran"
+    return "ran" if action == "write" else "restarted (settings changed)"
 
 
 # ------------------------------------------------------------------------------------------ inputs

@@ -13,13 +13,12 @@ from fae.autoencoder import FAE
 from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.config import to_dict
 from fae.data.datasets import DataConfig
-from fae.data.latent_cache import CacheConfig, LatentCache
+from fae.data.latent_cache import CacheConfig, complete_cache
 from fae.demo.config import DemoConfig, StageRun
 from fae.demo.evaluate import classifier_step, evaluate_step
 from fae.demo.report import write_report
 from fae.demo.stages import StageSpec, stage_spec, train_stage
 from fae.demo.t2i import t2i_cache_step, t2i_evaluate_step, t2i_folder, t2i_overrides
-from fae.errors import LatentCacheError
 from fae.generation import Generator
 from fae.generation.t2i_generator import TextToImageGenerator
 from fae.io import atomic_save_json
@@ -48,15 +47,6 @@ def cache_step(cfg: DemoConfig, fae_dir: Path, out: Path, demo_dir: Path) -> str
         return "skipped (outputs valid)"
     cache_latents(cache_cfg)
     return "ran" if action == "write" else "restarted (inputs changed)"
-
-
-def complete_cache(folder: Path, fae_dir: Path | None = None) -> bool:
-    """Whether ``folder`` is a complete latent cache (written by the FAE export ``fae_dir``)."""
-    try:
-        LatentCache(folder, fae=fae_dir)
-        return True
-    except LatentCacheError:
-        return False
 
 
 def stage_specs(cfg: DemoConfig, base: Path, out: Path) -> dict[str, StageSpec]:

@@ -21,21 +21,20 @@ Steps (after the class-conditional demo's; each skipped while its outputs are va
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fae import freshness
 from fae.autoencoder import FAE
 from fae.config import to_dict
 from fae.data.datasets import DataConfig
 from fae.data.fashion_mnist import FashionMNIST
-from fae.data.latent_cache import CacheConfig, LatentCache
+from fae.data.latent_cache import CacheConfig, complete_cache
 from fae.demo.captions import (HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, attributes, class_thresholds, prompt_set,
                                training_captions)
 from fae.demo.evaluate import classifier_path, real_images, reference_scorer, sampling_summary
-from fae.errors import LatentCacheError
 from fae.evaluation.pixel_classifier import PixelClassifier
 from fae.generation.decode import SampleDecoder, check_pair, sampler_config
 from fae.generation.t2i_generator import TextToImageGenerator
@@ -76,45 +75,39 @@ def t2i_cache_step(cfg, out: Path) -> str:
     cache_cfg = CacheConfig(fae=str(fae_dir), out=str(folder), data=data, flip=False,
                             batch_size=cfg.latents.batch_size, token_cache_dir=str(out / "token_cache"),
                             text_encoder=cfg.t2i.text_encoder, text_max_length=cfg.t2i.text_max_length)
-    try:
-        cache = LatentCache(folder, fae=fae_dir)
-        text = cache.text_encoder or {}
-        if (text.get("name"), text.get("max_length")) == (cfg.t2i.text_encoder, cfg.t2i.text_max_length) and \
-                folder.joinpath("manifest.json").stat().st_mtime >= (fae_dir / "config.json").stat().st_mtime and \
-                cache.captions() == captions:
-            return "skipped (outputs valid)"
-        status = "restarted (inputs changed)"
-    except (LatentCacheError, OSError):
-        status = "ran"
-    shutil.rmtree(folder, ignore_errors=True)  # a cache of other captions cannot be resumed: rebuild it
+    key = freshness.content_key({"data": to_dict(data), "batch_size": cache_cfg.batch_size,
+                                 "text_encoder": [cfg.t2i.text_encoder, cfg.t2i.text_max_length],
+                                 "captions": captions}, [fae_dir])
+    action = freshness.claim(folder, key, lambda: complete_cache(folder, fae_dir), "captioned latent cache")
+    if action == "skip":
+        return "skipped (outputs valid)"
     cache_latents(cache_cfg, captions=captions)
-    return status
+    return "ran" if action == "write" else "restarted (inputs changed)"
 
 
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def _fingerprint(cfg, out: Path) -> dict[str, Any]:
-    exports = {"fae": out / "pixel_decoder_ii" / "export" / "model.safetensors",
-               "t2i": t2i_folder(out) / "generator" / "export" / "model.safetensors",
-               "classifier": out / "classifier" / "classifier.pt"}
-    return {"eval": to_dict(cfg.eval), "t2i": to_dict(cfg.t2i), "latents": to_dict(cfg.latents),
-            "data_root": cfg.data_root,
-            "exports": {k: p.stat().st_mtime if p.exists() else None for k, p in exports.items()}}
+def _key(cfg, out: Path) -> str:
+    """What the text-to-image evaluation depends on (``fae.freshness``): settings, exports, judge."""
+    return freshness.content_key(
+        {"eval": to_dict(cfg.eval), "t2i": to_dict(cfg.t2i), "latents": to_dict(cfg.latents),
+         "data_root": cfg.data_root},
+        [out / "pixel_decoder_ii" / "export", t2i_folder(out) / "generator" / "export", classifier_path(out)])
 
 
 def t2i_evaluate_step(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Evaluate unless ``out/t2i/eval`` holds results for these exports and settings."""
     folder = t2i_folder(out) / "eval"
-    fingerprint = json.loads(json.dumps(_fingerprint(cfg, out)))
+    key = _key(cfg, out)
     metrics_path, images_path = folder / "metrics.json", folder / "images.pt"
     if metrics_path.is_file() and images_path.is_file():
         saved = json.loads(metrics_path.read_text())
-        if saved.get("fingerprint") == fingerprint:
+        if saved.get("key") == key:
             return "skipped (outputs valid)", saved["metrics"]
     metrics, images = evaluate_t2i(cfg, out, main_metrics)
     atomic_torch_save(images, images_path)
-    atomic_save_json({"fingerprint": fingerprint, "metrics": metrics}, metrics_path)
+    atomic_save_json({"key": key, "metrics": metrics}, metrics_path)
     return "ran", metrics
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from fae import freshness
 from fae.config import to_dict
 from fae.data.fashion_mnist import FashionMNIST
 from fae.demo.config import EvalSettings
@@ -86,12 +87,12 @@ def _eval_settings(ev: Evaluation):
                         grid_per_class=ev.grid_per_class, batch_size=ev.batch_size, seed=ev.seed)
 
 
-def fingerprint(checkpoint: Path, decoder_file: Path | None, ev: Evaluation, ref: Reference,
-                likelihood: bool = False) -> dict[str, Any]:
-    stat = checkpoint.stat()
-    decoder = None if decoder_file is None else decoder_file.stat().st_mtime_ns
-    return {"checkpoint": [stat.st_size, stat.st_mtime_ns], "decoder": decoder, "evaluation": to_dict(ev),
-            "reference": ref.key, "likelihood": likelihood}
+def evaluation_key(checkpoint: Path, decoder_file: Path | None, ev: Evaluation, ref: Reference,
+                   likelihood: bool = False) -> str:
+    """What one checkpoint's scores depend on (``fae.freshness``): the checkpoint and decoder
+    files, the evaluation settings and the reference."""
+    return freshness.content_key({"evaluation": to_dict(ev), "reference": ref.key, "likelihood": likelihood},
+                                 [checkpoint] + ([] if decoder_file is None else [decoder_file]))
 
 
 def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev: Evaluation, ref: Reference,
@@ -101,11 +102,11 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
     grid's images in ``.pt``); with ``likelihood`` (generator -> bits per dimension on held-out
     latents, for flow generators) also ``bits_per_dim``."""
     checkpoint = CheckpointManager(run_dir(spec) / "checkpoints").path(step)
-    mark = json.loads(json.dumps(fingerprint(checkpoint, decoder_file, ev, ref, likelihood is not None)))
+    key = evaluation_key(checkpoint, decoder_file, ev, ref, likelihood is not None)
     record, images = folder / f"step-{step:08d}.json", folder / f"step-{step:08d}.pt"
     if record.is_file() and images.is_file():
         saved = json.loads(record.read_text())
-        if saved.get("fingerprint") == mark:
+        if saved.get("key") == key:
             return "skipped (outputs valid)", saved["metrics"]
     generator = checkpoint_generator(spec, step)
     guided, _, _ = draw_samples(_eval_settings(ev), generator, decoder)
@@ -115,5 +116,5 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
         metrics["bits_per_dim"] = likelihood(generator)
     shown = guided.images[:10 * ev.grid_per_class]
     atomic_torch_save({"images": shown, "labels": guided.labels[:len(shown)]}, images)
-    atomic_save_json({"fingerprint": mark, "metrics": metrics}, record)
+    atomic_save_json({"key": key, "metrics": metrics}, record)
     return "ran", metrics

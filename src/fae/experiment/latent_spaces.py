@@ -28,9 +28,9 @@ from fae.config import to_dict
 from fae.data.batches import iterate_batches
 from fae.data.datasets import DataConfig
 from fae.data.fashion_mnist import FashionMNIST
-from fae.data.latent_cache import CacheConfig, LatentCache
+from fae.data.latent_cache import CacheConfig, LatentCache, complete_cache
 from fae.data.latent_cache_writer import write_cache
-from fae.demo.pipeline import cache_step, complete_cache
+from fae.demo.pipeline import cache_step
 from fae.demo.stages import StageSpec, stage_spec
 from fae.experiment.spaces import PatchSpace, TokenSpace, floored_stats
 from fae.experiment.store import digest, keyed, resolved_config, run_dir
