@@ -5,13 +5,13 @@ import argparse
 import os
 from pathlib import Path
 
+from fae.backbones.efficientnet import packaged_weights_path
+from fae.backbones.registry import get_info, list_backbones
+from fae.backbones.weights import WEIGHTS_DIR_ENV, env_var_for
+
 
 def weights_status(info) -> str:
     """Where usable weights are found locally without a download ("no" when none)."""
-    # lazy: cli.py imports every verb module, and fae.backbones would add ~0.1 s to `fae --help`
-    from fae.backbones.efficientnet import packaged_weights_path
-    from fae.backbones.weights import WEIGHTS_DIR_ENV, env_var_for
-
     if info.family == "tiny-vit":
         return "built-in (seeded)"
     var = env_var_for(info.name)
@@ -40,8 +40,6 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.backbones.registry import get_info, list_backbones  # lazy: see weights_status
-
     infos = list_backbones()
     if args.resolution is not None:
         infos = [get_info(info.name, args.resolution) for info in infos]
@@ -56,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("backbones", help="list the frozen encoders FAE can adapt",
-                              description="List registry backbones: token width, grid, input size, "
-                                          "and whether weights are available locally.")
+def configure(p: argparse.ArgumentParser) -> None:
+    """The options of `fae backbones` (``fae.cli`` made its parser, with the one-line help)."""
+    p.description = ("List registry backbones: token width, grid, input size, and whether weights are "
+                     "available locally.")
     p.add_argument("--resolution", type=int, default=None,
                    help="show grids at this input size instead of each model's native one")
     p.set_defaults(func=run)

@@ -24,10 +24,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("cache-latents", help="encode a dataset with a trained FAE into a "
-                                   "latent cache", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae cache-latents` (``fae.cli`` made its parser, with the one-line help)."""
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="YAML config file (fae, out, data, flip, ...)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. fae=runs/fae/export out=runs/latents flip=true")

@@ -275,9 +275,8 @@ def _print(verb: str, results: dict[str, Any]) -> None:
     print(f"fae eval {verb}: wrote {results['out']}")
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate: FID/sFID/KID/precision-recall, reference "
-                                   "statistics, linear probe, reconstruction metrics")
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae eval` (``fae.cli`` made its parser, with the one-line help)."""
     verbs = parser.add_subparsers(dest="eval_verb", metavar="EVAL_VERB", required=True)
     for verb, (_, _, help_text, flags) in _VERBS.items():
         p = verbs.add_parser(verb, help=help_text, description=help_text)

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from fae import distributed as dist
+from fae.commands.eval import _VERBS as EVAL_VERBS
 from fae.commands.eval import _write, run_fid, run_ref_stats
+from fae.commands.eval import configure as configure_eval
 from fae.commands.sample import SampleConfig, sample_to_npz
 from fae.data.coco import CocoImage, DrawnCaption, draw_captions, read_coco_captions
 from fae.data.datasets import DataConfig
@@ -107,8 +109,9 @@ COCO_FLAGS = [("--generator", "generator", "exported text-to-image generator fol
               ("--out-dir", "out_dir", "output folder")]
 
 
-def add_verb(verbs: dict) -> None:
-    """Add ``coco`` to ``fae eval``'s verb table (``fae.commands.eval._VERBS``), as ``fae.cli``
-    does before building the parsers."""
-    verbs.setdefault("coco", ("CocoConfig", run_coco, "text-to-image FID on COCO captions (U-ViT's protocol: "
+def configure(parser) -> None:
+    """The options of `fae eval`, ``coco`` among its verbs: this module uses ``fae.commands.eval``'s
+    runners, so it adds itself to that module's verb table (``fae.cli`` configures `fae eval` here)."""
+    EVAL_VERBS.setdefault("coco", ("CocoConfig", run_coco, "text-to-image FID on COCO captions (U-ViT's protocol: "
                               "one random caption per drawn image)", COCO_FLAGS))
+    configure_eval(parser)

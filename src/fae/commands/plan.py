@@ -83,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("plan", help="what a training stage costs: parameters, FLOPs, memory, "
-                                   "time (no weights, data or GPU)", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae plan` (``fae.cli`` made its parser, with the one-line help)."""
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="a stage config (e.g. configs/imagenet256/sit_xl1.yaml)")
     parser.add_argument("--stage", choices=list(STAGES), help="the stage (default: read from the config)")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs the global batch is split over (default 8)")

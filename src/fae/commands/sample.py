@@ -201,10 +201,10 @@ def _parse_classes(text: str | None) -> list[int] | None:
         raise ConfigError(f"--classes must be comma-separated integers, got '{text}'") from None
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("sample", help="sample a trained generator and decode to images "
-                                   "(ADM .npz + PNG grid)", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae sample` (``fae.cli`` made its parser, with the one-line help)."""
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="YAML file with SampleConfig keys")
     parser.add_argument("--generator", help="exported generator folder")
     parser.add_argument("--fae", help="exported FAE folder (with a pixel decoder)")

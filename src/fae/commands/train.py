@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from fae import distributed as du
+from fae.training.engine import dry_run, train
 from fae.training.stages.registry import STAGES, load_stage, stage_module
 
 
@@ -42,10 +44,6 @@ def _split_options(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: `fae --help` imports every verb module, and the training loop pulls in torch
-    from fae import distributed as du
-    from fae.training.engine import dry_run, train
-
     args = _split_options(args)
     stage = load_stage(args.stage, args.config, args.overrides)
     if args.dry_run:
@@ -58,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a stage (" + ", ".join(STAGES) + ")", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae train` (``fae.cli`` made its parser, with the one-line help)."""
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("stage", choices=list(STAGES), help="which stage to train")
     _add_options(parser)
     parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",

@@ -17,18 +17,21 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from fae.autoencoder import FAE
 from fae.commands.eval import resolve_device
 from fae.config import load_config
+from fae.data.batches import stack_images
+from fae.data.datasets import DataConfig, build_dataset, check_batchable
+from fae.data.fashion_mnist import CLASS_NAMES
 from fae.errors import ConfigError, DataError
+from fae.evaluation.patch_figures import patch_figure
+from fae.evaluation.patch_study import PatchesConfig, patch_study
+from fae.images import save_png
 from fae.io import atomic_save_json
-
-if TYPE_CHECKING:
-    from fae.data.datasets import DataConfig
-    from fae.evaluation.patch_study import PatchesConfig
 
 DEFAULT_FOLDER_IMAGES = 8
 
@@ -36,10 +39,6 @@ DEFAULT_FOLDER_IMAGES = 8
 def load_images(data: DataConfig, indices: list[int] | None):
     """(uint8 images [n, C, H, W], labels [n], the indices used) of ``data``; an index outside the
     dataset is a DataError naming it."""
-    # lazy: cli.py imports every verb module, and these packages would add ~0.2 s to `fae --help`
-    from fae.data.batches import stack_images
-    from fae.data.datasets import build_dataset, check_batchable
-
     dataset = build_dataset(data)
     where = f"{data.name}:{data.root or data.split}"
     indices = list(range(min(DEFAULT_FOLDER_IMAGES, len(dataset)))) if indices is None else list(indices)
@@ -57,13 +56,6 @@ def load_images(data: DataConfig, indices: list[int] | None):
 
 def run_patches(cfg: PatchesConfig) -> dict[str, Any]:
     """Draw the patch maps of ``cfg.indices`` and write the PNG + JSON; returns the numbers."""
-    # lazy: cli.py imports every verb module, and these packages would add ~0.2 s to `fae --help`
-    from fae.autoencoder import FAE
-    from fae.data.fashion_mnist import CLASS_NAMES
-    from fae.evaluation.patch_figures import patch_figure
-    from fae.evaluation.patch_study import patch_study
-    from fae.images import save_png
-
     fae = FAE.from_pretrained(cfg.fae, device=resolve_device(cfg.device))
     images, labels, indices = load_images(cfg.data, cfg.indices)
     labelled = bool((labels >= 0).all())
@@ -91,8 +83,6 @@ def _images_overrides(text: str | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fae.evaluation.patch_study import PatchesConfig  # lazy: see run_patches
-
     flags = [f"{key}={json.dumps(value)}" for key, value in (("fae", args.fae), ("out", args.out)) if value]
     cfg = load_config(PatchesConfig, args.config, list(args.overrides) + _images_overrides(args.images) + flags)
     results = run_patches(cfg)
@@ -103,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("viz", help="figures of an exported FAE (patch-level similarity maps)")
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae viz` (``fae.cli`` made its parser, with the one-line help)."""
     verbs = parser.add_subparsers(dest="viz_verb", metavar="VIZ_VERB", required=True)
     p = verbs.add_parser("patches", help="cosine maps and cross-image patch matches, backbone tokens vs "
                          "FAE latents, with their summary numbers", description=__doc__,

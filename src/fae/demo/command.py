@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from fae.demo import __doc__ as doc
+from fae.demo.config import load_demo_config
+from fae.demo.pipeline import run_demo
+
 
 def run(args: argparse.Namespace) -> int:
-    from fae.demo.config import load_demo_config
-    from fae.demo.pipeline import run_demo
-
     cfg, base = load_demo_config(args.config, args.quick, args.overrides, t2i=args.t2i)
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     report = run_demo(cfg, base, out, quick=args.quick)
@@ -17,12 +18,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    from fae.demo import __doc__ as doc
-
-    parser = subparsers.add_parser("demo", help="train and evaluate the whole pipeline on Fashion-MNIST "
-                                   "(offline, CPU) and write an HTML report", description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae demo` (``fae.cli`` made its parser, with the one-line help)."""
+    parser.description = doc
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--quick", action="store_true", help="the ~3-minute version (smaller subsets "
                         "and budgets: the config's 'quick' overrides)")
     parser.add_argument("--t2i", action="store_true", help="also train and evaluate a small text-to-image "

@@ -40,7 +40,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str = "sq
     back to "eigh" when the check fails; ``method="eigh"`` goes straight to the eigen-decomposition
     (about 10x faster at 2048-d on CPU: two symmetric eigen-solves instead of a Schur square root).
     """
-    from scipy import linalg  # lazy: ~0.4 s to import, and `fae --help` loads this module
+    from scipy import linalg  # lazy: ~0.4 s to import, needed only where a FID is computed
 
     if method not in SQRT_METHODS:
         raise ValueError(f"unknown matrix square-root method '{method}'; choose from {', '.join(SQRT_METHODS)}")

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from fae.errors import ConfigError
+from fae.experiment import __doc__ as doc
+from fae.experiment.config import experiment_path, load_experiment, resolve_arms
+from fae.experiment.run import run_experiment
+
 
 def run(args: argparse.Namespace) -> int:
-    from fae.experiment.config import experiment_path, load_experiment, resolve_arms
-    from fae.experiment.run import run_experiment
-
-    from fae.errors import ConfigError
-
     if not args.name and not args.config:
         raise ConfigError("name an experiment (latent-space, encoder, latent-channels, time-shift, starflow) or pass --config FILE")
     path = experiment_path(args.name, args.config)
@@ -22,12 +22,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    from fae.experiment import __doc__ as doc
-
-    parser = subparsers.add_parser("experiment", help="compare latent spaces / encoders / latent sizes / time "
-                                   "shifts with equal generators on Fashion-MNIST (HTML report + verdicts)",
-                                   description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `fae experiment` (``fae.cli`` made its parser, with the one-line help)."""
+    parser.description = doc
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("name", nargs="?", default=None,
                         help="latent-space | encoder | latent-channels | time-shift | starflow (configs/experiments/NAME.yaml)")
     parser.add_argument("--quick", action="store_true", help="the ~3-minute version (the config's 'quick' "

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from fae import distributed as dist_utils
@@ -47,8 +48,6 @@ def ddp_of(module: nn.Module) -> DistributedDataParallel | None:
 
 def is_fsdp(module: nn.Module) -> bool:
     """True when ``fully_shard`` was applied to ``module`` (after unwrapping)."""
-    from torch.distributed.fsdp import FSDPModule  # lazy: ~1 s to import, and `fae --help` loads this module
-
     return isinstance(unwrap(module), FSDPModule)
 
 
@@ -81,8 +80,6 @@ def wrap(module: nn.Module, device: torch.device, mode: Literal["ddp", "fsdp"],
 def _fully_shard(module: nn.Module) -> None:
     """FSDP2: shard every element of every ``nn.ModuleList`` (transformer blocks) as its own unit,
     then the root, so only one block's full weights are gathered at a time."""
-    from torch.distributed.fsdp import fully_shard  # lazy: ~1 s to import, and `fae --help` loads this module
-
     for child in module.modules():
         if isinstance(child, nn.ModuleList):
             for block in child:
@@ -95,8 +92,6 @@ def reshard(module: nn.Module) -> None:
     """Put FSDP2 modules back into their sharded state. FSDP2 keeps a root module's full weights
     after a forward that has no backward (a frozen use in another phase, evaluation); parameter
     names then map to unsharded tensors. No-op for other modules."""
-    from torch.distributed.fsdp import FSDPModule  # lazy: ~1 s to import, and `fae --help` loads this module
-
     for child in unwrap(module).modules():
         if isinstance(child, FSDPModule):
             child.reshard()

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fae.data.imagefolder import LOADER_RATE, workers_needed
 from fae.training.phases import resolve_phases
 from fae.training.plan.flops import FlopCount, FlopMeter, add, difference
 from fae.training.plan.hardware import GPUS, utilisation
@@ -218,9 +219,6 @@ def _loader(stage: Stage, time: dict[str, Any], gpus: int) -> dict[str, Any] | N
         return None
     if getattr(stage.config, "cache_tokens", False):
         return None
-    # lazy: `fae --help` loads this module (fae plan), and fae.data costs it ~0.05 s
-    from fae.data.imagefolder import LOADER_RATE, workers_needed
-
     per_gpu = time["images_per_s"] / gpus
     return {"images_per_s_per_gpu": per_gpu, "workers_per_gpu": workers_needed(per_gpu),
             "per_worker_rate": LOADER_RATE.images_per_s, "measured": LOADER_RATE.source}
