@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny import GENERATOR_KINDS, tiny_fae_with_pixel_decoder, tiny_generator
+from tiny import tiny_fae_with_pixel_decoder
 
 
 @pytest.fixture
@@ -30,10 +30,3 @@ def tiny_fae_export(tmp_path_factory):
     """Read-only export folder of ``tiny.tiny_fae_with_pixel_decoder()`` (FAE + pixel decoder +
     unit latent statistics), written once per session. Tests that edit an export copy it first."""
     return tiny_fae_with_pixel_decoder().save_pretrained(tmp_path_factory.mktemp("tiny") / "fae")
-
-
-@pytest.fixture(scope="session")
-def tiny_generator_exports(tmp_path_factory):
-    """Read-only export folders of ``tiny.tiny_generator(kind)``, one per kind, written once."""
-    root = tmp_path_factory.mktemp("tiny_generators")
-    return {kind: tiny_generator(kind).save_pretrained(root / kind) for kind in GENERATOR_KINDS}

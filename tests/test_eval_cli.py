@@ -6,29 +6,10 @@ import pytest
 import torch
 
 from fae.cli import main
-from fae.config import from_dict
 from fae.data.fashion_mnist import FashionMNIST
 from fae.evaluation.image_metrics import psnr_per_image
 from fae.evaluation.recon import feature_cosine, match_reference, reconstruction_metrics
 from fae.evaluation.stats import read_stats, write_sample_batch
-
-TINY_FAE = {"backbone": "tiny-vit", "latent_channels": 4, "encoder": {"heads": 2, "head_dim": 16},
-            "decoder": {"depth": 1, "width": 32, "heads": 2}}
-
-
-@pytest.fixture(scope="module")
-def fae_dir(tmp_path_factory):
-    """An (untrained) tiny-vit FAE with a 1-channel 28 px pixel decoder, exported."""
-    from fae.autoencoder import FAE, FAEConfig
-    from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
-
-    torch.manual_seed(0)
-    fae = FAE(from_dict(FAEConfig, TINY_FAE))
-    decoder = PixelDecoder(PixelDecoderConfig(depth=1, dim=32, heads=2, out_channels=1, image_size=28),
-                           token_dim=fae.config.token_dim, grid=tuple(fae.config.grid))
-    fae.set_pixel_decoder(decoder)
-    return fae.save_pretrained(tmp_path_factory.mktemp("fae") / "export")
-
 
 def _json_out(capsys) -> dict:
     out = capsys.readouterr().out
@@ -76,29 +57,29 @@ def test_fid_verb_errors_name_the_problem(tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-def test_probe_verb_raw_latent_and_reconstructed(tmp_path, capsys, fae_dir):
+def test_probe_verb_raw_latent_and_reconstructed(tmp_path, capsys, tiny_fae_export):
     common = ["train_limit=40", "test_limit=20", "epochs=10", "progress=false", "batch_size=20"]
     assert main(["eval", "probe", "--backbone", "tiny-vit", f"out={tmp_path / 'raw.json'}", *common]) == 0
     raw = _json_out(capsys)
     assert raw["dim"] == 64 and raw["num_train"] == 40 and raw["num_test"] == 20 and 0 <= raw["top1"] <= 1
     assert json.loads((tmp_path / "raw.json").read_text())["top1"] == raw["top1"]
     for kind, dim in (("latent", 4), ("reconstructed", 64)):
-        assert main(["eval", "probe", "--fae", str(fae_dir), "--features", kind,
+        assert main(["eval", "probe", "--fae", str(tiny_fae_export), "--features", kind,
                      f"out={tmp_path / kind}.json", *common]) == 0
         assert _json_out(capsys)["dim"] == dim
     assert main(["eval", "probe", "--features", "latent"]) == 2  # needs an FAE
     assert "fae=DIR" in capsys.readouterr().err
 
 
-def test_recon_metrics_match_direct_computation(tmp_path, capsys, fae_dir):
+def test_recon_metrics_match_direct_computation(tmp_path, capsys, tiny_fae_export):
     from fae.autoencoder import FAE
 
-    assert main(["eval", "recon", "--fae", str(fae_dir), "limit=4", "sqrt_method=eigh", "progress=false",
+    assert main(["eval", "recon", "--fae", str(tiny_fae_export), "limit=4", "sqrt_method=eigh", "progress=false",
                  f"out={tmp_path / 'recon.json'}"]) == 0
     result = _json_out(capsys)
     assert result["num_images"] == 4 and result["rfid"] > 0 and -1 <= result["ssim"] <= 1
 
-    fae = FAE.from_pretrained(fae_dir)
+    fae = FAE.from_pretrained(tiny_fae_export)
     dataset = FashionMNIST("test", limit=4)
     again = reconstruction_metrics(fae, dataset, batch_size=3, rfid=False, progress=False)
     images = dataset.images  # [4, 1, 28, 28]

@@ -10,24 +10,10 @@ import torch
 from PIL import Image
 
 from fae.cli import main
-from fae.config import from_dict
 from fae.evaluation import patch_maps as pm
 from fae.evaluation.patch_study import PatchSettings, patch_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_FAE = {"backbone": "tiny-vit", "latent_channels": 4, "encoder": {"heads": 2, "head_dim": 16},
-            "decoder": {"depth": 1, "width": 32, "heads": 2}}
-
-
-@pytest.fixture(scope="module")
-def fae_dir(tmp_path_factory):
-    """An (untrained) tiny-vit FAE, exported."""
-    from fae.autoencoder import FAE, FAEConfig
-
-    torch.manual_seed(0)
-    return FAE(from_dict(FAEConfig, TINY_FAE)).save_pretrained(tmp_path_factory.mktemp("fae") / "export")
-
 
 # ------------------------------------------------------------------------------------------ maps
 
@@ -170,12 +156,12 @@ def test_patch_study_on_synthetic_images_finds_every_flipped_and_shifted_part():
 
 
 @torch.no_grad()
-def test_viz_patches_writes_a_png_and_json_whose_numbers_the_library_reproduces(fae_dir, tmp_path, capsys):
+def test_viz_patches_writes_a_png_and_json_whose_numbers_the_library_reproduces(tiny_fae_export, tmp_path, capsys):
     from fae.autoencoder import FAE
     from fae.data.fashion_mnist import FashionMNIST
 
     png = tmp_path / "maps.png"
-    assert main(["viz", "patches", "--fae", str(fae_dir), "--images", "0,1,2,5", "--out", str(png),
+    assert main(["viz", "patches", "--fae", str(tiny_fae_export), "--images", "0,1,2,5", "--out", str(png),
                  "device=cpu", "patches.rows=3"]) == 0
     assert "wrote" in capsys.readouterr().out
     with Image.open(png) as im:
@@ -183,7 +169,7 @@ def test_viz_patches_writes_a_png_and_json_whose_numbers_the_library_reproduces(
     saved = json.loads(png.with_suffix(".json").read_text())
     assert saved["indices"] == [0, 1, 2, 5] and saved["images"] == 4
 
-    fae = FAE.from_pretrained(fae_dir)
+    fae = FAE.from_pretrained(tiny_fae_export)
     test = FashionMNIST("test")
     images = test.images[[0, 1, 2, 5]]
     tokens = fae.tokens_from(images)
@@ -199,30 +185,30 @@ def test_viz_patches_writes_a_png_and_json_whose_numbers_the_library_reproduces(
     assert ("pair_tokens" in saved) == (len(set(test.labels[[0, 1, 2, 5]].tolist())) < 4)
 
 
-def test_viz_patches_bad_inputs_name_the_problem(fae_dir, tmp_path, capsys):
+def test_viz_patches_bad_inputs_name_the_problem(tiny_fae_export, tmp_path, capsys):
     out = ["--out", str(tmp_path / "x.png"), "device=cpu"]
-    assert main(["viz", "patches", "--fae", str(fae_dir), "--images", "0,10000", *out]) == 2
+    assert main(["viz", "patches", "--fae", str(tiny_fae_export), "--images", "0,10000", *out]) == 2
     err = capsys.readouterr().err
     assert "10000" in err and "out of range" in err and "10000 images" in err
     missing = tmp_path / "no_such_export"
     assert main(["viz", "patches", "--fae", str(missing), "--images", "0,1", *out]) == 2
     assert str(missing) in capsys.readouterr().err
-    assert main(["viz", "patches", "--fae", str(fae_dir), "--images", "zero,one", *out]) == 2
+    assert main(["viz", "patches", "--fae", str(tiny_fae_export), "--images", "zero,one", *out]) == 2
     assert "zero,one" in capsys.readouterr().err
-    assert main(["viz", "patches", "--fae", str(fae_dir), "--images", "3", *out]) == 2
+    assert main(["viz", "patches", "--fae", str(tiny_fae_export), "--images", "3", *out]) == 2
     assert "at least 2" in capsys.readouterr().err
-    assert main(["viz", "patches", "--fae", str(fae_dir), *out, "patches.clusters=0"]) == 2
+    assert main(["viz", "patches", "--fae", str(tiny_fae_export), *out, "patches.clusters=0"]) == 2
     assert "clusters" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
 
-def test_viz_patches_reads_an_image_folder(fae_dir, tmp_path, capsys):
+def test_viz_patches_reads_an_image_folder(tiny_fae_export, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     g = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(g.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
-    assert main(["viz", "patches", "--fae", str(fae_dir), "--images", str(folder), "--out",
+    assert main(["viz", "patches", "--fae", str(tiny_fae_export), "--images", str(folder), "--out",
                  str(tmp_path / "f.png"), "device=cpu"]) == 0
     saved = json.loads((tmp_path / "f.json").read_text())
     assert saved["indices"] == [0, 1, 2] and "pair_tokens" not in saved  # unlabelled: no same-class check
@@ -233,14 +219,14 @@ def test_viz_patches_reads_an_image_folder(fae_dir, tmp_path, capsys):
 
 
 @torch.no_grad()
-def test_demo_patch_section_adds_its_numbers_and_figure_to_the_report(fae_dir, tmp_path):
+def test_demo_patch_section_adds_its_numbers_and_figure_to_the_report(tiny_fae_export, tmp_path):
     from fae.autoencoder import FAE
     from fae.data.fashion_mnist import FashionMNIST
     from fae.demo.config import EvalSettings
     from fae.demo.patches import SECTION, add_patch_section, patch_metrics
     from fae.report import Report
 
-    fae = FAE.from_pretrained(fae_dir)
+    fae = FAE.from_pretrained(tiny_fae_export)
     test = FashionMNIST("test", limit=12)
     tokens = fae.tokens_from(test.images)
     ev = EvalSettings(patch_images=10, patch_rows=2)

@@ -1,8 +1,8 @@
 """Tiny models of the test suite, built one way everywhere.
 
 Every builder returns a fresh, seeded object (the same seed gives the same weights), so a test may
-train or edit what it gets. Read-only exports of these models are session fixtures in
-``tests/conftest.py``. ``TINY_EXPORTS`` names a tiny builder for every ``Exportable`` class; the
+train or edit what it gets. A read-only export of the tiny FAE is a session fixture in
+``tests/conftest.py`` (``tiny_fae_export``). ``TINY_EXPORTS`` names a tiny builder for every ``Exportable`` class; the
 round-trip tester (``tests/test_exportables.py``) fails for a class missing from it.
 
 Shapes: tiny-vit at 32 px gives 4x4 tokens of width 64; the FAE's latent is [4, 4, 4]; every
