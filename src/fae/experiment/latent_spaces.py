@@ -79,7 +79,7 @@ class LatentSpace:
         """The stages (keyed in ``store``) and the latent cache of an arm in this space."""
         raise NotImplementedError
 
-    def write_cache(self, plan: ArmPlan) -> str:
+    def write_latents(self, plan: ArmPlan) -> str:
         """Write (or resume, or skip) the arm's latent cache; returns what it did."""
         raise NotImplementedError
 
@@ -128,7 +128,7 @@ class FAELatents(LatentSpace):
         return SpacePlan({"autoencoder": ae, "pixel_decoder_ib": ib, "pixel_decoder_ii": ii}, latents,
                          (resolved_config(ae).model.latent_channels, *_grid(cfg)), str(run_dir(ii) / "export"))
 
-    def write_cache(self, plan):
+    def write_latents(self, plan):
         return cache_step(plan.arm.config, _export(plan, "pixel_decoder_ii"), plan.latents, plan.store)
 
     def decoder(self, plan):
@@ -161,7 +161,7 @@ class TokenLatents(LatentSpace):
         dim = get_info(cfg.backbone.name, cfg.backbone.resolution).dim
         return SpacePlan({"pixel_decoder_ib": ib}, latents, (dim, *_grid(cfg)))
 
-    def write_cache(self, plan):
+    def write_latents(self, plan):
         cfg = plan.arm.config
         backbone = load_backbone(cfg.backbone.name, resolution=cfg.backbone.resolution)
         tokens = TokenCache(plan.store / "token_cache", backbone).dataset(_latent_data(cfg))
@@ -188,7 +188,7 @@ class PixelLatents(LatentSpace):
         latents = store / f"latents-pixels-{digest({'grid': grid, 'limit': cfg.latents.limit, 'data_root': cfg.data_root})}"
         return SpacePlan({}, latents, PatchSpace(grid, IMAGE_SIZE).latent_shape)
 
-    def write_cache(self, plan):
+    def write_latents(self, plan):
         cfg = plan.arm.config
         images = FashionMNIST("train", root=cfg.data_root, limit=cfg.latents.limit)
         return _write_space_cache(plan, PatchSpace(plan.latent_shape[1:], images.images.shape[-1]), images,
@@ -212,7 +212,7 @@ class PixelAELatents(LatentSpace):
         latents = store / f"latents-pixel-ae-{digest({'autoencoder': str(run_dir(pae)), 'limit': cfg.latents.limit, 'data_root': cfg.data_root})}"
         return SpacePlan({"pixel_autoencoder": pae}, latents, (c, *grid))
 
-    def write_cache(self, plan):
+    def write_latents(self, plan):
         cfg = plan.arm.config
         export = _export(plan, "pixel_autoencoder")
         key = freshness.content_key({"data": to_dict(_latent_data(cfg)), "batch_size": cfg.latents.batch_size},

@@ -116,7 +116,7 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
                       "config": to_dict(arm.config)}, plan.folder / "arm.json")
     timings = [timed(section, lambda s=section, p=spec: train_stage(p, space_of(plan).upstream(plan, s), LOADERS[s]))
                for section, spec in plan.stages.items()]
-    timings.append(timed("latent cache", lambda: space_of(plan).write_cache(plan)))
+    timings.append(timed("latent cache", lambda: space_of(plan).write_latents(plan)))
     timings.append(timed("generator", lambda: train_stage(plan.generator, [plan.latents / "manifest.json"],
                                                           LOADERS["generator"])))
     decoder, decoder_file = space_of(plan).decoder(plan)
