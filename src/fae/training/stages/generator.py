@@ -36,7 +36,8 @@ from torch import nn
 from fae import distributed as du
 from fae.autoencoder import FAE
 from fae.config import OMIT_IF_DEFAULT, to_dict
-from fae.data.latent_cache import MANIFEST, LatentCache, read_fae_export, read_manifest
+from fae.data.latent_cache import LatentCache, read_fae_export, read_manifest
+from fae.data.shard_store import MANIFEST
 from fae.errors import ConfigError, LatentCacheError
 from fae.generation import FlowConfig, FlowSamplerConfig, GeneratorConfig, MMDiTConfig, SamplerConfig, TransportConfig
 from fae.generation.decode import SampleDecoder
