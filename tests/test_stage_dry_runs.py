@@ -65,7 +65,8 @@ def _quiet_dry_run(stage_name: str, config: str, overrides: list[str]) -> dict:
 def test_every_shipped_config_is_classified_and_every_stage_has_one():
     shipped = {_name(p) for p in (ROOT / "configs").rglob("*.yaml")}
     assert shipped == set(STAGE_CONFIGS) | NOT_STAGE_CONFIGS, "classify the new config in this file"
-    assert {stage for stage, _ in STAGE_CONFIGS.values()} == set(STAGES)
+    shipped_stages = {name for name, module in STAGES.items() if module.startswith("fae.")}  # not tests' toy stage
+    assert {stage for stage, _ in STAGE_CONFIGS.values()} == shipped_stages
 
 
 @pytest.fixture(scope="module")
