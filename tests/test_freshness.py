@@ -49,3 +49,17 @@ def test_an_output_without_a_record_is_stale(tmp_path, capsys):
     assert freshness.stale_reason(out, "k") == "it records no inputs"
     assert freshness.claim(out, "k", lambda: True, "latent cache") == "rewrite"
     assert "records no inputs" in capsys.readouterr().out
+
+
+def test_produce_writes_once_and_says_why_it_rewrites(tmp_path, capsys):
+    out, writes = tmp_path / "judge", []
+
+    def write():
+        writes.append(1)
+        _write(out / "model.pt", b"trained")
+
+    complete = (out / "model.pt").is_file
+    assert freshness.produce(out, "k1", complete, write, "judge") == "ran"
+    assert freshness.produce(out, "k1", complete, write, "judge") == "skipped (outputs valid)"
+    assert freshness.produce(out, "k2", complete, write, "judge") == "restarted (its inputs or settings changed)"
+    assert len(writes) == 2 and f"deleting the judge {out}" in capsys.readouterr().out

@@ -94,3 +94,16 @@ def claim(folder: str | Path, key: str, is_complete: Callable[[], bool], what: s
         action = "rewrite"
     record(folder, key)
     return action
+
+
+def produce(folder: str | Path, key: str, is_complete: Callable[[], bool], write: Callable[[], Any],
+            what: str = "output") -> str:
+    """Run ``write()`` unless the output ``folder`` is fresh and complete (:func:`claim`); returns
+    what happened as a pipeline step says it: "skipped (outputs valid)", "ran" (new or resumed),
+    or "restarted (why)"."""
+    stale = stale_reason(folder, key)
+    action = claim(folder, key, is_complete, what)
+    if action == "skip":
+        return "skipped (outputs valid)"
+    write()
+    return "ran" if action == "write" else f"restarted ({stale})"

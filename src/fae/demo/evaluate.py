@@ -101,13 +101,12 @@ def classifier_step(cfg, out: Path) -> str:
     path = classifier_path(out)
     key = freshness.content_key({"train_images": ev.classifier_train_images, "steps": ev.classifier_steps,
                                  "data_root": cfg.data_root})
-    action = freshness.claim(path.parent, key, path.is_file, "pixel classifier")
-    if action == "skip":
-        return "skipped (outputs valid)"
-    train = FashionMNIST("train", root=cfg.data_root, limit=ev.classifier_train_images)
-    model = train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=ev.classifier_steps))
-    model.save(path)
-    return "ran" if action == "write" else "restarted (settings changed)"
+
+    def write() -> None:
+        train = FashionMNIST("train", root=cfg.data_root, limit=ev.classifier_train_images)
+        train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=ev.classifier_steps)).save(path)
+
+    return freshness.produce(path.parent, key, path.is_file, write, "pixel classifier")
 
 
 # ------------------------------------------------------------------------------------------ inputs

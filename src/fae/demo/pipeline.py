@@ -42,11 +42,8 @@ def cache_step(cfg: DemoConfig, fae_dir: Path, out: Path, demo_dir: Path) -> str
     cache_cfg = CacheConfig(fae=str(fae_dir), out=str(out), data=data, flip=False,
                             batch_size=cfg.latents.batch_size, token_cache_dir=str(demo_dir / "token_cache"))
     key = freshness.content_key({"data": to_dict(data), "batch_size": cache_cfg.batch_size}, [fae_dir])
-    action = freshness.claim(out, key, lambda: complete_cache(out, fae_dir), "latent cache")
-    if action == "skip":
-        return "skipped (outputs valid)"
-    cache_latents(cache_cfg)
-    return "ran" if action == "write" else "restarted (inputs changed)"
+    return freshness.produce(out, key, lambda: complete_cache(out, fae_dir), lambda: cache_latents(cache_cfg),
+                             "latent cache")
 
 
 def stage_specs(cfg: DemoConfig, base: Path, out: Path) -> dict[str, StageSpec]:

@@ -67,8 +67,8 @@ def stage_key(cfg: Any, upstream: list[Path]) -> str:
     return freshness.content_key(computed_settings(cfg), upstream)
 
 
-def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
-    """("done" (skip) | "resume" | "restart" (stale) | "new", why)."""
+def stage_status(stage, key: str) -> tuple[str, str]:
+    """("done" (skip) | "resume" | "restart" (stale) | "new", why), for the run's content ``key``."""
     cfg = stage.config
     run_dir = Path(cfg.train.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -78,7 +78,7 @@ def stage_status(stage, upstream: list[Path]) -> tuple[str, str]:
     if changed:
         return "restart", "config changed: " + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
     checkpoints = sorted((run_dir / "checkpoints").glob("step-*.pt"))
-    stale = freshness.stale_reason(run_dir, stage_key(cfg, upstream))
+    stale = freshness.stale_reason(run_dir, key)
     if stale and checkpoints:
         return "restart", stale
     eval_file, export = run_dir / "eval.json", run_dir / "export" / "config.json"
@@ -92,7 +92,8 @@ def train_stage(spec: StageSpec, upstream: list[Path], loader: Callable[[Path], 
     """Build the stage from its config + overrides and train it through the one training loop
     (``upstream``: the exports and caches it reads, by path)."""
     stage = load_stage(spec.kind, spec.config, spec.overrides)
-    status, why = stage_status(stage, upstream)
+    key = stage_key(stage.config, upstream)
+    status, why = stage_status(stage, key)
     run_dir = Path(stage.config.train.run_dir)
     export = run_dir / "export"
     if status == "done":
@@ -104,6 +105,6 @@ def train_stage(spec: StageSpec, upstream: list[Path], loader: Callable[[Path], 
             status = "resume"
     if status == "restart":
         print(f"[demo] starting {run_dir} again ({why})", flush=True)
-    freshness.record(run_dir, stage_key(stage.config, upstream))
+    freshness.record(run_dir, key)
     train(stage, resume=status != "restart", force=status == "restart")
     return {"new": "ran", "resume": "resumed", "restart": f"restarted ({why})"}[status]

@@ -78,11 +78,8 @@ def t2i_cache_step(cfg, out: Path) -> str:
     key = freshness.content_key({"data": to_dict(data), "batch_size": cache_cfg.batch_size,
                                  "text_encoder": [cfg.t2i.text_encoder, cfg.t2i.text_max_length],
                                  "captions": captions}, [fae_dir])
-    action = freshness.claim(folder, key, lambda: complete_cache(folder, fae_dir), "captioned latent cache")
-    if action == "skip":
-        return "skipped (outputs valid)"
-    cache_latents(cache_cfg, captions=captions)
-    return "ran" if action == "write" else "restarted (inputs changed)"
+    return freshness.produce(folder, key, lambda: complete_cache(folder, fae_dir),
+                             lambda: cache_latents(cache_cfg, captions=captions), "captioned latent cache")
 
 
 # ------------------------------------------------------------------------------------------ evaluation

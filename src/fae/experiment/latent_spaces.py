@@ -12,6 +12,7 @@ name is keyed on the same inputs, so a cache is reused exactly when its inputs a
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,20 +73,20 @@ def _export(plan: ArmPlan, section: str) -> Path:
     return run_dir(plan.stages[section]) / "export"
 
 
-class LatentSpace:
+class LatentSpace(ABC):
     """One latent space (subclasses fill in the four questions)."""
 
+    @abstractmethod
     def plan(self, cfg: ArmConfig, demo: dict[str, StageSpec], base: Path, store: Path) -> SpacePlan:
         """The stages (keyed in ``store``) and the latent cache of an arm in this space."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write_latents(self, plan: ArmPlan) -> str:
         """Write (or resume, or skip) the arm's latent cache; returns what it did."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decoder(self, plan: ArmPlan) -> tuple[torch.nn.Module, Path | None]:
         """The module that turns the arm's latents into images, and the file that identifies it."""
-        raise NotImplementedError
 
     def encoder(self, plan: ArmPlan, decoder: torch.nn.Module) -> Any:
         """What turns held-out images into the arm's latents (``.encode(images)``)."""
@@ -100,21 +101,28 @@ def _write_space_cache(plan: ArmPlan, space, dataset, source: str, inputs: list[
     """Measure the space's statistics on ``dataset`` and write its latent cache (resumable;
     skipped when complete and produced from the same inputs)."""
     cfg = plan.arm.config
-    key = freshness.content_key({"source": source, "data": to_dict(_latent_data(cfg)),
+
+    def write() -> None:
+        stats = ChannelStats(plan.latent_shape[0])
+        for items, _ in iterate_batches(dataset, cfg.latents.batch_size):
+            stats.update(space.encode(items).movedim(1, -1))  # [b, h, w, c]
+        space.set_latent_stats(*floored_stats(*stats.mean_std()))
+        identity = {"identity": space.identity(source=source), "backbone": f"{cfg.space} ({source})",
+                    "resolution": cfg.backbone.resolution, "latent_shape": list(plan.latent_shape)}
+        write_cache(CacheConfig(fae=source, out=str(plan.latents), data=_latent_data(cfg),
+                                batch_size=cfg.latents.batch_size), space, identity=identity,
+                    latent_mean=space.latent_mean, latent_std=space.latent_std, dataset=dataset)
+
+    return _produce_latents(plan, {"source": source}, inputs, write)
+
+
+def _produce_latents(plan: ArmPlan, settings: dict, inputs: list[Path], write) -> str:
+    """``write()`` the arm's latent cache unless it is complete and keyed on these settings, the
+    arm's data plan and ``inputs`` (``fae.freshness``)."""
+    cfg = plan.arm.config
+    key = freshness.content_key({**settings, "data": to_dict(_latent_data(cfg)),
                                  "batch_size": cfg.latents.batch_size}, inputs)
-    action = freshness.claim(plan.latents, key, lambda: complete_cache(plan.latents), "latent cache")
-    if action == "skip":
-        return "skipped (outputs valid)"
-    stats = ChannelStats(plan.latent_shape[0])
-    for items, _ in iterate_batches(dataset, cfg.latents.batch_size):
-        stats.update(space.encode(items).movedim(1, -1))  # [b, h, w, c]
-    space.set_latent_stats(*floored_stats(*stats.mean_std()))
-    identity = {"identity": space.identity(source=source), "backbone": f"{cfg.space} ({source})",
-                "resolution": cfg.backbone.resolution, "latent_shape": list(plan.latent_shape)}
-    write_cache(CacheConfig(fae=source, out=str(plan.latents), data=_latent_data(cfg),
-                            batch_size=cfg.latents.batch_size), space, identity=identity,
-                latent_mean=space.latent_mean, latent_std=space.latent_std, dataset=dataset)
-    return "ran" if action == "write" else "restarted (inputs changed)"
+    return freshness.produce(plan.latents, key, lambda: complete_cache(plan.latents), write, "latent cache")
 
 
 class FAELatents(LatentSpace):
@@ -215,19 +223,17 @@ class PixelAELatents(LatentSpace):
     def write_latents(self, plan):
         cfg = plan.arm.config
         export = _export(plan, "pixel_autoencoder")
-        key = freshness.content_key({"data": to_dict(_latent_data(cfg)), "batch_size": cfg.latents.batch_size},
-                                    [export])
-        action = freshness.claim(plan.latents, key, lambda: complete_cache(plan.latents), "latent cache")
-        if action == "skip":
-            return "skipped (outputs valid)"
-        images = FashionMNIST("train", root=cfg.data_root, limit=cfg.latents.limit)
-        model = PixelAutoencoder.from_pretrained(export)
-        identity = {"identity": model.identity(), "backbone": "pixel autoencoder", "resolution": images.images.shape[-1],
-                    "latent_shape": list(model.latent_shape)}
-        write_cache(CacheConfig(fae=str(export), out=str(plan.latents), data=_latent_data(cfg),
-                                batch_size=cfg.latents.batch_size), model, identity=identity,
-                    latent_mean=model.latent_mean, latent_std=model.latent_std, dataset=images)
-        return "ran" if action == "write" else "restarted (inputs changed)"
+
+        def write() -> None:
+            images = FashionMNIST("train", root=cfg.data_root, limit=cfg.latents.limit)
+            model = PixelAutoencoder.from_pretrained(export)
+            identity = {"identity": model.identity(), "backbone": "pixel autoencoder",
+                        "resolution": images.images.shape[-1], "latent_shape": list(model.latent_shape)}
+            write_cache(CacheConfig(fae=str(export), out=str(plan.latents), data=_latent_data(cfg),
+                                    batch_size=cfg.latents.batch_size), model, identity=identity,
+                        latent_mean=model.latent_mean, latent_std=model.latent_std, dataset=images)
+
+        return _produce_latents(plan, {}, [export], write)
 
     def decoder(self, plan):
         export = _export(plan, "pixel_autoencoder")

@@ -8,6 +8,7 @@ its kind up once (``KINDS[config.kind]``) and never asks which kind it holds.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from fae.data.latent_cache import LatentCache, LatentDataset
 from fae.generation.generator import LatentGenerator
 
 
-class GeneratorKind:
+class GeneratorKind(ABC):
     """One kind of generator trained on a latent cache.
 
     Class attributes:
@@ -56,9 +57,9 @@ class GeneratorKind:
         """The sampler settings of previews and the export (the ``sampling_section`` section)."""
         return getattr(self.config, self.sampling_section)
 
+    @abstractmethod
     def build(self, device: torch.device | str) -> nn.Module:
         """The network to train, on ``device`` ("meta" for a dry run)."""
-        raise NotImplementedError
 
     def setup(self, cache: LatentCache, device: torch.device) -> None:
         """Check that ``cache`` holds what this kind trains on; load frozen helpers. Default: nothing."""
@@ -80,30 +81,30 @@ class GeneratorKind:
         network, None for an unconditional one."""
         return labels if self.architecture.num_classes > 0 else None
 
+    @abstractmethod
     def loss(self, network: nn.Module, latents: torch.Tensor, labels: Any,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """The training loss of normalised ``latents`` [b, c, h, w] (noise from ``generator``, or
         the global RNG when None)."""
-        raise NotImplementedError
 
     def loss_figures(self, loss: torch.Tensor | float) -> dict[str, torch.Tensor | float]:
         """Figures logged beside a loss value (training and evaluation). Default: none."""
         return {}
 
+    @abstractmethod
     def sampling_passes(self) -> float:
         """Network forward passes per sample at the configured sampler, in units of one item."""
-        raise NotImplementedError
 
     def grid_prompts(self, cache: LatentCache, n: int) -> list[str] | None:
         """Prompts of the ``n`` preview samples; None samples by class (cycled). Default: None."""
         return None
 
+    @abstractmethod
     def wrap(self, network: nn.Module, stats: tuple[torch.Tensor, torch.Tensor],
              fae_identity: dict) -> LatentGenerator:
         """``network`` as the exported generator class of this kind, with the latent statistics
         ``stats`` and the identity of the FAE that wrote the cache."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> dict[str, str]:
         """Lines for ``--dry-run`` and the run log (the stage adds the data line)."""
-        raise NotImplementedError
