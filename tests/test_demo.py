@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 
 from fae.cli import main
 
@@ -87,7 +88,8 @@ def test_demo_writes_report_figures_and_exports(demo_run, capsys):
                  "patch_maps.png"):
         assert name in figures
     assert len(re.findall(r"src='data:image/png;base64,", html)) == len(figures)  # self-contained
-    for words in ("Quality floors", "generation FID", "FAE.from_pretrained", "Patch-level maps",
+    assert Image.open(out / "summary.png").size[0] > 500  # the README's picture, beside the report
+    for words in ("Targets", "generation FID", "FAE.from_pretrained", "Patch-level maps",
                   "left-right flip of the same image"):
         assert words in html
 
