@@ -2,7 +2,7 @@
 # Make sure the Fashion-MNIST IDX files are on this machine (the demo and the tests read them).
 # Order: $FAE_FASHION_MNIST (a folder you provide) -> /usr/share/datasets/fashion-mnist (Debian's
 # dataset-fashion-mnist) -> install that package with apt-get (as root, or through `sudo -n`).
-# Anything else stops with one message naming the command to run. Called by `make demo` / `make test`.
+# Anything else (no apt-get, no root) stops with one message saying what to do. Called by `make demo` / `make test`.
 set -euo pipefail
 PACKAGE=dataset-fashion-mnist
 DEBIAN_DIR=/usr/share/datasets/fashion-mnist
@@ -23,13 +23,21 @@ if [ -n "${FAE_FASHION_MNIST:-}" ]; then
 fi
 has_files "$DEBIAN_DIR" && exit 0
 
+# Not Debian/Ubuntu (macOS, Fedora, Arch, ...): the four files come from the Fashion-MNIST release.
+FETCH="download the four .gz files of the Fashion-MNIST release (GitHub: zalandoresearch/fashion-mnist, \
+folder data/fashion) into a folder and set FAE_FASHION_MNIST=/that/folder"
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: Fashion-MNIST is missing and this machine has no apt-get: $FETCH" >&2
+    exit 1
+fi
+
 if [ "$(id -u)" -eq 0 ]; then
     run=()
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     run=(sudo -n)
 else
     echo "error: Fashion-MNIST is missing. Install it with:  sudo apt-get install $PACKAGE" \
-         "(or set FAE_FASHION_MNIST to a folder holding the four IDX .gz files)" >&2
+         "(or $FETCH)" >&2
     exit 1
 fi
 echo "Fashion-MNIST is missing: installing the Debian package $PACKAGE" >&2
