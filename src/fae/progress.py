@@ -1,6 +1,6 @@
 """Progress reports that read well wherever stderr goes: every progress display in fae uses this.
 
-On a terminal, :func:`progress` returns a tqdm bar. Anywhere else (CI, ``nohup``, a file) a bar
+On a terminal, :func:`show_progress` returns a tqdm bar. Anywhere else (CI, ``nohup``, a file) a bar
 redraws itself with carriage returns many times a second, and a log fills with hundreds of KB of
 half-lines; there it returns a :class:`LineProgress` instead, which prints one plain line at every
 10% (no sooner than 5 s after the previous line, so a two-second pass prints only its last line),
@@ -45,7 +45,7 @@ def progress_mode(stream: TextIO | None = None) -> str:
     return "bar" if isatty is not None and isatty() else "lines"
 
 
-def progress(iterable: Iterable | None = None, *, total: float | None = None, initial: float = 0,
+def show_progress(iterable: Iterable | None = None, *, total: float | None = None, initial: float = 0,
              desc: str | None = None, unit: str = "it", disable: bool = False,
              stream: TextIO | None = None) -> tqdm | LineProgress:
     """A progress display over ``iterable`` or ``total`` units, chosen by :func:`progress_mode`.
@@ -75,7 +75,7 @@ class LineProgress:
     """tqdm's interface, printing plain lines (never a carriage return) instead of a redrawn bar.
 
     Args:
-        iterable, total, initial, desc, unit: as for :func:`progress`.
+        iterable, total, initial, desc, unit: as for :func:`show_progress`.
         stream: where lines go; None prints nothing (the ``off`` mode and disabled displays).
         clock: seconds as a float (tests pass a fake one).
     """

@@ -30,7 +30,7 @@ def extract_tokens(backbone: Backbone, dataset: Dataset, batch_size: int = 128,
         dataset: items ``(image [C, H, W], label)``.
         batch_size: images per forward pass.
         dtype: storage dtype of the returned features (e.g. float16 to halve memory).
-        progress: show a tqdm bar.
+        progress: show progress (see :mod:`fae.progress`).
         desc: bar label (default: the backbone name).
         indices: which items (default: all).
 

@@ -10,9 +10,9 @@ from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from fae.errors import DataError
+from fae.progress import show_progress
 
 
 def stack_images(images: Sequence[torch.Tensor], first_index: int = 0) -> torch.Tensor:
@@ -33,13 +33,13 @@ def iterate_batches(dataset: Dataset, batch_size: int, indices: Sequence[int] | 
         dataset: items ``(image, label)``.
         batch_size: items per batch.
         indices: which items (e.g. this rank's ``fae.distributed.shard_range``).
-        progress: show a tqdm bar.
+        progress: show progress (see :mod:`fae.progress`).
         desc: the bar's label.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     indices = range(len(dataset)) if indices is None else indices
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
+    bar = show_progress(total=len(indices), desc=desc, unit="img", disable=not progress)
     try:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]

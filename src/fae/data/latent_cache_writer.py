@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from fae import distributed as du
 from fae.config import to_dict
@@ -35,6 +34,7 @@ from fae.data.latent_cache import FORMAT, VERSION, CacheConfig, cache_store, mis
 from fae.data.shard_store import ShardStore
 from fae.errors import ConfigError, LatentCacheError
 from fae.io import storage_dtype
+from fae.progress import show_progress
 
 # Manifest keys a resumed run must share with the run that started the cache.
 _PLAN_KEYS = ("data", "count", "flip", "shard_size", "dtype", "captions", "text_encoder")
@@ -152,8 +152,8 @@ def _collate(items: list[tuple]) -> tuple:
 @torch.inference_mode()
 def _encode_shards(encoder, dataset: Dataset, store: ShardStore, todo: list[int], cfg: CacheConfig,
                    plan: dict[str, Any], device: torch.device | str, progress: bool, text_encoder=None) -> None:
-    bar = tqdm(total=sum(min(cfg.shard_size, plan["count"] - i * cfg.shard_size) for i in todo),
-               disable=not progress, desc="cache-latents", unit="img")
+    bar = show_progress(total=sum(min(cfg.shard_size, plan["count"] - i * cfg.shard_size) for i in todo),
+                        disable=not progress, desc="cache-latents", unit="img")
     dtype = storage_dtype(cfg.dtype)  # validated by CacheConfig's Literal
     for index in todo:
         lo, hi = index * cfg.shard_size, min((index + 1) * cfg.shard_size, plan["count"])

@@ -12,7 +12,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fae import distributed as dist
 from fae.data.batches import stack_images
@@ -20,6 +19,7 @@ from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM, InceptionFeatures, r
 from fae.evaluation.inception_v3 import NUM_LOGITS
 from fae.evaluation.stats import InceptionStats, StreamingStats
 from fae.images import nhwc_to_nchw, quantize
+from fae.progress import show_progress
 
 
 class ImageSource(Protocol):
@@ -104,14 +104,14 @@ def compute_inception_stats(images, net: InceptionFeatures, *, batch_size: int =
             with logits (:mod:`fae.evaluation.inception_v3`) also fills ``logits`` (Inception Score).
         batch_size: images per forward pass on each rank.
         keep_features: keep the [N, 2048] pool features (needed for KID and precision/recall).
-        progress: show a tqdm bar (rank 0 only).
+        progress: show progress (rank 0 only; see :mod:`fae.progress`).
         desc: bar label.
     """
     source = as_source(images)
     shard = dist.shard_range(len(source))
     pool_stats, spatial_stats = StreamingStats(POOL_DIM), StreamingStats(SPATIAL_DIM)
     kept, logits = [], []  # logits: only from a network with a classifier head (inception_v3)
-    bar = tqdm(total=len(shard), desc=desc, unit="img", disable=not (progress and dist.is_main()))
+    bar = show_progress(total=len(shard), desc=desc, unit="img", disable=not (progress and dist.is_main()))
     for start in range(shard.start, shard.stop, batch_size):
         stop = min(start + batch_size, shard.stop)
         out = net(source.batch(start, stop))

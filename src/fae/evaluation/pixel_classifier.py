@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from fae.errors import CheckpointError, DataError
 from fae.images import to_unit_range
 from fae.io import atomic_torch_save
+from fae.progress import show_progress
 
 
 @dataclass
@@ -138,7 +138,7 @@ def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, config: C
     x_all, y_all = to_unit_range(images), labels.to(torch.long)
     bar = None
     if progress:
-        bar = tqdm(total=config.steps, desc="pixel classifier", unit="step", dynamic_ncols=True)
+        bar = show_progress(total=config.steps, desc="pixel classifier", unit="step")
     for _ in range(config.steps):
         idx = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)
         x = augment(x_all[idx], config.shift, config.flip, generator)

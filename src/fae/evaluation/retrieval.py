@@ -20,9 +20,9 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from fae.errors import ConfigError, DataError
+from fae.progress import show_progress
 
 TOP_K = (1, 5)
 
@@ -115,6 +115,7 @@ class RetrievalImageEmbeddings:
 def text_embeddings(encoder, captions: list[str], batch_size: int = 256, progress: bool = True) -> torch.Tensor:
     """Pooled text-tower embeddings [T, P] of ``captions`` (float32, CPU), in order."""
     parts = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="captions", disable=not progress):
+    for start in show_progress(range(0, len(captions), batch_size), desc="captions", unit="batch",
+                               disable=not progress):
         parts.append(encoder.encode(captions[start:start + batch_size]).pooled.float().cpu())
     return torch.cat(parts) if parts else torch.empty(0, encoder.pooled_dim)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from fae.config import from_dict, to_dict
 from fae.errors import ConfigError, LatentCacheError
@@ -26,6 +25,7 @@ from fae.generation.flow_config import FlowSamplerConfig
 from fae.generation.samplers import SamplerConfig
 from fae.generation.seeding import balanced_labels
 from fae.images import quantize
+from fae.progress import show_progress
 
 UNCONDITIONAL = -1  # the label SampleBatch reports for samples of an unconditional generator
 
@@ -206,9 +206,9 @@ class SampleDecoder:
     def all(self, indices: Sequence[int] | range, labels: torch.Tensor | Sequence[int] | None = None,
             seed: int = 0, progress: bool = False, desc: str = "samples",
             prompts: Sequence[str] | None = None) -> SampleBatch:
-        """Every sample of :meth:`batches` in one :class:`SampleBatch` (optional tqdm bar)."""
+        """Every sample of :meth:`batches` in one :class:`SampleBatch` (optional progress display)."""
         parts = []
-        with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
+        with show_progress(total=len(indices), desc=desc, unit="img", disable=not progress) as bar:
             for batch in self.batches(indices, labels, seed, prompts):
                 parts.append(batch)
                 bar.update(len(batch))

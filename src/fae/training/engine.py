@@ -299,7 +299,8 @@ class Trainer:
         cfg = self.cfg
         self._say(f"run folder: {self.run_dir.resolve()}")
         data = iter(self._loader())
-        progress = Progress(cfg.steps, self.step, enabled=du.is_main() and cfg.progress)
+        progress = Progress(cfg.steps, self.step, enabled=du.is_main() and cfg.progress,
+                            desc=f"train {self.stage.name}")
         interval: dict[str, list[float]] = {}
         tick, tick_step = time.perf_counter(), self.step
         for module in self.modules.values():

@@ -1,5 +1,8 @@
 """``metrics.jsonl`` (one JSON object per line) plus TensorBoard events when it is installed.
 
+TensorBoard is an optional extra (``[tensorboard]``). When ``train.tensorboard`` asks for
+events and the package is missing, the run says so in one line instead of dropping them silently.
+
 Only rank 0 writes. On resume, lines logged after the checkpoint being resumed are dropped, so
 the file never holds two different values for the same step; the old file is first copied to
 ``metrics.previous-N.jsonl``, so no line is ever lost.
@@ -9,9 +12,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from fae.io import atomic_write
+
+DISTRIBUTION = "fae"  # the name pip installs this package by (pyproject.toml's project.name)
 
 
 class MetricsLog:
@@ -22,7 +28,8 @@ class MetricsLog:
         enabled: False on ranks other than 0 (every call is then a no-op).
         resume_step: the step the run resumes from; later lines are removed (the old file
             is kept as ``metrics.previous-N.jsonl``). None: keep all.
-        tensorboard: also write TensorBoard events if ``tensorboard`` is importable.
+        tensorboard: also write TensorBoard events under ``tensorboard/``; without the
+            ``tensorboard`` package, one line on stderr says they are off and why.
     """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None,
@@ -35,7 +42,7 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         if tensorboard:
-            self.writer = _tensorboard_writer(Path(run_dir) / "tensorboard")
+            self.writer = _tensorboard_writer(Path(run_dir) / "tensorboard", self.path)
 
     def _truncate_after(self, step: int) -> None:
         """Drop lines after ``step``; the old file is first kept as ``metrics.previous-N.jsonl``."""
@@ -94,9 +101,19 @@ def _jsonable(value):
     return value
 
 
-def _tensorboard_writer(folder: Path):
+def tensorboard_missing_line(metrics_path: Path) -> str:
+    """The one line a run prints when TensorBoard events are asked for but cannot be written."""
+    return (f"fae: TensorBoard events off: the tensorboard package is not installed "
+            f"(pip install '{DISTRIBUTION}[tensorboard]', or train.tensorboard=false to silence this); "
+            f"metrics go to {metrics_path}")
+
+
+def _tensorboard_writer(folder: Path, metrics_path: Path):
+    """A ``SummaryWriter`` writing into ``folder``; None (and one line on stderr) without tensorboard."""
     try:
+        # Imported here: torch.utils.tensorboard imports the optional tensorboard package.
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
+    except ImportError:
+        print(tensorboard_missing_line(metrics_path), file=sys.stderr, flush=True)
         return None
     return SummaryWriter(log_dir=str(folder))
