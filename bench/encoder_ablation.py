@@ -13,7 +13,7 @@ features (paper: attention 86.17% vs 6-layer transformer 85.74%, raw 87.00%, on 
     .venv/bin/python bench/encoder_ablation.py --variants attention-projected attention-identity --steps 600
 
 Generation quality at equal steps (``--generate``): each FAE's training latents are cached, the demo
-generator (configs/demo/generator.yaml) is trained on them for ``--gen-steps`` steps, and
+generator (demo/generator.yaml) is trained on them for ``--gen-steps`` steps, and
 ``--gen-samples`` class-balanced samples are decoded to features x_hat. Scored in the backbone's
 pooled feature space (the probe's pooling rule; no pixel decoder needed, so the pixel path cannot
 hide an encoder difference): the Frechet distance to the test split's pooled raw features (FD), and
@@ -38,7 +38,7 @@ import torch
 
 from fae.autoencoder import FAE
 from fae.backbones.token_cache import TokenCache
-from fae.config import load_config
+from fae.config import SHIPPED_CONFIGS, load_config
 from fae.data.latent_cache import CacheConfig
 from fae.evaluation.fid import frechet_distance
 from fae.evaluation.probe import linear_probe
@@ -52,7 +52,6 @@ from fae.training.stages.autoencoder import build_stage as build_autoencoder_sta
 from fae.training.stages.generator import GeneratorRunConfig
 from fae.training.stages.generator import build_stage as build_generator_stage
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name -> the config overrides that make it (everything else is the config's)
     "attention-projected": ["model.encoder.kind=attention", "model.encoder.skip=projected",
                             "model.encoder.activation_width=attention", "model.encoder.pos_embed=false"],
@@ -65,7 +64,7 @@ COLUMNS = (("cosine", "cos sim", "{:.4f}"), ("rel_l2", "rel L2", "{:.4f}"), ("re
            ("kl", "KL/elem", "{:.2f}"), ("probe_top1_raw", "probe raw", "{:.2%}"),
            ("probe_top1_recon", "probe recon", "{:.2%}"), ("probe_gap", "gap", "{:+.2%}"),
            ("gen_fd", "gen FD", "{:.3f}"), ("gen_class_acc", "gen class acc", "{:.2%}"))
-GENERATOR_CONFIG = ROOT / "configs" / "demo" / "generator.yaml"
+GENERATOR_CONFIG = SHIPPED_CONFIGS / "demo" / "generator.yaml"
 
 
 def run_variant(config: Path, variant: str, out: Path, steps: int | None, overrides: list[str]) -> dict:
@@ -131,7 +130,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo" / "autoencoder.yaml")
+    parser.add_argument("--config", type=Path, default=SHIPPED_CONFIGS / "demo" / "autoencoder.yaml")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=None, help="override train.steps for every run")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/encoder_ablation"))

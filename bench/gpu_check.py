@@ -5,11 +5,11 @@ cut short keeps what it measured). Parts, each in its own try-block with a time 
 an overrun is recorded with its error line and the next part runs):
 
   peak          bf16 matmul peak of this GPU (8192^3 products on random data, CUDA events)
-  sit_xl1       SiT-XL/1 training step on 16x16x32 latents (configs/imagenet256/sit_xl1.yaml):
+  sit_xl1       SiT-XL/1 training step on 16x16x32 latents (imagenet256/sit_xl1.yaml):
                 transport loss, bf16 autocast, fused AdamW as the engine makes it
   diffusers     diffusers' DiTTransformer2DModel of the same size, same loss and optimiser
   fae_ia        stage Ia: DINOv2-g/14 (random weights, published architecture) at 224 px + the FAE
-                of configs/imagenet256/fae_dinov2g.yaml, the stage's own loss
+                of imagenet256/fae_dinov2g.yaml, the stage's own loss
   pixel_decoder stage Ib: the ViT-L pixel decoder with LPIPS (random VGG) and its GAN, both phases
   sampling      50-step Heun with CFG (SiT-XL/1 network, bf16 autocast), images/s
   inception     the FID Inception feature path, images/s at batch 200
@@ -301,7 +301,7 @@ def sit_config(settings: Settings):
     from fae.config import load_config
     from fae.training.stages.generator import GeneratorRunConfig
 
-    return load_config(GeneratorRunConfig, ROOT / "configs/imagenet256/sit_xl1.yaml", settings.sit_overrides)
+    return load_config(GeneratorRunConfig, "imagenet256/sit_xl1.yaml", settings.sit_overrides)
 
 
 def latent_batch(cfg, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,7 +388,7 @@ def autoencoder_stage(settings: Settings, device):
     from fae.config import load_config
     from fae.training.stages.autoencoder import AutoencoderRunConfig, AutoencoderStage
 
-    cfg = load_config(AutoencoderRunConfig, ROOT / "configs/imagenet256/fae_dinov2g.yaml", settings.fae_overrides)
+    cfg = load_config(AutoencoderRunConfig, "imagenet256/fae_dinov2g.yaml", settings.fae_overrides)
     stage = AutoencoderStage(cfg)
     models = stage.build_models(device)
     fae = models["fae"].train()
@@ -430,7 +430,7 @@ def pixel_stage(settings: Settings, device):
     from fae.training.stages.pixel_decoder import PixelDecoderRunConfig, build_stage
 
     overrides = settings.pixel_overrides + ["noise.scale=1.0", "loss.gan_start_step=0", "train.ema_decay=null"]
-    cfg = load_config(PixelDecoderRunConfig, ROOT / "configs/imagenet256/pixel_decoder_vitl.yaml", overrides)
+    cfg = load_config(PixelDecoderRunConfig, "imagenet256/pixel_decoder_vitl.yaml", overrides)
     stage = build_stage(cfg)
     models = stage.build_models(device)
     with contextlib.redirect_stdout(sys.stderr):  # setup prints the stage's description

@@ -1,7 +1,7 @@
 """Guidance search on a trained generator: FID and class accuracy per CFG scale and interval.
 
 RAE and LightningDiT pick their guidance this way; the paper prints its schedule only in part
-(App. D; ``configs/imagenet256/sample_cfg.yaml`` is our reading). Every setting draws the same
+(App. D; ``imagenet256/sample_cfg.yaml`` is our reading). Every setting draws the same
 class-balanced samples (sample i: class i % K, noise seeded by (seed, i)) through the normal
 sample-then-decode path, so the rows differ only by guidance. Per row: FID against a reference
 statistics file (``fae eval ref-stats`` or an ADM reference batch), and the top-1 of a linear probe

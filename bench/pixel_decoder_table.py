@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/pixel_decoder_table.py [--images 500] [--rfid-images 50]
 
 Trains whatever is missing into ``--out`` (each run is skipped when its export exists; a killed
-run resumes): a short stage Ia FAE (configs/demo/autoencoder.yaml with FAE_OVERRIDES below; or
-pass ``--fae DIR`` to use an existing FAE export), stage Ib (configs/demo/pixel_decoder_ib.yaml)
-and stage II (configs/demo/pixel_decoder_ii.yaml on that FAE and that Ib export). Then it decodes
+run resumes): a short stage Ia FAE (demo/autoencoder.yaml with FAE_OVERRIDES below; or
+pass ``--fae DIR`` to use an existing FAE export), stage Ib (demo/pixel_decoder_ib.yaml)
+and stage II (demo/pixel_decoder_ii.yaml on that FAE and that Ib export). Then it decodes
 the first ``--images`` test images with the Ib decoder and with the II decoder, from (a) the true
 backbone tokens and (b) the FAE reconstructions x_hat, and prints PSNR / SSIM (all images) and
 rFID (the first ``--rfid-images``; FID at such small N is biased upwards and noisy: compare rows,
@@ -31,24 +31,24 @@ from fae.training.stages.pixel_decoder_heldout import HeldOut
 from fae.training.stages.registry import load_stage
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"autoencoder": "configs/demo/autoencoder.yaml", "ib": "configs/demo/pixel_decoder_ib.yaml",
-           "ii": "configs/demo/pixel_decoder_ii.yaml"}
+CONFIGS = {"autoencoder": "demo/autoencoder.yaml", "ib": "demo/pixel_decoder_ib.yaml",
+           "ii": "demo/pixel_decoder_ii.yaml"}
 
 
-# A short FAE run for the table (the full demo FAE is configs/demo/autoencoder.yaml).
+# A short FAE run for the table (the full demo FAE is demo/autoencoder.yaml).
 FAE_OVERRIDES = ["train.steps=300", "train.ckpt_every=100", "train.eval_every=0", "eval.probe=false"]
 
 
 def ensure_export(stage: str, config: str, overrides: list[str]) -> Path:
     """Train ``stage`` with ``config`` + overrides unless its export already exists."""
     run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.run_dir=")),
-                   read_yaml(ROOT / config)["train"]["run_dir"])
+                   read_yaml(config)["train"]["run_dir"])
     export = ROOT / run_dir / "export"
     if (export / "config.json").is_file():
         print(f"[skip] {export} exists", flush=True)
         return export
     print(f"[train] fae train {stage} {' '.join(overrides)} --config {config}", flush=True)
-    result = train(load_stage(stage, str(ROOT / config), overrides))
+    result = train(load_stage(stage, config, overrides))
     return Path(result["export"])
 
 

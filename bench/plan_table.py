@@ -1,4 +1,4 @@
-"""The README's table of the paper recipes' plans: ``fae plan`` of every configs/imagenet256 stage
+"""The README's table of the paper recipes' plans: ``fae plan`` of every shipped imagenet256/ stage
 config on one GPU kind, as markdown.
 
     python bench/plan_table.py [--gpus 8] [--gpu h100-80gb] [--json-dir DIR]
@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = [("fae_dinov2g", None), ("fae_siglip2g", None), ("pixel_decoder_vitl", None),
            ("pixel_decoder_vitl_ii", None), ("sit_xl1", None), ("lightningdit_xl1", None),
            ("lightningdit_xl1", "sample_cfg"), ("mmdit_t2i", None), ("starflow_fae", None),
@@ -23,10 +22,10 @@ GIB = 1024 ** 3
 
 
 def plan(recipe: str, sampling: str | None, gpus: int, gpu: str) -> dict:
-    command = [sys.executable, "-m", "fae", "plan", "--config", str(ROOT / f"configs/imagenet256/{recipe}.yaml"),
+    command = [sys.executable, "-m", "fae", "plan", "--config", f"imagenet256/{recipe}.yaml",
                "--gpus", str(gpus), "--gpu", gpu, "--json"]
     if sampling:
-        command += ["--sampling", str(ROOT / f"configs/imagenet256/{sampling}.yaml")]
+        command += ["--sampling", f"imagenet256/{sampling}.yaml"]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 

@@ -1,4 +1,4 @@
-"""Full-shape rehearsal on CPU of every paper recipe (``configs/imagenet256/``), chained as a user
+"""Full-shape rehearsal on CPU of every paper recipe (``imagenet256/``), chained as a user
 runs them: fae_dinov2g -> pixel_decoder_vitl (Ib) -> pixel_decoder_vitl_ii (II) -> cache_latents
 (``fae cache-latents``: labelled, and captioned with T5-XL embeddings) -> sit_xl1 / lightningdit_xl1 /
 starflow_fae / mmdit_t2i -> sample_cfg (``fae sample`` with the paper's piecewise CFG); fae_siglip2g
@@ -124,7 +124,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", nargs="?", help="a file stem of configs/imagenet256/, or 'all'")
+    parser.add_argument("recipe", nargs="?", help="a file stem of imagenet256/, or 'all'")
     parser.add_argument("--depth", default="2", help="blocks per stack (N), or 'full' (default 2)")
     parser.add_argument("--out", default="runs/rehearse", help="folder of rehearse.json and work/")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",

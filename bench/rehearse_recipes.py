@@ -1,6 +1,6 @@
 """One paper recipe rehearsed on CPU at full width and shape (the worker of ``bench/rehearse.py``).
 
-Every recipe of ``configs/imagenet256/`` runs through the code a user runs: the ``fae train`` stage
+Every recipe of ``imagenet256/`` runs through the code a user runs: the ``fae train`` stage
 loader and the engine's :class:`fae.training.engine.Trainer`, ``fae cache-latents``'s
 ``cache_latents`` and ``fae sample``'s ``sample_to_npz``, with the recipe file plus overrides
 (:func:`run_overrides`) that shrink only what a rehearsal must shrink: 2 steps at global batch 2,
@@ -33,7 +33,7 @@ from PIL import Image
 from fae.autoencoder import FAE
 from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.commands.sample import SampleConfig, sample_to_npz
-from fae.config import load_config
+from fae.config import SHIPPED_CONFIGS, load_config
 from fae.data.datasets import DataConfig
 from fae.data.latent_cache import CacheConfig, read_manifest
 from fae.data.latent_cache_writer import write_cache
@@ -43,7 +43,7 @@ from fae.training.engine import Trainer
 from fae.training.latents import cache_latents as run_cache
 from fae.training.stages.registry import load_stage
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
+CONFIGS = SHIPPED_CONFIGS / "imagenet256"
 BACKBONES = {"fae_dinov2g": "dinov2-g14", "fae_siglip2g": "siglip2-g-opt16-256",
              "pixel_decoder_vitl": "dinov2-g14", "pixel_decoder_vitl_ii": "dinov2-g14"}
 TEXT_ENCODER = "t5-v1_1-xl"
@@ -104,7 +104,7 @@ def train_overrides(run_dir: Path, steps: int, precision: str) -> list[str]:
 
 
 def run_overrides(recipe: str, work: Work, depth: int | None) -> list[str]:
-    """What the rehearsal changes in ``configs/imagenet256/<recipe>.yaml`` besides the loop."""
+    """What the rehearsal changes in ``imagenet256/<recipe>.yaml`` besides the loop."""
     images = [f"data.root={work.images}"]
     if recipe.startswith("fae_"):
         return images + [f"backbone.weights={random_weights(depth)}", f"model.decoder.depth={cap(depth, 6)}",

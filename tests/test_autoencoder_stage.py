@@ -10,13 +10,12 @@ import torch
 
 from fae.autoencoder import FAE, FAEConfig
 from fae.autoencoder.model import fae_loss
-from fae.config import from_dict, load_config
+from fae.config import SHIPPED_CONFIGS, from_dict, load_config
 from fae.errors import ConfigError
 from fae.training.stages.autoencoder import AutoencoderRunConfig, build_stage
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPER_CONFIG = ROOT / "configs" / "imagenet256" / "fae_dinov2g.yaml"
-DEMO_CONFIG = ROOT / "configs" / "demo" / "autoencoder.yaml"
+PAPER_CONFIG = SHIPPED_CONFIGS / "imagenet256" / "fae_dinov2g.yaml"
+DEMO_CONFIG = SHIPPED_CONFIGS / "demo" / "autoencoder.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

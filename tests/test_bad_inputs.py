@@ -139,10 +139,10 @@ ROWS = [
     (["sample", "--generator", "{w}/gen/export", "--fae", "{w}/fae", "--num", "2", "--out", "{t}/s.npz",
       "sampling.cfg_interval=[0.9,0.1]"], "config key 'sampling.cfg_interval' must satisfy", ["{t}/s.npz"]),
     (["demo", "--out", "{t}/demo", "generator.overrides.model.dpth=2"],
-     "demo stage 'generator' (file {repo}/configs/demo/generator.yaml, with generator.overrides): "
+     "demo stage 'generator' (file {repo}/src/fae/configs/demo/generator.yaml, with generator.overrides): "
      "unknown config key 'model.dpth'", ["{t}/demo"]),
     (["demo", "--out", "{t}/demo", "pixel_decoder_ii.overrides.train.steps=many"],
-     "demo stage 'pixel_decoder_ii' (file {repo}/configs/demo/pixel_decoder_ii.yaml, with "
+     "demo stage 'pixel_decoder_ii' (file {repo}/src/fae/configs/demo/pixel_decoder_ii.yaml, with "
      "pixel_decoder_ii.overrides): config key 'train.steps': expected an integer, got 'many'", ["{t}/demo"]),
     (["demo", "--out", "{t}/demo", "eval.sampling.method=rk4"],
      "config key 'eval.sampling.method': 'rk4' is not one of", ["{t}/demo"]),

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from fae.cli import main
+from fae.config import SHIPPED_CONFIGS
 from fae.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
     "backbone.resolution=64",
@@ -55,9 +55,9 @@ def experiment_file(folder: Path, pixels_shift: float | None = None) -> Path:
     arms = [{"name": a, "set": [f"space={a}"]} for a in ARMS]
     if pixels_shift is not None:
         arms[2]["set"].append(f"generator.overrides.transport.shift={pixels_shift}")
-    config = {"title": "tiny latent space", "question": "Tiny?", "demo": str(REPO / "configs" / "demo" / "demo.yaml"),
+    config = {"title": "tiny latent space", "question": "Tiny?", "demo": str(SHIPPED_CONFIGS / "demo" / "demo.yaml"),
               "variable": ["space", "generator.overrides.transport.shift"],
-              "overrides": [f"pixel_autoencoder.config={REPO / 'configs' / 'experiments' / 'pixel_autoencoder.yaml'}"],
+              "overrides": [f"pixel_autoencoder.config={SHIPPED_CONFIGS / 'experiments' / 'pixel_autoencoder.yaml'}"],
               "arms": arms, "main": "fae", "seeds": [1], "seed_keys": ["generator.overrides.train.seed"],
               "evaluation": {"steps": [30, 60], "fid_samples": 20, "reference_images": 20, "batch_size": 20,
                              "grid_per_class": 1},
@@ -204,10 +204,10 @@ def test_a_flow_experiment_scores_bits_per_dim_and_reuses_the_stages(experiment,
     from fae.generation import FlowGenerator, load_generator
 
     folder, _ = experiment
-    config = {"title": "tiny flow", "question": "Flow?", "demo": str(REPO / "configs" / "demo" / "demo.yaml"),
+    config = {"title": "tiny flow", "question": "Flow?", "demo": str(SHIPPED_CONFIGS / "demo" / "demo.yaml"),
               "variable": ["space"],
-              "overrides": [f"pixel_autoencoder.config={REPO / 'configs' / 'experiments' / 'pixel_autoencoder.yaml'}",
-                            f"generator.config={REPO / 'configs' / 'experiments' / 'starflow_generator.yaml'}"],
+              "overrides": [f"pixel_autoencoder.config={SHIPPED_CONFIGS / 'experiments' / 'pixel_autoencoder.yaml'}",
+                            f"generator.config={SHIPPED_CONFIGS / 'experiments' / 'starflow_generator.yaml'}"],
               "arms": [{"name": "fae", "set": ["space=fae"]}, {"name": "pixel-ae", "set": ["space=pixel-ae"]}],
               "main": "fae", "seeds": [1],
               "evaluation": {"steps": [30, 60], "fid_samples": 20, "reference_images": 20, "batch_size": 20,

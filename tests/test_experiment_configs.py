@@ -1,4 +1,4 @@
-"""The experiments shipped in configs/experiments: each one, full and ``--quick``, resolves and plans
+"""The shipped experiments (``experiments/*.yaml``): each one, full and ``--quick``, resolves and plans
 every arm (all stage configs validated, nothing trained), its arms differ from the main arm only in
 the declared variable, the main arm's seed replicates train something of their own, the evaluated
 checkpoints are the generator's milestones, and ``--quick`` is a smaller run of the same arms.
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from fae.config import read_yaml
-from fae.experiment.config import _declared, experiments_folder, load_experiment, resolve_arms
+from fae.experiment.config import EXPERIMENTS, _declared, load_experiment, resolve_arms
 from fae.experiment.plan import plan_arm
 from fae.experiment.store import resolved_config, stage_key
 from fae.experiment.run import check_replicates
 
-SHIPPED = sorted(p for p in experiments_folder().glob("*.yaml") if "arms" in read_yaml(p))
+SHIPPED = sorted(p for p in EXPERIMENTS.glob("*.yaml") if "arms" in read_yaml(p))
 
 
 def plans(path: Path, quick: bool, root: Path):

@@ -14,13 +14,12 @@ import torch
 
 from fae.autoencoder import FAE
 from fae.backbones import TokenCache, load_backbone
-from fae.config import load_config
+from fae.config import SHIPPED_CONFIGS, load_config
 from fae.errors import DataError
 from fae.training.engine import train
 from fae.training.stages.autoencoder import AutoencoderRunConfig, build_stage
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / "configs" / "demo" / "autoencoder.yaml"
+DEMO_CONFIG = SHIPPED_CONFIGS / "demo" / "autoencoder.yaml"
 NAME = "dinov2-t14-reg"  # the registry name of the tiny model (ends in -reg: Dinov2WithRegistersModel)
 TINY_HF = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 STEPS = 48

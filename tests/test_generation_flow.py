@@ -275,21 +275,21 @@ def test_the_starflow_default_sizes_match_the_published_1_4b():
 
 
 def test_diffusion_run_configs_keep_their_saved_form_and_misplaced_sections_are_refused():
-    saved = saved_form(load_config(GeneratorRunConfig, "configs/imagenet256/lightningdit_xl1.yaml", []))
+    saved = saved_form(load_config(GeneratorRunConfig, "imagenet256/lightningdit_xl1.yaml", []))
     assert not {"kind", "flow", "flow_sampling"} & set(saved)  # run folders written before still resume
-    flow = saved_form(load_config(GeneratorRunConfig, "configs/imagenet256/starflow_fae.yaml", []))
+    flow = saved_form(load_config(GeneratorRunConfig, "imagenet256/starflow_fae.yaml", []))
     assert flow["kind"] == "flow" and flow["flow"]["latent_channels"] == 32
     with pytest.raises(ConfigError, match="section 'flow' is set, but kind is 'diffusion'"):
         load_config(GeneratorRunConfig, None, ["flow.dim=64"])
     with pytest.raises(ConfigError, match="section 'sampling' is set, but kind is 'flow'"):
-        load_config(GeneratorRunConfig, "configs/imagenet256/starflow_fae.yaml", ["sampling.steps=10"])
+        load_config(GeneratorRunConfig, "imagenet256/starflow_fae.yaml", ["sampling.steps=10"])
     with pytest.raises(ConfigError, match="flow.head_dim"):
-        load_config(GeneratorRunConfig, "configs/imagenet256/starflow_fae.yaml", ["flow.head_dim=6"])
+        load_config(GeneratorRunConfig, "imagenet256/starflow_fae.yaml", ["flow.head_dim=6"])
 
 
 @pytest.mark.parametrize("name,count", [("starflow_fae", "1.424B"), ("starflow_sdvae", "1.423B")])
 def test_dry_run_prints_the_count_next_to_the_published_one(capsys, name, count):
-    assert fae_main(["train", "generator", "--config", f"configs/imagenet256/{name}.yaml", "--dry-run"]) == 0
+    assert fae_main(["train", "generator", "--config", f"imagenet256/{name}.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"STARFlow-XL/{1 if name == 'starflow_fae' else 2}" in out and "(256 tokens)" in out
     assert f"{count} parameters; published: 1.4B" in out

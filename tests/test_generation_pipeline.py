@@ -17,7 +17,7 @@ from safetensors.torch import load, load_file, save_file
 from fae.autoencoder import FAE, FAEConfig
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from fae.cli import main as fae_main
-from fae.config import from_dict, load_config
+from fae.config import SHIPPED_CONFIGS, from_dict, load_config
 from fae.data.datasets import DataConfig, build_dataset
 from fae.data.latent_cache import CacheConfig, LatentCache, LatentDataset
 from fae.data.shard_store import shard_path
@@ -178,7 +178,7 @@ def test_the_stage_reads_the_latent_shape_from_upstream_and_refuses_a_disagreein
 
 
 def test_dry_run_needs_no_latent_shape_in_the_config_when_data_fae_is_an_export(workdir, tmp_path, capsys):
-    config = Path("configs/demo/generator.yaml")
+    config = SHIPPED_CONFIGS / "demo" / "generator.yaml"
     assert not {"latent_channels", "latent_size"} & set(yaml.safe_load(config.read_text())["model"])
     assert fae_main(["train", "generator", "--config", str(config), "--dry-run", f"data.fae={workdir / 'fae'}",
                      f"data.cache={tmp_path / 'none'}", f"train.run_dir={tmp_path / 'run'}"]) == 0
@@ -273,7 +273,7 @@ def test_two_ranks_under_torchrun_write_the_same_samples_as_one(workdir, trained
 
 
 def test_dry_run_prints_the_papers_sit_xl1_size(capsys):
-    assert fae_main(["train", "generator", "--config", "configs/imagenet256/sit_xl1.yaml", "--dry-run"]) == 0
+    assert fae_main(["train", "generator", "--config", "imagenet256/sit_xl1.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "SiT-XL/1" in out and "674.85M" in out
 

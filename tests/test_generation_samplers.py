@@ -1,13 +1,12 @@
 """Samplers against an analytic target, CFG, per-sample seeding and rank sharding, and the one
 sample-then-decode path (SampleDecoder) with its label, settings and pairing helpers."""
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from fae.commands.sample import SampleConfig
-from fae.config import load_config
+from fae.config import SHIPPED_CONFIGS, load_config
 from fae.distributed import shard_range
 from fae.errors import ConfigError, LatentCacheError
 from fae.generation import Generator, GeneratorConfig
@@ -89,7 +88,7 @@ def test_piecewise_schedule_overrides_the_single_scale():
 
 def test_the_paper_guidance_default_reproduces_the_printed_pieces():
     """App. D: w = 0.9 on t in [0.9, 1], 2.5 on [0, 0.7]; the unstated middle is w = 1 (no CFG)."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "imagenet256" / "sample_cfg.yaml"
+    path = SHIPPED_CONFIGS / "imagenet256" / "sample_cfg.yaml"
     stored = SamplerConfig(method="euler_maruyama", steps=250)  # what the generator export stores
     cfg = sampler_config(Generator(GeneratorConfig(depth=1, dim=32, heads=2, latent_channels=4, latent_size=4),
                                    TransportConfig(), sampling=stored), load_config(SampleConfig, path).sampling)

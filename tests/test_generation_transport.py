@@ -1,10 +1,9 @@
 """Flow transport: the time convention, the paper's shift converted to t = 1 noise, the loss."""
-from pathlib import Path
 
 import pytest
 import torch
 
-from fae.config import load_config
+from fae.config import SHIPPED_CONFIGS, load_config
 from fae.errors import ConfigError
 from fae.generation.transport import (Transport, TransportConfig, cosine_velocity_loss, interpolate, sample_time,
                                       shift_time, target_velocity, time_grid, velocity_to_eps, velocity_to_x0)
@@ -100,7 +99,7 @@ def test_transport_loss_adds_the_weighted_cosine_term():
 
 
 def test_imagenet_lightningdit_config_trains_with_lightningdits_setting():
-    root = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
+    root = SHIPPED_CONFIGS / "imagenet256"
     configs = [load_config(GeneratorRunConfig, root / name) for name in ("lightningdit_xl1.yaml", "sit_xl1.yaml")]
     lightning, sit = (cfg.transport for cfg in configs)
     for cfg in configs:  # the paper's 64 / 80 epoch rows (2,500 steps per epoch at batch 512) are kept

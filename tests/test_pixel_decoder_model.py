@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from fae.images import from_unit_range, to_unit_range
-from fae.config import load_config
+from fae.config import SHIPPED_CONFIGS, load_config
 from fae.errors import CheckpointError, ConfigError
 from tiny import tiny_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPER_CONFIG = ROOT / "configs" / "imagenet256" / "pixel_decoder_vitl.yaml"
+PAPER_CONFIG = SHIPPED_CONFIGS / "imagenet256" / "pixel_decoder_vitl.yaml"
 PAPER_PARAMS = 305.36e6  # paper: ViT-L pixel decoder, 16x16x1536 -> 256x256x3
 
 

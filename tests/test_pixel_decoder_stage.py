@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fae.autoencoder.noise import add_token_noise, token_rms
-from fae.config import from_dict
+from fae.config import SHIPPED_CONFIGS, from_dict
 from fae.errors import ConfigError
 from fae.training.stages.pixel_decoder import CONFIG_CLASS, build_stage
 from tiny import tiny_fae
@@ -167,7 +167,7 @@ def test_noise_defaults_by_stage_and_explicit_noise_is_kept(tmp_path):
 def test_imagenet_stage_ii_config_is_noise_free_and_otherwise_the_stage_ib_recipe():
     from fae.config import load_config, to_dict
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "imagenet256"
+    root = SHIPPED_CONFIGS / "imagenet256"
     ib = to_dict(load_config(CONFIG_CLASS, root / "pixel_decoder_vitl.yaml"))
     ii = to_dict(load_config(CONFIG_CLASS, root / "pixel_decoder_vitl_ii.yaml"))
     assert (ib["stage"], ib["noise"]["sigma"]) == ("noisy-features", 0.4)

@@ -3,13 +3,13 @@ plan (or the intended clear error) for every shipped config."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from fae.cli import main
+from fae.config import SHIPPED_CONFIGS
 from fae.training.stages.registry import load_plan_stage
 from fae.nn.attention import Attention
 from fae.training.ema import EMA
@@ -18,7 +18,6 @@ from fae.training.plan import planner
 from fae.training.plan.flops import count_flops
 from fae.training.plan.memory import LiveBytes, measure_activations
 
-ROOT = Path(__file__).resolve().parents[1]
 # a small SiT whose step is dominated by activations, so the estimate is a real test of them
 TINY_SIT = ["model.depth=4", "model.dim=128", "model.heads=4", "model.latent_channels=4",
             "model.latent_size=8", "model.num_classes=10", "train.batch_size=32", "train.precision=fp32",
@@ -48,7 +47,7 @@ def test_attention_block_flops_equal_the_closed_form(device):
 
 
 def _tiny_stage(*overrides):
-    return load_plan_stage("generator", str(ROOT / "configs/imagenet256/sit_xl1.yaml"), TINY_SIT + list(overrides))
+    return load_plan_stage("generator", str(SHIPPED_CONFIGS / "imagenet256/sit_xl1.yaml"), TINY_SIT + list(overrides))
 
 
 def test_fake_tensor_activations_equal_a_real_cpu_run():
@@ -108,7 +107,7 @@ def _plan_json(capsys, *args) -> dict:
 
 
 def test_paper_recipe_plan_is_consistent(capsys):
-    plan = _plan_json(capsys, "--config", str(ROOT / "configs/imagenet256/sit_xl1.yaml"))
+    plan = _plan_json(capsys, "--config", str(SHIPPED_CONFIGS / "imagenet256/sit_xl1.yaml"))
     assert plan["parameters"]["generator"]["trainable"] == 674_853_152
     # one SiT-XL/1 block on 256 tokens: 2 * 256 * (12 * 1152^2) + attention 4 * 256^2 * 1152, x 28
     blocks = 28 * (2 * 256 * 12 * 1152 ** 2 + 4 * 256 ** 2 * 1152)
@@ -124,7 +123,7 @@ def test_paper_recipe_plan_is_consistent(capsys):
     assert hours["paper: 800 ImageNet epochs"] == pytest.approx(10 * hours["paper: 80 ImageNet epochs"])
 
 
-SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+SHIPPED = sorted(SHIPPED_CONFIGS.rglob("*.yaml"))
 # not one stage's config, refused with a hint naming what to plan; and the demo's stage II, whose
 # FAE architecture is only known from its stage-Ia export
 REFUSED = {"demo/demo.yaml", "demo/pixel_decoder_ii.yaml", "imagenet256/sample_cfg.yaml",
@@ -149,14 +148,14 @@ def test_fae_plan_runs_on_every_shipped_config(path, capsys):
 
 
 def test_sample_config_plans_with_its_generator(capsys):
-    plan = _plan_json(capsys, "--config", str(ROOT / "configs/imagenet256/lightningdit_xl1.yaml"), "--no-measure",
-                      "--sampling", str(ROOT / "configs/imagenet256/sample_cfg.yaml"))
+    plan = _plan_json(capsys, "--config", str(SHIPPED_CONFIGS / "imagenet256/lightningdit_xl1.yaml"), "--no-measure",
+                      "--sampling", str(SHIPPED_CONFIGS / "imagenet256/sample_cfg.yaml"))
     # 250 Euler steps; both CFG branches where w != 1 (t in [0.9, 1] and [0, 0.7])
     assert 250 < plan["flops"]["sampling_passes"] < 500
 
 
 def test_bad_config_gets_the_same_error_as_fae_train(capsys):
-    config = str(ROOT / "configs/imagenet256/sit_xl1.yaml")
+    config = str(SHIPPED_CONFIGS / "imagenet256/sit_xl1.yaml")
     assert main(["train", "generator", "--config", config, "--dry-run", "train.batch_sise=4"]) == 2
     train_error = capsys.readouterr().err.strip()
     assert main(["plan", "--config", config, "train.batch_sise=4"]) == 2

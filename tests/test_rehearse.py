@@ -1,5 +1,5 @@
 """The full-shape rehearsal of the paper recipes (bench/rehearse_recipes.py) at depth 1: the recipe
-files of configs/imagenet256/ at their real widths and input / latent shapes (DINOv2-g/14 random
+files of imagenet256/ (the shipped configs) at their real widths and input / latent shapes (DINOv2-g/14 random
 weights at 224 px -> 16x16x1536, 16x16x32 latents, 256 px images), through the `fae train` stage
 loader and the engine, on a generated ImageNet-layout JPEG folder. fp32 here: bf16 matmuls on CPUs
 without native bf16 run 10-100x slower (the bench runs bf16: `bench/rehearse.py --depth 1`). The

@@ -2,7 +2,7 @@
 --dry-run`` through the Python API (``load_stage`` + ``fae.training.engine.dry_run``), on the meta
 device, with no weights, data or network.
 
-Every YAML file under ``configs/`` must be classified here (a stage config with its stage, or
+Every YAML file under ``src/fae/configs/`` must be classified here (a stage config with its stage, or
 one of the configs of another verb), so a new config is dry-run the day it is shipped.
 (``tests/test_plan.py`` runs ``fae plan`` on the same files; this is the cheaper ``fae train`` path.)
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from fae.config import SHIPPED_CONFIGS
 from fae.training.engine import dry_run
 from fae.training.stages.registry import STAGES, load_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-ROOT = Path(__file__).resolve().parents[1]
 # Configs of other verbs (fae demo, fae experiment, fae sample): not one stage's config.
 NOT_STAGE_CONFIGS = {"demo/demo.yaml", "imagenet256/sample_cfg.yaml",
                      *(f"experiments/{name}.yaml" for name in ("encoder", "latent-channels", "latent-space",
@@ -54,7 +54,7 @@ SHRUNK_FAE = ["model.encoder.heads=1", "model.encoder.head_dim=8", "model.decode
 
 
 def _name(path: Path) -> str:
-    return path.relative_to(ROOT / "configs").as_posix()
+    return path.relative_to(SHIPPED_CONFIGS).as_posix()
 
 
 def _quiet_dry_run(stage_name: str, config: str, overrides: list[str]) -> dict:
@@ -63,7 +63,7 @@ def _quiet_dry_run(stage_name: str, config: str, overrides: list[str]) -> dict:
 
 
 def test_every_shipped_config_is_classified_and_every_stage_has_one():
-    shipped = {_name(p) for p in (ROOT / "configs").rglob("*.yaml")}
+    shipped = {_name(p) for p in SHIPPED_CONFIGS.rglob("*.yaml")}
     assert shipped == set(STAGE_CONFIGS) | NOT_STAGE_CONFIGS, "classify the new config in this file"
     shipped_stages = {name for name, module in STAGES.items() if module.startswith("fae.")}  # not tests' toy stage
     assert {stage for stage, _ in STAGE_CONFIGS.values()} == shipped_stages
@@ -75,7 +75,7 @@ def stage_ii_faes(tmp_path_factory) -> dict[str, Path]:
     root, exports = tmp_path_factory.mktemp("stage_ia"), {}
     for ii, ia in STAGE_II_FAE.items():
         torch.manual_seed(0)
-        fae = load_stage("autoencoder", str(ROOT / "configs" / ia), SHRUNK_FAE).build_models("cpu")["fae"]
+        fae = load_stage("autoencoder", str(SHIPPED_CONFIGS / ia), SHRUNK_FAE).build_models("cpu")["fae"]
         exports[ii] = fae.save_pretrained(root / Path(ia).stem)
     return exports
 
@@ -86,6 +86,6 @@ def test_every_shipped_stage_config_dry_runs(name, stage_ii_faes, tmp_path):
     overrides = [*overrides, f"train.run_dir={tmp_path / 'run'}"]
     if name in stage_ii_faes:
         overrides.append(f"fae={stage_ii_faes[name]}")
-    described = _quiet_dry_run(stage_name, str(ROOT / "configs" / name), overrides)
+    described = _quiet_dry_run(stage_name, str(SHIPPED_CONFIGS / name), overrides)
     assert described["total_parameters"] > 0 and described["phases"]
     assert described["resume_step"] is None and not (tmp_path / "run").exists()  # touches nothing

@@ -27,7 +27,7 @@ LOOP = [f"train.steps={STEPS}", "train.ckpt_every=2", "train.log_every=1", "trai
 
 STAGES = {  # stage -> (its overrides, the earliest step a kill may hit)
     "autoencoder": ([
-        "--config", "configs/demo/autoencoder.yaml", "backbone.name=tiny-vit", "backbone.resolution=null",
+        "--config", "demo/autoencoder.yaml", "backbone.name=tiny-vit", "backbone.resolution=null",
         "model.latent_channels=4", "model.encoder.heads=2", "model.encoder.head_dim=16",
         "model.decoder.depth=1", "model.decoder.width=32", "model.decoder.heads=2", "data.limit=32",
         "data.flip=true", "eval.limit=16", "eval.batch_size=16", "eval.probe=false", "stats_images=32",

@@ -24,10 +24,9 @@ DDP_STAGES = ["generator", "autoencoder"]
 
 
 def _argv(stage: str, w: Path, run_dir: Path) -> list[str]:
-    """``fae train stage`` with test_stage_resume's tiny overrides (its --config made absolute)."""
+    """``fae train stage`` with test_stage_resume's tiny overrides (its --config a shipped config's name)."""
     overrides, _ = STAGES[stage]
-    overrides = [str(REPO / o) if o.startswith("configs/") else o.replace("{w}", str(w))
-                 for o in overrides + LOOP]
+    overrides = [o.replace("{w}", str(w)) for o in overrides + LOOP]
     return ["train", stage, *overrides, f"train.run_dir={run_dir}"]
 
 

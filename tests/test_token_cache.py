@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from fae.backbones import Backbone, BackboneConfig, TokenCache, load_backbone
+from fae.config import SHIPPED_CONFIGS
 from fae.data.datasets import DataConfig, build_dataset
 from fae.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[1]
 FASHION = DataConfig(name="fashion-mnist", limit=40)
 
 
@@ -154,7 +154,7 @@ def test_two_stages_share_one_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(BackboneConfig, "load", lambda self, device="cpu", dtype=None: backbones.append(counting())
                         or backbones[-1])
     cache_dir = tmp_path / "cache"
-    autoencoder = AutoencoderStage(load_config(AutoencoderRunConfig, ROOT / "configs/demo/autoencoder.yaml", [
+    autoencoder = AutoencoderStage(load_config(AutoencoderRunConfig, SHIPPED_CONFIGS / "demo/autoencoder.yaml", [
         f"train.run_dir={tmp_path / 'ia'}", "backbone.name=tiny-vit", "backbone.resolution=null",
         "model.encoder.heads=2", "model.encoder.head_dim=16", "model.decoder.width=32", "data.limit=64",
         "eval.limit=16", "train.progress=false", f"token_cache_dir={cache_dir}"]))

@@ -229,10 +229,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# The configs shipped inside the package (package data): imagenet256/ (the paper), demo/, experiments/.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def config_file(path: str | Path) -> Path:
+    """The file a ``--config`` argument names: ``path`` itself when that file exists, else the
+    shipped config of that name (``imagenet256/sit_xl1.yaml``), so an installed package needs no
+    source checkout. Raises ConfigError when it is neither."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = SHIPPED_CONFIGS / given
+    if not given.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file '{path}' does not exist (neither a file from here nor a shipped config "
+                      f"such as imagenet256/sit_xl1.yaml: see {SHIPPED_CONFIGS})")
+
+
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+    """The mapping in config file ``path`` (a file, or a shipped config's name: :func:`config_file`)."""
+    path = config_file(path)
     try:
         data = yaml_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:

@@ -1,5 +1,13 @@
 """Errors FAE raises on purpose. The CLI prints them as one line, without a traceback."""
 
+# The distribution's name on PyPI (`pip install fae-latents`); the import name is `fae`.
+DISTRIBUTION = "fae-latents"
+
+
+def install_hint(extra: str) -> str:
+    """The pip command that installs the optional dependencies ``extra`` (pyproject's extras)."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
 
 class FAEError(Exception):
     """Base class: a problem with the user's input, files or environment, stated plainly."""
@@ -31,3 +39,7 @@ class TrainingError(FAEError):
 
 class LatentCacheError(CheckpointError):
     """A latent cache is incomplete, corrupt, or was written by a different FAE than the one given."""
+
+
+class MissingExtraError(FAEError):
+    """An optional dependency is not installed; the message names the extra that installs it."""

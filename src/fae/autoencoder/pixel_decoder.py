@@ -55,7 +55,7 @@ class PixelDecoderConfig:
             ``patch x patch`` block. "conv" (our option for coarse grids): the Linear paints a
             ``head_channels``-deep feature image instead, and ``head_convs`` residual 3x3 convs at
             full resolution turn it into pixels, so neighbouring patches share detail and edges.
-            Measured on the CPU demo's 4x4 grid (28 px, 500 steps): see configs/demo/pixel_decoder_ib.yaml.
+            Measured on the CPU demo's 4x4 grid (28 px, 500 steps): see demo/pixel_decoder_ib.yaml.
         head_channels: depth of the feature image ("conv" head only).
         head_convs: residual 3x3 conv layers at full resolution ("conv" head only).
     """

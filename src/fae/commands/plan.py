@@ -31,9 +31,9 @@ def _sections(schema) -> set[str]:
 NOT_A_STAGE = {
     "num": "a `fae sample` config: plan its generator with it, fae plan --config GENERATOR.yaml --sampling {path}",
     "arms": "an experiment (`fae experiment`): plan the stage configs its arms override, e.g. "
-            "fae plan --config configs/demo/generator.yaml KEY=VALUE ...",
+            "fae plan --config demo/generator.yaml KEY=VALUE ...",
     "pixel_decoder_ib": "the demo's config (`fae demo`), which composes stage configs: plan those, "
-                        "e.g. fae plan --config configs/demo/autoencoder.yaml",
+                        "e.g. fae plan --config demo/autoencoder.yaml",
 }
 
 
@@ -87,12 +87,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """The options of `fae plan` (``fae.cli`` made its parser, with the one-line help)."""
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", help="a stage config (e.g. configs/imagenet256/sit_xl1.yaml)")
+    parser.add_argument("--config", help="a stage config (e.g. imagenet256/sit_xl1.yaml)")
     parser.add_argument("--stage", choices=list(STAGES), help="the stage (default: read from the config)")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs the global batch is split over (default 8)")
     parser.add_argument("--gpu", choices=list(GPUS), default="h100-80gb", help="GPU kind (default h100-80gb)")
     parser.add_argument("--sampling", metavar="FILE", help="a `fae sample` config whose sampling: section "
-                        "replaces the generator's (e.g. configs/imagenet256/sample_cfg.yaml)")
+                        "replaces the generator's (e.g. imagenet256/sample_cfg.yaml)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (FLOPs, bytes)")
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="skip the activation measurement (seconds on the CPU); totals then exclude "

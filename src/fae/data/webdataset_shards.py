@@ -31,14 +31,19 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
 from fae.data.transforms import center_crop_arr, random_hflip, to_chw_uint8
-from fae.errors import DataError
+from fae.errors import DataError, MissingExtraError, install_hint
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 def shard_urls(pattern: str) -> list[str]:
     """The shard files of a brace pattern or a folder (sorted); a missing one is a DataError."""
-    from braceexpand import braceexpand
+    try:  # lazy: webdataset (with its braceexpand) is the optional [text] extra
+        import webdataset  # noqa: F401 - checked here, before any work; the stream reads with it
+        from braceexpand import braceexpand
+    except ImportError:
+        raise MissingExtraError(f"WebDataset shards (data.name: webdataset) need the 'webdataset' package: "
+                                f"{install_hint('text')}") from None
 
     if Path(pattern).is_dir():
         urls = sorted(str(p) for p in Path(pattern).glob("*.tar"))

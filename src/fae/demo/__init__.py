@@ -11,8 +11,8 @@ Every stage runs for real, through the same code as the full-size commands, on a
     sampling with / without CFG, evaluation        -> report.html + PNG figures + metrics.json
     --t2i: captioned latent cache + text-to-image MMDiT, judged on held-out phrasings (fae.demo.t2i)
 
-Sizes, subsets and budgets live in ``configs/demo/demo.yaml`` (its ``quick`` list holds the
-``--quick`` overrides); each stage's own settings come from its file in ``configs/demo/``. A
+Sizes, subsets and budgets live in ``demo/demo.yaml`` (its ``quick`` list holds the
+``--quick`` overrides); each stage's own settings come from its file in ``demo/``. A
 re-run skips the stages whose outputs exist and are still valid, and resumes an interrupted one.
 
 Loading what the demo exported, in a few lines of Python::

@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t2i", action="store_true", help="also train and evaluate a small text-to-image "
                         "MMDiT on generated captions (a report section; the config's t2i.*)")
     parser.add_argument("--out", help="output folder (default runs/demo, or runs/demo-quick with --quick)")
-    parser.add_argument("--config", help="demo config (default configs/demo/demo.yaml)")
+    parser.add_argument("--config", help="demo config: a path, or a shipped config's name "
+                        "(default demo/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="demo config overrides, e.g. eval.fid_samples=500 "
                              "autoencoder.overrides.train.steps=100")

@@ -1,4 +1,4 @@
-"""The demo's configuration (``configs/demo/demo.yaml``): which stage files it runs, the budget
+"""The demo's configuration (the shipped ``demo/demo.yaml``): which stage files it runs, the budget
 overrides it puts on them, and what the final evaluation measures."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from fae.backbones import BackboneConfig
-from fae.config import apply_overrides, flatten, from_dict, read_yaml
+from fae.config import apply_overrides, config_file, flatten, from_dict, read_yaml
 from fae.errors import ConfigError
 from fae.generation.decode import check_sampler_overrides
 
-DEFAULT_CONFIG = "demo.yaml"
+DEFAULT_CONFIG = "demo/demo.yaml"  # a shipped config's name (fae/configs/demo/demo.yaml)
 
 
 @dataclass
@@ -136,7 +136,7 @@ class T2IRun:
 
 @dataclass
 class DemoConfig:
-    """``configs/demo/demo.yaml``: the demo's sizes and budgets.
+    """``demo/demo.yaml``: the demo's sizes and budgets.
 
     Args:
         backbone: the frozen encoder of every stage, said once (EfficientNet-Lite0's stride-16
@@ -162,19 +162,15 @@ class DemoConfig:
 
 
 def default_config_path() -> Path:
-    """``configs/demo/demo.yaml`` of the source checkout (or of the current folder)."""
-    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
-        path = root / "configs" / "demo" / DEFAULT_CONFIG
-        if path.is_file():
-            return path
-    raise ConfigError(f"cannot find configs/demo/{DEFAULT_CONFIG}; pass --config FILE")
+    """The shipped ``demo/demo.yaml`` (package data, so an installed package finds it from any folder)."""
+    return config_file(DEFAULT_CONFIG)
 
 
 def load_demo_config(path: str | Path | None, quick: bool, overrides: list[str],
                      t2i: bool = False) -> tuple[DemoConfig, Path]:
     """The demo config: file, then its ``quick`` list (with ``--quick``), then command-line overrides
     (``t2i`` = ``--t2i``: ``t2i.enabled=true`` first)."""
-    path = Path(path) if path else default_config_path()
+    path = config_file(path) if path else default_config_path()
     data = read_yaml(path)
     extra = (["t2i.enabled=true"] if t2i else []) + (list(data.get("quick", [])) if quick else [])
     cfg = from_dict(DemoConfig, apply_overrides(data, extra + list(overrides)))

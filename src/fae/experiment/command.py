@@ -27,12 +27,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = doc
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("name", nargs="?", default=None,
-                        help="latent-space | encoder | latent-channels | time-shift | starflow (configs/experiments/NAME.yaml)")
+                        help="latent-space | encoder | latent-channels | time-shift | starflow (experiments/NAME.yaml)")
     parser.add_argument("--quick", action="store_true", help="the ~3-minute version (the config's 'quick' "
                         "and 'quick_arms' lists on top of the demo's 'quick' list)")
     parser.add_argument("--out", help="root folder (default runs/experiments, or runs/experiments-quick with --quick); "
                         "the experiment writes ROOT/NAME, stages are shared in ROOT/_stages")
-    parser.add_argument("--config", help="an experiment file instead of configs/experiments/NAME.yaml")
+    parser.add_argument("--config", help="an experiment file (a path, or a shipped config's name) "
+                        "instead of experiments/NAME.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="experiment keys (evaluation.fid_samples=100, seeds=[1,2]) or, for any other "
                              "key, an override of every arm (generator.overrides.train.steps=600)")

@@ -1,6 +1,6 @@
-"""An experiment's configuration (``configs/experiments/NAME.yaml``) and its arms.
+"""An experiment's configuration (the shipped ``experiments/NAME.yaml``) and its arms.
 
-An experiment is a *base* (the demo config, ``configs/demo/demo.yaml``, read at run time, so its
+An experiment is a *base* (the demo config, ``demo/demo.yaml``, read at run time, so its
 shapes and budgets are whatever the demo says today) plus *arms*. Each arm is a list of
 ``key=value`` overrides of an :class:`ArmConfig`: the demo's keys (``generator.overrides.
 transport.shift=1.0``) plus the experiment's own (``space=tokens``, ``pixel_autoencoder...``).
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fae.config import apply_overrides, flatten, from_dict, read_yaml, to_dict
+from fae.config import SHIPPED_CONFIGS, apply_overrides, config_file, flatten, from_dict, read_yaml, to_dict
 from fae.demo.config import DemoConfig, StageRun
 from fae.errors import ConfigError
 from fae.generation.decode import check_sampler_overrides
@@ -110,7 +110,7 @@ class Evaluation:
 
 @dataclass
 class ExperimentConfig:
-    """``configs/experiments/NAME.yaml``.
+    """``experiments/NAME.yaml``.
 
     Args:
         title: the report's heading.
@@ -203,24 +203,19 @@ def _declared(key: str, variable: list[str]) -> bool:
     return any(key == v or key.startswith(v + ".") for v in variable)
 
 
-def experiments_folder() -> Path:
-    """``configs/experiments`` of the source checkout (or of the current folder)."""
-    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
-        path = root / "configs" / "experiments"
-        if path.is_dir():
-            return path
-    raise ConfigError("cannot find configs/experiments; pass --config FILE")
+# The shipped experiments (package data): ``experiments/NAME.yaml``.
+EXPERIMENTS = SHIPPED_CONFIGS / "experiments"
 
 
 def experiment_path(name: str | None, path: str | None) -> Path:
-    """The config file: ``path`` when given, else ``configs/experiments/NAME.yaml``."""
+    """The config file: ``path`` when given (a file or a shipped config's name), else the shipped
+    ``experiments/NAME.yaml``."""
     if path:
-        return Path(path)
-    folder = experiments_folder()
-    file = folder / f"{name}.yaml"
+        return config_file(path)
+    file = EXPERIMENTS / f"{name}.yaml"
     if not file.is_file():
-        known = sorted(p.stem for p in folder.glob("*.yaml") if "arms:" in p.read_text())
-        raise ConfigError(f"no experiment '{name}' (configs/experiments/{name}.yaml); known: {', '.join(known)}")
+        known = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if "arms:" in p.read_text())
+        raise ConfigError(f"no experiment '{name}' (experiments/{name}.yaml); known: {', '.join(known)}")
     return file
 
 

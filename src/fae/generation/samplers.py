@@ -32,7 +32,7 @@ from fae.generation.transport import VelocityFn, time_grid, velocity_to_eps
 NoiseFn = Callable[[int], torch.Tensor]  # step index -> fresh N(0, I) noise shaped like x
 
 # [t_low, t_high, w], first piece wins: 0.9 on [0.9, 1], 2.5 on [0, 0.7] (so t = 0.7 gets 2.5),
-# w = 1 on the unstated middle (0.7, 0.9) (configs/imagenet256/sample_cfg.yaml uses it).
+# w = 1 on the unstated middle (0.7, 0.9) (imagenet256/sample_cfg.yaml uses it).
 PAPER_CFG_SCHEDULE: list[tuple[float, float, float]] = [(0.9, 1.0, 0.9), (0.0, 0.7, 2.5), (0.7, 0.9, 1.0)]
 
 

@@ -23,7 +23,7 @@ LIGHTNINGDIT'S SETTING. The paper's shifted rows follow LightningDiT (App. D), w
 logit-normal times (t = sigmoid(n), n ~ N(0, 1); SD3's form, symmetric about t = 0.5 so the time
 convention does not matter) and adds a cosine-similarity velocity loss,
 mean over positions of 1 - cos(v_theta, v) with the cosine taken over the latent channels, at weight 1.
-Both are options here (``time_sampling: logit_normal``, ``cosine_weight``); configs/imagenet256/
+Both are options here (``time_sampling: logit_normal``, ``cosine_weight``); imagenet256/
 lightningdit_xl1.yaml turns them on, sit_xl1.yaml keeps SiT's uniform t and plain MSE.
 """
 from __future__ import annotations

