@@ -157,7 +157,7 @@ def test_training_in_a_log_writes_plain_lines_and_says_once_that_tensorboard_is_
     assert f"loss={loss:.4g}" in steps[-1]
     assert err.count("TensorBoard") == 1
     assert tensorboard_missing_line(tmp_path / "run" / "metrics.jsonl") in err.splitlines()
-    assert "pip install 'fae[tensorboard]'" in err and "train.tensorboard=false" in err
+    assert "pip install 'fae-latents[tensorboard]'" in err and "train.tensorboard=false" in err
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 

@@ -15,9 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from fae.errors import install_hint
 from fae.io import atomic_write
-
-DISTRIBUTION = "fae"  # the name pip installs this package by (pyproject.toml's project.name)
 
 
 class MetricsLog:
@@ -104,7 +103,7 @@ def _jsonable(value):
 def tensorboard_missing_line(metrics_path: Path) -> str:
     """The one line a run prints when TensorBoard events are asked for but cannot be written."""
     return (f"fae: TensorBoard events off: the tensorboard package is not installed "
-            f"(pip install '{DISTRIBUTION}[tensorboard]', or train.tensorboard=false to silence this); "
+            f"({install_hint('tensorboard')}, or train.tensorboard=false to silence this); "
             f"metrics go to {metrics_path}")
 
 
