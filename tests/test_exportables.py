@@ -1,6 +1,6 @@
 """Every ``Exportable`` in ``fae`` round-trips: ``save_pretrained`` writes ``config.json`` +
-``model.safetensors`` and nothing else, and ``from_pretrained`` rebuilds the same config and
-computes bit-identical outputs on a fixed input, in eval mode.
+``model.safetensors`` + the model card ``README.md`` and nothing else, and ``from_pretrained``
+rebuilds the same config and computes bit-identical outputs on a fixed input, in eval mode.
 
 The classes are found by walking the ``fae`` package, so a new export format is covered the day
 it is written; it fails here until ``tests/tiny.py`` gives it a tiny builder (``TINY_EXPORTS``)
@@ -21,6 +21,7 @@ from fae.autoencoder import FAE
 from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
 from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable
+from fae.model_card import CARD_FILE
 from fae.generation import Generator, TextCondition, TextToImageGenerator
 from fae.generation.flow_generator import FlowGenerator
 from tiny import TINY_EXPORTS, TINY_MMDIT, perturbed
@@ -98,7 +99,7 @@ def test_every_exportable_round_trips_bit_exactly(cls, tmp_path):
     assert cls in OUTPUTS, f"tests/test_exportables.py OUTPUTS has no output to compare for {cls.__qualname__}"
     model = perturbed(TINY_EXPORTS[cls]()).eval()
     folder = model.save_pretrained(tmp_path / "export")
-    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])
     config = json.loads((folder / CONFIG_FILE).read_text())
     assert config["format"] == cls.export_format and config["format_version"] == cls.export_version
 

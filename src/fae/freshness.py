@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from fae.io import atomic_save_json
+from fae.model_card import CARD_FILE
 
 RECORD = "produced_by.json"
 _CHUNK = 1 << 20
@@ -34,13 +35,15 @@ def _file_sha256(path: Path) -> str:
 
 def identity(path: str | Path) -> str:
     """sha256 of a file's bytes; of a folder, of its files' relative names and identities (an
-    export folder: config, weights, card); ``"absent"`` when there is nothing."""
+    export folder: config and weights; its model card is left out: it describes the model, and an
+    evaluation writes metrics into it after what it evaluated was derived); ``"absent"`` when there
+    is nothing."""
     path = Path(path)
     if path.is_file():
         return _file_sha256(path)
     if not path.is_dir():
         return "absent"
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != RECORD)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name not in (RECORD, CARD_FILE))
     listing = [(p.relative_to(path).as_posix(), _file_sha256(p)) for p in files]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
