@@ -355,10 +355,11 @@ class FAE(Exportable, nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
-                        backbone: nn.Module | None = None) -> "FAE":
-        """Rebuild an export; ``backbone`` (optional) is attached after the mismatch check."""
-        model = super().from_pretrained(folder, device)
+    def from_pretrained(cls, name_or_folder: str | Path, device: str | torch.device = "cpu",
+                        backbone: nn.Module | None = None, revision: str | None = None) -> "FAE":
+        """Rebuild an export (a folder or a Hub repo id: ``Exportable.from_pretrained``);
+        ``backbone`` (optional) is attached after the mismatch check."""
+        model = super().from_pretrained(name_or_folder, device, revision)
         if backbone is not None:
             model.attach_backbone(backbone)
         return model
