@@ -253,3 +253,27 @@ def test_an_evaluated_export_folder_is_pushed_with_its_metrics_and_left_as_it_wa
     assert "commit_message" in captured_push["upload_folder"][0]
     with pytest.raises(CheckpointError, match="not a Hugging Face Hub repo id to push to"):
         push_folder_to_hub(folder, "someone/evaluated@v1")
+
+
+# ------------------------------------------------------------------------------------------ the demo
+
+
+def test_the_demo_evaluation_writes_its_metrics_into_the_exports_cards(tmp_path, tiny_fae_export):
+    from fae.demo.evaluate import record_in_model_cards
+    from tiny import tiny_pixel_decoder
+    shutil.copytree(tiny_fae_export, tmp_path / "pixel_decoder_ii" / "export")
+    tiny_pixel_decoder().save_pretrained(tmp_path / "pixel_decoder_ib" / "export")
+    gen = tiny_generator().save_pretrained(tmp_path / "generator" / "export")
+    (gen / CARD_FILE).unlink()  # a generator exported before fae wrote model cards gets one
+    metrics = {"test_images": 500, "probe_train_images": 2000, "feature_cosine": 0.91234, "feature_rel_l2": 0.4,
+               "psnr_from_latents": 20.04, "ssim_from_latents": 0.7, "rfid": 41.8, "psnr_from_features": 21.5,
+               "fid_samples": 1000, "fid_cfg": 60.7, "cfg": "euler, 2 steps", "patch_flip_agreement": 0.5}
+    record_in_model_cards(tmp_path, metrics)
+    fae_card, ib_card, gen_card = (_card(tmp_path / n / "export") for n in ("pixel_decoder_ii", "pixel_decoder_ib",
+                                                                              "generator"))
+    assert "| feature_cosine | 0.9123 |" in fae_card and "| rfid | 41.8 |" in fae_card and "fid_cfg" not in fae_card
+    assert "first 500 Fashion-MNIST test images" in fae_card and "2000 raw training tokens" in fae_card
+    assert "| psnr_from_features | 21.5 |" in ib_card and "rfid" not in ib_card.split("## Evaluation")[1]
+    assert "| fid_cfg | 60.7 |" in gen_card and "| cfg | euler, 2 steps |" in gen_card and "patch_flip" not in gen_card
+    assert "1000 class-balanced samples" in gen_card
+    assert ModelCard.load(gen / CARD_FILE).data.to_dict()["pipeline_tag"] == "unconditional-image-generation"

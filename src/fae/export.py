@@ -185,10 +185,17 @@ class Exportable:
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.export_tensors().items()}
         atomic_save_safetensors(tensors, folder / WEIGHTS_FILE, metadata={FORMAT_KEY: self.export_format})
         config = self.export_config()
-        write_model_card(folder, self.export_format, self.export_version, config, *parameter_counts(self))
+        self.save_model_card(folder, config)
         atomic_save_json({FORMAT_KEY: self.export_format, VERSION_KEY: self.export_version, **config},
                          folder / CONFIG_FILE)
         return folder
+
+    def save_model_card(self, folder: str | Path, config: dict[str, Any] | None = None) -> Path:
+        """Write ``folder/README.md`` alone (not evaluated yet), e.g. beside an export written
+        before fae wrote model cards; returns its path. ``config``: ``export_config()`` where the
+        caller has it already (the FAE's hashes its tensors)."""
+        config = self.export_config() if config is None else config
+        return write_model_card(folder, self.export_format, self.export_version, config, *parameter_counts(self))
 
     @classmethod
     def from_pretrained(cls: type[E], name_or_folder: str | Path, device: str | torch.device = "cpu",

