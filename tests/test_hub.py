@@ -30,8 +30,8 @@ from tiny import TINY_EXPORTS, perturbed, tiny_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-PIPELINE_TAGS = {"fae-generator": "unconditional-image-generation", "fae-flow-generator": "unconditional-image-generation",
-                 "fae-t2i-generator": "text-to-image"}
+PIPELINE_TAGS = {"fae-generator": "unconditional-image-generation",
+                 "fae-flow-generator": "unconditional-image-generation", "fae-t2i-generator": "text-to-image"}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the fake Hub commit of every cached repo
 
 
@@ -224,7 +224,8 @@ def captured_push(tmp_path, monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("make", [lambda: TINY_EXPORTS[FAE](), lambda: perturbed(tiny_generator())], ids=["fae", "generator"])
+@pytest.mark.parametrize("make", [lambda: TINY_EXPORTS[FAE](), lambda: perturbed(tiny_generator())],
+                         ids=["fae", "generator"])
 def test_push_to_hub_uploads_a_folder_the_hub_accepts_that_loads_back(make, captured_push):
     model: Exportable = make().eval()
     url = model.push_to_hub("someone/pushed", private=True, commit_message="first upload")
@@ -248,7 +249,7 @@ def test_an_evaluated_export_folder_is_pushed_with_its_metrics_and_left_as_it_wa
     push_folder_to_hub(folder, "someone/evaluated")
     uploaded = captured_push["upload_folder"][0]["folder"]
     assert "| fid_cfg | 42.5 |" in _card(uploaded) and 'from_pretrained("someone/evaluated")' in _card(uploaded)
-    assert {name: (folder / name).read_bytes() for name in HUB_FILES} == before  # the local card still says path/to/export
+    assert {name: (folder / name).read_bytes() for name in HUB_FILES} == before  # the local card is unchanged
     assert (uploaded / "model.safetensors").read_bytes() == before["model.safetensors"]
     assert "commit_message" in captured_push["upload_folder"][0]
     with pytest.raises(CheckpointError, match="not a Hugging Face Hub repo id to push to"):

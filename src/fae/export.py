@@ -255,7 +255,8 @@ def push_folder_to_hub(folder: str | Path, repo_id: str, token: str | None = Non
                                        commit_message=commit_message or f"Upload {kind} export with fae {__version__}")
         except (errors.HfHubHTTPError, OSError) as e:
             details = " ".join(str(e).split())
-            raise CheckpointError(f"cannot push '{folder}' to Hugging Face Hub repo '{repo_id}': {details[:300]}") from None
+            raise CheckpointError(f"cannot push '{folder}' to Hugging Face Hub repo '{repo_id}': "
+                                  f"{details[:300]}") from None
     return str(commit)
 
 

@@ -272,7 +272,8 @@ def card_text(kind_name: str, version: int, config: dict[str, Any], parameters: 
         count += " (" + ", ".join(f"{part} {n:,}" for part, n in parts.items()) + ")"
     table = [("kind", f"`{kind_name}` (format version {version})"), ("parameters", count), *rows]
     facts = "\n".join(f"| {key} | {value} |" for key, value in table)
-    config_json = _SCALAR_LIST.sub(lambda m: "[" + " ".join(m[1].split()) + "]", json.dumps(_abridged(config), indent=2))
+    config_json = json.dumps(_abridged(config), indent=2)
+    config_json = _SCALAR_LIST.sub(lambda m: "[" + " ".join(m[1].split()) + "]", config_json)
     return (f"{_front_matter(kind)}\n# {kind.title}\n\n{summary}\n\n"
             f"Exported by the `fae` library, an implementation of [{PAPER_TITLE}]({PAPER_URL}).\n\n"
             f"## Model\n\n| | |\n|---|---|\n{facts}\n\n"
