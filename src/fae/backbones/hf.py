@@ -146,8 +146,8 @@ def _check_shape(info: BackboneInfo, config, location: str) -> None:
         raise WeightsNotFoundError(
             f"weights of the wrong shape for '{info.name}': '{location}' has token width {dim} and "
             f"patch {patch}, the registry entry expects width {info.dim} and patch {info.patch_size}. "
-            f"Point weights= at the right model, or load any folder with the generic name "
-            f"load_backbone('hf', weights=<folder>).")
+            f"Point backbone.weights= at the right model, or load any folder with the generic "
+            f"name: backbone.name=hf backbone.weights=<folder>.")
 
 
 class HFBackbone(Backbone):
@@ -273,7 +273,7 @@ def load_generic_hf(name: str, weights: str | None, resolution: int | None) -> H
     ``resolution`` defaults to the config's ``image_size`` (NaFlex: sqrt(num_patches) * patch).
     """
     if weights is None:
-        raise ConfigError(f"backbone '{name}' is generic: pass weights=<Hugging Face model folder>")
+        raise ConfigError(f"backbone '{name}' is generic: set backbone.weights=<Hugging Face model folder>")
     source = resolve_weights(name, weights, None)
     if not source.local:
         raise WeightsNotFoundError(f"backbone '{name}' loads local folders only; '{weights}' is not one")

@@ -121,7 +121,7 @@ def get_info(name: str, resolution: int | None = None) -> BackboneInfo:
     """Registry entry for ``name`` (no weights needed); ``resolution`` overrides the input size."""
     registry = _registry()
     if name not in registry:
-        hint = (" (generic names need weights=<folder>: use load_backbone)"
+        hint = (" (a generic name: its width and grid come from the backbone.weights=<folder> it loads)"
                 if name in GENERIC_HF_NAMES else "")
         raise ConfigError(f"unknown backbone '{name}'{hint}; known: {', '.join(registry)}")
     info = registry[name]

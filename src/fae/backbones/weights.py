@@ -48,8 +48,8 @@ def env_var_for(name: str) -> str:
 
 
 def how_to_supply(name: str) -> str:
-    return (f"Supply weights with load_backbone('{name}', weights=<local folder or file>), or set "
-            f"${env_var_for(name)}=<path>, or put them in ${WEIGHTS_DIR_ENV}/{name}/.")
+    return (f"Set backbone.weights=<local folder or file>, or ${env_var_for(name)}=<path>, or put "
+            f"them in ${WEIGHTS_DIR_ENV}/{name}/.")
 
 
 def _existing(path: str, name: str, origin: str) -> WeightsSource:

@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
         rows.append([info.name, str(info.dim), f"{info.grid[0]}x{info.grid[1]}",
                      f"{info.resolution}px", weights_status(info), info.source])
     print(format_table(rows))
-    print("\nWeights: load_backbone(name, weights=PATH), $FAE_WEIGHTS_<NAME> (e.g. FAE_WEIGHTS_DINOV2_G14), "
-          "or $FAE_WEIGHTS_DIR/<name>/; otherwise the hub id (needs network or the HF cache). "
-          "Any HF folder: load_backbone('hf', weights=FOLDER).")
+    print("\nWeights: backbone.weights=PATH (a config key, or key=value on the command line), "
+          "$FAE_WEIGHTS_<NAME> (e.g. FAE_WEIGHTS_DINOV2_G14), or $FAE_WEIGHTS_DIR/<name>/; otherwise the hub "
+          "id (needs network or the HF cache). Any HF folder: backbone.name=hf backbone.weights=FOLDER.")
     return 0
 
 

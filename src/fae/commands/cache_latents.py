@@ -16,8 +16,13 @@ from fae.data.latent_cache import CacheConfig
 from fae.training.latents import cache_latents
 
 
+def config_of(args: argparse.Namespace) -> CacheConfig:
+    """The validated config ``fae cache-latents`` runs with (``--print-config``)."""
+    return load_config(CacheConfig, args.config, args.overrides)
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(CacheConfig, args.config, args.overrides)
+    cfg = config_of(args)
     folder = cache_latents(cfg)
     if du.is_main():
         print(f"latent cache: {folder.resolve()}")
@@ -31,4 +36,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (fae, out, data, flip, ...)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. fae=runs/fae/export out=runs/latents flip=true")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_of=config_of)

@@ -261,9 +261,14 @@ def _overrides(args: argparse.Namespace, flags) -> list[str]:
     return list(args.overrides) + extra
 
 
+def _config(verb: str, args: argparse.Namespace):
+    """The validated config ``fae eval VERB`` runs with: file, overrides, then flags (``--print-config``)."""
+    schema_name, _, _, flags = _VERBS[verb]
+    return load_config(getattr(config, schema_name), args.config, _overrides(args, flags))
+
+
 def _run(verb: str, args: argparse.Namespace) -> int:
-    schema_name, runner, _, flags = _VERBS[verb]
-    results = runner(load_config(getattr(config, schema_name), args.config, _overrides(args, flags)))
+    results = _VERBS[verb][1](_config(verb, args))
     if dist.is_main():
         _print(verb, results)
     return 0
@@ -284,4 +289,5 @@ def configure(parser: argparse.ArgumentParser) -> None:
         for flag, key, flag_help, *kind in flags:  # a 4th entry: the flag's type
             p.add_argument(flag, dest=key, default=None, help=flag_help, type=kind[0] if kind else str)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-        p.set_defaults(func=lambda args, verb=verb: _run(verb, args))
+        p.set_defaults(func=lambda args, verb=verb: _run(verb, args),
+                       config_of=lambda args, verb=verb: _config(verb, args))

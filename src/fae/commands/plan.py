@@ -20,7 +20,7 @@ from fae.errors import ConfigError
 from fae.training.plan.hardware import GPUS
 from fae.training.plan.planner import plan_stage
 from fae.training.plan.report import format_plan
-from fae.training.stages.registry import STAGES, config_class, load_plan_stage
+from fae.training.stages.registry import STAGES, config_class, load_plan_stage, stage_config
 
 
 def _sections(schema) -> set[str]:
@@ -69,11 +69,22 @@ def sampling_overrides(path: str | None, stage: str) -> list[str]:
     return [f"sampling.{key}={json.dumps(value)}" for key, value in section.items()]
 
 
+def stage_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The stage to plan and its overrides (the command line's, then ``--sampling``'s)."""
+    stage_name = args.stage or infer_stage(args.config, args.overrides)
+    return stage_name, list(args.overrides) + sampling_overrides(args.sampling, stage_name)
+
+
+def config_of(args: argparse.Namespace):
+    """The validated stage config ``fae plan`` plans (``--print-config``)."""
+    stage_name, overrides = stage_and_overrides(args)
+    return stage_config(stage_name, args.config, overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
-    stage_name = args.stage or infer_stage(args.config, args.overrides)
-    overrides = list(args.overrides) + sampling_overrides(args.sampling, stage_name)
+    stage_name, overrides = stage_and_overrides(args)
     stage = load_plan_stage(stage_name, args.config, overrides)
     plan = plan_stage(stage, gpus=args.gpus, gpu=args.gpu, measure=args.measure)
     if args.json:
@@ -98,6 +109,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip the activation measurement (seconds on the CPU); totals then exclude "
                         "activations")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for fae train")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_of=config_of)
 
 

@@ -177,7 +177,8 @@ def _write_grid(images, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def run(args: argparse.Namespace) -> int:
+def config_of(args: argparse.Namespace) -> SampleConfig:
+    """The config ``fae sample`` runs with: file, overrides, then the flags (``--print-config``)."""
     cfg = load_config(SampleConfig, args.config, args.overrides)
     flags = {"generator": args.generator, "fae": args.fae, "num": args.num, "out": args.out,
              "seed": args.seed, "batch_size": args.batch_size, "grid": args.grid,
@@ -185,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.prompts is not None and args.num is None and not any(o.startswith("num=") for o in args.overrides):
         cfg = replace(cfg, num=len(read_prompt_file(args.prompts)))  # one sample per prompt
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
     out = sample_to_npz(cfg)
     if du.is_main():
         grid = Path(cfg.grid) if cfg.grid else out.with_suffix(".png")
@@ -218,4 +224,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="overrides, e.g. sampling.steps=50 sampling.cfg_scale=1.5 "
                              "sampling.method=euler_maruyama")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_of=config_of)

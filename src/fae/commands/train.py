@@ -9,7 +9,7 @@ import argparse
 
 from fae import distributed as du
 from fae.training.engine import dry_run, train
-from fae.training.stages.registry import STAGES, load_stage, stage_module
+from fae.training.stages.registry import STAGES, load_stage, stage_config
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -24,27 +24,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         "folder can be read, move them to checkpoints/unreadable/ and start from step 0")
 
 
-def _split_options(args: argparse.Namespace) -> argparse.Namespace:
-    """Options may follow the stage name, mixed with the overrides (argparse cannot parse that
-    with sub-commands, so the tail is parsed again here)."""
-    module = stage_module(args.stage)
-    tail = argparse.ArgumentParser(prog=f"fae train {args.stage}", description=module.__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_options(tail)
-    tail.add_argument("overrides", nargs="*", metavar="key=value",
-                      help=f"overrides of {module.CONFIG_CLASS.__name__} keys, e.g. train.steps=100")
-    extra = tail.parse_intermixed_args(args.overrides)
-    args.config = extra.config or args.config
-    args.dry_run = args.dry_run or extra.dry_run
-    args.resume = args.resume and extra.resume
-    args.force = args.force or extra.force
-    args.restart = args.restart or extra.restart
-    args.overrides = extra.overrides
-    return args
+def config_of(args: argparse.Namespace):
+    """The validated config ``fae train STAGE`` runs with (``--print-config``)."""
+    return stage_config(args.stage, args.config, args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    args = _split_options(args)
     stage = load_stage(args.stage, args.config, args.overrides)
     if args.dry_run:
         dry_run(stage)
@@ -62,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("stage", choices=list(STAGES), help="which stage to train")
     _add_options(parser)
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. train.steps=100 train.optim.lr=3e-4 "
                         "(options may be mixed in)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_of=config_of)

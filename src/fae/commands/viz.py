@@ -82,10 +82,14 @@ def _images_overrides(text: str | None) -> list[str]:
     raise ConfigError(f"--images '{text}' is neither comma-separated image indices nor an image folder")
 
 
-def run(args: argparse.Namespace) -> int:
+def config_of(args: argparse.Namespace) -> PatchesConfig:
+    """The config ``fae viz patches`` runs with: file, overrides, then flags (``--print-config``)."""
     flags = [f"{key}={json.dumps(value)}" for key, value in (("fae", args.fae), ("out", args.out)) if value]
-    cfg = load_config(PatchesConfig, args.config, list(args.overrides) + _images_overrides(args.images) + flags)
-    results = run_patches(cfg)
+    return load_config(PatchesConfig, args.config, list(args.overrides) + _images_overrides(args.images) + flags)
+
+
+def run(args: argparse.Namespace) -> int:
+    results = run_patches(config_of(args))
     print(json.dumps(results, default=float))
     print(f"fae viz patches: map correlation {results['map_correlation']:.3f}; flip agreement tokens "
           f"{results['flip_tokens']:.3f} / latents {results['flip_latents']:.3f} (chance {results['flip_chance']:.3f})")
@@ -104,4 +108,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="comma-separated indices into data (default Fashion-MNIST test), or an image folder")
     p.add_argument("--out", help="PNG to write (the JSON goes beside it)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. patches.clusters=3")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, config_of=config_of)

@@ -24,8 +24,8 @@ def _find(root: Path, stem: str) -> Path:
         if (root / name).is_file():
             return root / name
     raise DataError(f"Fashion-MNIST file '{stem}(.gz)' not found in '{root}'. Install the Debian "
-                    f"package 'dataset-fashion-mnist', or pass root= / set ${ROOT_ENV} to a folder "
-                    f"holding the IDX files.")
+                    f"package 'dataset-fashion-mnist', or set data.root=<folder> (the demo: data_root=<folder>) "
+                    f"or ${ROOT_ENV} to a folder holding the IDX files.")
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -222,7 +222,7 @@ class ImageFolder(ImageFiles):
         self.classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
             raise DataError(f"image folder '{folder}' has no class sub-folders (ImageNet layout "
-                            f"<root>/<class>/<image>); use name 'folder' for unlabelled images")
+                            f"<root>/<class>/<image>); use data.name=folder for unlabelled images")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         files, labels = [], []
         for c in self.classes:

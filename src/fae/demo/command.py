@@ -9,6 +9,11 @@ from fae.demo.config import load_demo_config
 from fae.demo.pipeline import run_demo
 
 
+def config_of(args: argparse.Namespace):
+    """The demo config the run would use (``--print-config``): file, ``--quick``, ``--t2i``, overrides."""
+    return load_demo_config(args.config, args.quick, args.overrides, t2i=args.t2i)[0]
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, base = load_demo_config(args.config, args.quick, args.overrides, t2i=args.t2i)
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
@@ -32,4 +37,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="demo config overrides, e.g. eval.fid_samples=500 "
                              "autoencoder.overrides.train.steps=100")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_of=config_of)

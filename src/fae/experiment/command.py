@@ -2,17 +2,34 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fae.errors import ConfigError
 from fae.experiment import __doc__ as doc
-from fae.experiment.config import experiment_path, load_experiment, resolve_arms
+from fae.experiment.config import arm_dict, experiment_path, load_experiment, resolve_arms
 from fae.experiment.run import run_experiment
 
 
-def run(args: argparse.Namespace) -> int:
+def config_of(args: argparse.Namespace) -> dict:
+    """What ``fae experiment`` would run (``--print-config``): the experiment config, the main arm's
+    resolved config, and where every other arm differs from it."""
+    path = _experiment_file(args)
+    exp, arm_overrides = load_experiment(path, args.quick, args.overrides)
+    arms, _ = resolve_arms(exp, path, args.quick, arm_overrides)
+    main = next(arm for arm in arms if arm.name == exp.main)
+    return {"experiment": exp, "main_arm": arm_dict(main.config),
+            "arm_differences": {arm.name: arm.diff for arm in arms if arm is not main}}
+
+
+def _experiment_file(args: argparse.Namespace) -> Path:
+    """The experiment's file: ``--config``, else the shipped ``experiments/NAME.yaml``."""
     if not args.name and not args.config:
         raise ConfigError("name an experiment (latent-space, encoder, latent-channels, time-shift, starflow) or pass --config FILE")
-    path = experiment_path(args.name, args.config)
+    return experiment_path(args.name, args.config)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = _experiment_file(args)
     exp, arm_overrides = load_experiment(path, args.quick, args.overrides)
     arms, base = resolve_arms(exp, path, args.quick, arm_overrides)
     root = args.out or ("runs/experiments-quick" if args.quick else "runs/experiments")
@@ -37,4 +54,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="experiment keys (evaluation.fid_samples=100, seeds=[1,2]) or, for any other "
                              "key, an override of every arm (generator.overrides.train.steps=600)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_of=config_of)
