@@ -86,7 +86,7 @@ def world(tmp_path_factory) -> Path:
 GEN_TRAIN = ["train", "generator", "model.depth=1", "model.dim=32", "model.heads=2", "train.steps=1",
              "train.batch_size=4", "train.progress=false"]
 MIXED = ["data.name=imagefolder", "data.root={w}/mixed"]
-FID = ["eval", "fid"]  # the verb's flags come before its key=value overrides
+FID = ["eval", "fid"]  # then the verb's flags and key=value overrides, in any order
 FID_OPTIONS = ["sqrt_method=eigh", "progress=false", "out={t}/m.json"]
 
 # (command with {w} = shared inputs, {t} = this test's folder and {repo} = the checkout, message

@@ -1,7 +1,7 @@
 """``fae eval {fid, ref-stats, probe, retrieval, recon}``: each verb is a function taking its config and
 returning its results dict (``run_fid``, ...), plus the thin parser that calls it.
 
-Every verb takes ``--config FILE`` plus trailing ``key=value`` overrides; its convenience flags
+Every verb takes ``--config FILE`` plus ``key=value`` overrides (anywhere among its options); its convenience flags
 (``--samples``, ``--ref``, ``--fae``, ...) are overrides applied last. All of them run unchanged
 under ``torchrun --nproc_per_node=N -m fae eval ...``: images are sharded over ranks,
 features/sums are gathered, and rank 0 writes the results file. The metrics themselves live in
