@@ -98,6 +98,14 @@ def test_a_word_that_is_not_key_value_is_still_an_error(capsys):
     assert "override 'train.lr' is not of the form key=value" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["sample", "num=2", "--nmu", "3"], ["backbones", "x=1"]])
+def test_an_unknown_option_or_a_stray_override_is_still_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {argv[-2] if argv[0] == 'sample' else 'x=1'}" in capsys.readouterr().err
+
+
 def _printed(argv: list[str], capsys) -> dict:
     assert main(argv + ["--print-config"]) == 0
     return yaml_load(capsys.readouterr().out)
