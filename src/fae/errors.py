@@ -41,5 +41,10 @@ class LatentCacheError(CheckpointError):
     """A latent cache is incomplete, corrupt, or was written by a different FAE than the one given."""
 
 
+class ImageRangeError(FAEError, ValueError):
+    """Float images hold values outside the range an API expects (e.g. [-1, 1] or 0-255 floats
+    given to ``FAE.encode``, which takes [0, 1]); the message says how to rescale them."""
+
+
 class MissingExtraError(FAEError):
     """An optional dependency is not installed; the message names the extra that installs it."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from fae.errors import ImageRangeError
 from fae.io import atomic_write
 
 
@@ -93,3 +94,31 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+# How far float images may stray outside their range before it counts as the wrong convention
+# (resampling overshoot stays well inside it; a [-1, 1] or 0-255 image is far beyond it).
+RANGE_TOLERANCE = 0.02
+
+
+def check_float_range(images: torch.Tensor, low: float, high: float, what: str) -> None:
+    """Refuse float ``images`` with values outside [low, high] (beyond :data:`RANGE_TOLERANCE`),
+    naming the range seen and the rescaling that fits the convention it looks like; uint8 and
+    empty tensors pass. ``what`` names the input in the message (e.g. ``"FAE.encode images"``)."""
+    if not images.is_floating_point() or images.numel() == 0:
+        return
+    seen_low, seen_high = (float(v) for v in torch.aminmax(images.detach().float()))
+    if seen_low >= low - RANGE_TOLERANCE and seen_high <= high + RANGE_TOLERANCE:
+        return
+    hint = _rescale_hint(seen_low, seen_high, low, high)
+    raise ImageRangeError(f"{what} must be floats in [{low:g}, {high:g}], got values in "
+                          f"[{seen_low:.3g}, {seen_high:.3g}]{hint}")
+
+
+def _rescale_hint(seen_low: float, seen_high: float, low: float, high: float) -> str:
+    """'; looks like <convention>: <fix>' for the conventions images come in, or ''."""
+    if seen_high > 2.0 and seen_low >= -RANGE_TOLERANCE:  # 0-255 floats
+        return "; looks like 0-255: divide by 255" if low == 0 else "; looks like 0-255: use x / 127.5 - 1"
+    if low == 0 and seen_low >= -1 - RANGE_TOLERANCE and seen_high <= 1 + RANGE_TOLERANCE:
+        return "; looks like [-1, 1]: use (x + 1) / 2"
+    return ""

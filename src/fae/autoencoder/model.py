@@ -14,6 +14,7 @@ that differs from the recorded one is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from fae.backbones.registry import get_info, load_backbone
 from fae.config import from_dict, to_dict
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
 from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable, load_strict
-from fae.images import from_unit_range
+from fae.images import check_float_range, from_unit_range
 
 # Tensors that define the latent space (what a latent cache must agree on); see FAE.identity.
 _IDENTITY_PREFIXES = ("normalizer.", "encoder.", "decoder.")
@@ -177,9 +178,14 @@ class FAE(Exportable, nn.Module):
         return self
 
     def tokens_from(self, images_or_tokens: torch.Tensor) -> torch.Tensor:
-        """images [B, C, H, W] (through the backbone) or raw tokens [B, N, D] -> raw tokens [B, N, D]."""
+        """images [B, C, H, W] (through the backbone) or raw tokens [B, N, D] -> raw tokens [B, N, D].
+
+        Images are uint8 in [0, 255] or float in [0, 1]; float images in another range (the [-1, 1]
+        of diffusers, or 0-255 floats) are an ImageRangeError saying how to rescale them, rather
+        than latents of silently wrong inputs."""
         x = images_or_tokens
         if x.ndim == 4:
+            check_float_range(x, 0.0, 1.0, "FAE images")
             x = self.backbone(x)  # [B, N, D] float32
         self._check_tokens(x)
         return x.to(self._device(), torch.float32)
@@ -192,9 +198,16 @@ class FAE(Exportable, nn.Module):
 
     def encode(self, images_or_tokens: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images or raw tokens -> latent z [B, c, h, w]: the posterior mean, or a sample."""
+        """Images (uint8, or float in [0, 1]) or raw tokens -> latent z [B, c, h, w]: the posterior
+        mean, or a sample."""
         post = self.posterior(self.tokens_from(images_or_tokens))
         return self._to_latent_grid(post.sample(generator) if sample else post.mean)
+
+    def encode_moments(self, images_or_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images or raw tokens -> the posterior's (mean, log sigma^2), each [B, c, h, w] on the
+        latent grid (what a VAE's latent distribution is built from, e.g. for diffusers)."""
+        post = self.posterior(self.tokens_from(images_or_tokens))
+        return self._to_latent_grid(post.mean), self._to_latent_grid(post.logvar)
 
     def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, c, h, w] -> tokens in the normalised feature space [B, N, D] (the training target)."""
@@ -203,9 +216,13 @@ class FAE(Exportable, nn.Module):
                               f"got {list(z.shape)}")
         return self.decoder(z.to(self._device(), torch.float32))
 
-    def decode_features(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, c, h, w] -> reconstructed tokens [B, N, D] in the backbone's raw feature scale."""
-        return self.normalizer.denormalize(self.decode_normalized(z))
+    def decode_features(self, z: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
+        """z [B, c, h, w] -> reconstructed tokens [B, N, D] in the backbone's raw feature scale.
+
+        Without autograd history unless ``requires_grad=True`` (then the caller's grad mode holds):
+        users decode for results, and training steps call ``forward`` / ``decode_normalized``."""
+        with _grad_context(requires_grad):
+            return self.normalizer.denormalize(self.decode_normalized(z))
 
     def forward(self, tokens: torch.Tensor, sample: bool = True,
                 extra: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -293,9 +310,11 @@ class FAE(Exportable, nn.Module):
                                   "and attach it with FAE.set_pixel_decoder(...)")
         return from_unit_range(self.pixel_decoder(tokens))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, c, h, w] -> images [B, C, H, W] in [0, 1] (needs a pixel decoder)."""
-        return self.decode_features_to_pixels(self.decode_features(z))
+    def decode(self, z: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
+        """z [B, c, h, w] -> images [B, C, H, W] in [0, 1] (needs a pixel decoder); without
+        autograd history unless ``requires_grad=True`` (see :meth:`decode_features`)."""
+        with _grad_context(requires_grad):
+            return self.decode_features_to_pixels(self.decode_features(z, requires_grad=True))
 
     # ---- statistics --------------------------------------------------------------------------
 
@@ -363,6 +382,11 @@ class FAE(Exportable, nn.Module):
         if backbone is not None:
             model.attach_backbone(backbone)
         return model
+
+
+def _grad_context(requires_grad: bool) -> contextlib.AbstractContextManager:
+    """``torch.no_grad()``, or the caller's grad mode unchanged when ``requires_grad``."""
+    return contextlib.nullcontext() if requires_grad else torch.no_grad()
 
 
 def fae_loss(out: dict[str, torch.Tensor], kl_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
