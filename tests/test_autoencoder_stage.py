@@ -21,11 +21,15 @@ DEMO_CONFIG = SHIPPED_CONFIGS / "demo" / "autoencoder.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def test_dry_run_of_the_paper_config_has_the_paper_sizes(capsys):
+def test_dry_run_of_the_paper_config_has_the_paper_sizes(capsys, tmp_path):
     from fae.cli import main
 
-    assert main(["train", "autoencoder", "--config", str(PAPER_CONFIG), "--dry-run"]) == 0
+    # the images are absent (a folder that does not exist): the stage is described, then the
+    # preflight's checklist names them and the dry run exits 2
+    assert main(["train", "autoencoder", "--config", str(PAPER_CONFIG), "--dry-run",
+                 f"data.root={tmp_path / 'imagenet'}"]) == 2
     out = capsys.readouterr().out
+    assert f"MISSING  data (train): config key 'data.root': '{tmp_path / 'imagenet'}' does not exist" in out
     encoder, decoder = map(float, re.search(r"encoder ([\d.]+)M .* feature decoder ([\d.]+)M", out).groups())
     assert "encoder 38.17M = 38,166,592 (attention: projected skip, activation at attention width, " \
            "no position table)" in out  # App. D's 38.17M exactly

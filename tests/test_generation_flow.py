@@ -288,9 +288,12 @@ def test_diffusion_run_configs_keep_their_saved_form_and_misplaced_sections_are_
 
 
 @pytest.mark.parametrize("name,count", [("starflow_fae", "1.424B"), ("starflow_sdvae", "1.423B")])
-def test_dry_run_prints_the_count_next_to_the_published_one(capsys, name, count):
-    assert fae_main(["train", "generator", "--config", f"imagenet256/{name}.yaml", "--dry-run"]) == 0
+def test_dry_run_prints_the_count_next_to_the_published_one(capsys, tmp_path, name, count):
+    # no latent cache there: the stage is described, the checklist names the cache, exit 2
+    assert fae_main(["train", "generator", "--config", f"imagenet256/{name}.yaml", "--dry-run",
+                     f"data.cache={tmp_path / 'latents'}"]) == 2
     out = capsys.readouterr().out
+    assert "MISSING  latent cache (data.cache)" in out
     assert f"STARFlow-XL/{1 if name == 'starflow_fae' else 2}" in out and "(256 tokens)" in out
     assert f"{count} parameters; published: 1.4B" in out
 

@@ -180,10 +180,13 @@ def test_the_stage_reads_the_latent_shape_from_upstream_and_refuses_a_disagreein
 def test_dry_run_needs_no_latent_shape_in_the_config_when_data_fae_is_an_export(workdir, tmp_path, capsys):
     config = SHIPPED_CONFIGS / "demo" / "generator.yaml"
     assert not {"latent_channels", "latent_size"} & set(yaml.safe_load(config.read_text())["model"])
+    # the stage is described; the preflight then names the absent cache, and a dry run with a
+    # missing input exits 2
     assert fae_main(["train", "generator", "--config", str(config), "--dry-run", f"data.fae={workdir / 'fae'}",
-                     f"data.cache={tmp_path / 'none'}", f"train.run_dir={tmp_path / 'run'}"]) == 0
+                     f"data.cache={tmp_path / 'none'}", f"train.run_dir={tmp_path / 'run'}"]) == 2
     out = capsys.readouterr().out
     assert "on 4x4x4 latents" in out and "latent shape from the FAE export" in out
+    assert "OK       FAE export (data.fae)" in out and "MISSING  latent cache (data.cache)" in out
     assert fae_main(["train", "generator", "--config", str(config), "--dry-run", f"data.fae={tmp_path / 'x'}",
                      f"data.cache={tmp_path / 'none'}", f"train.run_dir={tmp_path / 'run'}"]) == 2
     assert "model.latent_channels" in capsys.readouterr().err
@@ -272,9 +275,12 @@ def test_two_ranks_under_torchrun_write_the_same_samples_as_one(workdir, trained
     assert diff.max() <= 1 and diff.mean() < 0.01  # float round-off may flip a rounding
 
 
-def test_dry_run_prints_the_papers_sit_xl1_size(capsys):
-    assert fae_main(["train", "generator", "--config", "imagenet256/sit_xl1.yaml", "--dry-run"]) == 0
+def test_dry_run_prints_the_papers_sit_xl1_size(capsys, tmp_path):
+    # no latent cache there: the stage is described, the checklist names the cache, exit 2
+    assert fae_main(["train", "generator", "--config", "imagenet256/sit_xl1.yaml", "--dry-run",
+                     f"data.cache={tmp_path / 'latents'}"]) == 2
     out = capsys.readouterr().out
+    assert "MISSING  latent cache (data.cache)" in out
     assert "SiT-XL/1" in out and "674.85M" in out
 
 

@@ -38,11 +38,14 @@ def test_paper_size_has_305m_parameters_on_meta():
     assert all(p.is_meta for p in decoder.parameters())
 
 
-def test_dry_run_cli_prints_the_paper_size(capsys):
+def test_dry_run_cli_prints_the_paper_size(capsys, tmp_path):
     from fae.cli import main
 
-    assert main(["train", "pixel-decoder", "--config", str(PAPER_CONFIG), "--dry-run"]) == 0
+    # the images are absent: the stage is described, the checklist names them, exit 2
+    assert main(["train", "pixel-decoder", "--config", str(PAPER_CONFIG), "--dry-run",
+                 f"data.root={tmp_path / 'imagenet'}"]) == 2
     out = capsys.readouterr().out
+    assert "MISSING  data (train)" in out
     line = next(l for l in out.splitlines() if l.strip().startswith("pixel_decoder:"))
     count = int(line.split(":")[1].split("parameters")[0].replace(",", ""))
     assert count == pytest.approx(PAPER_PARAMS, rel=0.03)

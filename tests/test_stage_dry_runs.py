@@ -2,6 +2,11 @@
 --dry-run`` through the Python API (``load_stage`` + ``fae.training.engine.dry_run``), on the meta
 device, with no weights, data or network.
 
+A dry run is also the preflight: it checks every input the stage reads. On a machine without
+ImageNet, DINOv2 / SigLIP weights, LPIPS files or earlier stages' exports (this test makes sure of
+that: an empty working folder, an empty Hugging Face cache, the hub offline), each shipped config
+names exactly the inputs it is missing; ``fae train --dry-run`` exits 2 on such a checklist.
+
 Every YAML file under ``src/fae/configs/`` must be classified here (a stage config with its stage, or
 one of the configs of another verb), so a new config is dry-run the day it is shipped.
 (``tests/test_plan.py`` runs ``fae plan`` on the same files; this is the cheaper ``fae train`` path.)
@@ -10,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 
@@ -47,6 +54,30 @@ STAGE_CONFIGS = {
 }
 # Stage II freezes a stage-Ia export, which must exist even for a dry run (it reads the backbone
 # from it): the Ia recipe of the same folder, shrunk where stage II does not look.
+# Config -> the checklist items a dry run reports missing here (the rest are OK). The demo's and the
+# experiments' Fashion-MNIST and EfficientNet weights are on this machine; stage II's FAE is given.
+IMAGENET_IMAGES = ["data (train)", "data (val)"]
+GENERATOR_INPUTS = ["FAE export (data.fae)", "latent cache (data.cache)"]
+LPIPS = ["loss.lpips_vgg_path", "loss.lpips_heads_path"]
+EXPECTED_MISSING = {
+    "demo/autoencoder.yaml": [],
+    "demo/pixel_decoder_ib.yaml": [],
+    "demo/pixel_decoder_ii.yaml": ["fae-pixel-decoder export (init_from)"],
+    "demo/generator.yaml": GENERATOR_INPUTS,
+    "demo/t2i_generator.yaml": GENERATOR_INPUTS,
+    "experiments/pixel_autoencoder.yaml": [],
+    "experiments/starflow_generator.yaml": GENERATOR_INPUTS,
+    "imagenet256/fae_dinov2g.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)"],
+    "imagenet256/fae_siglip2g.yaml": [*IMAGENET_IMAGES, "backbone weights (siglip2-g-opt16-256)"],
+    "imagenet256/pixel_decoder_vitl.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS],
+    "imagenet256/pixel_decoder_vitl_ii.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS,
+                                               "fae-pixel-decoder export (init_from)"],
+    "imagenet256/lightningdit_xl1.yaml": GENERATOR_INPUTS,
+    "imagenet256/sit_xl1.yaml": GENERATOR_INPUTS,
+    "imagenet256/mmdit_t2i.yaml": GENERATOR_INPUTS,
+    "imagenet256/starflow_fae.yaml": GENERATOR_INPUTS,
+    "imagenet256/starflow_sdvae.yaml": ["latent cache (data.cache)"],  # an SD-VAE cache: no FAE export
+}
 STAGE_II_FAE = {"demo/pixel_decoder_ii.yaml": "demo/autoencoder.yaml",
                 "imagenet256/pixel_decoder_vitl_ii.yaml": "imagenet256/fae_dinov2g.yaml"}
 SHRUNK_FAE = ["model.encoder.heads=1", "model.encoder.head_dim=8", "model.decoder.depth=1",
@@ -60,6 +91,17 @@ def _name(path: Path) -> str:
 def _quiet_dry_run(stage_name: str, config: str, overrides: list[str]) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         return dry_run(load_stage(stage_name, config, overrides))
+
+
+@pytest.fixture
+def bare_machine(tmp_path, monkeypatch):
+    """No earlier runs (relative paths resolve in an empty folder), no local or cached backbone
+    weights, the hub offline: what the preflight finds on a fresh machine."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))  # read per call
+    for var in [v for v in os.environ if v.startswith("FAE_WEIGHTS_")]:
+        monkeypatch.delenv(var)
 
 
 def test_every_shipped_config_is_classified_and_every_stage_has_one():
@@ -81,7 +123,7 @@ def stage_ii_faes(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", sorted(STAGE_CONFIGS))
-def test_every_shipped_stage_config_dry_runs(name, stage_ii_faes, tmp_path):
+def test_every_shipped_stage_config_dry_runs(name, stage_ii_faes, tmp_path, bare_machine):
     stage_name, overrides = STAGE_CONFIGS[name]
     overrides = [*overrides, f"train.run_dir={tmp_path / 'run'}"]
     if name in stage_ii_faes:
@@ -89,3 +131,9 @@ def test_every_shipped_stage_config_dry_runs(name, stage_ii_faes, tmp_path):
     described = _quiet_dry_run(stage_name, str(SHIPPED_CONFIGS / name), overrides)
     assert described["total_parameters"] > 0 and described["phases"]
     assert described["resume_step"] is None and not (tmp_path / "run").exists()  # touches nothing
+    assert described["missing"] == EXPECTED_MISSING[name]
+    errors = {o.check.item: str(o.error) for o in described["preflight"] if not o.ok}
+    for split in ("train", "val"):  # the checklist names the absent ImageNet root
+        if f"data ({split})" in errors:
+            assert "'/data/imagenet' does not exist" in errors[f"data ({split})"]
+    assert not list(tmp_path.iterdir())  # the checks wrote nothing in the working folder

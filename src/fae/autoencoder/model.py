@@ -34,7 +34,7 @@ from fae.backbones.base import BackboneOutput
 from fae.backbones.registry import get_info, load_backbone
 from fae.config import from_dict, to_dict
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
-from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable, load_strict
+from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable, load_strict, read_export_config, resolve_folder
 from fae.images import check_float_range, from_unit_range
 
 # Tensors that define the latent space (what a latent cache must agree on); see FAE.identity.
@@ -382,6 +382,20 @@ class FAE(Exportable, nn.Module):
         if backbone is not None:
             model.attach_backbone(backbone)
         return model
+
+    @classmethod
+    def check_export(cls, folder: str | Path, pixel_decoder: bool = False) -> dict[str, Any]:
+        """The export's ``config.json``, checked without reading its weights (a check before
+        compute): an FAE export with its weights file and, with ``pixel_decoder``, a pixel decoder
+        (what turns latents into images). A CheckpointError naming the folder otherwise."""
+        config = read_export_config(folder, cls.export_format, cls.export_version)
+        if not (resolve_folder(folder) / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"FAE export '{folder}' has no '{WEIGHTS_FILE}': export it again")
+        if pixel_decoder and not config.get("pixel_decoder"):
+            raise CheckpointError(f"the FAE export '{folder}' has no pixel decoder, so it cannot turn latents "
+                                  f"into images: pass the export of stage II (`fae train pixel-decoder` with "
+                                  f"stage=finetune writes run_dir/export), which holds one")
+        return config
 
 
 def _grad_context(requires_grad: bool) -> contextlib.AbstractContextManager:

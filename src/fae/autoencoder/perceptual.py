@@ -59,13 +59,32 @@ def vgg16_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _load_file(path: str | None, what: str, key: str) -> dict[str, torch.Tensor]:
+# The two LPIPS files, by config key: (what it is, the command that fetches it on a machine with
+# network; the paths are the shipped configs' weights/lpips/...).
+LPIPS_FILES = {
+    "loss.lpips_vgg_path": ("the VGG16 weights", "python -c \"import torch; torch.hub.load_state_dict_from_url("
+                            "'https://download.pytorch.org/models/vgg16-397923af.pth', model_dir='weights/lpips')\""),
+    "loss.lpips_heads_path": ("the LPIPS linear heads", "pip download lpips --no-deps -d /tmp/lpips && unzip -j "
+                              "/tmp/lpips/lpips-*.whl lpips/weights/v0.1/vgg.pth -d weights/lpips"),
+}
+
+
+def check_lpips_file(path: str | None, key: str) -> Path:
+    """The LPIPS file of config key ``key`` (see :data:`LPIPS_FILES`) is a local file; checked
+    without reading it (a check before compute). WeightsNotFoundError naming the key otherwise."""
+    what = LPIPS_FILES[key][0]
     if not path:
         raise WeightsNotFoundError(f"perceptual=lpips needs {what}: set config key '{key}' to a local "
                                    f"file (see fae.autoencoder.perceptual for where to get it), or use "
                                    f"loss.perceptual=backbone which works offline")
     if not Path(path).is_file():
-        raise WeightsNotFoundError(f"config key '{key}': file '{path}' ({what}) does not exist")
+        state = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise WeightsNotFoundError(f"config key '{key}': file '{path}' ({what}) {state}")
+    return Path(path)
+
+
+def _load_file(path: str | None, key: str) -> dict[str, torch.Tensor]:
+    check_lpips_file(path, key)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors of a corrupt or foreign file
@@ -98,14 +117,14 @@ class LPIPS(nn.Module):
         self.requires_grad_(False).eval()
 
     def _load(self, vgg_path: str | None, heads_path: str | None) -> None:
-        vgg = _load_file(vgg_path, "the VGG16 weights", "loss.lpips_vgg_path")
+        vgg = _load_file(vgg_path, "loss.lpips_vgg_path")
         feats = {k[len("features."):]: v for k, v in vgg.items() if k.startswith("features.")}
         feats = {k: v for k, v in feats.items() if int(k.split(".")[0]) < len(self.features)}
         try:
             self.features.load_state_dict(feats)
         except RuntimeError as e:
             raise WeightsNotFoundError(f"'{vgg_path}' is not a torchvision VGG16 state dict: {e}") from None
-        heads = _load_file(heads_path, "the LPIPS linear heads", "loss.lpips_heads_path")
+        heads = _load_file(heads_path, "loss.lpips_heads_path")
         for i, head in enumerate(self.heads):
             weight = heads.get(f"lin{i}.model.1.weight", heads.get(f"lin{i}.weight"))
             if weight is None or weight.shape != head.weight.shape:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fae.backbones.base import Backbone, BackboneInfo
-from fae.backbones.registry import get_info, load_backbone
+from fae.backbones.registry import check_weights, fetch_weights_command, get_info, load_backbone
 from fae.errors import ConfigError
 
 
@@ -53,6 +53,15 @@ class BackboneConfig:
         """The frozen backbone on ``device`` (tokens are float32 whatever ``dtype`` the weights use)."""
         return load_backbone(self._name(), weights=self.weights, device=device, dtype=dtype,
                              resolution=self.resolution)
+
+    def check_weights(self) -> str:
+        """Where :meth:`load` would read the weights, checked without loading them (a check before
+        compute); a WeightsNotFoundError saying how to supply them otherwise."""
+        return check_weights(self._name(), self.weights, self.resolution)
+
+    def fetch_command(self) -> str:
+        """The command that fetches the published weights into a local folder ("" when none is needed)."""
+        return fetch_weights_command(self._name())
 
     def describe(self) -> str:
         info = self.info()

@@ -108,6 +108,27 @@ def _from_pretrained(class_name: str, source: WeightsSource, name: str) -> torch
 load_hf_model = _from_pretrained  # the public name (the text encoders load their towers with it)
 
 
+def check_hf_weights(source: WeightsSource, name: str) -> str:
+    """Where :func:`_from_pretrained` would read ``source`` from, checked without loading: a local
+    Hugging Face folder (with its config.json), a hub id in the local cache, or a hub id to
+    download (only when the hub can be reached). Returns that place in words; a
+    WeightsNotFoundError saying how to supply the weights otherwise."""
+    if source.local:
+        if Path(source.location).is_dir():
+            _read_model_type(source, name)  # a folder without config.json is refused by name
+        return source.location
+    # lazy: huggingface_hub is only needed once a hub id is asked for (transformers brings it)
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source.location, "config.json"), str):
+        return f"hub id {source.location} (in the local Hugging Face cache)"
+    if hub_offline() or not hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub is unreachable"
+        raise WeightsNotFoundError(f"weights for '{name}': hub id '{source.location}' is not in the "
+                                   f"local cache and {why}. " + how_to_supply(name))
+    return f"hub id {source.location} (not cached: downloaded when the backbone is first loaded)"
+
+
 def _call(cls, location: str, name: str, local_files_only: bool) -> torch.nn.Module:
     try:
         return cls.from_pretrained(location, local_files_only=local_files_only)

@@ -21,7 +21,7 @@ import torch
 
 from fae.backbones.base import Backbone, BackboneInfo
 from fae.backbones.efficientnet import MODEL_NAME, EfficientNetLite0, packaged_weights_path
-from fae.backbones.hf import HFBackbone, load_generic_hf
+from fae.backbones.hf import HFBackbone, check_hf_weights, load_generic_hf
 from fae.backbones.tiny_vit import TinyViT
 from fae.backbones.weights import RANDOM_WEIGHTS, is_random, random_from_env, random_layers, resolve_weights
 from fae.errors import ConfigError
@@ -155,6 +155,35 @@ def load_backbone(name: str, weights: str | None = None, device: str | torch.dev
             backbone = _build(info, weights)
     backbone.to(device=device, dtype=dtype)  # dtype=None keeps float32
     return backbone.freeze()
+
+
+def check_weights(name: str, weights: str | None = None, resolution: int | None = None) -> str:
+    """Where :func:`load_backbone` would read ``name``'s weights, checked without loading them (a
+    check before compute). Returns that place in words; raises WeightsNotFoundError (or
+    ConfigError for a bad name) saying how to supply them."""
+    weights = weights if weights is not None else random_from_env(name)
+    if is_random(weights):
+        return f"random weights ('{weights}': costs and rehearsals only)"
+    if name in GENERIC_HF_NAMES:
+        if weights is None:
+            raise ConfigError(f"backbone '{name}' is generic: set its weights to a Hugging Face model folder")
+        return check_hf_weights(resolve_weights(name, weights, None), name)
+    info = get_info(name, resolution)
+    if info.family == "tiny-vit":
+        return "seeded random initialisation (tiny-vit takes no weights)"
+    if info.family == "efficientnet":
+        packaged = packaged_weights_path()
+        return resolve_weights(MODEL_NAME, weights, str(packaged) if packaged else None).location
+    return check_hf_weights(resolve_weights(name, weights, info.source), name)
+
+
+def fetch_weights_command(name: str) -> str:
+    """The command that puts ``name``'s published weights in a local folder FAE finds."""
+    info = get_info(name) if name not in GENERIC_HF_NAMES else None
+    if info is None or info.family not in ("dinov2", "siglip", "siglip2"):
+        return ""
+    return (f"hf download {info.source} --local-dir weights/{name} (on a machine with network; "
+            f"then backbone.weights=weights/{name}, or FAE_WEIGHTS_DIR=weights)")
 
 
 def _build(info: BackboneInfo, weights: str | None) -> Backbone:

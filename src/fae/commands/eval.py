@@ -2,7 +2,8 @@
 returning its results dict (``run_fid``, ...), plus the thin parser that calls it.
 
 Every verb takes ``--config FILE`` plus ``key=value`` overrides (anywhere among its options); its convenience flags
-(``--samples``, ``--ref``, ``--fae``, ...) are overrides applied last. All of them run unchanged
+(``--samples``, ``--ref``, ``--fae``, ...) are overrides applied last. Each checks every file it
+reads and the place it writes (``check_*_inputs``) before it loads a network or reads an image. All of them run unchanged
 under ``torchrun --nproc_per_node=N -m fae eval ...``: images are sharded over ranks,
 features/sums are gathered, and rank 0 writes the results file. The metrics themselves live in
 ``fae.evaluation``; the process group is ``fae.cli.main``'s.
@@ -20,8 +21,9 @@ import torch.utils.data
 from fae import distributed as dist
 from fae.autoencoder import FAE
 from fae.backbones import load_backbone
+from fae.backbones.registry import GENERIC_HF_NAMES, check_weights, get_info
 from fae.config import load_config
-from fae.data.datasets import build_dataset, check_batchable
+from fae.data.datasets import build_dataset, check_batchable, check_data, class_count, data_root_label
 from fae.data.imagefolder import ImageFiles
 from fae.data.karpathy import read_karpathy
 from fae.errors import ConfigError, DataError
@@ -29,15 +31,16 @@ from fae.evaluation import config
 from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig, RetrievalConfig
 from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM
 from fae.evaluation.inception_v3 import load_scoring_network
-from fae.evaluation.linear_head import LinearHead, head_accuracy
+from fae.evaluation.linear_head import LinearHead, check_head_classes, check_head_width, head_accuracy
 from fae.evaluation.probe import fit_linear_probe
 from fae.evaluation.probe_features import BackboneFeatures, FAEFeatures, HeadFeatures, pooled_features
 from fae.evaluation.recon import reconstruction_metrics
 from fae.evaluation.retrieval import RetrievalImageEmbeddings, retrieval_scores, text_embeddings
 from fae.evaluation.scorer import FIDScorer
-from fae.evaluation.stats import InceptionStats, NpzImages
+from fae.evaluation.stats import FolderImages, InceptionStats, NpzImages, has_stats, read_moments
 from fae.evaluation.suite import format_table
 from fae.io import atomic_save_json
+from fae.preflight import input_file, output_file
 from fae.text import load_text_encoder
 
 
@@ -48,8 +51,7 @@ def resolve_device(name: str) -> torch.device:
 
 def run_fid(cfg: FidConfig) -> dict[str, Any]:
     """Score ``cfg.samples`` against ``cfg.ref``; writes JSON on rank 0 and returns the results."""
-    if not cfg.samples or not cfg.ref:
-        raise ConfigError("fae eval fid needs both samples=<.npz> and ref=<.npz> (or --samples/--ref)")
+    check_fid_files(cfg)
     net = load_scoring_network(cfg.inception_weights, device=resolve_device(cfg.device))  # IS with weights
     scorer = FIDScorer(net, batch_size=cfg.batch_size, sqrt_method=cfg.sqrt_method, progress=cfg.progress)
     need = any(m in cfg.metrics for m in ("kid", "pr"))
@@ -59,26 +61,68 @@ def run_fid(cfg: FidConfig) -> dict[str, Any]:
     results = scorer.metrics(samples, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
                              kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k)
     results.update(samples=str(cfg.samples), ref=str(cfg.ref))
-    return _write(results, cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json")
+    return _write(results, fid_out(cfg))
+
+
+def fid_out(cfg: FidConfig) -> str:
+    """The results file: ``out``, else ``<samples without suffix>.metrics.json``."""
+    return cfg.out or str(Path(cfg.samples).with_suffix("")) + ".metrics.json"
+
+
+def check_fid_files(cfg: FidConfig) -> None:
+    """Before Inception loads: both sets are there and readable (an ADM ``.npz`` of images or of
+    statistics, or a folder of images of one size), statistics have the ADM widths, image sets
+    are large enough for KID and P&R, and the results file can be written."""
+    if not cfg.samples or not cfg.ref:
+        raise ConfigError("fae eval fid needs both samples=<.npz or folder> and ref=<.npz> (or --samples/--ref)")
+    moments = {path: _check_image_set(cfg, path, f"--{key}") for key, path in (("samples", cfg.samples),
+                                                                              ("ref", cfg.ref))}
+    for path, stats in moments.items():  # both files read first: a damaged one is named before widths
+        if stats is not None:
+            _check_widths(path, stats)
+    output_file(fid_out(cfg), "--out")
+
+
+def _check_image_set(cfg: FidConfig, path: str, flag: str) -> InceptionStats | None:
+    """One FID input, read as far as its headers (no image is decoded); its precomputed moments
+    when it holds statistics."""
+    if Path(path).is_dir():
+        _check_image_count(cfg, path, len(FolderImages(path)))
+        return None
+    input_file(path, flag, "an ADM .npz (arr_0 images or mu/sigma statistics) or a folder of PNG / JPEG images")
+    if has_stats(path):
+        return read_moments(path)
+    images = NpzImages(path)
+    images.close()
+    _check_image_count(cfg, path, len(images))
+    return None
 
 
 def check_fid_inputs(cfg: FidConfig, sets: dict[str, InceptionStats]) -> None:
     """Each set's statistics have the ADM Inception widths, and enough images for KID and P&R."""
     for path, stats in sets.items():
-        if stats.mu.shape[0] != POOL_DIM:
-            raise DataError(f"'{path}' holds {stats.mu.shape[0]}-d statistics; the ADM InceptionV3 "
-                            f"pool_3 features are {POOL_DIM}-d (mu [{POOL_DIM}], sigma "
-                            f"[{POOL_DIM}, {POOL_DIM}])")
-        if stats.mu_s is not None and stats.mu_s.shape[0] != SPATIAL_DIM:
-            raise DataError(f"'{path}' holds {stats.mu_s.shape[0]}-d spatial statistics (mu_s); "
-                            f"sFID uses {SPATIAL_DIM}-d ones")
+        _check_widths(path, stats)
         _check_feature_count(cfg, path, stats.pool_features)
 
 
+def _check_widths(path: str, stats: InceptionStats) -> None:
+    """Statistics of the ADM InceptionV3's pool_3 (and spatial) features."""
+    if stats.mu.shape[0] != POOL_DIM:
+        raise DataError(f"'{path}' holds {stats.mu.shape[0]}-d statistics; the ADM InceptionV3 "
+                        f"pool_3 features are {POOL_DIM}-d (mu [{POOL_DIM}], sigma "
+                        f"[{POOL_DIM}, {POOL_DIM}])")
+    if stats.mu_s is not None and stats.mu_s.shape[0] != SPATIAL_DIM:
+        raise DataError(f"'{path}' holds {stats.mu_s.shape[0]}-d spatial statistics (mu_s); "
+                        f"sFID uses {SPATIAL_DIM}-d ones")
+
+
 def _check_feature_count(cfg: FidConfig, path: str, features) -> None:
-    if features is None:
-        return
-    n = features.shape[0]
+    if features is not None:
+        _check_image_count(cfg, path, features.shape[0])
+
+
+def _check_image_count(cfg: FidConfig, path: str, n: int) -> None:
+    """Enough images (or feature rows) for the metrics asked for."""
     if "pr" in cfg.metrics and n <= cfg.pr_k:
         raise DataError(f"'{path}' has {n} images; precision/recall with pr_k={cfg.pr_k} needs "
                         f"more than {cfg.pr_k} (lower pr_k or leave 'pr' out of metrics)")
@@ -87,10 +131,11 @@ def _check_feature_count(cfg: FidConfig, path: str, features) -> None:
 
 
 def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:
-    """Write reference statistics of ``cfg.images`` (an .npz) or of ``cfg.data``."""
+    """Write reference statistics of ``cfg.images`` (an .npz or a folder of images) or of ``cfg.data``."""
+    check_ref_stats_inputs(cfg)
     scorer = FIDScorer(device=resolve_device(cfg.device), batch_size=cfg.batch_size, progress=cfg.progress)
     if cfg.images:
-        source, label = NpzImages(cfg.images), cfg.images
+        source, label = _image_set(cfg.images), cfg.images
     else:
         source, label = build_dataset(cfg.data), f"{cfg.data.name}:{cfg.data.split}"
     stats = scorer.stats(source, keep_features=cfg.with_features, desc="ref-stats")
@@ -100,9 +145,26 @@ def run_ref_stats(cfg: RefStatsConfig) -> dict[str, Any]:
     return {"source": label, "count": stats.count, "out": str(cfg.out), "with_features": cfg.with_features}
 
 
+def _image_set(path: str) -> FolderImages | NpzImages:
+    """The images of a folder, or of an ADM ``.npz`` (``arr_0``)."""
+    return FolderImages(path) if Path(path).is_dir() else NpzImages(path)
+
+
+def check_ref_stats_inputs(cfg: RefStatsConfig) -> None:
+    """Before Inception loads: the images (their headers) or the dataset's files, and the output place."""
+    if cfg.images:
+        if not Path(cfg.images).is_dir():
+            input_file(cfg.images, "--images", "an .npz of uint8 NHWC images (arr_0) or a folder of images")
+        _image_set(cfg.images)
+    else:
+        check_data(cfg.data)
+    output_file(cfg.out, "--out")
+
+
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features; with
     ``cfg.head``, the zero-shot protocol (:func:`run_head_probe`)."""
+    check_probe_inputs(cfg)
     if cfg.head:
         return run_head_probe(cfg)
     encoder = _probe_encoder(cfg, resolve_device(cfg.device))
@@ -147,6 +209,50 @@ def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
     return _write(result, cfg.out)
 
 
+def check_probe_inputs(cfg: ProbeConfig) -> None:
+    """Before a network loads: the head file (its keys, its input width against the tokens and its
+    classes against the data's), the data splits, the FAE export or the backbone weights, and
+    the output places."""
+    head = LinearHead.load(cfg.head) if cfg.head else None
+    for split in [cfg.data.split] if head is not None else ["train", "test"]:
+        check_data(cfg.data, split)
+    dim, has_cls = _check_probe_tokens(cfg)
+    if head is not None:
+        if dim is not None:
+            check_head_width(head, dim, has_cls)
+        classes = class_count(cfg.data)
+        if classes is None:
+            raise DataError(f"config key 'head': the zero-shot head probe needs labelled data (fashion-mnist or "
+                            f"imagefolder); data '{cfg.data.name}' has no labels")
+        check_head_classes(head, classes, f"data {data_root_label(cfg.data)}")
+    output_file(cfg.out, "--out")
+    if cfg.save_head:
+        output_file(cfg.save_head, "config key 'save_head'")
+
+
+def _check_probe_tokens(cfg: ProbeConfig) -> tuple[int | None, bool | None]:
+    """Checks the FAE export (or the backbone's weights); returns the token width and whether the
+    tokens carry a CLS token (None where it is not known before loading)."""
+    if cfg.fae:
+        record = _check_fae(cfg.fae, cfg.weights)["backbone"]
+        return record.get("dim"), None
+    check_weights(cfg.backbone, cfg.weights, cfg.resolution)
+    if cfg.backbone in GENERIC_HF_NAMES:  # width and CLS come from the folder's config
+        return None, None
+    info = get_info(cfg.backbone, cfg.resolution)
+    return info.dim, info.prefix_tokens > 0
+
+
+def _check_fae(folder: str, backbone_weights: str | None = None, pixel_decoder: bool = False) -> dict[str, Any]:
+    """An FAE export's config (no weights read) and the weights of the backbone it records."""
+    config = FAE.check_export(folder, pixel_decoder=pixel_decoder)
+    record = config.get("backbone") or {}
+    name = str(record.get("name", "")).split(":")[0]
+    if backbone_weights or (name and name not in GENERIC_HF_NAMES):
+        check_weights(name, backbone_weights, record.get("resolution"))
+    return config
+
+
 def _probe_encoder(cfg: ProbeConfig, device: torch.device):
     """Images -> pooled features: through the FAE when one is given, else the raw backbone."""
     if cfg.fae:
@@ -177,10 +283,8 @@ def _limited(data, split: str | None, limit: int | None):
 
 def run_recon(cfg: ReconConfig) -> dict[str, Any]:
     """Feature cosine / relative L2, PSNR, SSIM and rFID of an exported FAE on ``cfg.data``."""
+    check_recon_inputs(cfg)
     fae = FAE.from_pretrained(cfg.fae, device=resolve_device(cfg.device))
-    if cfg.pixels and fae.pixel_decoder is None:
-        raise ConfigError(f"the FAE in '{cfg.fae}' has no pixel decoder: pass pixels=false for feature "
-                          "metrics only, or export an FAE with a trained pixel decoder")
     results = reconstruction_metrics(fae, _limited(cfg.data, None, cfg.limit), batch_size=cfg.batch_size,
                                      pixels=cfg.pixels, rfid=cfg.rfid, sqrt_method=cfg.sqrt_method,
                                      progress=cfg.progress)
@@ -188,11 +292,23 @@ def run_recon(cfg: ReconConfig) -> dict[str, Any]:
     return _write(results, cfg.out)
 
 
+def check_recon_inputs(cfg: ReconConfig) -> None:
+    """Before a network loads: the FAE export (with a pixel decoder for pixel metrics) and its
+    backbone's weights, the data's files, and the output place."""
+    if not _check_fae(cfg.fae).get("pixel_decoder") and cfg.pixels:
+        raise ConfigError(f"the FAE in '{cfg.fae}' has no pixel decoder: pass pixels=false for feature "
+                          "metrics only, or export an FAE with a trained pixel decoder")
+    check_data(cfg.data)
+    output_file(cfg.out, "--out")
+
+
 def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
     """Top-1 / top-5 text->image and image->text retrieval of raw and FAE-reconstructed SigLIP
     tokens (image embedding: the tower's MAP head; text: the SigLIP text tower)."""
     device = resolve_device(cfg.device)
     split = read_karpathy(cfg.captions, cfg.images, cfg.split, cfg.limit)
+    _check_fae(cfg.fae, cfg.backbone_weights)
+    output_file(cfg.out, "--out")
     fae = load_fae(cfg.fae, device, cfg.backbone_weights)
     encoder = RetrievalImageEmbeddings(fae)
     dataset = ImageFiles(split.files, list(range(len(split.files))), cfg.image_size or fae.config.resolution)
@@ -229,7 +345,8 @@ def _write(results: dict[str, Any], out: str) -> dict[str, Any]:
 _VERBS: dict[str, tuple[str, Callable[[Any], dict], str, list[tuple[str, str, str]]]] = {
     "fid": ("FidConfig", run_fid,
             "score an ADM sample batch against a reference (FID, sFID, KID, precision/recall)",
-            [("--samples", "samples", "ADM .npz sample batch (arr_0 uint8 NHWC) or stats file"),
+            [("--samples", "samples", "ADM .npz sample batch (arr_0 uint8 NHWC), stats file, or a folder of "
+              "PNG/JPEG images (fae sample --png)"),
              ("--ref", "ref", "ADM reference batch / statistics .npz"),
              ("--out", "out", "JSON results file")]),
     "ref-stats": ("RefStatsConfig", run_ref_stats,

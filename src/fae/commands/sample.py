@@ -6,7 +6,10 @@
     fae sample --generator runs/t2i/export --fae runs/fae/export --prompts prompts.txt --num 1000
 
 Writes an ADM-format ``.npz`` (``arr_0``: uint8 [N, H, W, 3]; ``arr_1``: int64 labels [N]) and a PNG grid
-of the first samples beside it. Sample i has class ``classes[i % len(classes)]`` (equal counts per
+of the first samples beside it; ``--png DIR`` also writes every sample as ``DIR/000000.png``, ...
+(``labels.csv`` beside them for a class-conditional generator, ``prompts.csv`` for a text-to-image
+one), a folder ``fae eval fid`` scores as it scores the ``.npz``. Every input and output place is
+checked before a model is built. Sample i has class ``classes[i % len(classes)]`` (equal counts per
 class when len(classes) divides N) and its own noise seeded by (seed, i); for a text-to-image
 generator, sample i has the prompt ``prompts[i % len(prompts)]`` (``--prompts FILE``: one prompt a
 line, blank lines skipped; ``--num`` defaults to one sample per prompt) and the ``.npz`` stores them
@@ -19,21 +22,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fae import distributed as du
 from fae.autoencoder import FAE
 from fae.config import load_config
 from fae.errors import ConfigError
 from fae.evaluation.stats import read_sample_batch, write_sample_batch
+from fae.export import read_export_config
 from fae.generation import load_generator
 from fae.generation.decode import SampleDecoder, check_pair, check_sampler_overrides, class_labels, sampler_config
 from fae.images import image_grid, nchw_to_nhwc, nhwc_to_nchw, save_png, to_uint8_rgb
+from fae.io import atomic_write
+from fae.preflight import output_file, output_folder
 
 
 @dataclass
@@ -56,6 +65,9 @@ class SampleConfig:
         precision: "fp32" (default) or "bf16" autocast for the generator and decoder on CUDA
             (users of peer systems saw bf16 sampling shift FID: compare like with like).
         prompts: text file of prompts, one a line (text-to-image generators only).
+        png: a folder to write every sample to as a PNG as well (``000000.png``, ...: sample i is
+            file i; ``labels.csv`` / ``prompts.csv`` name each file's class / prompt); it must be
+            new or empty, so no earlier sample is mixed in. The ``.npz`` is written too.
     """
 
     generator: str = ""
@@ -70,6 +82,7 @@ class SampleConfig:
     sampling: dict[str, Any] = field(default_factory=dict)
     precision: Literal["fp32", "bf16"] = "fp32"
     prompts: str | None = None
+    png: str | None = None
 
     def validate(self) -> None:
         check_sampler_overrides(self.sampling, "sampling")
@@ -84,10 +97,32 @@ class SampleConfig:
                               f"{self.batch_size}")
 
 
+def check_inputs(cfg: SampleConfig) -> None:
+    """Every file ``fae sample`` reads and every place it writes, checked before a model is built
+    (reading ``config.json`` files only): the generator export, an FAE export with a pixel
+    decoder, the prompts file, and the ``.npz``, grid and PNG folder places."""
+    read_export_config(cfg.generator)  # its kind is checked when it loads
+    FAE.check_export(cfg.fae, pixel_decoder=True)
+    if cfg.prompts is not None:
+        read_prompt_file(cfg.prompts)
+    output_file(cfg.out, "--out")
+    output_file(grid_path(cfg), "--grid")
+    if cfg.png:
+        output_folder(cfg.png, "--png", empty=True)
+
+
+def grid_path(cfg: SampleConfig) -> Path:
+    """Where the PNG grid goes: ``grid``, else ``out`` with ``.png``."""
+    return Path(cfg.grid) if cfg.grid else Path(cfg.out).with_suffix(".png")
+
+
 def sample_to_npz(cfg: SampleConfig) -> Path:
     """Run ``fae sample`` from a config; returns the ``.npz`` path (on every rank). Each rank draws
-    its contiguous slice of the sample indices; rank 0 assembles the file and the grid."""
+    its contiguous slice of the sample indices (and writes their PNGs with ``png``); rank 0
+    assembles the file and the grid."""
     cfg.check()
+    check_inputs(cfg)
+    du.barrier()  # every rank has checked the PNG folder empty before any rank writes there
     device = du.device()
     generator = load_generator(cfg.generator, device=device)  # diffusion or flow, as the export says
     fae = FAE.from_pretrained(cfg.fae, device=device)
@@ -101,15 +136,48 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
         samples = decoder.all(indices, labels, seed=cfg.seed, progress=du.is_main(), desc="sample",
                               prompts=None if prompts is None else [prompts[i] for i in indices])
     out = Path(cfg.out)
+    if cfg.png:
+        write_png_folder(Path(cfg.png), indices, _adm_arrays(samples)[0], cfg.num)
     if du.world_size() > 1:
         _write_part(_part_path(out, du.rank()), samples)
     du.barrier()
     if du.is_main():
         images, labels = _merge_parts(out, du.world_size()) if du.world_size() > 1 else _adm_arrays(samples)
         write_sample_batch(out, images, labels, prompts)
-        _write_grid(images[:cfg.grid_count], Path(cfg.grid) if cfg.grid else out.with_suffix(".png"))
+        _write_grid(images[:cfg.grid_count], grid_path(cfg))
+        if cfg.png:
+            write_png_index(Path(cfg.png), labels, prompts, cfg.num)
     du.barrier()
     return out
+
+
+def png_name(index: int, num: int) -> str:
+    """File name of sample ``index`` of ``num``: zero-padded to 6 digits (more when ``num`` needs
+    them), so the name order is the sample order."""
+    return f"{index:0{max(6, len(str(num - 1)))}d}.png"
+
+
+def write_png_folder(folder: Path, indices: range, images: np.ndarray, num: int) -> None:
+    """This rank's samples (uint8 NHWC, sample ``indices``) as ``folder/<index>.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in zip(indices, images):
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / png_name(index, num))
+
+
+def write_png_index(folder: Path, labels: np.ndarray, prompts: list[str] | None, num: int) -> Path | None:
+    """``labels.csv`` (file, label) for class-conditional samples, ``prompts.csv`` (file, prompt)
+    for text-to-image ones; nothing for unconditional samples (labels -1)."""
+    if prompts is not None:
+        column, values, name = "prompt", prompts, "prompts.csv"
+    elif len(labels) and labels.min() >= 0:
+        column, values, name = "label", [int(v) for v in labels], "labels.csv"
+    else:
+        return None
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file", column])
+    writer.writerows([png_name(i, num), value] for i, value in enumerate(values))
+    return atomic_write(folder / name, lambda f: f.write(text.getvalue()), mode="w")
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
@@ -182,7 +250,7 @@ def config_of(args: argparse.Namespace) -> SampleConfig:
     cfg = load_config(SampleConfig, args.config, args.overrides)
     flags = {"generator": args.generator, "fae": args.fae, "num": args.num, "out": args.out,
              "seed": args.seed, "batch_size": args.batch_size, "grid": args.grid,
-             "classes": _parse_classes(args.classes), "prompts": args.prompts}
+             "classes": _parse_classes(args.classes), "prompts": args.prompts, "png": args.png}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.prompts is not None and args.num is None and not any(o.startswith("num=") for o in args.overrides):
         cfg = replace(cfg, num=len(read_prompt_file(args.prompts)))  # one sample per prompt
@@ -193,8 +261,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     out = sample_to_npz(cfg)
     if du.is_main():
-        grid = Path(cfg.grid) if cfg.grid else out.with_suffix(".png")
-        print(f"samples: {out.resolve()} ({cfg.num} images)\ngrid: {grid.resolve()}")
+        print(f"samples: {out.resolve()} ({cfg.num} images)\ngrid: {grid_path(cfg).resolve()}")
+        if cfg.png:
+            print(f"png folder: {Path(cfg.png).resolve()} ({cfg.num} PNG files)")
     return 0
 
 
@@ -221,6 +290,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--out", help="output .npz (default samples.npz)")
     parser.add_argument("--grid", help="PNG grid path (default: --out with .png)")
+    parser.add_argument("--png", metavar="DIR", help="also write every sample as DIR/000000.png, ... "
+                        "(a new or empty folder; labels.csv / prompts.csv beside them)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="overrides, e.g. sampling.steps=50 sampling.cfg_scale=1.5 "
                              "sampling.method=euler_maruyama")

@@ -7,17 +7,18 @@ resizing/normalisation, so datasets stay uint8 and cheap to batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
 
 from fae.data.captions import CaptionFolder
-from fae.data.fashion_mnist import FashionMNIST
+from fae.data.fashion_mnist import CLASS_NAMES, FashionMNIST, idx_files
 from fae.data.imagefolder import ImageFolder, ImageFolderUnlabelled
 from fae.data.transforms import center_crop_tensor, random_hflip
-from fae.data.webdataset_shards import WebDatasetCaptions
-from fae.errors import ConfigError
+from fae.data.webdataset_shards import WebDatasetCaptions, shard_urls
+from fae.errors import ConfigError, DataError
 
 
 @dataclass
@@ -112,6 +113,61 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
     cls = ImageFolder if cfg.name == "imagefolder" else ImageFolderUnlabelled
     return cls(cfg.root, split=split, limit=cfg.limit, image_size=cfg.image_size, flip=cfg.flip,
                skip_corrupt=cfg.skip_corrupt, decode=cfg.decode)
+
+
+# Where each kind of dataset comes from: what a check before compute says when one is missing.
+DATA_SOURCES = {
+    "fashion-mnist": "apt-get install dataset-fashion-mnist (or scripts/fashion-mnist.sh; elsewhere set "
+                     "$FAE_FASHION_MNIST or data.root to a folder holding the four IDX files)",
+    "imagefolder": "put the images at <data.root>/<split>/<class>/<image> (ImageNet: extract ILSVRC2012 "
+                   "train and val, val sorted into its 1000 class folders)",
+    "folder": "put the images below <data.root>",
+    "captions": "put the images below <data.root>, named by the data.captions file",
+    "webdataset": "point data.root at a folder of .tar shards or a brace pattern",
+}
+
+
+def data_root_label(cfg: DataConfig, split: str | None = None) -> str:
+    """How a checklist names the data a config reads, e.g. ``imagefolder:/data/imagenet (train)``."""
+    return f"{cfg.name}:{cfg.root or '(default folder)'} ({split or cfg.split})"
+
+
+def check_data(cfg: DataConfig, split: str | None = None) -> None:
+    """The files ``build_dataset(cfg, split)`` reads are there, without decoding an image or
+    walking a large tree: the IDX files, the root folder (with class folders for
+    ``imagefolder``), the captions file, the shards. A DataError naming ``data.root`` otherwise."""
+    split = split or cfg.split
+    if cfg.name == "fashion-mnist":
+        idx_files(split, cfg.root)
+        return
+    if cfg.name == "webdataset":
+        shard_urls(cfg.root)
+        return
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"config key 'data.root': '{cfg.root}' {what} ({cfg.name} data): {DATA_SOURCES[cfg.name]}")
+    if cfg.name == "captions" and not Path(cfg.captions).is_file():
+        raise DataError(f"config key 'data.captions': '{cfg.captions}' does not exist")
+    if cfg.name == "imagefolder" and class_count(cfg, split) == 0:
+        raise DataError(f"config key 'data.root': '{_split_folder(root, split)}' has no class sub-folders "
+                        f"(ImageNet layout <root>/<split>/<class>/<image>); use data.name=folder for unlabelled images")
+
+
+def class_count(cfg: DataConfig, split: str | None = None) -> int | None:
+    """How many classes the labels of ``cfg``'s data index (None: unlabelled data), read from the
+    folder names alone."""
+    if cfg.name == "fashion-mnist":
+        return len(CLASS_NAMES)
+    if cfg.name != "imagefolder":
+        return None
+    folder = _split_folder(Path(cfg.root).expanduser(), split or cfg.split)
+    return sum(1 for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    """``root/split`` when it exists, else ``root`` (as the folder datasets read them)."""
+    return root / split if (root / split).is_dir() else root
 
 
 def synthetic_images(cfg: DataConfig, size: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -28,6 +28,16 @@ def _find(root: Path, stem: str) -> Path:
                     f"or ${ROOT_ENV} to a folder holding the IDX files.")
 
 
+def idx_files(split: str, root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The (images, labels) IDX files of ``split`` under ``root`` (default $FAE_FASHION_MNIST or
+    the Debian folder); a DataError saying how to install them when one is missing."""
+    if split not in _FILES:
+        raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got '{split}'")
+    folder = Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+    images, labels = (_find(folder, stem) for stem in _FILES[split])
+    return images, labels
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (optionally gzipped) into a numpy array; errors name the file."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -60,10 +70,8 @@ class FashionMNIST(Dataset):
     classes = CLASS_NAMES
 
     def __init__(self, split: str = "train", root: str | os.PathLike | None = None, limit: int | None = None):
-        if split not in _FILES:
-            raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got '{split}'")
         root = Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
-        images_file, labels_file = (_find(root, stem) for stem in _FILES[split])
+        images_file, labels_file = idx_files(split, root)
         images = read_idx(images_file)
         labels = read_idx(labels_file)
         if images.shape[0] != labels.shape[0]:

@@ -99,9 +99,9 @@ def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
     return np.linspace(0, n - 1, num=limit).round().astype(np.int64)
 
 
-def check_one_size(files: list[Path]) -> None:
+def check_one_size(files: list[Path], hint: str = "set data.image_size to crop every image to one size") -> None:
     """Every file has the size of the first: compares the headers (no pixels are decoded), so a
-    command that batches can fail before it writes anything, naming two files."""
+    command that batches can fail before it writes anything, naming two files (``hint``: what to do)."""
     first, first_size = None, None
     for path in files:
         try:
@@ -113,8 +113,7 @@ def check_one_size(files: list[Path]) -> None:
             first, first_size = path, size
         elif size != first_size:
             raise DataError(f"images differ in size: '{first}' is {first_size[0]}x{first_size[1]}, "
-                            f"'{path}' is {size[0]}x{size[1]}; set data.image_size to crop every "
-                            f"image to one size")
+                            f"'{path}' is {size[0]}x{size[1]}; {hint}")
 
 
 def workers_needed(step_images_per_s: float, per_worker_images_per_s: float | None = None,

@@ -15,7 +15,9 @@ class FidConfig:
     """``fae eval fid``: score a sample batch against a reference.
 
     Args:
-        samples: ADM ``.npz`` sample batch (``arr_0`` uint8 NHWC) or a statistics file.
+        samples: ADM ``.npz`` sample batch (``arr_0`` uint8 NHWC), a statistics file, or a folder of
+            images of one size (PNG / JPEG; ``fae sample --png`` writes one): the same images score
+            the same either way.
         ref: ADM reference batch (``arr_0`` and/or precomputed ``mu``/``sigma``/``mu_s``/``sigma_s``)
             or a ``fae eval ref-stats`` file. Precomputed statistics are used as they are.
         metrics: any of fid, sfid, kid, pr (precision/recall).

@@ -74,15 +74,56 @@ class LinearHead:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - corrupt file, not a torch pickle
-            raise DataError(f"cannot read linear head '{path}': {type(e).__name__}: {e}") from None
+            raise DataError(f"cannot read linear head '{path}' as a torch state dict "
+                            f"({type(e).__name__}: {_first_line(e)})") from None
         if not isinstance(state, dict) or set(state) != {"weight", "bias"}:
-            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise DataError(f"linear head '{path}' must hold exactly the keys 'weight' and 'bias' "
-                            f"(an nn.Linear state dict, as DINOv2's released heads), got {keys}")
+                            f"(an nn.Linear state dict, as DINOv2's released heads), got {_keys(state)}")
         try:
             return cls(state["weight"].float(), state["bias"].float())
         except DataError as e:
             raise DataError(f"linear head '{path}': {e}") from None
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _keys(state) -> str:
+    """What a wrong head file holds, in a few words (a whole model's state dict has hundreds of keys)."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}"
+    keys = [str(k) for k in state]
+    shown = ", ".join(f"'{k}'" for k in keys[:4])
+    return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > 4 else "")
+
+
+def check_head_width(head: LinearHead, dim: int, has_cls: bool | None = None) -> None:
+    """Tokens of width ``dim`` can feed ``head``: it takes ``mean(patches)`` (``dim`` features) or
+    ``concat(CLS, mean(patches))`` (2 x ``dim``; ``has_cls`` False: the tokens have no CLS token;
+    None: not known yet). A ConfigError saying what the head expects otherwise."""
+    if head.in_features == dim:
+        return
+    if head.in_features == 2 * dim:
+        if has_cls is False:
+            raise ConfigError(f"this head takes concat(CLS, mean(patches)) ({head.in_features} = 2 x {dim} "
+                              f"features), but these tokens have no CLS token (a backbone without one, or an "
+                              f"FAE with extra_tokens 'none': set extra_tokens=pass_through)")
+        return
+    if head.in_features == 5 * dim:
+        raise ConfigError(f"this head takes {head.in_features} = 5 x {dim} features: a DINOv2 'linear4' "
+                          f"head, which reads the CLS tokens of the last four blocks; an FAE reconstructs "
+                          f"only the last block's tokens. Use the 1-layer head (*_linear_head.pth)")
+    raise ConfigError(f"this head takes {head.in_features} features; tokens of width {dim} give {dim} "
+                      f"(mean of patches) or {2 * dim} (CLS + mean of patches)")
+
+
+def check_head_classes(head: LinearHead, num_classes: int, data: str) -> None:
+    """The data's labels are class indices of ``head``: it scores at least ``num_classes`` classes."""
+    if num_classes > head.num_classes:
+        raise DataError(f"this head scores {head.num_classes} classes, but {data} has {num_classes}: "
+                        f"use a head trained on this data's classes (`fae eval probe ... save_head=FILE`)")
 
 
 def head_input(patches: torch.Tensor, cls: torch.Tensor | None, head: LinearHead) -> torch.Tensor:
@@ -94,21 +135,11 @@ def head_input(patches: torch.Tensor, cls: torch.Tensor | None, head: LinearHead
     if patches.ndim != 3:
         raise DataError(f"head_input takes patch tokens [B, N, D], got {list(patches.shape)}")
     dim = patches.shape[-1]
+    check_head_width(head, dim, has_cls=cls is not None)
     pooled = patches.float().mean(dim=1)  # [B, D]
     if head.in_features == dim:
         return pooled
-    if head.in_features == 2 * dim:
-        if cls is None:
-            raise ConfigError(f"this head takes concat(CLS, mean(patches)) ({head.in_features} = 2 x {dim} "
-                              f"features), but these tokens have no CLS token (a backbone without one, or an "
-                              f"FAE with extra_tokens 'none': set extra_tokens=pass_through)")
-        return torch.cat([cls.float(), pooled], dim=1)  # [B, 2D]
-    if head.in_features == 5 * dim:
-        raise ConfigError(f"this head takes {head.in_features} = 5 x {dim} features: a DINOv2 'linear4' "
-                          f"head, which reads the CLS tokens of the last four blocks; an FAE reconstructs "
-                          f"only the last block's tokens. Use the 1-layer head (*_linear_head.pth)")
-    raise ConfigError(f"this head takes {head.in_features} features; tokens of width {dim} give {dim} "
-                      f"(mean of patches) or {2 * dim} (CLS + mean of patches)")
+    return torch.cat([cls.float(), pooled], dim=1)  # [B, 2D]
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:

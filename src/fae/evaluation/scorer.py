@@ -28,7 +28,7 @@ from fae.errors import DataError
 from fae.evaluation.features import compute_inception_stats
 from fae.evaluation.fid import fid_from_features
 from fae.evaluation.inception import load_inception
-from fae.evaluation.stats import InceptionStats, NpzImages, has_stats, read_stats
+from fae.evaluation.stats import FolderImages, InceptionStats, NpzImages, has_stats, read_stats
 from fae.evaluation.suite import generation_metrics
 from fae.io import atomic_torch_save
 
@@ -78,8 +78,11 @@ class FIDScorer:
         return self.stats(images, desc=desc).pool_features
 
     def npz_stats(self, path: str | Path, *, need_features: bool, desc: str) -> InceptionStats:
-        """Statistics of an ADM image batch or statistics file; precomputed mu/sigma are kept as
-        given (ADM), and pool features are computed from its images only when ``need_features``."""
+        """Statistics of an ADM image batch or statistics file, or of a folder of images (``fae
+        sample --png``); precomputed mu/sigma are kept as given (ADM), and pool features are
+        computed from its images only when ``need_features``."""
+        if Path(path).is_dir():
+            return self.stats(FolderImages(path), keep_features=need_features, desc=desc)
         if not Path(path).is_file():
             raise DataError(f"'{path}' does not exist")
         if not has_stats(path):

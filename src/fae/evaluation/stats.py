@@ -6,6 +6,8 @@ ADM reference batch (e.g. ``VIRTUAL_imagenet256_labeled.npz``): ``arr_0`` images
 ``mu``/``sigma`` (pool_3, 2048-d) and ``mu_s``/``sigma_s`` (mixed_6/conv spatial, 2023-d).
 A statistics-only file (what ``fae eval ref-stats`` writes) holds those four arrays plus ``count``
 and, optionally, ``pool_features`` (needed for KID and precision/recall).
+A sample folder (what ``fae sample --png DIR`` writes) is read as the same image set: its images
+(PNG, JPEG, ...) in file-name order, all of one size (:class:`FolderImages`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 
 from fae import distributed as dist
+from fae.data.imagefolder import check_one_size, list_images, load_rgb
+from fae.data.transforms import to_chw_uint8
 from fae.errors import DataError
 from fae.images import nhwc_to_nchw
 from fae.io import atomic_write
@@ -201,16 +205,37 @@ def read_stats(path: str | Path) -> InceptionStats:
         sigma_s=_floats(arrays["sigma_s"]) if "sigma_s" in files else None,
         count=_count(arrays.get("count"), path),
         pool_features=arrays.get("pool_features"))
-    _check_moments(path, "mu", stats.mu, "sigma", stats.sigma)
-    if (stats.mu_s is None) != (stats.sigma_s is None):
-        raise DataError(f"'{path}' holds only one of 'mu_s'/'sigma_s'; sFID needs both")
-    if stats.mu_s is not None:
-        _check_moments(path, "mu_s", stats.mu_s, "sigma_s", stats.sigma_s)
+    _check_all_moments(path, stats)
     features = stats.pool_features
     if features is not None and (features.ndim != 2 or features.shape[1] != stats.mu.shape[0]):
         raise DataError(f"'{path}': pool_features {features.shape} must be [N, {stats.mu.shape[0]}] "
                         f"like mu {stats.mu.shape}")
     return stats
+
+
+def read_moments(path: str | Path) -> InceptionStats:
+    """``mu`` / ``sigma`` (and ``mu_s`` / ``sigma_s``) of a statistics file, checked, without its
+    pool features or images: what a check before compute reads (a 50K-image file's pool
+    features are 400 MB)."""
+    with _open_npz(path) as data:
+        files = set(data.files)
+        if not {"mu", "sigma"} <= files:
+            raise DataError(f"'{path}' holds no precomputed 'mu'/'sigma' (keys: {', '.join(sorted(files))})")
+        arrays = {key: _floats(_member(data, key, path)) for key in ("mu", "sigma", "mu_s", "sigma_s")
+                  if key in files}
+    stats = InceptionStats(mu=arrays["mu"], sigma=arrays["sigma"], mu_s=arrays.get("mu_s"),
+                           sigma_s=arrays.get("sigma_s"))
+    _check_all_moments(path, stats)
+    return stats
+
+
+def _check_all_moments(path: str | Path, stats: InceptionStats) -> None:
+    """Pool moments, and spatial ones when present (both or neither), each a mean and a square covariance."""
+    _check_moments(path, "mu", stats.mu, "sigma", stats.sigma)
+    if (stats.mu_s is None) != (stats.sigma_s is None):
+        raise DataError(f"'{path}' holds only one of 'mu_s'/'sigma_s'; sFID needs both")
+    if stats.mu_s is not None:
+        _check_moments(path, "mu_s", stats.mu_s, "sigma_s", stats.sigma_s)
 
 
 def _check_moments(path: str | Path, mean_key: str, mean: np.ndarray, cov_key: str,
@@ -271,3 +296,30 @@ class NpzImages:
     def close(self) -> None:
         self._member.close()
         self._zip.close()
+
+
+class FolderImages:
+    """The images below a folder (PNG, JPEG, ...; sorted by path) as an image source: a sample
+    folder written by ``fae sample --png`` scores exactly as the ``.npz`` of the same images.
+
+    Args:
+        folder: the folder; it must hold at least one image, all of one size (checked from the
+            file headers when built, so a mismatch fails before any image is scored).
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataError(f"'{folder}' is not a folder of images")
+        self.files = list_images(self.folder)
+        if not self.files:
+            raise DataError(f"'{folder}' holds no image files (PNG / JPEG); write them with "
+                            f"`fae sample --png {folder}`")
+        check_one_size(self.files, hint="every image of a sample folder must have one size")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        """uint8 [stop - start, 3, H, W] (grey or RGBA files are converted to RGB)."""
+        return torch.stack([to_chw_uint8(np.asarray(load_rgb(path))) for path in self.files[start:stop]])

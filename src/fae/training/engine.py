@@ -25,6 +25,7 @@ from fae.training.ema import EMA
 from fae.training.metrics_log import MetricsLog
 from fae.training.phases import (PhaseRunner, build_runner, gradient_sync, grad_norm_and_clip,
                                  resolve_phases, restore_trainable, select_trainable)
+from fae.training.preflight import preflight_stage
 from fae.training.progress import Progress
 from fae.training.run_folder import prepare_run_folder
 from fae.training.sampler import SeededDataset, StepBatchSampler, derive_seed, seed_all
@@ -42,8 +43,13 @@ def train(stage: Stage, resume: bool = True, force: bool = False, restart: bool 
 
 
 def dry_run(stage: Stage) -> dict:
-    """Validate and describe a stage without weights, data or network (models on ``meta``)."""
-    return describe_stage(stage)
+    """Validate and describe a stage without weights or network (models on ``meta``), then check
+    every input it reads and its run folder (``fae.training.preflight``) and print the checklist.
+    Returns the description with ``preflight`` (the outcomes) and ``missing`` (the items that
+    failed: ``fae train --dry-run`` exits 2 when there is one)."""
+    described = describe_stage(stage)
+    outcomes = preflight_stage(stage)
+    return {**described, "preflight": outcomes, "missing": [o.check.item for o in outcomes if not o.ok]}
 
 
 def micro_batch_size(batch_size: int, grad_accum: int, world: int) -> int:

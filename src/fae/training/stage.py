@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fae.preflight import Check
 from fae.training.config import OptimConfig
 
 
@@ -61,6 +62,12 @@ class Stage:
 
     def setup(self, device: torch.device) -> None:
         """Load frozen helpers (backbone, FAE, perceptual net) onto ``device``. Optional."""
+
+    def inputs(self) -> list[Check]:
+        """Every file ``setup`` and the data read (data roots, weights, exports, caches), as checks
+        run before anything loads (``fae.training.preflight``: ``fae train`` and its
+        ``--dry-run`` checklist). Cheap: reads no weights and decodes no image. Default: none."""
+        return []
 
     def ema_modules(self) -> list[str]:
         """Names of modules whose EMA the engine keeps (evaluation/export use the EMA copy)."""

@@ -60,6 +60,7 @@ from fae.evaluation.recon import feature_cosine, feature_relative_l2
 from fae.io import atomic_save_safetensors
 from fae.stats import ChannelStats
 from fae.training.config import OptimConfig, TrainConfig
+from fae.training.preflight import backbone_check, data_checks
 from fae.training.stage import Stage
 
 # ``model.backbone`` of the run config: the stage fills it from the ``backbone:`` section.
@@ -223,6 +224,11 @@ class AutoencoderStage(Stage):
             self.fae.set_feature_stats(stats["mean"], stats["std"])
             if self.with_extra:
                 self.fae.set_extra_stats(stats["extra_mean"], stats["extra_std"])
+
+    def inputs(self):
+        """The training and held-out images and the backbone's weights."""
+        cfg = self.config
+        return [*data_checks(cfg.data, cfg.data.split, cfg.eval.split), backbone_check(cfg.backbone)]
 
     def synthetic_setup(self, device):
         """The backbone with random weights (in the step unless ``cache_tokens``)."""

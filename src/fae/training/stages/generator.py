@@ -45,6 +45,7 @@ from fae.generation.generator import LatentGenerator
 from fae.images import image_grid, save_png
 from fae.text import TextEncoderConfig
 from fae.training.config import OptimConfig, TrainConfig
+from fae.training.preflight import fae_export_check, latent_cache_check
 from fae.training.stage import Stage
 from fae.training.stages.generator_kinds import KINDS
 
@@ -167,6 +168,13 @@ class GeneratorStage(Stage):
                               f"(-1 = unlabelled: use {key}.num_classes=0)")
         self.stats = self.cache.stats()
         self.device = device
+
+    def inputs(self):
+        """The FAE export ``data.fae`` (when set) and the finished latent cache it wrote."""
+        data = self.config.data
+        made_by = "`fae train pixel-decoder --config ...` with stage=finetune (stage II; or stage Ia's export)"
+        return [*([fae_export_check(data.fae, "data.fae", made_by)] if data.fae else []),
+                latent_cache_check(data.cache, data.fae)]
 
     def synthetic_batch(self, size, device):
         """Normalised latents [B, c, h, w], then the kind's conditions (labels, or cached text

@@ -22,6 +22,7 @@ from fae.evaluation.recon import mean_image_scores
 from fae.images import quantize, to_unit_range
 from fae.stats import ChannelStats
 from fae.training.config import OptimConfig, TrainConfig
+from fae.training.preflight import data_checks
 from fae.training.stage import Stage
 
 
@@ -88,6 +89,10 @@ class PixelAutoencoderStage(Stage):
 
     def ema_modules(self) -> list[str]:
         return ["autoencoder"]
+
+    def inputs(self):
+        """The training and held-out images."""
+        return data_checks(self.config.data, self.config.data.split, self.config.eval.split)
 
     def synthetic_batch(self, size, device):
         return [synthetic_images(self.config.data, size, device), torch.zeros(size, dtype=torch.long, device=device)]

@@ -51,6 +51,8 @@ from fae.errors import ConfigError
 from fae.export import CONFIG_FILE, read_export_config, resolve_folder
 from fae.images import to_unit_range
 from fae.training.config import OptimConfig, TrainConfig
+from fae.training.preflight import (backbone_check, data_checks, export_check, fae_export_check,
+                                    lpips_checks)
 from fae.training.stage import Phase, Stage
 from fae.training.stages.pixel_decoder_heldout import HeldOut, PixelDecoderEvalConfig
 from fae.training.wrappers import unwrap
@@ -231,6 +233,20 @@ class PixelDecoderStage(Stage):
             self.token_scale = token_rms(self._scale_sample())  # [n, N, D] -> s
         if du.is_main():  # the run log states the perceptual choice and the measured noise scale
             print("\n".join(f"{key}: {value}" for key, value in self.describe().items()), flush=True)
+
+    def inputs(self):
+        """Training and held-out images, the backbone's weights, the LPIPS files (perceptual=lpips),
+        the FAE export (stage II, or Ib with ``fae``) and the stage-Ib decoder a fine-tune starts from."""
+        cfg = self.config
+        checks = [*data_checks(cfg.data, cfg.data.split, cfg.eval.split), backbone_check(self.backbone_config)]
+        if cfg.loss.perceptual == "lpips":
+            checks += lpips_checks(cfg.loss.lpips_vgg_path, cfg.loss.lpips_heads_path)
+        if cfg.fae:
+            checks.append(fae_export_check(cfg.fae, "fae", "`fae train autoencoder --config ...` (stage Ia)"))
+        if cfg.init_from:
+            checks.append(export_check(cfg.init_from, PixelDecoder.export_format, "init_from",
+                                       "`fae train pixel-decoder` with stage=noisy-features"))
+        return checks
 
     def synthetic_setup(self, device):
         """Backbone, FAE (stage II; the export's architecture, or the paper's as a stand-in) and
