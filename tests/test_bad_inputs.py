@@ -1,5 +1,9 @@
 """Every bad input is exit code 2 and one ``fae: error:`` line that names the input and says what
-is wrong: no traceback, and no partial output left behind. One table row per bad input."""
+is wrong: no traceback, and no partial output left behind. One table row per bad input.
+
+``BEFORE_COMPUTE`` rows are inputs the checks before compute must catch: each names the functions
+that start the work (Inception, the sampler, the backbone, training), replaced by ones that fail
+the test if they are called."""
 from __future__ import annotations
 
 import json
@@ -12,7 +16,7 @@ import torch
 from PIL import Image
 
 from fae.cli import main
-from tiny import TINY_GENERATOR, tiny_fae_with_pixel_decoder
+from tiny import TINY_GENERATOR, tiny_fae, tiny_fae_with_pixel_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,6 +70,13 @@ def _latent_caches(w: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:100])
 
 
+def _head_files(w: Path) -> None:
+    """Linear heads for tiny-vit tokens (width 64, no CLS): wrong keys, too few classes, wrong width."""
+    torch.save({"w": torch.zeros(10, 64), "b": torch.zeros(10)}, w / "head_keys.pth")
+    torch.save({"weight": torch.zeros(5, 64), "bias": torch.zeros(5)}, w / "head_5_classes.pth")
+    torch.save({"weight": torch.zeros(10, 7), "bias": torch.zeros(10)}, w / "head_width_7.pth")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("bad")
@@ -74,6 +85,9 @@ def world(tmp_path_factory) -> Path:
     _npz_inputs(w)
     _mixed_size_folder(w / "mixed")
     tiny_fae_with_pixel_decoder().save_pretrained(w / "fae")
+    tiny_fae().save_pretrained(w / "fae_no_pixels")
+    np.savez(w / "no_images.npz", x=np.zeros(3))
+    _head_files(w)
     _export_generator(w / "gen" / "export")
     _edit_json(w / "gen" / "export" / "config.json", w / "gen_no_sampling" / "config.json",
                lambda d: d.pop("sampling"))
@@ -156,9 +170,95 @@ def _fill(text: str, w: Path, t: Path) -> str:
     return text.replace("{w}", str(w)).replace("{t}", str(t)).replace("{repo}", str(REPO))
 
 
-@pytest.mark.parametrize("command, fragment, absent", ROWS, ids=[" ".join(r[0][:2]) + f" #{i}"
-                                                                 for i, r in enumerate(ROWS)])
+INCEPTION = ["fae.commands.eval.load_scoring_network", "fae.evaluation.scorer.compute_inception_stats"]
+SAMPLING = ["fae.commands.sample.load_generator", "fae.commands.sample.SampleDecoder"]
+BACKBONE = ["fae.commands.eval.load_backbone", "fae.commands.eval.pooled_features"]
+RECON = ["fae.autoencoder.model.FAE.from_pretrained", "fae.commands.eval.reconstruction_metrics"]
+TRAINING = ["fae.commands.train.train"]
+SAMPLE = ["sample", "--generator", "{w}/gen/export", "--num", "2"]
+HEAD_PROBE = ["eval", "probe", "--backbone", "tiny-vit", "--out", "{t}/p.json", "data.split=test", "progress=false"]
+TINY_TRAIN = ["train.run_dir={t}/run", "train.steps=1", "train.batch_size=4"]
+
+# As ROWS, with the functions that must not run: (command, fragment, absent paths, forbidden)
+BEFORE_COMPUTE = [
+    ([*FID, "--samples", "{w}/three.npz", "--ref", "{w}/missing.npz", "metrics=[fid]", *FID_OPTIONS],
+     "--ref '{w}/missing.npz' does not exist: an ADM .npz", ["{t}/m.json"], INCEPTION),
+    ([*FID, "--samples", "{w}/three.npz", "--ref", "{w}/no_images.npz", "metrics=[fid]", *FID_OPTIONS],
+     "'{w}/no_images.npz' has no 'arr_0' array (keys: x)", ["{t}/m.json"], INCEPTION),
+    ([*FID, "--samples", "{w}/three.npz", "--ref", "{w}/ref10.npz", "metrics=[fid]", *FID_OPTIONS],
+     "'{w}/ref10.npz' holds 10-d statistics", ["{t}/m.json"], INCEPTION),
+    ([*FID, "--samples", "{w}/mixed", "--ref", "{w}/three.npz", "metrics=[fid]", *FID_OPTIONS],
+     "images differ in size: '{w}/mixed/a/0.png' is 28x28, '{w}/mixed/b/0.png' is 32x32; every image of a "
+     "sample folder must have one size", ["{t}/m.json"], INCEPTION),
+    ([*FID, "--samples", "{w}/three.npz", "--ref", "{w}/three.npz", "metrics=[fid]", "sqrt_method=eigh",
+      "out={w}/three.npz/m.json"],
+     "--out '{w}/three.npz/m.json' cannot be created: '{w}/three.npz' is a file, not a folder", [], INCEPTION),
+    ([*HEAD_PROBE, "--head", "{w}/head_keys.pth"],
+     "linear head '{w}/head_keys.pth' must hold exactly the keys 'weight' and 'bias' (an nn.Linear state "
+     "dict, as DINOv2's released heads), got 2 key(s): 'w', 'b'", ["{t}/p.json"], BACKBONE),
+    ([*HEAD_PROBE, "--head", "{w}/head_5_classes.pth"],
+     "this head scores 5 classes, but data fashion-mnist:(default folder) (test) has 10", ["{t}/p.json"],
+     BACKBONE),
+    ([*HEAD_PROBE, "--head", "{w}/head_width_7.pth"],
+     "this head takes 7 features; tokens of width 64 give 64 (mean of patches) or 128", ["{t}/p.json"],
+     BACKBONE),
+    ([*SAMPLE, "--fae", "{w}/fae_no_pixels", "--out", "{t}/s.npz"],
+     "the FAE export '{w}/fae_no_pixels' has no pixel decoder, so it cannot turn latents into images",
+     ["{t}/s.npz", "{t}/s.png"], SAMPLING),
+    ([*SAMPLE, "--fae", "{w}/fae", "--out", "{t}"],
+     "--out '{t}' is a folder; name the file to write", ["{t}.png"], SAMPLING),
+    ([*SAMPLE, "--fae", "{w}/fae", "--out", "{w}/three.npz/s.npz"],
+     "--out '{w}/three.npz/s.npz' cannot be created: '{w}/three.npz' is a file, not a folder", [], SAMPLING),
+    ([*SAMPLE, "--fae", "{w}/fae", "--out", "/proc/fae-preflight/s.npz"],  # no file can be made in /proc
+     "--out '/proc/fae-preflight/s.npz' cannot be written: no new file can be created in '/proc'", [],
+     SAMPLING),
+    ([*SAMPLE, "--fae", "{w}/fae", "--out", "{t}/s.npz", "--png", "{w}/mixed"],
+     "--png '{w}/mixed' is not empty", ["{t}/s.npz", "{t}/s.png"], SAMPLING),
+    (["train", "pixel-decoder", "backbone.name=tiny-vit", "loss.perceptual=lpips", "loss.lpips_vgg_path={t}/vgg16.pth",
+      "loss.lpips_heads_path={t}/vgg.pth", *TINY_TRAIN],
+     "config key 'loss.lpips_vgg_path': file '{t}/vgg16.pth' (the VGG16 weights) does not exist", ["{t}/run"],
+     TRAINING),
+    (["train", "pixel-decoder", "--dry-run", "backbone.name=tiny-vit", "loss.perceptual=lpips",
+      "loss.lpips_vgg_path={t}/vgg16.pth", "loss.lpips_heads_path={t}/vgg.pth", *TINY_TRAIN],
+     "preflight: missing or unusable: loss.lpips_vgg_path, loss.lpips_heads_path", ["{t}/run"], TRAINING),
+    (["train", "autoencoder", "backbone.name=dinov2-s14", "backbone.weights={t}/dinov2-s14", *TINY_TRAIN],
+     "weights for 'dinov2-s14' (argument): '{t}/dinov2-s14' does not exist", ["{t}/run"], TRAINING),
+    (["train", "autoencoder", "backbone.name=tiny-vit", "data.name=imagefolder", "data.root={t}/imagenet",
+      *TINY_TRAIN],
+     "config key 'data.root': '{t}/imagenet' does not exist (imagefolder data)", ["{t}/run"], TRAINING),
+    (["eval", "recon", "--fae", "{w}/fae", "--out", "{t}/r.json", "data.name=imagefolder", "data.root={t}/nope"],
+     "config key 'data.root': '{t}/nope' does not exist (imagefolder data)", ["{t}/r.json"], RECON),
+    (["eval", "recon", "--fae", "{w}/fae_no_pixels", "--out", "{t}/r.json"],
+     "the FAE in '{w}/fae_no_pixels' has no pixel decoder: pass pixels=false", ["{t}/r.json"], RECON),
+]
+
+
+def _row_ids(rows) -> list[str]:
+    return [" ".join(r[0][:2]) + f" #{i}" for i, r in enumerate(rows)]
+
+
+@pytest.mark.parametrize("command, fragment, absent", ROWS, ids=_row_ids(ROWS))
 def test_bad_input_is_one_named_error(world, tmp_path, capsys, command, fragment, absent):
+    _one_named_error(world, tmp_path, capsys, command, fragment, absent)
+
+
+@pytest.mark.parametrize("command, fragment, absent, forbidden", BEFORE_COMPUTE, ids=_row_ids(BEFORE_COMPUTE))
+def test_bad_input_is_found_before_compute(world, tmp_path, capsys, monkeypatch, command, fragment, absent,
+                                           forbidden):
+    for target in forbidden:
+        monkeypatch.setattr(target, _compute_started(target))
+    _one_named_error(world, tmp_path, capsys, command, fragment, absent)
+
+
+def _compute_started(target: str):
+    def started(*args, **kwargs):
+        raise AssertionError(f"{target} ran: the bad input was found only after the work started")
+    return started
+
+
+def _one_named_error(world: Path, tmp_path: Path, capsys, command: list[str], fragment: str,
+                     absent: list[str]) -> None:
+    """Exit code 2, one ``fae: error:`` line holding ``fragment``, no traceback, no ``absent`` path."""
     code = main([_fill(part, world, tmp_path) for part in command])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("fae: error:")]

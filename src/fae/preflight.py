@@ -148,8 +148,7 @@ def output_file(path: str | os.PathLike, what: str) -> Path:
     ``fae.io.atomic_write`` does). Nothing is left behind."""
     file = Path(path).expanduser()
     if file.is_dir():
-        raise ConfigError(f"{what} '{path}' is a folder; name the file to write (e.g. "
-                          f"'{file / ('out' + (file.suffix or '.npz'))}')")
+        raise ConfigError(f"{what} '{path}' is a folder; name the file to write (a path inside it, or another)")
     _writable_parent(file, what, path)
     return file
 
