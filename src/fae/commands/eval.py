@@ -1,9 +1,10 @@
 """``fae eval {fid, ref-stats, probe, retrieval, recon}``: each verb is a function taking its config and
 returning its results dict (``run_fid``, ...), plus the thin parser that calls it.
 
-Every verb takes ``--config FILE`` plus ``key=value`` overrides (anywhere among its options); its convenience flags
-(``--samples``, ``--ref``, ``--fae``, ...) are overrides applied last. Each checks every file it
-reads and the place it writes (``check_*_inputs``) before it loads a network or reads an image. All of them run unchanged
+Every verb takes ``--config FILE`` plus ``key=value`` overrides (anywhere among its options); its
+convenience flags (``--samples``, ``--ref``, ``--fae``, ...) are overrides applied last. Each checks
+every file it reads and the place it writes before it loads a network or reads an image
+(``check_fid_files``, ``check_probe_inputs``, ...). All of them run unchanged
 under ``torchrun --nproc_per_node=N -m fae eval ...``: images are sharded over ranks,
 features/sums are gathered, and rank 0 writes the results file. The metrics themselves live in
 ``fae.evaluation``; the process group is ``fae.cli.main``'s.
