@@ -19,7 +19,6 @@ from fae.demo.evaluate import classifier_step, evaluate_step
 from fae.demo.report import write_report
 from fae.demo.stages import StageSpec, stage_spec, train_stage
 from fae.demo.t2i import t2i_cache_step, t2i_evaluate_step, t2i_folder, t2i_overrides
-from fae.evaluation.inception import torchscript_path
 from fae.generation import Generator
 from fae.generation.t2i_generator import TextToImageGenerator
 from fae.io import atomic_save_json
@@ -86,7 +85,6 @@ def pipeline(cfg: DemoConfig, base: Path, out: Path) -> list[Step]:
                                   t2i_overrides(cfg, out, steps))
     for spec in specs.values():
         spec.validate()
-    torchscript_path()  # the FID network is installed (its package is installed apart: see the README)
     ae, ib, ii, lat = (out / n for n in ("autoencoder", "pixel_decoder_ib", "pixel_decoder_ii", "latents"))
     return [
         Step("stage Ia: FAE encoder + feature decoder", lambda: train_stage(
