@@ -24,7 +24,7 @@ from fae.images import save_png
 
 def main(run_dir: Path, out: Path) -> Path:
     metrics_file = run_dir / "eval" / "metrics.json"
-    metrics = json.loads(metrics_file.read_text())
+    metrics = json.loads(metrics_file.read_text())["metrics"]  # {"key": ..., "metrics": {...}}
     day = datetime.date.fromtimestamp(metrics_file.stat().st_mtime).isoformat()
     images = torch.load(run_dir / "eval" / "images.pt", weights_only=True)
     per_class = len(images["guided"]) // len(CLASS_NAMES)
