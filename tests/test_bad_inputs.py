@@ -173,6 +173,7 @@ def _fill(text: str, w: Path, t: Path) -> str:
 INCEPTION = ["fae.commands.eval.load_scoring_network", "fae.evaluation.scorer.compute_inception_stats"]
 SAMPLING = ["fae.commands.sample.load_generator", "fae.commands.sample.SampleDecoder"]
 BACKBONE = ["fae.commands.eval.load_backbone", "fae.commands.eval.pooled_features"]
+CACHING = ["fae.commands.cache_latents.cache_latents"]
 RECON = ["fae.autoencoder.model.FAE.from_pretrained", "fae.commands.eval.reconstruction_metrics"]
 TRAINING = ["fae.commands.train.train"]
 SAMPLE = ["sample", "--generator", "{w}/gen/export", "--num", "2"]
@@ -230,6 +231,13 @@ BEFORE_COMPUTE = [
      "config key 'data.root': '{t}/nope' does not exist (imagefolder data)", ["{t}/r.json"], RECON),
     (["eval", "recon", "--fae", "{w}/fae_no_pixels", "--out", "{t}/r.json"],
      "the FAE in '{w}/fae_no_pixels' has no pixel decoder: pass pixels=false", ["{t}/r.json"], RECON),
+    (["cache-latents", "fae={t}/no_fae", "out={t}/cache", "progress=false"],
+     "'{t}/no_fae'", ["{t}/cache"], CACHING),
+    (["cache-latents", "fae={w}/fae", "out={t}/cache", "data.name=imagefolder", "data.root={t}/nope"],
+     "config key 'data.root': '{t}/nope' does not exist (imagefolder data)", ["{t}/cache"], CACHING),
+    (["cache-latents", "fae={w}/fae", "out={w}/three.npz/cache"],
+     "config key 'out' '{w}/three.npz/cache' cannot be created: '{w}/three.npz' is a file, not a folder", [],
+     CACHING),
 ]
 
 

@@ -13,7 +13,9 @@ import argparse
 from fae import distributed as du
 from fae.config import load_config
 from fae.data.latent_cache import CacheConfig
+from fae.preflight import Check, output_folder, require
 from fae.training.latents import cache_latents
+from fae.training.preflight import data_checks, fae_export_check
 
 
 def config_of(args: argparse.Namespace) -> CacheConfig:
@@ -21,8 +23,16 @@ def config_of(args: argparse.Namespace) -> CacheConfig:
     return load_config(CacheConfig, args.config, args.overrides)
 
 
+def inputs(cfg: CacheConfig) -> list[Check]:
+    """What the cache reads and writes, checked before the FAE or the backbone is loaded: the FAE
+    export, the data of its split, and the cache folder (an existing one is resumed)."""
+    return [fae_export_check(cfg.fae, "fae", "fae train autoencoder"), *data_checks(cfg.data),
+            Check("latent cache folder (out)", cfg.out, lambda: output_folder(cfg.out, "config key 'out'"))]
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
+    require(inputs(cfg))
     folder = cache_latents(cfg)
     if du.is_main():
         print(f"latent cache: {folder.resolve()}")
