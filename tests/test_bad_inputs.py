@@ -51,6 +51,8 @@ def _npz_inputs(w: Path) -> None:
     np.savez(w / "ref10.npz", mu=np.zeros(10), sigma=np.eye(10))
     np.savez(w / "ref_not_square.npz", mu=np.zeros(2048), sigma=np.zeros((2048, 10)))
     (w / "text.npz").write_text("not a zip archive")
+    (w / "captions.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "cat.jpg"}],
+                                                 "annotations": [{"image_id": 1, "caption": "a cat"}]}))
 
 
 def _latent_caches(w: Path) -> None:
@@ -174,6 +176,8 @@ INCEPTION = ["fae.commands.eval.load_scoring_network", "fae.evaluation.scorer.co
 SAMPLING = ["fae.commands.sample.load_generator", "fae.commands.sample.SampleDecoder"]
 BACKBONE = ["fae.commands.eval.load_backbone", "fae.commands.eval.pooled_features"]
 CACHING = ["fae.commands.cache_latents.cache_latents"]
+COCO_SAMPLING = ["fae.commands.eval_coco.sample_to_npz"]
+COCO = ["eval", "coco", "--generator", "{w}/gen/export", "--fae", "{w}/fae", "--num", "1", "out_dir={t}/coco"]
 RECON = ["fae.autoencoder.model.FAE.from_pretrained", "fae.commands.eval.reconstruction_metrics"]
 TRAINING = ["fae.commands.train.train"]
 SAMPLE = ["sample", "--generator", "{w}/gen/export", "--num", "2"]
@@ -238,6 +242,11 @@ BEFORE_COMPUTE = [
     (["cache-latents", "fae={w}/fae", "out={w}/three.npz/cache"],
      "config key 'out' '{w}/three.npz/cache' cannot be created: '{w}/three.npz' is a file, not a folder", [],
      CACHING),
+    ([*COCO, "--captions", "{t}/captions_val2014.json", "--images", "{w}/mixed"],
+     "--captions '{t}/captions_val2014.json' does not exist", ["{t}/coco"], COCO_SAMPLING),
+    ([*COCO, "--captions", "{w}/captions.json", "--images", "{w}/mixed"],
+     "--images '{w}/mixed' lacks 1 of the 1 images the captions file names, e.g. 'cat.jpg'", ["{t}/coco"],
+     COCO_SAMPLING),
 ]
 
 

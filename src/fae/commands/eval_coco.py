@@ -30,14 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from fae import distributed as dist
+from fae.autoencoder import FAE
 from fae.commands.eval import _VERBS as EVAL_VERBS
 from fae.commands.eval import _write, run_fid, run_ref_stats
 from fae.commands.eval import configure as configure_eval
 from fae.commands.sample import SampleConfig, sample_to_npz
 from fae.data.coco import CocoImage, DrawnCaption, draw_captions, read_coco_captions
 from fae.data.datasets import DataConfig
+from fae.errors import DataError
 from fae.evaluation.config import CocoConfig, FidConfig, RefStatsConfig
+from fae.export import read_export_config
 from fae.io import atomic_save_json, atomic_write
+from fae.preflight import input_file, input_folder, output_folder
 
 PROTOCOL = ("U-ViT (baofff/U-ViT eval_t2i_discrete.py): num distinct val images in a seeded random order, "
             "one caption drawn uniformly per image; reference statistics of the {reference} images, ADM center "
@@ -48,8 +52,10 @@ def run_coco(cfg: CocoConfig) -> dict[str, Any]:
     """Draw the prompts, sample them, build (or reuse) the reference statistics and score FID;
     rank 0 writes ``out_dir/coco.json``; returns the results."""
     cfg.check()
+    check_inputs(cfg)
     images = read_coco_captions(cfg.captions)
     drawn = draw_captions(images, cfg.num, cfg.seed)
+    _check_images_present(cfg.images, images if cfg.reference == "all" else drawn)
     out = Path(cfg.out_dir)
     prompts = out / "prompts.txt"
     if dist.is_main():
@@ -68,6 +74,25 @@ def run_coco(cfg: CocoConfig) -> dict[str, Any]:
                "protocol": PROTOCOL.format(reference=cfg.reference, size=cfg.image_size),
                "samples": str(samples), "ref_stats": str(ref), "generator": cfg.generator, "fae": cfg.fae}
     return _write(results, str(out / "coco.json"))
+
+
+def check_inputs(cfg: CocoConfig) -> None:
+    """Every file ``fae eval coco`` reads and the folder it writes, checked before any model is
+    built: the captions file, the images folder, both exports (the FAE with its pixel decoder)."""
+    input_file(cfg.captions, "--captions", "COCO's annotations/captions_val2014.json")
+    input_folder(cfg.images, "--images", "COCO's val2014/ image folder")
+    read_export_config(cfg.generator)  # its kind is checked when it loads
+    FAE.check_export(cfg.fae, pixel_decoder=True)
+    output_folder(cfg.out_dir, "config key 'out_dir'")
+
+
+def _check_images_present(root: str, images: list[CocoImage] | list[DrawnCaption]) -> None:
+    """Every image the reference statistics will read is in ``root`` (found now, not after sampling)."""
+    folder = Path(root)
+    missing = [im.file_name for im in images if not (folder / im.file_name).is_file()]
+    if missing:
+        raise DataError(f"--images '{root}' lacks {len(missing)} of the {len(images)} images the captions file "
+                        f"names, e.g. '{missing[0]}': pass COCO's val2014/ folder")
 
 
 def _write_draw(out: Path, drawn: list[DrawnCaption]) -> None:
