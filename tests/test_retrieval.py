@@ -133,7 +133,9 @@ def test_eval_retrieval_cli_matches_brute_force(tmp_path, capsys, siglip):
     fae.save_pretrained(tmp_path / "fae")
     assert main(["eval", "retrieval", "--fae", str(tmp_path / "fae"), "--images", str(images),
                  "--captions", str(path), "--out", str(tmp_path / "r.json"), f"backbone_weights={folder}",
-                 f"text_weights={folder}", "text_max_length=8", "batch_size=3", "progress=false"]) == 0
+                 f"text_weights={folder}", "text_max_length=8", "batch_size=3", "progress=false",
+                 # the preprocessing before issue 30 (SigLIP2's defaults: tests/test_retrieval_protocol.py)
+                 "image_preprocess=center_crop", "text_lowercase=false", "text_tokens=tokenizer"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[0])
     assert (result["images"], result["captions"]) == (4, 9)
 

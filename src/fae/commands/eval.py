@@ -26,7 +26,7 @@ from fae.backbones.registry import GENERIC_HF_NAMES, check_weights, get_info
 from fae.config import load_config
 from fae.data.datasets import build_dataset, check_batchable, check_data, class_count, data_root_label
 from fae.data.imagefolder import ImageFiles
-from fae.data.karpathy import read_karpathy
+from fae.data.karpathy import SquashedImages, read_karpathy
 from fae.errors import ConfigError, DataError
 from fae.evaluation import config
 from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig, RetrievalConfig
@@ -42,7 +42,7 @@ from fae.evaluation.stats import FolderImages, InceptionStats, NpzImages, has_st
 from fae.evaluation.suite import format_table
 from fae.io import atomic_save_json
 from fae.preflight import input_file, output_file
-from fae.text import load_text_encoder
+from fae.text import CaptionRules, load_text_encoder
 
 
 def resolve_device(name: str) -> torch.device:
@@ -305,24 +305,30 @@ def check_recon_inputs(cfg: ReconConfig) -> None:
 
 def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
     """Top-1 / top-5 text->image and image->text retrieval of raw and FAE-reconstructed SigLIP
-    tokens (image embedding: the tower's MAP head; text: the SigLIP text tower)."""
+    tokens (image embedding: the tower's MAP head; text: the SigLIP text tower), with SigLIP2's
+    image and caption preprocessing unless the config selects the earlier one."""
     device = resolve_device(cfg.device)
     split = read_karpathy(cfg.captions, cfg.images, cfg.split, cfg.limit)
     _check_fae(cfg.fae, cfg.backbone_weights)
     output_file(cfg.out, "--out")
     fae = load_fae(cfg.fae, device, cfg.backbone_weights)
     encoder = RetrievalImageEmbeddings(fae)
-    dataset = ImageFiles(split.files, list(range(len(split.files))), cfg.image_size or fae.config.resolution)
+    size = cfg.image_size or fae.config.resolution
+    dataset = SquashedImages(split.files, size) if cfg.image_preprocess == "squash" \
+        else ImageFiles(split.files, list(range(len(split.files))), size)
     emb, index = pooled_features(encoder, dataset, batch_size=cfg.batch_size, progress=cfg.progress,
                                  desc="retrieval images")
     order = torch.argsort(index)  # dataset order (gathered across ranks already in order)
     emb = emb[order]
-    text = load_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.text_max_length, device=device)
+    rules = CaptionRules(lowercase=cfg.text_lowercase, big_vision=cfg.text_tokens == "big_vision")
+    text = load_text_encoder(cfg.text_encoder, cfg.text_weights, cfg.text_max_length, device=device, rules=rules)
     texts = text_embeddings(text, split.captions, cfg.batch_size, progress=cfg.progress)
     caption_image = torch.tensor(split.caption_image)
     width = emb.shape[1] // 2
     results: dict[str, Any] = {"fae": cfg.fae, "backbone": encoder.name, "text_encoder": text.info.name,
-                               "split": cfg.split, "images": len(split.files), "captions": len(split.captions)}
+                               "split": cfg.split, "images": len(split.files), "captions": len(split.captions),
+                               "image_preprocess": cfg.image_preprocess, "text_lowercase": cfg.text_lowercase,
+                               "text_tokens": cfg.text_tokens, "text_max_length": text.max_length}
     for i, kind in enumerate(encoder.kinds):
         scores = retrieval_scores(emb[:, i * width:(i + 1) * width], texts, caption_image)
         results.update({f"{key}_{kind}": value for key, value in scores.items()})

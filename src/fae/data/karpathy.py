@@ -6,6 +6,9 @@ The file (Karpathy & Fei-Fei's splits, used by the COCO 5K retrieval benchmark) 
 and ``sentences``, a list of objects with the caption in ``raw`` (5 per image, a few have more).
 The test split holds 5,000 images and 25,010 captions. Images are looked up as
 ``images/<filepath>/<filename>``, else ``images/<filename>``.
+
+:class:`SquashedImages` reads such a split's images as SigLIP's processor does: the whole image
+resized to a square (no crop), for the retrieval protocol of ``fae.evaluation.retrieval``.
 """
 from __future__ import annotations
 
@@ -13,6 +16,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from fae.data.imagefolder import load_rgb
+from fae.data.transforms import to_chw_uint8
 from fae.errors import DataError
 
 
@@ -72,3 +82,31 @@ def read_karpathy(captions: str | Path, images: str | Path, split: str = "test",
         out.captions += [r.strip() for r in raws]
         out.caption_image += [len(out.files) - 1] * len(raws)
     return out
+
+
+def squash_resize(image: Image.Image, size: int) -> np.ndarray:
+    """The whole image resized to ``size x size`` with PIL's bilinear filter (aspect ratio not
+    kept, nothing cut): SigLIP's image processor (``do_resize`` to a fixed height and width) and
+    big_vision's ``resize(RES)``. PIL RGB image -> uint8 array [size, size, 3]."""
+    return np.asarray(image.resize((size, size), resample=Image.BILINEAR))
+
+
+class SquashedImages(Dataset):
+    """Image files -> ``(uint8 [3, S, S], index)``, each image squashed to ``S x S`` by
+    :func:`squash_resize`. The index (the file's position) stands where folder datasets put a label.
+
+    Args:
+        files: image paths.
+        size: the square side S (the vision tower's input resolution).
+    """
+
+    def __init__(self, files: list[Path], size: int):
+        if size < 1:
+            raise DataError(f"image size must be >= 1, got {size}")
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return to_chw_uint8(squash_resize(load_rgb(self.files[i]), self.size)), i  # [3, S, S] uint8

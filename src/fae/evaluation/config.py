@@ -238,13 +238,22 @@ class RetrievalConfig:
         captions: Karpathy-format captions file (``dataset_coco.json``, see ``fae.data.karpathy``).
         split: which split of it ("test": COCO 5K).
         limit: only the first N images of the split (and their captions).
-        image_size: ADM center crop before the backbone (the backbone then resizes to its own
-            resolution); null = the FAE backbone's resolution. Our choice: a square center crop
-            (SigLIP's own processor squashes the whole image to a square instead).
+        image_size: the square side images are brought to before the backbone (which then resizes
+            to its own resolution); null = the FAE backbone's resolution.
+        image_preprocess: "squash" (default, SigLIP2's setting: the whole image resized to
+            ``image_size`` x ``image_size``, PIL bilinear, no crop - SigLIP's image processor and
+            big_vision's ``resize``) or "center_crop" (the ADM centre crop; before issue 30).
         text_encoder: ``fae.text`` name of the SigLIP text tower (generic ``siglip-text`` reads any
             local SigLIP / SigLIP2 folder: give ``text_weights``).
         text_weights: local folder (or hub id) of the text tower; null = the registry lookup.
-        text_max_length: tokens per caption (null: the entry's, 64 for SigLIP2).
+        text_max_length: tokens per caption (null: the entry's; 64 for SigLIP / SigLIP2 towers,
+            generic ``siglip-text`` included: SigLIP2's training length).
+        text_lowercase: lowercase captions first (default true, SigLIP2's setting: its text tower
+            was trained on lowercased text; false: captions as written, before issue 30).
+        text_tokens: "big_vision" (default, SigLIP2's setting: no BOS, an EOS appended and kept
+            when cutting, right padding with the pad id - big_vision's ``tok(bos="no",
+            eos="sticky")``, whatever tokenizer class the checkpoint names) or "tokenizer" (the
+            checkpoint tokenizer's own special tokens and padding; before issue 30).
         batch_size, device, progress: as for ``fae eval fid``.
         out: JSON results file.
     """
@@ -256,9 +265,12 @@ class RetrievalConfig:
     split: str = "test"
     limit: int | None = None
     image_size: int | None = None
+    image_preprocess: str = "squash"  # SigLIP2's setting; "center_crop": before issue 30
     text_encoder: str = "siglip-text"
     text_weights: str | None = None
     text_max_length: int | None = None
+    text_lowercase: bool = True  # SigLIP2's setting; false: before issue 30
+    text_tokens: str = "big_vision"  # SigLIP2's setting; "tokenizer": before issue 30
     batch_size: int = 64
     device: str = "auto"
     progress: bool = True
@@ -273,6 +285,18 @@ class RetrievalConfig:
             _positive("limit", self.limit)
         if self.image_size is not None:
             _positive("image_size", self.image_size)
+        if self.text_max_length is not None:
+            _positive("text_max_length", self.text_max_length)
+        if self.image_preprocess not in RETRIEVAL_IMAGE_PREPROCESS:
+            raise ConfigError(f"config key 'image_preprocess' must be one of "
+                              f"{', '.join(RETRIEVAL_IMAGE_PREPROCESS)}, got {self.image_preprocess!r}")
+        if self.text_tokens not in RETRIEVAL_TEXT_TOKENS:
+            raise ConfigError(f"config key 'text_tokens' must be one of {', '.join(RETRIEVAL_TEXT_TOKENS)}, "
+                              f"got {self.text_tokens!r}")
+
+
+RETRIEVAL_IMAGE_PREPROCESS = ("squash", "center_crop")
+RETRIEVAL_TEXT_TOKENS = ("big_vision", "tokenizer")
 
 
 def _positive(key: str, value: int) -> None:

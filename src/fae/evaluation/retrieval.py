@@ -13,6 +13,43 @@ Protocol:
   the k most similar captions;
 * ranks count the candidates scored strictly higher than the correct one (ties count in its
   favour). Recall@k = share of queries with rank < k.
+
+Inputs, "following SigLIP2's original setting" (the paper's words for Table 4). What SigLIP2 does
+(found in these sources; the facts carry over, no code does):
+
+* text, big_vision: the SigLIP2 demo colab (``big_vision/configs/proj/image_text/SigLIP2_demo.ipynb``,
+  cell "Tokenize and embed texts", note "the siglip models work best with lowercase texts")
+  preprocesses captions with ``lower(key="text")|tok(length=64, model="gemma", bos="no",
+  eos="sticky")``. ``tok`` (``big_vision/pp/proj/paligemma/ops.py``, ``get_tokenize`` and
+  ``get_tolen``) encodes with the Gemma sentencepiece model without BOS and with one EOS appended;
+  a caption of L or more ids is cut to its first L - 1 and the EOS kept last ("sticky"); shorter
+  ones are padded on the right with the tokenizer's pad id (Gemma: pad 0, EOS 1, BOS 2). ``lower``
+  (``big_vision/pp/ops_text.py``, ``get_lower``) is ``tf.strings.lower``; we use ``str.lower()``,
+  the same on ASCII captions such as COCO's. ``README_siglip2.md``: the fixed-resolution
+  checkpoints are SigLIP's two-tower model with a 256k vocabulary and the Gemma tokenizer.
+* text, transformers (the installed 5.x): ``Siglip2Tokenizer`` (``models/siglip2/tokenization_siglip2.py``:
+  Gemma BPE plus a ``Lowercase`` normaliser) and ``Siglip2Processor`` (``processing_siglip2.py``:
+  ``padding="max_length"``, ``truncation``, ``max_length=64``) are chosen by ``AutoTokenizer`` only
+  for ``model_type: siglip2`` - the NaFlex checkpoints (``models/auto/tokenization_auto.py``,
+  ``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``). The fixed-resolution checkpoints (the ones this
+  project registers, ``model_type: siglip``) load the class their tokenizer_config names,
+  ``GemmaTokenizer`` (``models/gemma/tokenization_gemma.py``: no lowercasing, ``add_bos_token``
+  defaults to True, ``add_eos_token`` to False, ``padding_side = "left"``). So the tokenizer's own
+  call gives these towers neither lowercased text nor big_vision's id layout (no BOS, an EOS after
+  the caption, right padding), which the pooled output - the text head on the last position of an
+  unmasked sequence - saw in training.
+* images: big_vision evaluates with ``resize(RES)|value_range(-1, 1)`` (the same colab; also the
+  COCO retrieval config ``common_retrieval.py``): the whole image resized to RES x RES, no crop.
+  transformers' ``SiglipImageProcessor`` likewise resizes to a fixed height and width (no centre
+  crop), rescales by 1/255 and normalises with mean = std = 0.5 (= value range [-1, 1]); its
+  filter is the checkpoint's ``resample`` (bilinear for the NaFlex ``Siglip2ImageProcessor``,
+  bilinear in big_vision's ``resize``): we resize with PIL's bilinear filter.
+
+So by default (``fae eval retrieval``, :class:`fae.evaluation.config.RetrievalConfig`): captions
+are lowercased and laid out as big_vision does, 64 ids (``fae.text.CaptionRules``, applied whatever
+tokenizer class the checkpoint names), and each image is squashed whole to the tower's resolution
+(``fae.data.karpathy.SquashedImages``), then rescaled and normalised by the backbone. The earlier
+behaviour - the tokenizer's own call, mixed case, and the ADM centre crop - stays selectable.
 """
 from __future__ import annotations
 

