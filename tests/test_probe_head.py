@@ -164,7 +164,7 @@ def test_head_features_match_brute_force_with_cls(dinov2_reg):
     fae = _fae(backbone, "pass_through", 5)
     head = LinearHead(torch.randn(7, 64, generator=torch.Generator().manual_seed(3)), torch.randn(7))
     images = _images()
-    got = HeadFeatures(head, fae=fae)(images)  # [3, 2 * 64]: raw, then reconstructed
+    got = HeadFeatures(head, fae=fae)(images)  # [3, 2 * 64]: raw, then pass_through (original CLS)
     with torch.no_grad():
         seq = model(pixel_values=backbone.preprocess(images)).last_hidden_state
         cls, patches = seq[:, 0], seq[:, 5:]

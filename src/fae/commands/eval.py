@@ -24,15 +24,18 @@ from fae.autoencoder import FAE
 from fae.backbones import load_backbone
 from fae.backbones.registry import GENERIC_HF_NAMES, check_weights, get_info
 from fae.config import load_config
-from fae.data.datasets import build_dataset, check_batchable, check_data, class_count, data_root_label
+from fae.data.datasets import (FOLDER_DATASETS, build_dataset, check_batchable, check_data, class_count,
+                               data_root_label)
 from fae.data.imagefolder import ImageFiles
 from fae.data.karpathy import SquashedImages, read_karpathy
+from fae.data.transforms import DINOV2_CROP, DINOV2_RESIZE, dinov2_eval_crop
 from fae.errors import ConfigError, DataError
 from fae.evaluation import config
 from fae.evaluation.config import FidConfig, ProbeConfig, ReconConfig, RefStatsConfig, RetrievalConfig
 from fae.evaluation.inception import POOL_DIM, SPATIAL_DIM
 from fae.evaluation.inception_v3 import load_scoring_network
-from fae.evaluation.linear_head import LinearHead, check_head_classes, check_head_width, head_accuracy
+from fae.evaluation.linear_head import (LinearHead, check_head_classes, check_head_width, head_accuracy,
+                                        patch_mean_half)
 from fae.evaluation.probe import fit_linear_probe
 from fae.evaluation.probe_features import BackboneFeatures, FAEFeatures, HeadFeatures, pooled_features
 from fae.evaluation.recon import reconstruction_metrics
@@ -169,12 +172,12 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     if cfg.head:
         return run_head_probe(cfg)
     encoder = _probe_encoder(cfg, resolve_device(cfg.device))
-    splits = {split: pooled_features(encoder, _limited(cfg.data, split, limit), batch_size=cfg.batch_size,
-                                     progress=cfg.progress, desc=f"probe {split}")
+    splits = {split: pooled_features(encoder, _limited(cfg.data, split, limit, _probe_crop(cfg)),
+                                     batch_size=cfg.batch_size, progress=cfg.progress, desc=f"probe {split}")
               for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit))}
     result, head = fit_linear_probe(*splits["train"], *splits["test"], epochs=cfg.epochs, seed=cfg.seed,
                                     weight_decay=cfg.weight_decay)
-    result.update(features=cfg.features, backbone=encoder.name, fae=cfg.fae)
+    result.update(features=cfg.features, backbone=encoder.name, fae=cfg.fae, preprocess=_preprocess_label(cfg))
     if cfg.save_head:  # the head the scores came from, kept as a head file
         if dist.is_main():
             head.save(cfg.save_head)
@@ -182,32 +185,74 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     return _write(result, cfg.out)
 
 
+# What each row of the zero-shot probe with a CLS + patch-mean head scores (notes under the table).
+HEAD_ROW_NOTES = {
+    "reconstructed": "the headline: reconstructed CLS (decoded from the latent) + reconstructed patch mean",
+    "pass_through": "original CLS: not a reconstruction (the backbone's CLS + the reconstructed patch mean)",
+    "patch_mean_only": "the head's patch-mean weight columns + bias on the reconstructed patch mean (CLS half "
+                       "zeroed; the released head's half, not a head trained on the patch mean)",
+    "raw_patch_mean_only": "as patch_mean_only, on the raw patch mean",
+}
+
+
 def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Zero-shot top-1 / top-5 of a fixed head (``cfg.head``) on ``cfg.data`` (its own split): raw
-    backbone features and, with ``cfg.fae``, the FAE's reconstructions - the same head on both."""
+    backbone features and, with ``cfg.fae``, the FAE's reconstructions - the same head on all.
+
+    For a CLS + patch-mean head (the released DINOv2 heads) the reconstruction gives three
+    labelled rows: ``reconstructed`` (the headline; only an FAE trained with ``extra_tokens:
+    reconstruct`` decodes the CLS token), ``pass_through`` (the original CLS beside the
+    reconstructed patch mean) and ``patch_mean_only`` (:func:`patch_mean_half`), with
+    ``raw_patch_mean_only`` as its raw reference. A head on the patch mean has ``reconstructed``.
+    """
     head = LinearHead.load(cfg.head)
     device = resolve_device(cfg.device)
     if cfg.fae:
         fae = load_fae(cfg.fae, device, cfg.weights)
-        encoder = HeadFeatures(head, fae=fae, extra_tokens=cfg.extra_tokens)
-        mode = cfg.extra_tokens or fae.config.extra_tokens
+        encoder, mode = HeadFeatures(head, fae=fae), fae.config.extra_tokens
     else:
         encoder = HeadFeatures(head, backbone=load_backbone(cfg.backbone, weights=cfg.weights, device=device,
                                                             resolution=cfg.resolution))
         mode = None
-    feats, labels = pooled_features(encoder, _limited(cfg.data, None, cfg.test_limit), batch_size=cfg.batch_size,
-                                    progress=cfg.progress, desc=f"head probe {cfg.data.split}")
+    feats, labels = pooled_features(encoder, _limited(cfg.data, None, cfg.test_limit, _probe_crop(cfg)),
+                                    batch_size=cfg.batch_size, progress=cfg.progress,
+                                    desc=f"head probe {cfg.data.split}")
     width = head.in_features
     result: dict[str, Any] = {"protocol": "zero-shot: one fixed head on raw and on reconstructed features",
                               "head": str(cfg.head), "head_input": width, "num_test": int(len(labels)),
-                              "data": f"{cfg.data.name}:{cfg.data.split}", "backbone": encoder.name,
-                              "fae": cfg.fae, "extra_tokens": mode}
-    for i, kind in enumerate(encoder.kinds):
-        scores = head_accuracy(head, feats[:, i * width:(i + 1) * width], labels)
+                              "data": f"{cfg.data.name}:{cfg.data.split}", "preprocess": _preprocess_label(cfg),
+                              "backbone": encoder.name, "fae": cfg.fae, "extra_tokens": mode}
+    rows = {kind: feats[:, i * width:(i + 1) * width] for i, kind in enumerate(encoder.kinds)}  # [N, F] each
+    if "pass_through" in rows:  # a CLS + patch-mean head on an FAE's reconstruction
+        rows["patch_mean_only"] = patch_mean_half(rows["pass_through"], head)
+        rows["raw_patch_mean_only"] = patch_mean_half(rows["raw"], head)
+    for kind, features in rows.items():
+        scores = head_accuracy(head, features, labels)
         result[f"top1_{kind}"], result[f"top5_{kind}"] = scores["top1"], scores["top5"]
-    if cfg.fae:
+    if "top1_reconstructed" in result:
         result["top1_gap"] = result["top1_raw"] - result["top1_reconstructed"]
+    if "pass_through" in rows:
+        result.update({f"{kind}_note": note for kind, note in HEAD_ROW_NOTES.items() if kind in rows})
+        if "reconstructed" not in rows:
+            result["reconstructed_note"] = (f"no reconstructed row: this FAE has extra_tokens '{mode}' and does not "
+                                            "decode the CLS token the head reads; the headline row needs an FAE "
+                                            "trained with model.extra_tokens=reconstruct")
     return _write(result, cfg.out)
+
+
+def _probe_crop(cfg: ProbeConfig):
+    """The probe's image transform of the folder datasets (None: the dataset's own path)."""
+    return dinov2_eval_crop if cfg.preprocess == "dinov2" and cfg.data.name in FOLDER_DATASETS else None
+
+
+def _preprocess_label(cfg: ProbeConfig) -> str:
+    """What the results file says about the images' preprocessing."""
+    if cfg.data.name not in FOLDER_DATASETS:
+        crop = f", ADM crop {cfg.data.image_size}" if cfg.data.image_size else ""
+        return f"{cfg.data.name} images as stored{crop}"
+    if cfg.preprocess == "dinov2":
+        return f"dinov2: bicubic resize of the short side to {DINOV2_RESIZE}, centre crop {DINOV2_CROP}"
+    return "adm: " + (f"ADM crop {cfg.data.image_size}" if cfg.data.image_size else "images as stored")
 
 
 def check_probe_inputs(cfg: ProbeConfig) -> None:
@@ -273,9 +318,10 @@ def load_fae(folder: str, device: torch.device, backbone_weights: str | None = N
     return fae
 
 
-def _limited(data, split: str | None, limit: int | None):
-    """The dataset ``data`` (split overridden when given), cut to its first ``limit`` items."""
-    dataset = build_dataset(data, split=split)
+def _limited(data, split: str | None, limit: int | None, crop=None):
+    """The dataset ``data`` (split overridden when given, ``crop`` as :func:`build_dataset`), cut
+    to its first ``limit`` items."""
+    dataset = build_dataset(data, split=split, crop=crop)
     check_batchable(dataset)
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))

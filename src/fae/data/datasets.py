@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from fae.data.captions import CaptionFolder
@@ -99,10 +101,18 @@ class TransformedDataset(Dataset):
         return (random_hflip(image) if self.flip else image), label
 
 
-def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
-    """The dataset ``cfg`` describes; ``split`` overrides ``cfg.split`` (e.g. "test" for eval)."""
+FOLDER_DATASETS = ("imagefolder", "folder")
+
+
+def build_dataset(cfg: DataConfig, split: str | None = None,
+                  crop: Callable[[Image.Image], np.ndarray] | None = None) -> Dataset:
+    """The dataset ``cfg`` describes; ``split`` overrides ``cfg.split`` (e.g. "test" for eval);
+    ``crop`` replaces the ADM crop of the folder datasets (``fae eval probe``'s DINOv2 transform)."""
     cfg.validate()
     split = split or cfg.split
+    if crop is not None and cfg.name not in FOLDER_DATASETS:
+        raise ConfigError(f"an image crop function applies to the folder datasets {list(FOLDER_DATASETS)}, "
+                          f"not '{cfg.name}'")
     if cfg.name == "fashion-mnist":
         base = FashionMNIST(split=split, root=cfg.root, limit=cfg.limit)
         return TransformedDataset(base, cfg.image_size, cfg.flip) if (cfg.image_size or cfg.flip) else base
@@ -112,7 +122,7 @@ def build_dataset(cfg: DataConfig, split: str | None = None) -> Dataset:
         return WebDatasetCaptions(cfg.root, cfg.limit, cfg.image_size, cfg.flip)
     cls = ImageFolder if cfg.name == "imagefolder" else ImageFolderUnlabelled
     return cls(cfg.root, split=split, limit=cfg.limit, image_size=cfg.image_size, flip=cfg.flip,
-               skip_corrupt=cfg.skip_corrupt, decode=cfg.decode)
+               skip_corrupt=cfg.skip_corrupt, decode=cfg.decode, crop=crop)
 
 
 # Where each kind of dataset comes from: what a check before compute says when one is missing.

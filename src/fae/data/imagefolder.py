@@ -2,9 +2,11 @@
 
 Items are ``(uint8 image [3, H, W], int label)``; label -1 when unlabelled. Class indices are the
 sorted sub-folder names (ImageNet: sorted wnids -> 0..999, the standard order). With
-``image_size`` every image gets the ADM center crop. An unreadable or corrupt file raises
-:class:`fae.errors.DataError` naming the file; with ``skip_corrupt=True`` it is replaced by the next
-readable item and counted in a warning instead - never a silent wrong sample.
+``image_size`` every image gets the ADM center crop; with ``crop`` (``fae eval probe``'s DINOv2
+evaluation transform, ``fae.data.transforms.dinov2_eval_crop``) that function instead. An
+unreadable or corrupt file raises :class:`fae.errors.DataError` naming the file; with
+``skip_corrupt=True`` it is replaced by the next readable item and counted in a warning instead -
+never a silent wrong sample.
 
 Decoding (``decode``): "exact" decodes every JPEG at full size, then the ADM crop halves it with a
 BOX filter while its short side is >= 2x the crop (``fae.data.transforms.center_crop_arr``).
@@ -22,6 +24,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -145,13 +148,18 @@ class ImageFiles(Dataset):
         skip_corrupt: replace an unreadable file by the next readable one, with a warning.
         decode: "exact" or "draft" (JPEGs decoded at a reduced scale, see the module docstring;
             only with ``image_size``).
+        crop: PIL RGB image -> uint8 array [S, S, 3] of one size, used instead of the ADM crop
+            (the probe's ``dinov2_eval_crop``); excludes ``image_size``.
     """
 
     def __init__(self, files: list[Path], labels: list[int] | None = None, image_size: int | None = None,
-                 flip: bool = False, skip_corrupt: bool = False, decode: str = "exact"):
+                 flip: bool = False, skip_corrupt: bool = False, decode: str = "exact",
+                 crop: Callable[[Image.Image], np.ndarray] | None = None):
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got '{decode}'")
-        self.decode = decode
+        if crop is not None and image_size is not None:
+            raise ValueError("ImageFiles takes image_size (the ADM crop) or crop, not both")
+        self.decode, self.crop = decode, crop
         self.files = files
         self.labels = labels
         self.image_size = image_size
@@ -164,13 +172,15 @@ class ImageFiles(Dataset):
 
     def check_batchable(self) -> None:
         """Without a crop, batches need one image size: a DataError naming two files otherwise."""
-        if self.image_size is None:
+        if self.image_size is None and self.crop is None:
             check_one_size(self.files)
 
     def _read(self, i: int) -> torch.Tensor:
         if self.decode == "draft" and self.image_size:
             return to_chw_uint8(load_crop_draft(self.files[i], self.image_size))  # [3, S, S] uint8
         image = load_rgb(self.files[i])
+        if self.crop is not None:
+            return to_chw_uint8(self.crop(image))  # [3, S, S] uint8
         arr = center_crop_arr(image, self.image_size) if self.image_size else np.asarray(image)
         return to_chw_uint8(arr)  # [3, H, W] uint8
 
@@ -211,12 +221,12 @@ class ImageFolder(ImageFiles):
         root: dataset folder (if ``root/split`` exists it is used).
         split: sub-folder name such as "train" / "val" (optional).
         limit: keep ``limit`` evenly spaced images (all classes stay represented).
-        image_size, flip, skip_corrupt, decode: see :class:`ImageFiles`.
+        image_size, flip, skip_corrupt, decode, crop: see :class:`ImageFiles`.
     """
 
     def __init__(self, root: str | os.PathLike, split: str | None = None, limit: int | None = None,
                  image_size: int | None = None, flip: bool = False, skip_corrupt: bool = False,
-                 decode: str = "exact"):
+                 decode: str = "exact", crop: Callable[[Image.Image], np.ndarray] | None = None):
         folder = _split_dir(root, split)
         self.classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
@@ -232,7 +242,7 @@ class ImageFolder(ImageFiles):
             raise DataError(f"image folder '{folder}' holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         keep = evenly_spaced(len(files), limit)
         super().__init__([files[k] for k in keep], [labels[k] for k in keep], image_size, flip, skip_corrupt,
-                         decode)
+                         decode, crop)
 
 
 class ImageFolderUnlabelled(ImageFiles):
@@ -243,10 +253,10 @@ class ImageFolderUnlabelled(ImageFiles):
 
     def __init__(self, root: str | os.PathLike, split: str | None = None, limit: int | None = None,
                  image_size: int | None = None, flip: bool = False, skip_corrupt: bool = False,
-                 decode: str = "exact"):
+                 decode: str = "exact", crop: Callable[[Image.Image], np.ndarray] | None = None):
         folder = _split_dir(root, split)
         files = list_images(folder)
         if not files:
             raise DataError(f"image folder '{folder}' holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         keep = evenly_spaced(len(files), limit)
-        super().__init__([files[k] for k in keep], None, image_size, flip, skip_corrupt, decode)
+        super().__init__([files[k] for k in keep], None, image_size, flip, skip_corrupt, decode, crop)

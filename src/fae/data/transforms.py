@@ -3,6 +3,8 @@
 ``center_crop_arr`` is the ADM (guided-diffusion) ImageNet preprocessing that FID reference
 batches are made with: halve with a BOX filter while the short side is at least twice the target
 (cheap, alias-free), then one BICUBIC resize to short side == ``size``, then a center crop.
+``dinov2_eval_crop`` is DINOv2's evaluation transform (its linear probe's): one BICUBIC resize to
+short side 256, then a centre crop of 224 (ImageNet mean/std follow in the backbone adapter).
 """
 from __future__ import annotations
 
@@ -18,6 +20,28 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
     scale = size / min(image.size)
     image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
     return _center(np.asarray(image), size)
+
+
+# DINOv2's evaluation transform (dinov2/data/transforms.py, make_classification_eval_transform)
+DINOV2_RESIZE, DINOV2_CROP = 256, 224
+
+
+def dinov2_eval_crop(image: Image.Image, resize: int = DINOV2_RESIZE, crop: int = DINOV2_CROP) -> np.ndarray:
+    """DINOv2's evaluation transform: PIL image -> uint8 array [crop, crop(, C)].
+
+    As torchvision's ``Resize(resize, BICUBIC)`` then ``CenterCrop(crop)`` on a PIL image: short
+    side -> ``resize``, long side -> ``int(resize * long / short)`` (truncated), one PIL BICUBIC
+    resize (up for images smaller than ``resize``), then the crop at ``round((side - crop) / 2)``
+    (Python's round, half to even). Unlike :func:`center_crop_arr` the crop keeps
+    ``crop / resize`` = 87.5% of the short side; the ADM crop keeps all of it.
+    """
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    long = int(resize * long / short)
+    size = (resize, long) if width <= height else (long, resize)
+    arr = np.asarray(image.resize(size, resample=Image.BICUBIC))  # [H, W(, C)]
+    top, left = int(round((arr.shape[0] - crop) / 2.0)), int(round((arr.shape[1] - crop) / 2.0))
+    return arr[top:top + crop, left:left + crop]
 
 
 def _center(arr: np.ndarray, size: int) -> np.ndarray:

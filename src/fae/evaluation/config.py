@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fae.data.datasets import DataConfig
+from fae.data.datasets import FOLDER_DATASETS, DataConfig
 from fae.errors import ConfigError
 from fae.generation.decode import check_sampler_overrides
 from fae.evaluation.fid import PR_NEAREST_K
@@ -152,13 +152,22 @@ class ProbeConfig:
         batch_size: images per backbone forward pass; device: as for ``fae eval fid``.
         out: JSON results file.
         head: a linear head file (``weight`` [K, F] / ``bias`` [K], the released DINOv2 format; see
-            ``fae.evaluation.linear_head``): the zero-shot protocol above. With an FAE both raw and
-            reconstructed are scored; ``features`` and the training keys are not used.
+            ``fae.evaluation.linear_head``): the zero-shot protocol above. With an FAE the raw and
+            the reconstructed features are scored (for a CLS + patch-mean head: the rows
+            ``reconstructed``, ``pass_through`` and ``patch_mean_only``, see
+            :func:`fae.commands.eval.run_head_probe`); ``features`` and the training keys are not used.
         save_head: (training mode) also write the head trained on the raw train features, in the
             same format (standardisation folded in), for a later ``head=FILE`` run.
-        extra_tokens: (head mode, with an FAE) the CLS token of the reconstruction: null = the
-            FAE's own ``extra_tokens``; "pass_through" = the backbone's original CLS token;
-            "reconstruct" = decoded from the latent (an FAE trained so).
+        preprocess: how the image folders (``data.name`` imagefolder / folder) become the
+            backbone's input, in both modes. "dinov2" (default) follows DINOv2's linear
+            evaluation, as the paper's Table 1 does ("for data preprocessing we follow DINOv2"):
+            BICUBIC resize of the short side to 256, centre crop 224, ImageNet mean/std in the
+            backbone adapter (a 224 backbone takes the crop as it is). Images smaller than 256 are
+            resized up, then cropped, as DINOv2 would; ``data.image_size`` / ``data.decode=draft``
+            (the ADM crop's settings) are refused with it. "adm" is the old behaviour: the ADM
+            crop to ``data.image_size`` (the training stages' path; the backbone then resizes the
+            whole square, at 256 -> 224 a ~14% wider field of view than DINOv2's crop).
+            Fashion-MNIST is read as it is either way (the demo's probe and its numbers).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -178,7 +187,7 @@ class ProbeConfig:
     progress: bool = True
     head: str | None = None
     save_head: str | None = None
-    extra_tokens: Literal["none", "pass_through", "reconstruct"] | None = None
+    preprocess: Literal["dinov2", "adm"] = "dinov2"
 
     def validate(self) -> None:
         _positive("epochs", self.epochs)
@@ -191,6 +200,13 @@ class ProbeConfig:
         if self.save_head and self.features != "raw":
             raise ConfigError("config key 'save_head': the protocol's head is trained on raw features "
                               f"(features=raw), not '{self.features}'")
+        if self.preprocess == "dinov2" and self.data.name in FOLDER_DATASETS:
+            adm_keys = (("image_size", self.data.image_size, None), ("decode", self.data.decode, "exact"))
+            for key, value, default in adm_keys:
+                if value != default:
+                    raise ConfigError(f"config key 'data.{key}' ({value}) is a setting of the ADM crop; "
+                                      "preprocess=dinov2 resizes to 256 and crops 224 itself: drop "
+                                      f"data.{key}, or set preprocess=adm for the ADM crop")
 
 
 @dataclass

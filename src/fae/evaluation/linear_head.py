@@ -6,8 +6,9 @@ from ``dl.fbaipublicfiles.com/dinov2``) are the state dict of one ``nn.Linear(2 
 keys ``weight`` [1000, 2D] and ``bias`` [1000]. Their input (DINOv2's ``_LinearClassifierWrapper``
 with ``layers=1``) is the final-LayerNorm CLS token concatenated with the mean of the patch tokens
 (registers excluded), ``concat(cls, mean(patches))``; the ``_reg4`` heads have the same keys and
-shapes (the registers never enter the head). The README reports 86.5% (ViT-g/14) and 87.0%
-(ViT-g/14 + registers) ImageNet top-1 for them; the FAE paper's Table 1 "87.00% raw" is the latter.
+shapes (the registers never enter the head). DINOv2's README lists 86.5% (ViT-g/14) and 87.1%
+(ViT-g/14 + registers) ImageNet top-1 for them; the FAE paper's Table 1 "87.00% raw" is closest
+to the latter.
 The ``linear4`` heads (``nn.Linear(5 * D, 1000)``) read the CLS tokens of the last four blocks,
 which an FAE (trained on the last block's tokens) does not reconstruct: they are refused.
 
@@ -108,8 +109,8 @@ def check_head_width(head: LinearHead, dim: int, has_cls: bool | None = None) ->
     if head.in_features == 2 * dim:
         if has_cls is False:
             raise ConfigError(f"this head takes concat(CLS, mean(patches)) ({head.in_features} = 2 x {dim} "
-                              f"features), but these tokens have no CLS token (a backbone without one, or an "
-                              f"FAE with extra_tokens 'none': set extra_tokens=pass_through)")
+                              f"features), but these tokens have no CLS token (the backbone has none): use a "
+                              f"head on mean(patches) ({dim} features)")
         return
     if head.in_features == 5 * dim:
         raise ConfigError(f"this head takes {head.in_features} = 5 x {dim} features: a DINOv2 'linear4' "
@@ -140,6 +141,19 @@ def head_input(patches: torch.Tensor, cls: torch.Tensor | None, head: LinearHead
     if head.in_features == dim:
         return pooled
     return torch.cat([cls.float(), pooled], dim=1)  # [B, 2D]
+
+
+def patch_mean_half(features: torch.Tensor, head: LinearHead) -> torch.Tensor:
+    """``concat(CLS, mean(patches))`` features [N, 2D] with the CLS half set to zero, so ``head``
+    scores ``W[:, D:] @ mean(patches) + b``: the released head's patch-mean weight columns with its
+    bias, the CLS contributing nothing. Not a head trained on the patch mean alone (that would do
+    better); it shows how much of the head's decision the patch tokens carry by themselves."""
+    if features.ndim != 2 or features.shape[1] != head.in_features or head.in_features % 2:
+        raise DataError(f"patch_mean_half takes concat(CLS, mean(patches)) features [N, {head.in_features}] "
+                        f"of a head with an even width, got {list(features.shape)}")
+    zeroed = features.clone()
+    zeroed[:, :head.in_features // 2] = 0.0  # the CLS half
+    return zeroed  # [N, 2D]
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:

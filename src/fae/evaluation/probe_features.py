@@ -118,26 +118,30 @@ class FAEFeatures:
 
 class HeadFeatures:
     """uint8 images [B, C, H, W] -> a given head's input for the raw tokens and, with an FAE, for
-    its reconstruction, side by side: [B, F] or [B, 2F] (raw first; :attr:`kinds` names them).
+    its reconstructions, side by side: [B, len(kinds) * F] (in the order of :attr:`kinds`).
 
     The zero-shot protocol (paper Table 1): one head, never trained on reconstructions, scores
-    both. Its input is :func:`fae.evaluation.linear_head.head_input` of the backbone's output
-    (``concat(CLS, mean(patches))`` for the released DINOv2 heads, ``mean(patches)`` for a head on
-    pooled tokens); the reconstruction is :meth:`FAE.reconstruct` (posterior mean), its CLS token
-    per ``extra_tokens`` ("pass_through": the original; "reconstruct": decoded from the latent).
+    them all. Its input is :func:`fae.evaluation.linear_head.head_input` (``concat(CLS,
+    mean(patches))`` for the released DINOv2 heads, ``mean(patches)`` for a head on pooled tokens);
+    the reconstruction is :meth:`FAE.reconstruct` (posterior mean). The kinds:
+
+    * ``raw``: the backbone's own tokens;
+    * ``reconstructed``: the FAE's reconstruction, CLS included: for a CLS + patch-mean head only
+      with an FAE trained with ``extra_tokens: reconstruct`` (the CLS decoded from the latent);
+    * ``pass_through`` (CLS + patch-mean heads): the *original* CLS beside the reconstructed patch
+      mean - half the head's input is then not a reconstruction.
 
     Args:
         head: a :class:`fae.evaluation.linear_head.LinearHead`.
         backbone: the frozen backbone (used when ``fae`` is None).
         fae: an ``fae.autoencoder.FAE`` (its own backbone is used).
-        extra_tokens: override of the FAE's ``extra_tokens`` mode (None: the FAE's).
     """
 
-    def __init__(self, head, backbone=None, fae=None, extra_tokens: str | None = None):
+    def __init__(self, head, backbone=None, fae=None):
         if (backbone is None) == (fae is None):
             raise ConfigError("HeadFeatures needs exactly one of backbone= and fae=")
-        self.head, self.backbone, self.fae, self.extra_tokens = head, backbone, fae, extra_tokens
-        self.kinds = ("raw", "reconstructed") if fae is not None else ("raw",)
+        self.head, self.backbone, self.fae = head, backbone, fae
+        self.kinds = head_kinds(head, fae)
         self.name = fae.config.backbone if fae is not None else backbone.info.name
 
     @torch.no_grad()
@@ -145,9 +149,26 @@ class HeadFeatures:
         out = self.fae.outputs_from(images) if self.fae is not None else self.backbone.forward_all(images)
         parts = [head_input(out.patches, out.cls, self.head)]  # [B, F]
         if self.fae is not None:
-            rec = self.fae.reconstruct(out, self.extra_tokens)
-            parts.append(head_input(rec.patches, rec.cls, self.head))
+            mode = "reconstruct" if self.fae.config.extra_tokens == "reconstruct" else "pass_through"
+            rec = self.fae.reconstruct(out, mode)  # one encode / decode for every kind
+            if "reconstructed" in self.kinds:
+                parts.append(head_input(rec.patches, rec.cls, self.head))
+            if "pass_through" in self.kinds:
+                parts.append(head_input(rec.patches, out.cls, self.head))  # the original CLS
         return torch.cat(parts, dim=1).float().cpu()  # [B, len(kinds) * F]
+
+
+def head_kinds(head, fae=None) -> tuple[str, ...]:
+    """What :class:`HeadFeatures` scores: ("raw",) without an FAE; with one, ("raw",
+    "reconstructed") for a head on the patch mean, and for a CLS + patch-mean head ("raw",
+    "reconstructed", "pass_through") when the FAE reconstructs its CLS, else ("raw", "pass_through")."""
+    if fae is None:
+        return ("raw",)
+    if head.in_features != 2 * fae.config.token_dim:
+        return ("raw", "reconstructed")
+    if fae.config.extra_tokens == "reconstruct":
+        return ("raw", "reconstructed", "pass_through")
+    return ("raw", "pass_through")
 
 
 def pooled_features(encoder: Callable[[torch.Tensor], torch.Tensor], dataset, *, batch_size: int = 128,
