@@ -45,6 +45,11 @@ Inputs, "following SigLIP2's original setting" (the paper's words for Table 4). 
   filter is the checkpoint's ``resample`` (bilinear for the NaFlex ``Siglip2ImageProcessor``,
   bilinear in big_vision's ``resize``): we resize with PIL's bilinear filter.
 
+* SigLIP (1) checkpoints get the same inputs from these rules: big_vision's ``tokenize`` op
+  (``ops_text.py``, ``get_pp_tokenize``) lowercases by default and SigLIP's configs use
+  ``eos="sticky", pad_value=1``; transformers' ``SiglipTokenizer`` lowercases itself
+  (``do_lower_case``) and its pad token is its EOS ``</s>`` (id 1), the pad id our layout uses.
+
 So by default (``fae eval retrieval``, :class:`fae.evaluation.config.RetrievalConfig`): captions
 are lowercased and laid out as big_vision does, 64 ids (``fae.text.CaptionRules``, applied whatever
 tokenizer class the checkpoint names), and each image is squashed whole to the tower's resolution
