@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fae.autoencoder.losses import LeCamEMA
 from fae.errors import ConfigError
 
 
@@ -53,9 +54,11 @@ class PatchDiscriminator(nn.Module):
     Args:
         config: sizes (``DiscriminatorConfig``).
         in_channels: image channels.
+        lecam_ema_decay: keep the LeCam moving averages of its outputs (``self.lecam``, buffers in
+            its state dict, so checkpoints carry them) with this decay; None = none (LeCam off).
     """
 
-    def __init__(self, config: DiscriminatorConfig, in_channels: int = 3):
+    def __init__(self, config: DiscriminatorConfig, in_channels: int = 3, lecam_ema_decay: float | None = None):
         super().__init__()
         config.validate()
         width = config.channels
@@ -71,6 +74,7 @@ class PatchDiscriminator(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.02)  # DCGAN / pix2pix init
+        self.lecam = LeCamEMA(lecam_ema_decay) if lecam_ema_decay is not None else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)  # [B, 1, h, w]

@@ -2,12 +2,18 @@
 
     L_G = lambda_rec * (w_l1 * |x_hat - x| + w_l2 * |x_hat - x|^2) + lambda_perc * L_perc
           + lambda_GAN * w_adapt * L_GAN
-    L_D = hinge loss of the patch discriminator
+    L_D = hinge loss of the patch discriminator [+ lambda_LC * R_LC (LeCam, optional)]
 
 ``w_adapt`` is the taming-transformers adaptive weight: the ratio of the gradient norms of the
 reconstruction(+perceptual) loss and of the GAN loss at the decoder's last layer, so the GAN term
 neither swamps nor vanishes beside the reconstruction term. The lambdas are not stated in the
-paper; ours are config fields (defaults are our choice, commonly used in VQGAN/TiTok).
+paper; ours are config fields (defaults are our choice, commonly used in VQGAN/TiTok). Two recipes
+are offered by config: L1 + perceptual 1.0 + adaptive GAN 0.1 (the dataclass defaults) and TiTok's
+released stage-2 recipe (L2, perceptual 0.1, a fixed GAN weight 0.01, LeCam 1e-3; the ImageNet configs).
+
+R_LC is the LeCam regularisation of Tseng et al. 2021 ("Regularizing Generative Adversarial Networks
+under Limited Data", Eq. 3: ||D(x) - alpha_F||^2 + ||D(G(z)) - alpha_R||^2 with alpha_R, alpha_F
+moving averages of D's outputs on real and fake images); see ``lecam_regularization``.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fae.errors import ConfigError
 
@@ -40,6 +47,9 @@ class PixelLossConfig:
             let reconstruction settle first, as VQGAN does).
         adaptive_gan_weight: multiply lambda_GAN by the taming-style gradient-norm ratio.
         adaptive_max: clamp of the adaptive ratio (taming uses 1e4).
+        lecam_weight: lambda_LC of the LeCam regularisation added to the discriminator loss
+            (0 = off: no term and no moving averages; TiTok's stage-2 recipe uses 1e-3).
+        lecam_ema_decay: decay of the moving averages of D's mean outputs on real / fake images.
     """
 
     l1_weight: float = 1.0
@@ -53,15 +63,21 @@ class PixelLossConfig:
     gan_start_step: int = 0
     adaptive_gan_weight: bool = True
     adaptive_max: float = 1e4
+    lecam_weight: float = 0.0
+    # 0.999: our reading of TiTok's / MaskGIT's released setting (the LeCam code uses 0.99)
+    lecam_ema_decay: float = 0.999
 
     def validate(self) -> None:
-        for key in ("l1_weight", "l2_weight", "perceptual_weight", "gan_weight", "adaptive_max"):
+        for key in ("l1_weight", "l2_weight", "perceptual_weight", "gan_weight", "adaptive_max",
+                    "lecam_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key 'loss.{key}' must be >= 0, got {getattr(self, key)}")
         if self.perceptual_resolution < 16:
             raise ConfigError(f"config key 'loss.perceptual_resolution' must be >= 16, got {self.perceptual_resolution}")
         if self.gan_start_step < 0:
             raise ConfigError(f"config key 'loss.gan_start_step' must be >= 0, got {self.gan_start_step}")
+        if not 0.0 <= self.lecam_ema_decay < 1.0:
+            raise ConfigError(f"config key 'loss.lecam_ema_decay' must be in [0, 1), got {self.lecam_ema_decay}")
         if self.l1_weight == 0 and self.l2_weight == 0 and self.perceptual == "none":
             raise ConfigError("config 'loss': no reconstruction term (l1_weight = l2_weight = 0 and "
                               "perceptual = none); the decoder would learn nothing")
@@ -95,3 +111,39 @@ def adaptive_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
     gan_grad, = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)
     ratio = rec_grad.norm() / (gan_grad.norm() + eps)
     return ratio.clamp(0.0, max_weight).detach()
+
+
+class LeCamEMA(nn.Module):
+    """Moving averages alpha_R, alpha_F of the discriminator's mean logit on real / fake images.
+
+    Buffers (``real``, ``fake``; scalars starting at 0), so they live in the discriminator's
+    state dict and a resumed run continues them exactly. ``update`` is called once per
+    discriminator loss evaluation (every micro-batch), before the regularisation is computed, as
+    the LeCam authors' released code does.
+    """
+
+    def __init__(self, decay: float = 0.999):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("real", torch.zeros(()))
+        self.register_buffer("fake", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, mean_real: torch.Tensor, mean_fake: torch.Tensor) -> None:
+        """alpha <- decay * alpha + (1 - decay) * mean logit (the batch means, detached)."""
+        self.real.mul_(self.decay).add_(mean_real.detach().float(), alpha=1.0 - self.decay)
+        self.fake.mul_(self.decay).add_(mean_fake.detach().float(), alpha=1.0 - self.decay)
+
+
+def lecam_regularization(logits_real: torch.Tensor, logits_fake: torch.Tensor,
+                         ema_real: torch.Tensor, ema_fake: torch.Tensor) -> torch.Tensor:
+    """R_LC = E[relu(D(x) - alpha_F)^2] + E[relu(alpha_R - D(G(z)))^2] over every patch logit.
+
+    Tseng et al. 2021, Eq. 3 writes ||D(x) - alpha_F||^2 + ||D(G(z)) - alpha_R||^2; we follow the
+    authors' released code for the hinge loss (google/lecam-gan), which keeps only the one-sided
+    part (relu): real logits are pulled down only when above the fake average, fake logits pulled
+    up only when below the real average. ``ema_*`` are the (detached) moving averages.
+    """
+    real_term = F.relu(logits_real.float() - ema_fake).square().mean()
+    fake_term = F.relu(ema_real - logits_fake.float()).square().mean()
+    return real_term + fake_term

@@ -14,7 +14,9 @@
 
 Two phases train on every batch (paper: TiTok-style GAN + perceptual + reconstruction loss):
 ``decoder`` (the pixel decoder; metrics ``decoder/loss``, ``decoder/l1``, ...) and, with
-``loss.gan_weight > 0``, ``discriminator`` (``discriminator/loss``).
+``loss.gan_weight > 0``, ``discriminator`` (``discriminator/loss``; with ``loss.lecam_weight > 0``
+also ``discriminator/lecam``, the LeCam regularisation, whose moving averages are buffers of the
+discriminator and so part of every checkpoint).
 
 ``cache_tokens: true`` (small datasets): clean inputs come from the shared token cache (the one
 stage Ia fills); stage II turns cached tokens into x_hat through the frozen FAE once, in memory
@@ -35,7 +37,7 @@ from torch.utils.data import Dataset
 from fae import distributed as du
 from fae.autoencoder.discriminator import DiscriminatorConfig, PatchDiscriminator
 from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_loss, hinge_g_loss,
-                                    reconstruction_loss)
+                                    lecam_regularization, reconstruction_loss)
 from fae.autoencoder.model import FAE, FAEConfig
 from fae.autoencoder.noise import NoiseConfig, add_token_noise, token_rms
 from fae.autoencoder.perceptual import build_perceptual
@@ -198,7 +200,9 @@ class PixelDecoderStage(Stage):
             decoder = PixelDecoder(cfg.pixel_decoder, self.info.dim, self.info.grid)
             models: dict[str, nn.Module] = {"pixel_decoder": decoder}
             if self.use_gan:
-                models["discriminator"] = PatchDiscriminator(cfg.discriminator, cfg.pixel_decoder.out_channels)
+                lecam_decay = cfg.loss.lecam_ema_decay if cfg.loss.lecam_weight > 0 else None
+                models["discriminator"] = PatchDiscriminator(cfg.discriminator, cfg.pixel_decoder.out_channels,
+                                                             lecam_decay)
         if self.finetune and not meta:
             decoder.load_state_dict(self._load_ib_decoder().state_dict())
         return {k: m.to(device) for k, m in models.items()}
@@ -386,8 +390,23 @@ class PixelDecoderStage(Stage):
                 fake = models["pixel_decoder"](self.input_tokens(batch), clamp=False)
         logits_real, logits_fake = disc(real), disc(fake.detach())  # [B, 1, h, w]
         d_loss = hinge_d_loss(logits_real, logits_fake)
-        return d_loss, {"d_loss": d_loss.detach(), "logits_real": logits_real.detach().mean(),
-                        "logits_fake": logits_fake.detach().mean()}
+        logs = {"d_loss": d_loss.detach(), "logits_real": logits_real.detach().mean(),
+                "logits_fake": logits_fake.detach().mean()}
+        lecam = unwrap(disc).lecam
+        if lecam is not None:  # loss.lecam_weight > 0
+            d_loss = d_loss + self.config.loss.lecam_weight * self._lecam(lecam, logits_real, logits_fake, logs)
+        return d_loss, logs
+
+    @staticmethod
+    def _lecam(ema, logits_real: torch.Tensor, logits_fake: torch.Tensor, logs: dict) -> torch.Tensor:
+        """Update the moving averages with this batch's mean logits (averaged over ranks, so every
+        rank holds the same values), then R_LC against them (``lecam_regularization``)."""
+        means = du.all_reduce_mean(torch.stack([logits_real.detach().float().mean(),
+                                                logits_fake.detach().float().mean()]))
+        ema.update(means[0], means[1])
+        reg = lecam_regularization(logits_real, logits_fake, ema.real, ema.fake)
+        logs.update(lecam=reg.detach(), lecam_ema_real=ema.real.clone(), lecam_ema_fake=ema.fake.clone())
+        return reg
 
     # -- evaluation / export --
 
@@ -427,7 +446,8 @@ class PixelDecoderStage(Stage):
             "perceptual loss": _describe_perceptual(cfg.loss),
             "loss weights": f"l1 {cfg.loss.l1_weight}, l2 {cfg.loss.l2_weight}, perceptual "
                             f"{cfg.loss.perceptual_weight}, gan {cfg.loss.gan_weight} (from step "
-                            f"{cfg.loss.gan_start_step}, adaptive={cfg.loss.adaptive_gan_weight})",
+                            f"{cfg.loss.gan_start_step}, adaptive={cfg.loss.adaptive_gan_weight}), lecam "
+                            f"{cfg.loss.lecam_weight} (ema decay {cfg.loss.lecam_ema_decay})",
         }
         if self.noise.sigma > 0:
             scale = f"{self.token_scale:.4g}" if self.token_scale is not None else \
