@@ -12,6 +12,11 @@ trained on the FAE backbone's pooled features of real training images at reading
         --fae runs/demo/pixel_decoder_ii/export --ref runs/eval/ref_stats.npz --num 1000 \\
         --scales 1.0 1.5 2.0 3.0 --intervals 0,0.7 0,1 --paper-schedule data.limit=2000
 
+Every guided setting runs once per ``--cfg-times`` value (default both): ``shifted`` reads the
+interval / pieces at the time the network sees, ``unshifted`` on the uniform grid before the shift
+(``sampling.cfg_time``; ``imagenet256/sample_cfg.yaml`` explains the two). ``--list`` prints the
+settings and exits without loading anything.
+
 Trailing ``key=value`` set the probe's training images (``fae.data.datasets.DataConfig``; default:
 Fashion-MNIST train). Results: ``--out``/results.json and results.md.
 """
@@ -27,6 +32,7 @@ from torch.utils.data import TensorDataset
 from fae.autoencoder import FAE
 from fae.config import load_config
 from fae.data.datasets import DataConfig, build_dataset
+from fae.errors import ConfigError
 from fae.evaluation.features import compute_inception_stats
 from fae.evaluation.fid import frechet_distance
 from fae.evaluation.inception import load_inception
@@ -35,22 +41,28 @@ from fae.evaluation.probe_features import FAEFeatures, pooled_features
 from fae.evaluation.stats import read_stats
 from fae.generation import Generator
 from fae.generation.decode import SampleDecoder, check_pair, class_list, sampler_config
-from fae.generation.samplers import PAPER_CFG_SCHEDULE
+from fae.generation.samplers import PAPER_CFG_SCHEDULE, SamplerConfig
 from fae.generation.seeding import balanced_labels
 
 PAPER_SETTING = "paper schedule"
 
 
-def settings(scales: list[float], intervals: list[str], paper: bool) -> dict[str, dict]:
-    """Row name -> sampler overrides; scale 1 (no guidance) appears once, whatever the interval."""
+def settings(scales: list[float], intervals: list[str], paper: bool,
+             cfg_times: list[str] = ("shifted",)) -> dict[str, dict]:
+    """Row name -> sampler overrides; scale 1 (no guidance) appears once, whatever the interval or
+    the time the interval is read at; every guided row once per ``cfg_times`` value."""
     rows = {}
     for scale in scales:
         for text in ([intervals[0]] if scale == 1.0 else intervals):
             low, high = (float(v) for v in text.split(","))
-            name = "no guidance" if scale == 1.0 else f"w={scale:g} on t in [{low:g}, {high:g}]"
-            rows[name] = {"cfg_scale": scale, "cfg_interval": [low, high], "cfg_schedule": []}
+            for cfg_time in ([cfg_times[0]] if scale == 1.0 else cfg_times):
+                name = "no guidance" if scale == 1.0 else f"w={scale:g} on {cfg_time} t in [{low:g}, {high:g}]"
+                rows[name] = {"cfg_scale": scale, "cfg_interval": [low, high], "cfg_schedule": [],
+                              "cfg_time": cfg_time}
     if paper:
-        rows[PAPER_SETTING] = {"cfg_schedule": [list(piece) for piece in PAPER_CFG_SCHEDULE]}
+        for cfg_time in cfg_times:
+            rows[f"{PAPER_SETTING} ({cfg_time} t)"] = {
+                "cfg_schedule": [list(piece) for piece in PAPER_CFG_SCHEDULE], "cfg_time": cfg_time}
     return rows
 
 
@@ -84,23 +96,38 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--generator", required=True, help="exported generator folder")
-    parser.add_argument("--fae", required=True, help="exported FAE folder with a pixel decoder")
-    parser.add_argument("--ref", required=True, help="reference statistics (.npz with mu / sigma)")
+    parser.add_argument("--generator", help="exported generator folder (required unless --list)")
+    parser.add_argument("--fae", help="exported FAE folder with a pixel decoder (required unless --list)")
+    parser.add_argument("--ref", help="reference statistics (.npz with mu / sigma) (required unless --list)")
     parser.add_argument("--num", type=int, default=1000, help="samples per setting (same for every row)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--intervals", nargs="+", default=["0,0.7", "0,1"], help="t_low,t_high pairs")
     parser.add_argument("--paper-schedule", action="store_true", help="add the paper's piecewise schedule")
+    parser.add_argument("--cfg-times", nargs="+", default=["shifted", "unshifted"], choices=["shifted", "unshifted"],
+                        help="which time the interval / schedule refers to (sampling.cfg_time); each is a row")
+    parser.add_argument("--list", action="store_true", help="print the settings and exit (nothing is loaded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/guidance_search"))
     parser.add_argument("data", nargs="*", metavar="key=value", help="the probe's training images")
     args = parser.parse_args(argv)
+    rows_to_run = settings(args.scales, args.intervals, args.paper_schedule, args.cfg_times)
+    if args.list:
+        for name, overrides in rows_to_run.items():
+            try:  # a bad interval fails here, before hours of sampling
+                SamplerConfig(**overrides).validate()
+            except ConfigError as e:
+                parser.error(str(e))
+            print(f"{name}: {json.dumps(overrides)}")
+        return 0
+    missing = [flag for flag in ("generator", "fae", "ref") if getattr(args, flag) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join('--' + m for m in missing)}")
     generator, fae = Generator.from_pretrained(args.generator), FAE.from_pretrained(args.fae)
     check_pair(generator, fae.identity(), fae.latent_shape, args.generator, args.fae)
     reference, head = read_stats(args.ref), probe_head(fae, args.data, args.batch_size)
     rows = []
-    for name, overrides in settings(args.scales, args.intervals, args.paper_schedule).items():
+    for name, overrides in rows_to_run.items():
         decoder = SampleDecoder(generator, fae, sampler_config(generator, overrides), args.batch_size)
         rows.append({"setting": name, **overrides, **score(decoder, args.num, args.seed, head, reference, fae,
                                                            args.batch_size)})

@@ -138,7 +138,7 @@ class Generator(LatentGenerator):
         if cond is not None:
             cond = cond.to(device)  # labels [B] or a TextCondition
         null = None if cond is None else self.model.conditioner.null_like(cond)
-        velocity = GuidedVelocity(self.model, cond, null, config)
+        velocity = GuidedVelocity(self.model, cond, null, config, shift=config.grid_shift(self.transport.shift))
         shape = self.config.latent_shape
         z = integrate(velocity, x, config, shift=self.transport.shift,
                       noise=lambda step: randn_per_sample(generators, shape))

@@ -17,6 +17,14 @@ The paper's schedule as printed (App. D): w = 0.9 for t in [0.9, 1] and 2.5 for 
 middle piece is not given. :data:`PAPER_CFG_SCHEDULE` uses w = 1 (no guidance) there, matching
 the ablation rule "CFG enabled from t = 0.7 to 0"; the alternative reading (some w between the two,
 e.g. 1.5) is one override: ``'sampling.cfg_schedule=[[0.9,1.0,0.9],[0.0,0.7,2.5],[0.7,0.9,1.5]]'``.
+
+WHICH TIME the interval and the pieces refer to (``cfg_time``): ``shifted`` (default, the behaviour
+of every export so far) compares them with the shifted time the network sees, as LightningDiT's
+``forward_with_cfg`` compares its interval with the model's t; ``unshifted`` compares them with the
+step's time on the uniform grid before the shift (the same numbers as an unshifted grid holds, so
+with shift 1 the two readings agree). At 250 steps and shift 0.4 the paper schedule guides
+55 / 75 / 120 steps at w = 0.9 / 1 / 2.5 when shifted, 25 / 50 / 175 when unshifted
+(tests/test_cfg_time.py).
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ import torch
 
 from fae.errors import ConfigError
 from fae.generation.transport import VelocityFn, time_grid, velocity_to_eps
+
+CfgTime = Literal["shifted", "unshifted"]
 
 NoiseFn = Callable[[int], torch.Tensor]  # step index -> fresh N(0, I) noise shaped like x
 
@@ -49,6 +59,8 @@ class SamplerConfig:
         cfg_schedule: piecewise-constant scales as [t_low, t_high, scale] triples; when given it
             replaces cfg_scale / cfg_interval; the first piece containing t wins (bounds are
             inclusive) and times outside every piece use w = 1.
+        cfg_time: which time ``cfg_interval`` and ``cfg_schedule`` refer to: "shifted" (the time
+            the network sees) or "unshifted" (the uniform grid time before the shift); module doc.
         diffusion_norm: SDE noise level ``norm`` in g(t)^2 = 2 * norm * t.
     """
 
@@ -58,6 +70,7 @@ class SamplerConfig:
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, 1.0)
     cfg_schedule: list[tuple[float, float, float]] = field(default_factory=list)
+    cfg_time: CfgTime = "shifted"
     diffusion_norm: float = 1.0
 
     def validate(self) -> None:
@@ -73,6 +86,12 @@ class SamplerConfig:
             if not 0.0 <= lo <= hi <= 1.0:
                 raise ConfigError(f"config key 'sampling.cfg_schedule[{i}]': need 0 <= t_low <= t_high "
                                   f"<= 1, got [{lo}, {hi}]")
+        if self.cfg_time not in ("shifted", "unshifted"):
+            raise ConfigError(f"config key 'sampling.cfg_time' must be shifted or unshifted, got {self.cfg_time!r}")
+
+    def grid_shift(self, trained_shift: float) -> float:
+        """The shift of the sampling grid: ``shift`` when set, else the generator's trained one."""
+        return self.shift or trained_shift
 
     @property
     def guided(self) -> bool:
@@ -104,6 +123,14 @@ def cat_conditions(a, b):
     return torch.cat([a, b])
 
 
+def unshifted_times(config: SamplerConfig, shift: float) -> dict[float, float]:
+    """Shifted grid time -> the same step's time on the unshifted grid, for every point of the grid
+    :func:`integrate` walks (exact float keys: the integrator evaluates only grid points)."""
+    shifted = time_grid(config.steps, shift).tolist()
+    uniform = time_grid(config.steps, 1.0).tolist()
+    return dict(zip(shifted, uniform))
+
+
 class GuidedVelocity:
     """(x, t) -> guided velocity of ``model(x, t, cond)``; a :data:`VelocityFn` for the integrators.
 
@@ -113,14 +140,29 @@ class GuidedVelocity:
             unconditional model.
         null_cond: the null conditions for CFG (same shape as ``cond``).
         config: the sampler config holding the guidance scale / interval / schedule.
+        shift: the grid shift :func:`integrate` uses (``config.grid_shift(trained)``); needed only
+            when ``config.cfg_time`` is "unshifted", to map each step's time back to the uniform grid.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], cond: torch.Tensor | None,
-                 null_cond: torch.Tensor | None, config: SamplerConfig):
+                 null_cond: torch.Tensor | None, config: SamplerConfig, shift: float | None = None):
         self.model, self.cond, self.null_cond, self.config = model, cond, null_cond, config
+        self.uniform_time: dict[float, float] | None = None
+        if config.cfg_time == "unshifted":
+            if shift is None:
+                raise ValueError("GuidedVelocity: cfg_time 'unshifted' needs the sampling grid's shift")
+            self.uniform_time = unshifted_times(config, shift)
+
+    def guidance_time(self, t: float) -> float:
+        """The time the guidance interval / schedule is read at (``config.cfg_time``)."""
+        if self.uniform_time is None:
+            return t
+        if t not in self.uniform_time:
+            raise ValueError(f"GuidedVelocity: t = {t} is not on the {self.config.steps}-step sampling grid")
+        return self.uniform_time[t]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        scale = guidance_scale(self.config, float(t[0]))
+        scale = guidance_scale(self.config, self.guidance_time(float(t[0])))
         if scale == 1.0 or self.cond is None:
             return self.model(x, t, self.cond)
         both = self.model(torch.cat([x, x]), torch.cat([t, t]),
@@ -141,7 +183,7 @@ def integrate(velocity: VelocityFn, x: torch.Tensor, config: SamplerConfig, shif
         noise: per-step noise for the SDE (defaults to ``torch.randn_like``).
     """
     config.validate()
-    grid = time_grid(config.steps, config.shift or shift, x.device)  # [steps + 1], 1 -> 0
+    grid = time_grid(config.steps, config.grid_shift(shift), x.device)  # [steps + 1], 1 -> 0
     noise = noise or (lambda step: torch.randn_like(x))
     for i in range(config.steps):
         t, t_next = grid[i].expand(x.shape[0]), grid[i + 1].expand(x.shape[0])  # [B]

@@ -46,8 +46,9 @@ class DiffusionKind(GeneratorKind):
             return torch.zeros_like(x)
 
         cond = torch.zeros(1, dtype=torch.long)  # one sample; any condition enables CFG branches
-        velocity = GuidedVelocity(stand_in, cond, cond, self.config.sampling)
-        integrate(velocity, torch.zeros(1, 1), self.config.sampling, shift=self.config.transport.shift or 1.0)
+        sampling, trained_shift = self.config.sampling, self.config.transport.shift or 1.0
+        velocity = GuidedVelocity(stand_in, cond, cond, sampling, shift=sampling.grid_shift(trained_shift))
+        integrate(velocity, torch.zeros(1, 1), sampling, shift=trained_shift)
         return float(sum(items))
 
     def wrap(self, network: nn.Module, stats: tuple[torch.Tensor, torch.Tensor], fae_identity: dict) -> Generator:
