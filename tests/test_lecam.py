@@ -97,3 +97,14 @@ def test_a_killed_run_with_lecam_resumes_bitwise(tmp_path, capsys):
     disc = expected["models"]["discriminator"]
     assert disc["lecam.real"].item() != 0.0 and disc["lecam.fake"].item() != 0.0  # the averages moved
     assert_bitwise_equal(final, expected)
+
+
+@pytest.mark.parametrize("name", ["pixel_decoder_vitl.yaml", "pixel_decoder_vitl_ii.yaml"])
+def test_imagenet_configs_follow_titoks_released_stage_2_recipe(name):
+    from fae.config import SHIPPED_CONFIGS, load_config
+    from fae.training.stages.pixel_decoder import CONFIG_CLASS
+
+    loss = load_config(CONFIG_CLASS, SHIPPED_CONFIGS / "imagenet256" / name).loss
+    assert (loss.l1_weight, loss.l2_weight, loss.perceptual_weight) == (0.0, 1.0, 0.1)
+    assert (loss.gan_weight, loss.adaptive_gan_weight, loss.gan_start_step) == (0.01, False, 20000)
+    assert (loss.lecam_weight, loss.lecam_ema_decay) == (0.001, 0.999)
