@@ -439,8 +439,8 @@ def pixel_stage(settings: Settings, device):
 
 
 def pixel_decoder_work(settings: Settings) -> Work:
-    """Both phases of a stage-Ib step, as the engine runs them: the decoder (L1 + LPIPS + adaptive
-    GAN) then the discriminator (hinge), each with its own AdamW."""
+    """Both phases of a stage-Ib step, as the engine runs them: the decoder (its config's
+    losses: L2 + LPIPS + fixed-weight GAN) then the discriminator (hinge + LeCam), each with its own AdamW."""
     from fae.training.stages.pixel_decoder import DECODER, DISCRIMINATOR
 
     device, batch = settings.device, settings.batches["pixel_decoder"]

@@ -112,7 +112,7 @@ def run_overrides(recipe: str, work: Work, depth: int | None) -> list[str]:
     if recipe.startswith("pixel_decoder"):
         out = images + [f"backbone.weights={random_weights(depth)}", f"pixel_decoder.depth={cap(depth, 24)}",
                         "loss.lpips_vgg_path=random", "loss.lpips_heads_path=random",
-                        "loss.gan_start_step=0",  # the discriminator phase and adaptive weight run too
+                        "loss.gan_start_step=0",  # the discriminator phase (and LeCam) run too
                         "eval.limit=2", "eval.batch_size=2", "eval.grid_images=2"]
         if recipe.endswith("_ii"):
             out += [f"fae={work.export('fae_dinov2g')}", f"init_from={work.export('pixel_decoder_vitl')}"]
