@@ -13,6 +13,7 @@ from PIL import Image
 from fae.cli import main
 from fae.errors import DataError
 from fae.evaluation.retrieval import retrieval_ranks, retrieval_scores
+from tiny import fae_on, save_tiny_siglip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -88,17 +89,10 @@ def test_karpathy_reader(tmp_path):
 @pytest.fixture(scope="module")
 def siglip(tmp_path_factory):
     """A tiny random full SigLIP (vision tower with its MAP head + text tower) and tokenizer."""
-    import transformers as tf
     from test_text_encoders import WORDS, save_tokenizer  # a word-level tokenizer (unknown words: <unk>)
 
     folder = tmp_path_factory.mktemp("hf") / "sig"
-    torch.manual_seed(0)
-    text = dict(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=8)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=16, patch_size=4)
-    full = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision)).eval()
-    full.save_pretrained(folder)
+    full = save_tiny_siglip(folder, vocab_size=len(WORDS), text_positions=8)
     save_tokenizer(folder)
     return full, folder
 
@@ -116,20 +110,14 @@ def test_attention_pool_is_the_towers_pooled_output(siglip):
 
 
 def test_eval_retrieval_cli_matches_brute_force(tmp_path, capsys, siglip):
-    from fae.autoencoder import FAE, FAEConfig
     from fae.backbones import load_backbone
-    from fae.config import from_dict
     from fae.data.imagefolder import ImageFiles
 
     full, folder = siglip
     path, images, captions = _karpathy(tmp_path)
     backbone = load_backbone("siglip", weights=str(folder))
     info = backbone.info
-    torch.manual_seed(1)
-    fae = FAE(from_dict(FAEConfig, {"backbone": info.name, "resolution": info.resolution, "token_dim": 32,
-                                    "grid": list(info.grid), "latent_channels": 4,
-                                    "encoder": {"heads": 2, "head_dim": 16},
-                                    "decoder": {"depth": 1, "width": 32, "heads": 2}})).eval()
+    fae = fae_on(info, seed=1).eval()
     fae.save_pretrained(tmp_path / "fae")
     assert main(["eval", "retrieval", "--fae", str(tmp_path / "fae"), "--images", str(images),
                  "--captions", str(path), "--out", str(tmp_path / "r.json"), f"backbone_weights={folder}",

@@ -16,6 +16,7 @@ from fae.cli import main
 from fae.errors import ConfigError
 from fae.text import CaptionRules, load_text_encoder
 from fae.text.encoders import big_vision_ids
+from tiny import fae_on, save_tiny_siglip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -47,13 +48,7 @@ def siglip2_style(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf") / "sig2"
     vocab, merges = gemma_vocab()
     tf.GemmaTokenizer(vocab=vocab, merges=merges).save_pretrained(folder)
-    torch.manual_seed(0)
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=64)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=16, patch_size=4)
-    full = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision)).eval()
-    full.save_pretrained(folder)
+    full = save_tiny_siglip(folder, vocab_size=len(vocab), text_positions=64)
     return full, folder, vocab
 
 
@@ -133,9 +128,7 @@ def test_squash_resizes_the_whole_image_and_differs_from_the_centre_crop(tmp_pat
 def test_eval_retrieval_defaults_follow_siglip2(tmp_path, capsys, siglip2_style):
     from test_retrieval import _brute_force, _karpathy
 
-    from fae.autoencoder import FAE, FAEConfig
     from fae.backbones import load_backbone
-    from fae.config import from_dict
 
     full, folder, v = siglip2_style
     path, images, captions = _karpathy(tmp_path)
@@ -144,11 +137,7 @@ def test_eval_retrieval_defaults_follow_siglip2(tmp_path, capsys, siglip2_style)
     data["images"][2]["sentences"][0]["raw"] = "A RED Car"  # image 1 (entry 1 is a train image)
     path.write_text(json.dumps(data))
     info = load_backbone("siglip", weights=str(folder)).info
-    torch.manual_seed(1)
-    fae = FAE(from_dict(FAEConfig, {"backbone": info.name, "resolution": info.resolution, "token_dim": 32,
-                                    "grid": list(info.grid), "latent_channels": 4,
-                                    "encoder": {"heads": 2, "head_dim": 16},
-                                    "decoder": {"depth": 1, "width": 32, "heads": 2}})).eval()
+    fae = fae_on(info, seed=1).eval()
     fae.save_pretrained(tmp_path / "fae")
     assert main(["eval", "retrieval", "--fae", str(tmp_path / "fae"), "--images", str(images),
                  "--captions", str(path), "--out", str(tmp_path / "r.json"), f"backbone_weights={folder}",

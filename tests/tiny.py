@@ -54,6 +54,31 @@ def tiny_fae(seed: int = 0, encoder: dict[str, Any] | None = None, **overrides) 
     return FAE(from_dict(FAEConfig, config))
 
 
+def fae_on(info, seed: int = 0) -> FAE:
+    """A small FAE (width-32 tokens, 4 latent channels) for the backbone ``info`` describes (e.g. a
+    tiny SigLIP saved by a test)."""
+    torch.manual_seed(seed)
+    return FAE(from_dict(FAEConfig, {"backbone": info.name, "resolution": info.resolution, "token_dim": 32,
+                                     "grid": list(info.grid), "latent_channels": 4,
+                                     "encoder": {"heads": 2, "head_dim": 16},
+                                     "decoder": {"depth": 1, "width": 32, "heads": 2}}))
+
+
+def save_tiny_siglip(folder, vocab_size: int, text_positions: int) -> nn.Module:
+    """A tiny random full SigLIP (vision tower with its MAP head at 16 px, patch 4, + text tower;
+    width 32, one layer each) saved to ``folder`` in the Hugging Face format; returns it (eval)."""
+    import transformers as tf  # only the tests that build Hugging Face models need it
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=text_positions)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=16, patch_size=4)
+    full = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision)).eval()
+    full.save_pretrained(folder)
+    return full
+
+
 def tiny_pixel_decoder(seed: int = 0, **overrides) -> PixelDecoder:
     """A one-block pixel decoder for tiny-vit tokens -> 1 x 28 x 28 images."""
     torch.manual_seed(seed)
