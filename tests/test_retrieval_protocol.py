@@ -109,10 +109,10 @@ def _stripes(path) -> None:
 def test_squash_resizes_the_whole_image_and_differs_from_the_centre_crop(tmp_path, siglip2_style):
     from fae.backbones import load_backbone
     from fae.data.imagefolder import ImageFiles
-    from fae.data.karpathy import SquashedImages
+    from fae.data.karpathy import squashed_images
 
     _stripes(tmp_path / "wide.png")
-    image, index = SquashedImages([tmp_path / "wide.png"], 16)[0]
+    image, index = squashed_images([tmp_path / "wide.png"], 16)[0]
     want = np.asarray(Image.open(tmp_path / "wide.png").convert("RGB").resize((16, 16), Image.BILINEAR))
     assert image.dtype == torch.uint8 and index == 0
     assert torch.equal(image, torch.from_numpy(want.copy()).permute(2, 0, 1))

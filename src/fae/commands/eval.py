@@ -27,7 +27,7 @@ from fae.config import load_config
 from fae.data.datasets import (FOLDER_DATASETS, build_dataset, check_batchable, check_data, class_count,
                                data_root_label)
 from fae.data.imagefolder import ImageFiles
-from fae.data.karpathy import SquashedImages, read_karpathy
+from fae.data.karpathy import read_karpathy, squashed_images
 from fae.data.transforms import DINOV2_CROP, DINOV2_RESIZE, dinov2_eval_crop
 from fae.errors import ConfigError, DataError
 from fae.evaluation import config
@@ -168,9 +168,9 @@ def check_ref_stats_inputs(cfg: RefStatsConfig) -> None:
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Linear-probe top-1 of raw backbone features, or FAE latents / reconstructed features; with
     ``cfg.head``, the zero-shot protocol (:func:`run_head_probe`)."""
-    check_probe_inputs(cfg)
-    if cfg.head:
-        return run_head_probe(cfg)
+    head = check_probe_inputs(cfg)
+    if head is not None:
+        return run_head_probe(cfg, head)
     encoder = _probe_encoder(cfg, resolve_device(cfg.device))
     splits = {split: pooled_features(encoder, _limited(cfg.data, split, limit, _probe_crop(cfg)),
                                      batch_size=cfg.batch_size, progress=cfg.progress, desc=f"probe {split}")
@@ -195,8 +195,8 @@ HEAD_ROW_NOTES = {
 }
 
 
-def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
-    """Zero-shot top-1 / top-5 of a fixed head (``cfg.head``) on ``cfg.data`` (its own split): raw
+def run_head_probe(cfg: ProbeConfig, head: LinearHead) -> dict[str, Any]:
+    """Zero-shot top-1 / top-5 of a fixed head (``head``, read from ``cfg.head``) on ``cfg.data`` (its own split): raw
     backbone features and, with ``cfg.fae``, the FAE's reconstructions - the same head on all.
 
     For a CLS + patch-mean head (the released DINOv2 heads) the reconstruction gives three
@@ -205,7 +205,6 @@ def run_head_probe(cfg: ProbeConfig) -> dict[str, Any]:
     reconstructed patch mean) and ``patch_mean_only`` (:func:`patch_mean_half`), with
     ``raw_patch_mean_only`` as its raw reference. A head on the patch mean has ``reconstructed``.
     """
-    head = LinearHead.load(cfg.head)
     device = resolve_device(cfg.device)
     if cfg.fae:
         fae = load_fae(cfg.fae, device, cfg.weights)
@@ -255,10 +254,10 @@ def _preprocess_label(cfg: ProbeConfig) -> str:
     return "adm: " + (f"ADM crop {cfg.data.image_size}" if cfg.data.image_size else "images as stored")
 
 
-def check_probe_inputs(cfg: ProbeConfig) -> None:
+def check_probe_inputs(cfg: ProbeConfig) -> LinearHead | None:
     """Before a network loads: the head file (its keys, its input width against the tokens and its
     classes against the data's), the data splits, the FAE export or the backbone weights, and
-    the output places."""
+    the output places. Returns the head read from ``cfg.head`` (None without one)."""
     head = LinearHead.load(cfg.head) if cfg.head else None
     for split in [cfg.data.split] if head is not None else ["train", "test"]:
         check_data(cfg.data, split)
@@ -274,6 +273,7 @@ def check_probe_inputs(cfg: ProbeConfig) -> None:
     output_file(cfg.out, "--out")
     if cfg.save_head:
         output_file(cfg.save_head, "config key 'save_head'")
+    return head
 
 
 def _check_probe_tokens(cfg: ProbeConfig) -> tuple[int | None, bool | None]:
@@ -360,7 +360,7 @@ def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
     fae = load_fae(cfg.fae, device, cfg.backbone_weights)
     encoder = RetrievalImageEmbeddings(fae)
     size = cfg.image_size or fae.config.resolution
-    dataset = SquashedImages(split.files, size) if cfg.image_preprocess == "squash" \
+    dataset = squashed_images(split.files, size) if cfg.image_preprocess == "squash" \
         else ImageFiles(split.files, list(range(len(split.files))), size)
     emb, index = pooled_features(encoder, dataset, batch_size=cfg.batch_size, progress=cfg.progress,
                                  desc="retrieval images")

@@ -30,16 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from fae import distributed as dist
-from fae.autoencoder import FAE
 from fae.commands.eval import _VERBS as EVAL_VERBS
 from fae.commands.eval import _write, run_fid, run_ref_stats
 from fae.commands.eval import configure as configure_eval
-from fae.commands.sample import SampleConfig, sample_to_npz
+from fae.commands.sample import SampleConfig, check_exports, sample_to_npz
 from fae.data.coco import CocoImage, DrawnCaption, draw_captions, read_coco_captions
 from fae.data.datasets import DataConfig
 from fae.errors import DataError
 from fae.evaluation.config import CocoConfig, FidConfig, RefStatsConfig
-from fae.export import read_export_config
 from fae.io import atomic_save_json, atomic_write
 from fae.preflight import input_file, input_folder, output_folder
 
@@ -81,8 +79,7 @@ def check_inputs(cfg: CocoConfig) -> None:
     built: the captions file, the images folder, both exports (the FAE with its pixel decoder)."""
     input_file(cfg.captions, "--captions", "COCO's annotations/captions_val2014.json")
     input_folder(cfg.images, "--images", "COCO's val2014/ image folder")
-    read_export_config(cfg.generator)  # its kind is checked when it loads
-    FAE.check_export(cfg.fae, pixel_decoder=True)
+    check_exports(cfg.generator, cfg.fae)
     output_folder(cfg.out_dir, "config key 'out_dir'")
 
 

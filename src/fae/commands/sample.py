@@ -101,14 +101,20 @@ def check_inputs(cfg: SampleConfig) -> None:
     """Every file ``fae sample`` reads and every place it writes, checked before a model is built
     (reading ``config.json`` files only): the generator export, an FAE export with a pixel
     decoder, the prompts file, and the ``.npz``, grid and PNG folder places."""
-    read_export_config(cfg.generator)  # its kind is checked when it loads
-    FAE.check_export(cfg.fae, pixel_decoder=True)
+    check_exports(cfg.generator, cfg.fae)
     if cfg.prompts is not None:
         read_prompt_file(cfg.prompts)
     output_file(cfg.out, "--out")
     output_file(grid_path(cfg), "--grid")
     if cfg.png:
         output_folder(cfg.png, "--png", empty=True)
+
+
+def check_exports(generator: str, fae: str) -> None:
+    """The two exports sampling needs, from their ``config.json`` files: a generator (its kind is
+    checked when it loads) and an FAE with a pixel decoder."""
+    read_export_config(generator)
+    FAE.check_export(fae, pixel_decoder=True)
 
 
 def grid_path(cfg: SampleConfig) -> Path:
@@ -136,13 +142,14 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
         samples = decoder.all(indices, labels, seed=cfg.seed, progress=du.is_main(), desc="sample",
                               prompts=None if prompts is None else [prompts[i] for i in indices])
     out = Path(cfg.out)
+    local = _adm_arrays(samples)  # this rank's (uint8 NHWC images, labels), converted once
     if cfg.png:
-        write_png_folder(Path(cfg.png), indices, _adm_arrays(samples)[0], cfg.num)
+        write_png_folder(Path(cfg.png), indices, local[0], cfg.num)
     if du.world_size() > 1:
-        _write_part(_part_path(out, du.rank()), samples)
+        write_sample_batch(_part_path(out, du.rank()), *local)
     du.barrier()
     if du.is_main():
-        images, labels = _merge_parts(out, du.world_size()) if du.world_size() > 1 else _adm_arrays(samples)
+        images, labels = _merge_parts(out, du.world_size()) if du.world_size() > 1 else local
         write_sample_batch(out, images, labels, prompts)
         _write_grid(images[:cfg.grid_count], grid_path(cfg))
         if cfg.png:
@@ -217,10 +224,6 @@ def _adm_arrays(samples):
 
 def _part_path(out: Path, rank: int) -> Path:
     return out.with_name(f".{out.stem}.rank{rank:03d}.npz")
-
-
-def _write_part(path: Path, samples) -> Path:
-    return write_sample_batch(path, *_adm_arrays(samples))
 
 
 def _merge_parts(out: Path, world: int):

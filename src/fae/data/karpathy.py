@@ -7,22 +7,20 @@ and ``sentences``, a list of objects with the caption in ``raw`` (5 per image, a
 The test split holds 5,000 images and 25,010 captions. Images are looked up as
 ``images/<filepath>/<filename>``, else ``images/<filename>``.
 
-:class:`SquashedImages` reads such a split's images as SigLIP's processor does: the whole image
+:func:`squashed_images` reads such a split's images as SigLIP's processor does: the whole image
 resized to a square (no crop), for the retrieval protocol of ``fae.evaluation.retrieval``.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from fae.data.imagefolder import load_rgb
-from fae.data.transforms import to_chw_uint8
+from fae.data.imagefolder import ImageFiles
 from fae.errors import DataError
 
 
@@ -91,22 +89,15 @@ def squash_resize(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), resample=Image.BILINEAR))
 
 
-class SquashedImages(Dataset):
+def squashed_images(files: list[Path], size: int) -> ImageFiles:
     """Image files -> ``(uint8 [3, S, S], index)``, each image squashed to ``S x S`` by
-    :func:`squash_resize`. The index (the file's position) stands where folder datasets put a label.
+    :func:`squash_resize`: the folder dataset with that crop, the file's position standing where
+    a folder dataset puts a label.
 
     Args:
         files: image paths.
         size: the square side S (the vision tower's input resolution).
     """
-
-    def __init__(self, files: list[Path], size: int):
-        if size < 1:
-            raise DataError(f"image size must be >= 1, got {size}")
-        self.files, self.size = files, size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return to_chw_uint8(squash_resize(load_rgb(self.files[i]), self.size)), i  # [3, S, S] uint8
+    if size < 1:
+        raise DataError(f"image size must be >= 1, got {size}")
+    return ImageFiles(files, list(range(len(files))), crop=functools.partial(squash_resize, size=size))

@@ -53,7 +53,7 @@ Inputs, "following SigLIP2's original setting" (the paper's words for Table 4). 
 So by default (``fae eval retrieval``, :class:`fae.evaluation.config.RetrievalConfig`): captions
 are lowercased and laid out as big_vision does, 64 ids (``fae.text.CaptionRules``, applied whatever
 tokenizer class the checkpoint names), and each image is squashed whole to the tower's resolution
-(``fae.data.karpathy.SquashedImages``), then rescaled and normalised by the backbone. The earlier
+(``fae.data.karpathy.squashed_images``), then rescaled and normalised by the backbone. The earlier
 behaviour - the tokenizer's own call, mixed case, and the ADM centre crop - stays selectable.
 """
 from __future__ import annotations
