@@ -34,22 +34,22 @@ def test_paper_sizes_on_meta_device():
     with torch.device("meta"):
         fae = FAE(FAEConfig(backbone="dinov2-g14"))
     assert fae.config.token_dim == 1536 and tuple(fae.config.grid) == (16, 16)
-    assert n_params(fae.encoder) == pytest.approx(38.17e6, rel=0.02)
+    assert n_params(fae.encoder) == 38_166_592  # the default layout: exact, see encoder.py
     assert n_params(fae.decoder) == pytest.approx(170.43e6, rel=0.02)
     assert n_params(fae.decoder) == 170_426_880  # exact: see feature_decoder.py
     with torch.device("meta"):  # the ablation encoders, by config alone
         deep = FAE(load_config(FAEConfig, None, ["encoder.kind=transformer"]))
         linear = FAE(load_config(FAEConfig, None, ["encoder.kind=linear"]))
-    assert n_params(deep.encoder) == 6 * 28_330_496 + 256 * 1536 + 1536 + 1536 * 64 + 64
+    assert n_params(deep.encoder) == 6 * 28_330_496 + 1536 + 1536 * 64 + 64  # blocks, norm, head (no table)
     assert n_params(linear.encoder) == 1536 * 64 + 64
 
 
 def test_both_attention_layouts_have_the_documented_counts():
-    """App. D: 38.17M. The projected-skip layout without a table is exactly 38,166,592."""
-    exact = ["encoder.skip=projected", "encoder.activation_width=attention", "encoder.pos_embed=false"]
+    """App. D: 38.17M. The projected-skip layout without a table (the schema default) is exactly 38,166,592."""
+    earlier = ["encoder.skip=identity", "encoder.activation_width=token", "encoder.pos_embed=true"]
     with torch.device("meta"):
-        paper = FAE(load_config(FAEConfig, None, ["backbone=dinov2-g14", *exact]))
-        earlier = FAE(load_config(FAEConfig, None, ["backbone=dinov2-g14"]))  # the schema default
+        paper = FAE(load_config(FAEConfig, None, ["backbone=dinov2-g14"]))  # the schema default
+        earlier = FAE(load_config(FAEConfig, None, ["backbone=dinov2-g14", *earlier]))
     assert n_params(paper.encoder) == 1536 * 4 * 6144 + 4 * 6144 + 6144 * 64 + 64 == 38_166_592
     assert n_params(earlier.encoder) == 1536 * 3 * 6144 + 3 * 6144 + 6144 * 1536 + 1536 \
         + 1536 * 64 + 64 + 256 * 1536 == 38_260_288
@@ -169,6 +169,22 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     assert config["backbone"] == {"name": "tiny-vit", "resolution": 32, "dim": 64, "grid": [4, 4]}
     assert config["identity"] == fae.identity()
     assert config["latent_stats"]["std"] == fae.latent_std.tolist()
+
+
+def test_an_export_older_than_the_layout_keys_loads_with_its_own_layout(tmp_path):
+    """Exports written before ``skip`` / ``activation_width`` / ``pos_embed`` existed had the identity
+    skip, the activation at the token width and a position table: they load as that, not as today's default."""
+    old = tiny_fae(skip="identity", activation_width="token", pos_embed=True).eval()
+    folder = old.save_pretrained(tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("skip", "activation_width", "pos_embed"):
+        del config["config"]["encoder"][key]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = FAE.from_pretrained(folder)
+    assert loaded.encoder.skip is None and loaded.encoder.pos_embed is not None
+    tokens = torch.randn(2, 16, 64)
+    assert torch.equal(loaded.encode(tokens), old.encode(tokens))
+    assert tiny_fae().encoder.skip is not None  # today's default is the projected skip
 
 
 def test_identity_tracks_the_latent_space_only(tmp_path):

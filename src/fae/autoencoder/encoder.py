@@ -17,12 +17,14 @@ Two layouts of the attention kind (``skip`` x ``activation_width``, paper §4 / 
 "we merge the consecutive linear layers in the attention module"; counts at D = 1536, c = 32, 24 x
 256 = 6144, biases included):
 
-- ``skip: projected, activation_width: attention`` (the ImageNet config; the paper's count exactly):
+- ``skip: projected, activation_width: attention``, ``pos_embed: false`` (the schema default, used by
+  the ImageNet configs, the demo and every experiment; the paper's count exactly):
   one projection D -> 4 x 6144 (Q, K, V and a projected skip; 28,329,984 + 9,443,328), softmax
   attention, attention output + projected skip at 6144, activation at 6144, linear proj 2 6144 -> 64
   (393,280): 38,166,592 = 38.17M, with ``pos_embed: false`` (DINOv2 tokens already carry position).
   The output projection 6144 -> D merges into linear proj 2, so there is none.
-- ``skip: identity, activation_width: token`` (the schema default, the layout of earlier exports):
+- ``skip: identity, activation_width: token``, ``pos_embed: true`` (the default before 2026-12-05;
+  exports written before these keys existed load with it, see :func:`with_layout_of_old_exports`):
   QKV (28,329,984), an output projection 6144 -> D so the input can be added back (9,438,720),
   activation at D, linear proj 2 D -> 64 (98,368) = 37,867,072; with the learned position table read
   into the figure's "input embedding" box (256 x 1536 = 393,216): 38,260,288 = 38.26M (0.24% above).
@@ -73,9 +75,9 @@ class EncoderConfig:
     heads: int = 24
     head_dim: int = 256
     activation: Literal["gelu", "silu", "none"] = "gelu"
-    skip: Literal["identity", "projected"] = "identity"
-    activation_width: Literal["token", "attention"] = "token"
-    pos_embed: bool = True
+    skip: Literal["identity", "projected"] = "projected"
+    activation_width: Literal["token", "attention"] = "attention"
+    pos_embed: bool = False
     depth: int = 6
     mlp_ratio: float = 4.0
     width: int | None = None
@@ -90,6 +92,20 @@ class EncoderConfig:
                               f"D-wide input, so its activation is at width 'token'; a projected skip "
                               f"adds at width 'attention' (heads x head_dim)")
 
+
+
+# The attention layout of exports written before ``skip`` / ``activation_width`` existed (and
+# before 2026-12-05, when the exact-count layout became the default): their config.json lacks the keys.
+OLD_EXPORT_LAYOUT = {"skip": "identity", "activation_width": "token", "pos_embed": True}
+
+
+def with_layout_of_old_exports(encoder: dict) -> dict:
+    """An export's ``encoder`` section with the keys it lacks set to the layout it was written with.
+
+    Exports record every key of their config, so a missing key means an export older than the key,
+    whose encoder had the old defaults: filling today's defaults would build a different network.
+    """
+    return {**OLD_EXPORT_LAYOUT, **encoder}
 
 
 def _position_embedding(enabled: bool, tokens: int, dim: int) -> nn.Parameter | None:

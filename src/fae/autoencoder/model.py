@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from fae.autoencoder.encoder import EncoderConfig, build_encoder
+from fae.autoencoder.encoder import EncoderConfig, build_encoder, with_layout_of_old_exports
 from fae.autoencoder.extra_tokens import ExtraTokenDecoder, ExtraTokens, attention_heads
 from fae.autoencoder.feature_decoder import FeatureDecoder, FeatureDecoderConfig
 from fae.autoencoder.normalization import FeatureNormalizer
@@ -101,6 +101,13 @@ class FAEConfig:
                                   f"at {info.resolution} px has {known}; leave it null")
         return replace(self, resolution=info.resolution, token_dim=info.dim, grid=tuple(info.grid),
                        extra_count=count)
+
+
+def config_from_export(settings: dict[str, Any], prefix: str = "config") -> FAEConfig:
+    """The :class:`FAEConfig` an export's ``config`` section records (older exports: the encoder
+    layout they were written with, ``with_layout_of_old_exports``)."""
+    settings = {**settings, "encoder": with_layout_of_old_exports(settings.get("encoder", {}))}
+    return from_dict(FAEConfig, settings, prefix=prefix)
 
 
 class FAE(Exportable, nn.Module):
@@ -364,7 +371,7 @@ class FAE(Exportable, nn.Module):
     def from_export(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> "FAE":
         if "config" not in config:
             raise CheckpointError(f"'{folder / CONFIG_FILE}' has no 'config' section")
-        model = cls(from_dict(FAEConfig, config["config"], prefix="config"))
+        model = cls(config_from_export(config["config"]))
         if config.get("pixel_decoder"):
             model.set_pixel_decoder(PixelDecoder.from_export_config(config["pixel_decoder"]))
         load_strict(model, tensors, folder)

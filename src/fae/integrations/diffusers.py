@@ -43,9 +43,9 @@ from typing import Any, Sequence
 
 import torch
 
-from fae.autoencoder import FAE, FAEConfig
+from fae.autoencoder import FAE
+from fae.autoencoder.model import config_from_export
 from fae.autoencoder.pixel_decoder import PixelDecoder
-from fae.config import from_dict
 from fae.errors import CheckpointError, ImageRangeError, MissingExtraError, install_hint
 from fae.export import CONFIG_FILE
 from fae.images import check_float_range
@@ -201,7 +201,7 @@ def _build_fae(export: dict[str, Any]) -> FAE:
     """An FAE with the recorded architecture (random weights, filled in by the loader)."""
     if not isinstance(export, dict) or "config" not in export:
         raise CheckpointError("AutoencoderFAE config 'fae_export' must hold the FAE export's 'config' section")
-    fae = FAE(from_dict(FAEConfig, export["config"], prefix="fae_export.config"))
+    fae = FAE(config_from_export(export["config"], prefix="fae_export.config"))
     if export.get("pixel_decoder"):
         fae.set_pixel_decoder(PixelDecoder.from_export_config(export["pixel_decoder"]))
     return fae

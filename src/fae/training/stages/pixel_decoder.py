@@ -38,7 +38,7 @@ from fae import distributed as du
 from fae.autoencoder.discriminator import DiscriminatorConfig, PatchDiscriminator
 from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_loss, hinge_g_loss,
                                     lecam_regularization, reconstruction_loss)
-from fae.autoencoder.model import FAE, FAEConfig
+from fae.autoencoder.model import FAE, FAEConfig, config_from_export
 from fae.autoencoder.noise import NoiseConfig, add_token_noise, token_rms
 from fae.autoencoder.perceptual import build_perceptual
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
@@ -46,7 +46,6 @@ from fae.backbones.config import BackboneConfig
 from fae.backbones.extract import extract_tokens
 from fae.backbones.token_cache import TokenCache, dtype_named
 from fae.backbones.weights import RANDOM_WEIGHTS
-from fae.config import from_dict
 from fae.data.batches import iterate_batches, map_batches
 from fae.data.datasets import DataConfig, build_dataset, synthetic_images
 from fae.errors import ConfigError
@@ -263,7 +262,7 @@ class PixelDecoderStage(Stage):
                 fae_config = FAEConfig(backbone=self.info.name, resolution=self.info.resolution)
             else:
                 record = read_export_config(cfg.fae, FAE.export_format, FAE.export_version)["config"]
-                fae_config = from_dict(FAEConfig, record, prefix="config")
+                fae_config = config_from_export(record)
             with torch.device(device):
                 self.fae = FAE(fae_config).requires_grad_(False).eval()
             helpers["fae"] = self.fae
