@@ -292,9 +292,38 @@ def config_file(path: str | Path) -> Path:
                       f"such as imagenet256/sit_xl1.yaml: see {SHIPPED_CONFIGS})")
 
 
+# A config file may start from another: ``base: fae_dinov2g.yaml`` reads that file first and lays
+# this one over it (sections merge key by key; a list or a value replaces the base's). The name is
+# looked up beside the including file first, then as any ``--config`` name (:func:`config_file`).
+# Paper variants (FAE-48) state only what differs, so they follow their recipe when it changes.
+BASE_KEY = "base"
+
+
 def read_yaml(path: str | Path) -> dict:
-    """The mapping in config file ``path`` (a file, or a shipped config's name: :func:`config_file`)."""
-    path = config_file(path)
+    """The mapping in config file ``path`` (a file, or a shipped config's name: :func:`config_file`),
+    with its ``base:`` chain merged in (:data:`BASE_KEY`)."""
+    return _with_base(config_file(path), ())
+
+
+def _with_base(path: Path, seen: tuple[Path, ...]) -> dict:
+    """The mapping of ``path`` laid over its base's (recursively); ``seen`` catches a cycle."""
+    data = _read_mapping(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config file '{path}': '{BASE_KEY}' must name a config file, got {base!r}")
+    beside = path.parent / base
+    parent = (beside if beside.is_file() else config_file(base)).resolve()
+    chain = (*seen, path.resolve())
+    if parent in chain:
+        raise ConfigError(f"config file '{path}': '{BASE_KEY}: {base}' makes a cycle "
+                          f"({' -> '.join(p.name for p in (*chain, parent))}); remove one '{BASE_KEY}'")
+    return _deep_merge(_with_base(parent, chain), data)
+
+
+def _read_mapping(path: Path) -> dict:
+    """The top-level mapping of one YAML file (no ``base`` handling)."""
     try:
         data = yaml_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:
