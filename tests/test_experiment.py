@@ -135,14 +135,14 @@ def test_arms_outside_the_variable_are_refused(tmp_path):
 
 
 def test_report_numbers_are_the_stored_results(experiment):
-    from fae.experiment.report import fid_text, pct_text
+    from fae.experiment.report import fid_text, point_text
 
     record = results(experiment[0])
     page = (experiment[0] / "runs" / "tiny" / "report.html").read_text()
     cells = lambda *values: "".join(f"<td>{v}</td>" for v in values)  # noqa: E731
     for arm in record["arms"].values():
         for p in arm["curve"]:
-            assert "<tr>" + cells(arm["name"], p["step"], fid_text(p["fid"]), pct_text(p["class_accuracy"])) + "</tr>" in page
+            assert "<tr>" + cells(arm["name"], p["step"], point_text(p, "fid"), point_text(p, "class_accuracy")) + "</tr>" in page
     for v in record["verdicts"]:
         f = v["fid"]
         assert cells(f"{fid_text(f['better'])} vs {fid_text(f['worse'])}", f["verdict"]) in page

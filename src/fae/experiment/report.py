@@ -81,7 +81,7 @@ def decided_by_text(entry: dict[str, Any], metric: str) -> str:
     if "spread" in entry:
         fmt = FORMATS[metric]
         margin, spread = abs(entry["margin"]), entry["spread"]
-        return f"old rule: margin {fmt(margin)} {'>' if margin > spread else '<='} seed spread {fmt(spread)}"
+        return f"old rule: margin {fmt(margin)} {'beyond' if margin > spread else 'within'} seed spread {fmt(spread)}"
     return "-"
 
 
@@ -155,16 +155,16 @@ def curve_figure(record: dict[str, Any], metric: str, folder: Path) -> Path:
     for i, base in enumerate(bases):
         colour, dodge = colours[i % len(colours)], 0.012 * width * (i - (len(bases) - 1) / 2)
         if _draw_curve(ax, base, metric, colour, dodge, thin=False):
-            notes.add("bars: sampling 95% interval")
+            notes.add("bars: sampling 95% CI")
         for replicate in (a for a in arms if a.get("replicate_of") == base["name"]):
             _draw_curve(ax, replicate, metric, colour, dodge, thin=True)
             notes.add("thin: seed replicates")
         group = group_stats(record, base["name"], metric).get("interval")
         if group:
             ax.vlines(base["curve"][-1]["step"] + dodge, *group, color=colour, linewidth=7, alpha=0.25)
-            notes.add("wide bar: seed 95% interval")
+            notes.add("wide bar: seed 95% CI")
     _reference_lines(ax, record, metric)
-    ax.set_title(METRIC_LABELS[metric] + (f"\n({'; '.join(sorted(notes))})" if notes else ""), fontsize=9)
+    ax.set_title(METRIC_LABELS[metric] + (f"\n{'; '.join(sorted(notes))}" if notes else ""), fontsize=8)
     ax.set_xlabel("generator steps")
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.grid(alpha=0.3)
