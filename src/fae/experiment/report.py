@@ -147,7 +147,7 @@ def curve_figure(record: dict[str, Any], metric: str, folder: Path) -> Path:
     arms = [a for a in record["arms"].values() if a["curve"] and all(metric in p for p in a["curve"])]
     bases = [a for a in arms if not a.get("replicate_of")]
     steps = sorted({p["step"] for a in arms for p in a["curve"]})
-    width = (steps[-1] - steps[0]) if len(steps) > 1 else max(steps[0], 1)
+    width = (steps[-1] - steps[0]) if len(steps) > 1 else 1  # dodging is relative to the steps' span
     plt = pyplot()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(5.6, 3.5), dpi=110)
@@ -168,7 +168,8 @@ def curve_figure(record: dict[str, Any], metric: str, folder: Path) -> Path:
     ax.set_xlabel("generator steps")
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return save_png(figure_image(fig), folder / "figures" / f"{metric}.png")
 
