@@ -114,8 +114,8 @@ def test_report_rows_carry_the_recorded_intervals_and_what_decided(tmp_path):
                           "inside the noise", "sampling intervals overlap", "sampling [60.4%, 78.1%]; seeds [63.1%, 75.9%]",
                           "sampling [56.0%, 75.0%]; seeds [60.1%, 72.9%]") + "</tr>" in page
     assert "<tr>" + cells("a", "200", "80.00 [76.50, 84.25]", "70.0% [60.4%, 78.1%]") + "</tr>" in page
-    assert "<tr>" + cells("b", "2", "110.25 +- 0.35", "[100.00, 120.50]", "110.00, 110.50",
-                          "66.5% +- 0.7%", "[60.1%, 72.9%]", "66.0%, 67.0%") + "</tr>" in page
+    assert "<tr>" + cells("b", "2", "110.25 ± 0.35", "[100.00, 120.50]", "110.00, 110.50",
+                          "66.5% ± 0.7%", "[60.1%, 72.9%]", "66.0%, 67.0%") + "</tr>" in page
     assert "real-vs-real floor 50.00 (N = 100) [47.00, 53.50]" in page
     assert "both separate" in page  # the interval rule, not the old spread rule
     # two curves and one claim figure, inlined (no samples: this record has no evaluation files)

@@ -284,18 +284,18 @@ def timing_rows(record: dict[str, Any]) -> list[list[str]]:
 
 
 def group_rows(record: dict[str, Any]) -> list[list[str]] | None:
-    """Each seed group's final scores: mean +- sd, the Student-t 95% interval of the mean, the
+    """Each seed group's final scores: mean ± sd, the Student-t 95% interval of the mean, the
     values; None for results written before seed groups."""
     groups = record.get("groups") or {}
     if not groups:
         return None
-    rows = [["arm (seed group)", "seeds", "FID mean +- sd", "FID seed interval", "FID values",
-             "accuracy mean +- sd", "accuracy seed interval", "accuracy values"]]
+    rows = [["arm (seed group)", "seeds", "FID mean ± sd", "FID seed interval", "FID values",
+             "accuracy mean ± sd", "accuracy seed interval", "accuracy values"]]
     for name in groups:
         row = [name, str(max(len(group_stats(record, name, m).get("values") or []) for m in ("fid", "class_accuracy")))]
         for metric in ("fid", "class_accuracy"):
             g, fmt = group_stats(record, name, metric), FORMATS[metric]
-            row += [f"{fmt(g['mean'])} +- {fmt(g['sd'])}" if g.get("sd") is not None else
+            row += [f"{fmt(g['mean'])} ± {fmt(g['sd'])}" if g.get("sd") is not None else
                     (fmt(g["mean"]) if "mean" in g else "-"),
                     interval_text(g.get("interval"), fmt) or "-",
                     ", ".join(fmt(v) for v in g.get("values") or []) or "-"]
