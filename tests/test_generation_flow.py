@@ -265,10 +265,12 @@ def test_bad_config_values_name_their_key():
 
 
 def test_the_starflow_default_sizes_match_the_published_1_4b():
-    for c, side, patch in ((32, 16, 1), (4, 32, 2)):  # FAE latents, SD-VAE-shaped latents: 256 tokens
-        flow = build_flow(FlowConfig(size="XL", latent_channels=c, latent_size=side, patch_size=patch), "meta")
-        assert flow.config.grid == (16, 16)
-        assert 1.40e9 < flow.num_params() < 1.45e9
+    for c, side, patch, grid in ((32, 16, 1, 16), (4, 32, 2, 16), (4, 32, 1, 32)):  # FAE, SD-VAE latents
+        for condition in ("all", "deep"):
+            flow = build_flow(FlowConfig(size="XL", latent_channels=c, latent_size=side, patch_size=patch,
+                                         condition=condition), "meta")
+            assert flow.config.grid == (grid, grid)
+            assert 1.40e9 < flow.num_params() < 1.45e9
 
 
 # ---------------------------------------------------------------- through the stage, export and CLI
@@ -287,15 +289,16 @@ def test_diffusion_run_configs_keep_their_saved_form_and_misplaced_sections_are_
         load_config(GeneratorRunConfig, "imagenet256/starflow_fae.yaml", ["flow.head_dim=6"])
 
 
-@pytest.mark.parametrize("name,count", [("starflow_fae", "1.424B"), ("starflow_sdvae", "1.423B")])
-def test_dry_run_prints_the_count_next_to_the_published_one(capsys, tmp_path, name, count):
+@pytest.mark.parametrize("name,count,tokens", [("starflow_fae", "1.413B", 256), ("starflow_sdvae", "1.412B", 1024)])
+def test_dry_run_prints_the_count_next_to_the_published_one(capsys, tmp_path, name, count, tokens):
     # no latent cache there: the stage is described, the checklist names the cache, exit 2
     assert fae_main(["train", "generator", "--config", f"imagenet256/{name}.yaml", "--dry-run",
                      f"data.cache={tmp_path / 'latents'}"]) == 2
     out = capsys.readouterr().out
     assert "MISSING  latent cache (data.cache)" in out
-    assert f"STARFlow-XL/{1 if name == 'starflow_fae' else 2}" in out and "(256 tokens)" in out
+    assert "STARFlow-XL/1" in out and f"({tokens} tokens)" in out  # patch 1 on both (TarFlow_XLv2_1)
     assert f"{count} parameters; published: 1.4B" in out
+    assert "conditioning deep blocks, class as prefix token); soft clip 4 on affine" in out
 
 
 def test_a_flow_export_round_trips_and_samples_the_same(tmp_path):
@@ -378,3 +381,32 @@ def test_fae_sample_picks_the_flow_from_its_export(flow_run, capsys):
     # A diffusion sampler key is refused by name once the export shows the generator is a flow.
     assert fae_main(args[:-1] + ["sampling.steps=4"]) == 2
     assert "sampling.steps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fae_sample_decodes_with_the_finetuned_decoder_and_skips_the_score_step(flow_run, tmp_path, capsys):
+    """``sampling.finetuned_decoder`` (STARFlow's finetuned_vae): the named export decodes the
+    samples left noisy, i.e. the same images as passing it as --fae with the score step off."""
+    from test_generation_pipeline import export_fae
+
+    root, _, result = flow_run
+    fae = FAE.from_pretrained(root / "fae")
+    torch.manual_seed(9)
+    with torch.no_grad():  # another pixel decoder for the same latent space (same identity)
+        for p in fae.pixel_decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    noisy = tmp_path / "noisy_decoder"
+    fae.save_pretrained(noisy)
+    common = ["sample", "--generator", result["export"], "--num", "4", "--classes", "1,2", "--batch-size", "4"]
+    finetuned = [f"sampling.finetuned_decoder={noisy}"]
+    assert fae_main(common + ["--fae", str(root / "fae"), "--out", str(tmp_path / "a.npz")] + finetuned) == 0
+    assert fae_main(common + ["--fae", str(noisy), "--out", str(tmp_path / "b.npz"), "sampling.denoise=false"]) == 0
+    assert fae_main(common + ["--fae", str(root / "fae"), "--out", str(tmp_path / "c.npz")]) == 0
+    a, b, c = (read_sample_batch(tmp_path / f"{k}.npz")[0] for k in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # A decoder of another latent space is refused like a mismatched --fae.
+    other = export_fae(tmp_path / "other_fae", seed=1)
+    capsys.readouterr()
+    assert fae_main(common + ["--fae", str(root / "fae"), "--out", str(tmp_path / "d.npz"),
+                              f"sampling.finetuned_decoder={other}"]) == 2
+    assert "other_fae" in capsys.readouterr().err

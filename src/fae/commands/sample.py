@@ -39,7 +39,8 @@ from fae.errors import ConfigError
 from fae.evaluation.stats import read_sample_batch, write_sample_batch
 from fae.export import read_export_config
 from fae.generation import load_generator
-from fae.generation.decode import SampleDecoder, check_pair, check_sampler_overrides, class_labels, sampler_config
+from fae.generation.decode import (SampleDecoder, check_pair, check_sampler_overrides, class_labels, decoder_folder,
+                                   sampler_config)
 from fae.images import image_grid, nchw_to_nhwc, nhwc_to_nchw, save_png, to_uint8_rgb
 from fae.io import atomic_write
 from fae.preflight import output_file, output_folder
@@ -131,12 +132,14 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
     du.barrier()  # every rank has checked the PNG folder empty before any rank writes there
     device = du.device()
     generator = load_generator(cfg.generator, device=device)  # diffusion or flow, as the export says
-    fae = FAE.from_pretrained(cfg.fae, device=device)
-    check_pair(generator, fae.identity(), fae.latent_shape, cfg.generator, cfg.fae)
+    sampling = sampler_config(generator, cfg.sampling)
+    decoder_path = decoder_folder(sampling, cfg.fae)  # a flow's finetuned_decoder replaces --fae
+    fae = FAE.from_pretrained(decoder_path, device=device)
+    check_pair(generator, fae.identity(), fae.latent_shape, cfg.generator, decoder_path)
     prompts = cycled_prompts(generator, cfg)
     indices = du.shard_range(cfg.num)
     labels = None if prompts is not None else class_labels(generator, indices, cfg.classes)
-    decoder = SampleDecoder(generator, fae, sampler_config(generator, cfg.sampling), cfg.batch_size)
+    decoder = SampleDecoder(generator, fae, sampling, cfg.batch_size)
     bf16 = cfg.precision == "bf16" and device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
         samples = decoder.all(indices, labels, seed=cfg.seed, progress=du.is_main(), desc="sample",

@@ -104,6 +104,14 @@ def class_labels(generator, indices: Sequence[int] | range, classes: Sequence[in
     return None if chosen is None else balanced_labels(indices, chosen)
 
 
+def decoder_folder(sampling, fae: str) -> str:
+    """Which export decodes samples drawn with ``sampling``: a flow sampler's ``finetuned_decoder``
+    (STARFlow's ``finetuned_vae``: a pixel decoder fine-tuned on noisy latents decodes the samples
+    the score step was skipped for) when set, else ``fae``. Callers load it (this package never
+    imports the autoencoder) and check it with :func:`check_pair`, like any FAE."""
+    return getattr(sampling, "finetuned_decoder", None) or fae
+
+
 def check_pair(generator, fae_identity: str, fae_latent_shape: Sequence[int],
                generator_name: str = "the generator", fae_name: str = "the FAE") -> None:
     """Refuse an FAE other than the one whose latents the generator was trained on.

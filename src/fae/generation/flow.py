@@ -8,15 +8,19 @@ reads the tokens before i and predicts the shift mu_i and log-scale a_i of token
     data -> noise   z_i = (x_i - mu_i(x_<i)) * exp(-a_i(x_<i))      log|det dz/dx| = -sum_i,c a_i,c
     noise -> data   x_i = z_i * exp(a_i(x_<i)) + mu_i(x_<i)          (token by token, i = 0 .. N-1)
 
-The transformer input at position i is token i-1 (position 0: a learned start token plus the class
-embedding), so the output at position i only depends on x_<i and the Jacobian is triangular. The
-whole model stacks K shallow blocks and one deep block (data -> noise); sampling inverts the deep
-block first, then the shallow ones. log p(x) = log N(z; 0, I) + sum over blocks of log|det|.
+The transformer input at position i is token i-1 (position 0: a learned start token), so the
+output at position i only depends on x_<i and the Jacobian is triangular. The class enters a
+conditioned block either added to the start token (``class_entry: start``) or, as in STARFlow, as
+one token before the start token that every position attends to (``prefix``; its output is
+dropped). The whole model stacks K shallow blocks and one deep block (data -> noise); sampling
+inverts the deep block first, then the shallow ones. log p(x) = log N(z; 0, I) + sum over blocks
+of log|det|. ``condition: deep`` (STARFlow's ``cond_top_only``) conditions the deep block only.
 
 Training latents get Gaussian noise (``noise_std``) so the flow models a smooth density; after
 sampling, the score step x + sigma^2 * grad log p(x) (Tweedie's formula, with the flow's own exact
-likelihood through autograd) removes that noise, as TARFlow does. Guidance: STARFlow's
-``guided_affine``. Every block is called through ``forward`` (both directions), so DDP/FSDP hooks
+likelihood through autograd) removes that noise, as TARFlow does; STARFlow's other option, a
+decoder fine-tuned on noisy latents (``FlowSamplerConfig.finetuned_decoder``), skips that step.
+Guidance: STARFlow's ``guided_affine``. Every block is called through ``forward`` (both directions), so DDP/FSDP hooks
 see every use of its weights.
 """
 from __future__ import annotations
@@ -60,13 +64,16 @@ def guided_affine(mu_c: torch.Tensor, a_c: torch.Tensor, mu_u: torch.Tensor, a_u
 
 class SequenceRope(nn.Module):
     """2-D RoPE tables (``fae.nn.rope``) listed in a block's token order: sequence position i
-    rotates with the grid position of the token predicted there."""
+    rotates with the grid position of the token predicted there. ``prefix`` leading positions
+    (the class token) get angle 0, no rotation: STARFlow puts its one text token at position 0 of
+    every RoPE axis."""
 
-    def __init__(self, grid: tuple[int, int], head_dim: int, reverse: bool):
+    def __init__(self, grid: tuple[int, int], head_dim: int, reverse: bool, prefix: int = 0):
         super().__init__()
         angles = rope_2d_angles(grid, head_dim)  # [N, d/2], raster order
         if reverse:
             angles = angles.flip(0)
+        angles = torch.cat([angles.new_zeros(prefix, angles.shape[1]), angles])  # [prefix + N, d/2]
         # Not saved: a pure function of (grid, head_dim, order).
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -87,16 +94,23 @@ class TARFlowBlock(nn.Module):
         head_dim, mlp_ratio, style, qk_norm: of every ``fae.nn.TransformerBlock``.
         grid: token grid (h/p, w/p), for 2-D RoPE.
         reverse: this block reads the tokens in reversed raster order.
-        num_classes: > 0: the class embedding joins the start token (row ``num_classes`` = null).
-        log_scale_clip: soft clip of the log-scales (0 = none).
+        num_classes: > 0: the block is class-conditional (row ``num_classes`` = null class).
+        log_scale_clip: the c of the soft clip c * tanh(v / c) (0 = none).
+        class_entry: "start" (the class embedding is added to the start token) or "prefix"
+            (STARFlow: the class embedding is one token before the start token).
+        soft_clip_on: "log_scale" (clip the log-scales) or "affine" (STARFlow's soft_clip: clip
+            the shifts too).
     """
 
     def __init__(self, channels: int, dim: int, layers: int, head_dim: int, mlp_ratio: float, style: str,
                  qk_norm: bool, grid: tuple[int, int], reverse: bool, num_classes: int,
-                 log_scale_clip: float = 0.0):
+                 log_scale_clip: float = 0.0, class_entry: str = "start", soft_clip_on: str = "log_scale"):
         super().__init__()
         self.reverse, self.log_scale_clip = reverse, log_scale_clip
+        self.clip_shift = soft_clip_on == "affine"
         self.conditioned = num_classes > 0
+        # Positions before the start token whose outputs predict nothing: the class token.
+        self.prefix = 1 if self.conditioned and class_entry == "prefix" else 0
         self.proj_in = nn.Linear(channels, dim)
         self.start = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         # Label dropout happens once per sample in STARFlow.forward, for all blocks alike.
@@ -107,7 +121,7 @@ class TARFlowBlock(nn.Module):
         self.proj_out = nn.Linear(dim, 2 * channels)
         nn.init.zeros_(self.proj_out.weight)  # every block starts as the identity map
         nn.init.zeros_(self.proj_out.bias)
-        self.rope = SequenceRope(grid, head_dim, reverse)
+        self.rope = SequenceRope(grid, head_dim, reverse, self.prefix)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, inverse: bool = False,
                 null_cond: torch.Tensor | None = None, cfg_scale: float = 1.0, kv_cache: bool = True):
@@ -116,7 +130,8 @@ class TARFlowBlock(nn.Module):
         if inverse:
             return self._ordered(self._decode(self._ordered(x), cond, null_cond, cfg_scale, kv_cache))
         xs = self._ordered(x)  # [B, N, C] in block order
-        mu, a = self._affine(self._transformer(self._inputs(xs, cond)))  # 2 x [B, N, C]
+        h = self._transformer(self._inputs(xs, cond))[:, self.prefix:]  # [B, N, D]: class token dropped
+        mu, a = self._affine(h)  # 2 x [B, N, C]
         z = (_at_least_fp32(xs) - mu) * torch.exp(-a)
         return self._ordered(z.to(x.dtype)), -a.sum(dim=(1, 2))
 
@@ -125,13 +140,18 @@ class TARFlowBlock(nn.Module):
         return x.flip(1) if self.reverse else x
 
     def _first(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """The input of position 0: start token (+ class embedding).  [B, 1, D]."""
-        first = self.start.expand(batch, -1, -1)
+        """The inputs before x_0: the start token (+ class embedding), or [class token, start
+        token] with a prefix.  [B, 1 + prefix, D]."""
+        first = self.start.expand(batch, -1, -1)  # [B, 1, D]
         embedding = self.conditioner(cond)  # [B, D], or 0.0 when unconditional
-        return first + embedding.unsqueeze(1) if isinstance(embedding, torch.Tensor) else first
+        if not isinstance(embedding, torch.Tensor):
+            return first
+        if self.prefix:
+            return torch.cat([embedding.unsqueeze(1), first], dim=1)  # [B, 2, D]
+        return first + embedding.unsqueeze(1)
 
     def _inputs(self, xs: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Teacher forcing: [first, x_0, .., x_{N-2}] embedded.  [B, N, D]."""
+        """Teacher forcing: [(class,) first, x_0, .., x_{N-2}] embedded.  [B, prefix + N, D]."""
         return torch.cat([self._first(cond, xs.shape[0]), self.proj_in(xs[:, :-1])], dim=1)
 
     def _transformer(self, h: torch.Tensor, start: int = 0, caches: list[KVCache] | None = None) -> torch.Tensor:
@@ -142,11 +162,18 @@ class TARFlowBlock(nn.Module):
         return h  # [B, n, D]
 
     def _affine(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, a) of the tokens at these positions, in >= fp32.  2 x [B, n, C]."""
-        mu, a = _at_least_fp32(self.proj_out(self.norm(h))).chunk(2, dim=-1)
-        if self.log_scale_clip > 0:
-            a = self.log_scale_clip * torch.tanh(a / self.log_scale_clip)
+        """(mu, a) of the tokens at these positions, in >= fp32, soft-clipped.  2 x [B, n, C]."""
+        out = _at_least_fp32(self.proj_out(self.norm(h)))  # [B, n, 2C]
+        if self.log_scale_clip > 0 and self.clip_shift:  # STARFlow's soft_clip: mu and a alike
+            out = self._soft_clip(out)
+        mu, a = out.chunk(2, dim=-1)
+        if self.log_scale_clip > 0 and not self.clip_shift:
+            a = self._soft_clip(a)
         return mu, a
+
+    def _soft_clip(self, v: torch.Tensor) -> torch.Tensor:
+        """c * tanh(v / c): ~v near 0, bounded by +-c."""
+        return self.log_scale_clip * torch.tanh(v / self.log_scale_clip)
 
     def _decode(self, zs: torch.Tensor, cond: torch.Tensor | None, null_cond: torch.Tensor | None,
                 cfg_scale: float, kv_cache: bool) -> torch.Tensor:
@@ -156,13 +183,15 @@ class TARFlowBlock(nn.Module):
         conds = torch.cat([cond, null_cond]) if guided else cond  # [B', ...], B' = 2B when guided
         xs = torch.zeros_like(zs)
         caches = [KVCache() for _ in self.layers] if kv_cache else None
-        h = self._first(conds, 2 * B if guided else B)  # [B', 1, D]: the input of position 0
+        h = self._first(conds, 2 * B if guided else B)  # [B', 1 + prefix, D]: the inputs before x_0
         for i in range(N):
+            position = i + self.prefix  # the sequence position that predicts token i
             if caches is not None:
-                out = self._transformer(h, start=i, caches=caches)  # [B', 1, D]
-            else:  # the whole prefix again; positions > i see only zeros after them (causal)
-                prefix = torch.cat([xs, xs]) if guided else xs
-                out = self._transformer(self._inputs(prefix, conds))[:, i:i + 1]
+                start = 0 if i == 0 else position  # step 0 feeds the class token too
+                out = self._transformer(h, start=start, caches=caches)[:, -1:]  # [B', 1, D]
+            else:  # the whole sequence again; positions > i see only zeros after them (causal)
+                decoded = torch.cat([xs, xs]) if guided else xs
+                out = self._transformer(self._inputs(decoded, conds))[:, position:position + 1]
             mu, a = self._affine(out)  # 2 x [B', 1, C]
             if guided:
                 (mu_c, mu_u), (a_c, a_u) = mu.chunk(2), a.chunk(2)  # conditional | null halves
@@ -194,7 +223,8 @@ class STARFlow(nn.Module):
                 cfg.token_channels, cfg.dim, cfg.deep_layers if deep else cfg.shallow_layers, cfg.head_dim,
                 cfg.mlp_ratio, cfg.style, cfg.qk_norm, cfg.grid,
                 reverse=(K - k) % 2 == 1,  # the deep block reads in raster order; orders alternate
-                num_classes=cfg.num_classes if conditioned else 0, log_scale_clip=cfg.log_scale_clip))
+                num_classes=cfg.num_classes if conditioned else 0, log_scale_clip=cfg.log_scale_clip,
+                class_entry=cfg.class_entry, soft_clip_on=cfg.soft_clip_on))
         self.blocks = nn.ModuleList(blocks)
 
     @property
@@ -258,10 +288,11 @@ class STARFlow(nn.Module):
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, cond: torch.Tensor | None, config: FlowSamplerConfig) -> torch.Tensor:
         """Latents [B, c, h, w] (normalised scale) from noise [B, c, h, w]: invert (guided when
-        ``config.cfg_scale`` != 1), then the score step when ``config.denoise``."""
+        ``config.cfg_scale`` != 1), then the score step when ``config.score_step`` (``denoise``
+        without a ``finetuned_decoder``: that decoder takes the noisy samples as they are)."""
         null = self.conditioner.null_like(cond) if config.guided and cond is not None else None
         x = self.inverse(noise, cond, null, config.cfg_scale, config.kv_cache)
-        if config.denoise and self.config.noise_std > 0:
+        if config.score_step and self.config.noise_std > 0:
             x = self.denoise(x, cond)
         return x
 

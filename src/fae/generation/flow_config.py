@@ -9,13 +9,28 @@ Sizes are (deep_layers, shallow_blocks, shallow_layers, dim): STARFlow's ImageNe
 one 18-layer deep block and five 2-layer shallow blocks at width 2048 with 64-wide heads (1.4B
 parameters, the public release's ``TarFlow_XLv2_1``); S and B are our smaller choices for
 experiments.
+
+STARFlow's public settings (github.com/apple/ml-starflow: ``transformer_flow.py`` and
+``configs/starflow_3B_t2i_256x256.yaml``), each a key here; the defaults keep our earlier readings so
+that existing runs, exports and experiment keys stay the same, and ``configs/imagenet256/starflow_*``
+select the public ones:
+
+- ``condition: deep`` = ``cond_top_only: 1``: only the deep (top) block sees the class.
+- ``class_entry: prefix``: the class is one extra token in front of the sequence (a one-hot label
+  through a linear layer, the way STARFlow feeds ImageNet labels as a one-token "caption"), which
+  every position attends to; ``start`` adds the class embedding to the start token instead.
+- ``soft_clip_on: affine`` = ``soft_clip``: c * tanh(. / c) bounds the whole output of the block's
+  last layer, shifts included; ``log_scale`` bounds the log-scales only.
+- patch 1 on SD-VAE latents (32x32x4 -> 1,024 tokens), as ``TarFlow_XLv2_1`` (``patch_size=1``).
+- sampling: ``finetuned_decoder`` (``FlowSamplerConfig``) = ``finetuned_vae``.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from fae.config import OMIT_IF_DEFAULT
 from fae.errors import ConfigError
 from fae.generation.latent_grid import LatentGrid
 
@@ -45,19 +60,28 @@ class FlowConfig(LatentGrid):
         mlp_ratio: MLP hidden ratio.
         style: "vit" (LayerNorm + GELU MLP, STARFlow's default) or "lightning" (RMSNorm + SwiGLU).
         qk_norm: RMSNorm on queries and keys.
-        patch_size: 1 (FAE latents, 16x16 tokens) or 2 (SD-VAE-shaped 32x32x4 latents, 16x16 tokens).
+        patch_size: 1 (FAE latents 16x16x32: 256 tokens; SD-VAE latents 32x32x4: 1,024 tokens, as
+            STARFlow's ``TarFlow_XLv2_1``) or 2 (32x32x4 -> 256 tokens of 16 values).
         latent_channels, latent_size: latent shape (c, h = w); null = from the FAE export or the
             latent cache, as for the diffusion generator.
         num_classes: class-conditional with this many classes (0 = unconditional); class
             ``num_classes`` is the null class used for guidance.
         class_dropout: probability a training label is replaced by the null class, once per
             sample for every block (STARFlow: 0.1).
-        condition: which blocks see the class: "all" (our choice for class labels) or "deep"
-            (STARFlow's text setting, ``cond_top_only``: shallow blocks are unconditional).
+        condition: which blocks see the class: "deep" = STARFlow's public ``cond_top_only: 1``
+            (only the deep block is conditioned; the shallow blocks are unconditional, unguided
+            and hold no class table), or "all" (every block; our earlier choice, the default).
+        class_entry: how the class enters a conditioned block: "prefix" = STARFlow's (the label
+            is one token placed before the start token; every position attends to it, its own
+            output is dropped; no RoPE rotation, as STARFlow's text position 0) or "start" (the
+            class embedding is added to the start token; our earlier choice, the default).
         noise_std: std of the Gaussian noise added to the (per-channel normalised) training
             latents, and the sigma of the denoising step after sampling (STARFlow: 0.3).
-        log_scale_clip: soft clip c * tanh(a / c) of every log-scale (STARFlow's soft_clip, 4 in
-            its public text-to-image config); 0 disables it.
+        log_scale_clip: the c of the soft clip c * tanh(v / c) (STARFlow's ``soft_clip``, 4 in its
+            public config); 0 disables it.
+        soft_clip_on: what the clip bounds: "affine" = STARFlow's ``soft_clip`` (every output of
+            the block's last linear layer: shifts mu and log-scales a), or "log_scale" (a only;
+            our earlier reading, the default).
     """
 
     SECTION = "flow"  # config section named in errors (fae.generation.latent_grid)
@@ -79,6 +103,10 @@ class FlowConfig(LatentGrid):
     condition: Literal["all", "deep"] = "all"
     noise_std: float = 0.3
     log_scale_clip: float = 0.0
+    # Keys added later: left out of saved configs while at their default, so the run folders,
+    # exports and experiment keys written before they existed stay the same.
+    class_entry: Literal["start", "prefix"] = field(default="start", metadata=OMIT_IF_DEFAULT)
+    soft_clip_on: Literal["log_scale", "affine"] = field(default="log_scale", metadata=OMIT_IF_DEFAULT)
 
     def resolved(self) -> FlowConfig:
         """A copy with every null size field filled from ``size``; the latent shape must be known."""
@@ -114,6 +142,15 @@ class FlowConfig(LatentGrid):
             raise ConfigError(f"config key 'flow.noise_std' must be >= 0, got {self.noise_std}")
         if self.log_scale_clip < 0:
             raise ConfigError(f"config key 'flow.log_scale_clip' must be >= 0, got {self.log_scale_clip}")
+        self._check_choice("condition", ("all", "deep"))
+        self._check_choice("class_entry", ("start", "prefix"))
+        self._check_choice("soft_clip_on", ("log_scale", "affine"))
+
+    def _check_choice(self, key: str, choices: tuple[str, ...]) -> None:
+        """A config built in Python bypasses the YAML schema's Literal check: name the key."""
+        if getattr(self, key) not in choices:
+            raise ConfigError(f"config key 'flow.{key}' must be one of {', '.join(choices)}, got "
+                              f"{getattr(self, key)!r}")
 
     @property
     def token_channels(self) -> int:
@@ -133,11 +170,20 @@ class FlowSamplerConfig:
             flow's own likelihood (the model was trained on noise-augmented latents).
         kv_cache: reuse keys/values of decoded tokens (the fast path); false recomputes the whole
             prefix per token (for testing; the same result up to float round-off).
+        finetuned_decoder: STARFlow's other post-processing, ``finetuned_vae`` (the default of its
+            sample.py): an FAE export folder whose pixel decoder was fine-tuned to decode noisy
+            latents z + noise_std * eps (the flow's training input), so the flow's samples are
+            decoded as the inversion leaves them. When set, the score step is skipped (STARFlow
+            skips its denoising whenever finetuned_vae is set) and ``fae sample`` decodes with
+            this export in place of ``--fae`` (``fae.generation.decode.decoder_folder``); it must
+            share the FAE's identity (encoder and feature decoder). Null (default): the score
+            step (``denoise``) and the FAE's own decoder.
     """
 
     cfg_scale: float = 1.0
     denoise: bool = True
     kv_cache: bool = True
+    finetuned_decoder: str | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> None:
         if self.cfg_scale <= 0:
@@ -148,6 +194,11 @@ class FlowSamplerConfig:
     @property
     def guided(self) -> bool:
         return self.cfg_scale != 1.0
+
+    @property
+    def score_step(self) -> bool:
+        """Take the score-based denoising step: ``denoise`` and no fine-tuned decoder."""
+        return self.denoise and not self.finetuned_decoder
 
     def unguided(self) -> FlowSamplerConfig:
         """The same sampler without guidance."""

@@ -43,9 +43,9 @@ class FlowKind(GeneratorKind):
     def sampling_passes(self) -> float:
         """The KV-cached inversion visits every token of every block once, the cost of one forward
         pass (two with guidance: conditional and unconditional); the score-based denoising step is
-        a forward and a backward pass (3 forward-equivalents)."""
+        a forward and a backward pass (3 forward-equivalents); a fine-tuned decoder skips it."""
         sampling = self.config.flow_sampling
-        return (2.0 if sampling.guided else 1.0) + (3.0 if sampling.denoise and self.config.flow.noise_std > 0
+        return (2.0 if sampling.guided else 1.0) + (3.0 if sampling.score_step and self.config.flow.noise_std > 0
                                                     else 0.0)
 
     def wrap(self, network: nn.Module, stats: tuple[torch.Tensor, torch.Tensor],
@@ -67,5 +67,12 @@ class FlowKind(GeneratorKind):
                              f"parameters; published: {published}",
                 "flow": f"noise augmentation std {cfg.noise_std:g} (normalised latents), classes "
                         f"{cfg.num_classes} (label dropout {cfg.class_dropout:g}, conditioning "
-                        f"{cfg.condition} blocks); sampling cfg_scale {self.config.flow_sampling.cfg_scale:g}, "
-                        f"denoise {self.config.flow_sampling.denoise}"}
+                        f"{cfg.condition} blocks, class as {cfg.class_entry} token); soft clip "
+                        f"{cfg.log_scale_clip:g} on {cfg.soft_clip_on}; {self._sampling_line()}"}
+
+    def _sampling_line(self) -> str:
+        """The stored sampler settings, as the dry run shows them."""
+        sampling = self.config.flow_sampling
+        post = (f"fine-tuned decoder {sampling.finetuned_decoder} (no score step)" if sampling.finetuned_decoder
+                else f"denoise {sampling.denoise}")
+        return f"sampling cfg_scale {sampling.cfg_scale:g}, {post}"
