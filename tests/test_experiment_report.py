@@ -123,6 +123,26 @@ def test_report_rows_carry_the_recorded_intervals_and_what_decided(tmp_path):
     assert str(tmp_path) not in page
 
 
+def test_a_record_judged_by_the_verdict_code_renders_its_intervals(tmp_path):
+    """The report reads what fae.experiment.verdict writes: groups and verdicts recomputed from the
+    synthetic arms (seed interval of a = 80.5 ± t(0.975, 1) * 0.5 = [74.15, 86.85])."""
+    from fae.experiment.verdict import groups, verdicts
+
+    record = synthetic_record()
+    record["groups"] = groups(record["arms"])
+    claim = type("Claim", (), {"better": "a", "worse": "b", "source": "Paper T1"})
+    record["verdicts"] = verdicts([claim], record["arms"], record["groups"])
+    fid = record["verdicts"][0]["fid"]
+    assert fid["intervals"]["better"]["seed"] == pytest.approx(A_SEED, abs=0.01)
+    assert (fid["verdict"], fid["decided_by"]) == ("agrees", "sampling and seed intervals separate")
+    page = write_report(record, tmp_path).read_text()
+    assert cells("80.50 vs 110.25", "agrees", "sampling and seed intervals separate",
+                 "sampling [76.50, 84.25]; seeds [74.15, 86.85]", "sampling [104.00, 117.00]; seeds [107.07, 113.43]") in page
+    accuracy = record["verdicts"][0]["class_accuracy"]
+    assert cells("69.5% vs 66.5%", accuracy["verdict"], accuracy["decided_by"]) in page
+    assert accuracy["verdict"] == "inside the noise"
+
+
 def test_curves_draw_sampling_intervals_and_the_seed_band(tmp_path, captured):
     record = synthetic_record()
     curve_figure(record, "fid", tmp_path)

@@ -287,14 +287,17 @@ def group_rows(record: dict[str, Any]) -> list[list[str]] | None:
     """Each seed group's final scores: mean ± sd, the Student-t 95% interval of the mean, the
     values; None for results written before seed groups."""
     groups = record.get("groups") or {}
-    if not groups:
+    metrics = [m for m in METRIC_LABELS if any(m in g for g in groups.values())]
+    if not metrics:
         return None
-    rows = [["arm (seed group)", "seeds", "FID mean ± sd", "FID seed interval", "FID values",
-             "accuracy mean ± sd", "accuracy seed interval", "accuracy values"]]
-    for name in groups:
-        row = [name, str(max(len(group_stats(record, name, m).get("values") or []) for m in ("fid", "class_accuracy")))]
-        for metric in ("fid", "class_accuracy"):
-            g, fmt = group_stats(record, name, metric), FORMATS[metric]
+    rows = [["arm (seed group)", "seeds"]]
+    for metric in metrics:
+        name = METRIC_LABELS[metric].split(" (")[0]
+        rows[0] += [f"{name} mean ± sd", f"{name} seed interval", f"{name} values"]
+    for arm in groups:
+        row = [arm, str(max(len(group_stats(record, arm, m).get("values") or []) for m in metrics))]
+        for metric in metrics:
+            g, fmt = group_stats(record, arm, metric), FORMATS[metric]
             row += [f"{fmt(g['mean'])} ± {fmt(g['sd'])}" if g.get("sd") is not None else
                     (fmt(g["mean"]) if "mean" in g else "-"),
                     interval_text(g.get("interval"), fmt) or "-",
