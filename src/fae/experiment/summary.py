@@ -125,6 +125,16 @@ def experiment_text(name: str, record: dict[str, Any]) -> str:
                if has_intervals(record) else "No intervals were recorded: the figures show the values only."))
 
 
+def rules_text(experiments: list[tuple[str, dict[str, Any]]]) -> str:
+    """The rule that judged the verdicts: the interval rule, and the old one where any experiment's
+    results were written before intervals existed."""
+    old = [experiment_label(n, r) for n, r in experiments if not has_intervals(r)]
+    text = VERDICT_RULE if len(old) < len(experiments) else ""
+    if old:
+        text += f" {', '.join(old)}: {OLD_RULE}"
+    return text.strip()
+
+
 def write_summary(root: str | Path, out: str | Path) -> tuple[Path, Path]:
     """Write ``out/summary.html`` (figures under ``out/summary-figures``) and ``out/summary.md`` from
     every ``root/NAME/results.json``; returns (html, markdown)."""
@@ -137,8 +147,7 @@ def write_summary(root: str | Path, out: str | Path) -> tuple[Path, Path]:
         rows += [row + [floor_text(record)] for row in claim_rows(name, record)]
     page = Report("FAE miniature experiments: the paper's claims vs ours",
                   intro=f"{len(experiments)} experiments ({', '.join(n for n, _ in experiments)}), each read from "
-                        f"its NAME/results.json. {VERDICT_RULE} Experiments recorded before intervals existed show "
-                        "their verdicts as recorded, without bars.")
+                        f"its NAME/results.json. " + rules_text(experiments))
     page.add("Verdicts", tables=[("one row per claim and metric; the markdown version is summary.md", rows)])
     for name, record in experiments:
         figures = [claim_figure(record, row, out / FIGURES / f"{name}-{i + 1}.png")
