@@ -83,7 +83,7 @@ def results(folder: Path) -> dict:
 
 def test_every_arm_trained_and_was_scored(experiment):
     record = results(experiment[0])
-    assert list(record["arms"]) == ARMS + ["fae-seed1"]
+    assert list(record["arms"]) == ARMS + ["fae-s1", "tokens-s1", "pixel-ae-s1"]  # main + claimed arms
     for arm in record["arms"].values():
         loss = arm["generator_loss"]
         assert loss["last_step"] == 60 and loss["last"] < loss["first"], arm["name"]
@@ -104,7 +104,9 @@ def test_arms_differ_only_in_the_declared_variable(experiment):
     for name in ARMS[1:]:
         assert record["arms"][name]["diff"] == {"space": ["fae", name]}
     assert record["arms"]["fae"]["diff"] == {}
-    assert record["arms"]["fae-seed1"]["diff"] == {"generator.overrides.train.seed": [None, 1]}
+    assert record["arms"]["fae-s1"]["diff"] == {"generator.overrides.train.seed": [None, 1]}
+    assert record["arms"]["tokens-s1"]["diff"] == {"space": ["fae", "tokens"], "generator.overrides.train.seed": [None, 1]}
+    assert record["arms"]["tokens-s1"]["replicate_of"] == "tokens"
     stored = json.loads((experiment[0] / "runs" / "tiny" / "tokens" / "arm.json").read_text())
     assert stored["diff"] == {"space": ["fae", "tokens"]}
 
@@ -127,7 +129,7 @@ def test_arms_outside_the_variable_are_refused(tmp_path):
     fresh = experiment_file(tmp_path / "again" if (tmp_path / "again").mkdir() is None else tmp_path)
     exp, rest = load_experiment(fresh, quick=True, overrides=["seeds=[0]"])  # the generator's own seed
     arms, base = resolve_arms(exp, fresh, True, rest)
-    with pytest.raises(ConfigError, match="'fae-seed0' trains exactly what the main arm 'fae'"):
+    with pytest.raises(ConfigError, match="'fae-s0' trains exactly what the arm 'fae'"):
         run_experiment(exp, arms, base, "again", tmp_path / "runs", quick=True)
     assert not (tmp_path / "runs").exists()  # refused before anything was written
     with pytest.raises(ConfigError, match="evaluation.stpes"):
@@ -146,9 +148,12 @@ def test_report_numbers_are_the_stored_results(experiment):
     for v in record["verdicts"]:
         f = v["fid"]
         assert cells(f"{fid_text(f['better'])} vs {fid_text(f['worse'])}", f["verdict"]) in page
-        assert f["verdict"] in ("agrees", "disagrees", "too noisy to tell")
+        assert f["verdict"] in ("agrees", "disagrees", "inside the noise") and f["decided_by"]
     assert f"real-vs-real floor {fid_text(record['floor']['fid'])} (N = 20)" in page
-    assert record["spread"]["arms"] == ["fae", "fae-seed1"]
+    assert record["spread"]["arms"] == ["fae", "fae-s1"]
+    assert record["groups"]["tokens"]["fid"]["values"] == [record["arms"][a]["final"]["fid"] for a in ("tokens", "tokens-s1")]
+    assert record["arms"]["fae"]["stages"]["autoencoder"].startswith("_stages/autoencoder-")  # no machine path
+    assert str(experiment[0]) not in (experiment[0] / "runs" / "tiny" / "results.json").read_text()
     assert len(re.findall(r"src='data:image/png;base64,", page)) >= 3  # two curves + samples, inlined
 
 
@@ -163,7 +168,7 @@ def test_rerun_skips_finished_arms_and_reruns_only_a_changed_one(experiment, cap
     assert main(["experiment", "--config", str(changed), "--quick", "--out", out]) == 0
     after = results(folder)
     assert after["status"] == {"fae": "skipped", "tokens": "skipped", "pixels": "ran", "pixel-ae": "skipped",
-                               "fae-seed1": "skipped"}
+                               "fae-s1": "skipped", "tokens-s1": "skipped", "pixel-ae-s1": "skipped"}
     assert after["arms"]["pixels"]["diff"] == {"space": ["fae", "pixels"],
                                                "generator.overrides.transport.shift": [None, 1.0]}
     assert after["arms"]["fae"]["curve"] == before["fae"]["curve"]

@@ -9,8 +9,14 @@ Arm i is resolved as: base file -> the experiment's ``overrides`` (its full-run 
 stage gets the demo's quick length again without restating it) -> the arm's ``set`` ->
 command-line arm overrides. ``variable`` declares the
 keys the arms may differ in; :func:`resolve_arms` refuses an arm whose resolved config differs
-from the main arm's anywhere else, and each arm's diff is stored with its results. The main arm is replicated over ``seeds`` (``seed_keys`` set to each
-seed): the seed-to-seed spread every verdict is read against.
+from the main arm's anywhere else, and each arm's diff is stored with its results.
+
+Seed replicates: the main arm and every arm a claim names are run again once per seed in ``seeds``
+(``ARM-sSEED``, every key of ``seed_keys`` set to that seed), so each compared arm has a seed group
+(its own run + its replicates) whose spread a verdict is read against. ``seed_keys`` should name the
+seed of every stage the compared arms train on their own; a stage that every compared arm shares
+(the same stage key, e.g. the stage-Ib decoder of latent-channels) stays out of ``seed_keys``, so the
+replicates of a seed share it again (a paired comparison: its noise is common to both arms).
 """
 from __future__ import annotations
 
@@ -119,9 +125,12 @@ class ExperimentConfig:
         variable: dotted ArmConfig keys (or key prefixes) the arms may differ in.
         overrides: ArmConfig overrides of every arm (the experiment's budget).
         arms: the arms.
-        main: the arm replicated over ``seeds``.
-        seeds: seeds of the main arm's replicates (>= 1 of them: the seed-to-seed spread).
-        seed_keys: ArmConfig keys a replicate sets to its seed.
+        main: the reference arm (every other arm's diff is taken against it); replicated over ``seeds``.
+        seeds: the replicates' seeds (each replicated arm runs once more per seed; its own run makes
+            ``len(seeds) + 1`` values for the seed interval). Replicated: the main arm and every arm
+            a claim names.
+        seed_keys: ArmConfig keys a replicate sets to its seed: the seeds of everything the
+            replicated arms train on their own (generator, FAE, pixel decoders, pixel VAE).
         evaluation: how checkpoints are scored.
         claims: the paper's orderings, checked in the verdict table.
         quick: experiment keys ``--quick`` sets (e.g. ``evaluation.steps=[20, 40]``).
@@ -152,8 +161,12 @@ class ExperimentConfig:
             raise ConfigError(f"config key 'arms': names {bad} cannot be folder names")
         if self.main not in names:
             raise ConfigError(f"config key 'main' is '{self.main}', not one of the arms {names}")
-        if not self.seeds:
-            raise ConfigError("config key 'seeds' needs at least one seed (the seed-to-seed spread)")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"config key 'seeds' needs at least one seed, all distinct (the seed-to-seed "
+                              f"spread), got {self.seeds}")
+        if not self.seed_keys:
+            raise ConfigError("config key 'seed_keys' must name the seeds a replicate changes "
+                              "(e.g. generator.overrides.train.seed)")
         if not self.variable:
             raise ConfigError("config key 'variable' must name the keys the arms differ in")
         for claim in self.claims:
@@ -168,11 +181,11 @@ class ResolvedArm:
     """An arm ready to run.
 
     Attributes:
-        name: folder name (replicates: ``MAIN-seedS``).
+        name: folder name (replicates: ``ARM-sSEED``).
         config: the resolved :class:`ArmConfig`.
         overrides: every override applied to the base file, in order.
         diff: ``{key: [main arm's value, this arm's value]}`` over the flattened configs.
-        replicate_of: the main arm's name for a seed replicate, else None.
+        replicate_of: for a seed replicate, the name of the arm it replicates (its seed group), else None.
     """
 
     name: str
@@ -238,21 +251,58 @@ def load_experiment(path: Path, quick: bool, overrides: list[str] = ()) -> tuple
     return cfg, arm_keys
 
 
+def replicated_arms(exp: ExperimentConfig) -> list[str]:
+    """The arms that get seed replicates: the main arm, then every arm a claim names (arm order)."""
+    claimed = {name for claim in exp.claims for name in (claim.better, claim.worse)}
+    return [exp.main] + [a.name for a in exp.arms if a.name in claimed and a.name != exp.main]
+
+
+def replicate_name(arm: str, seed: int) -> str:
+    """A seed replicate's name (and folder): ``c64-s2``."""
+    return f"{arm}-s{seed}"
+
+
+def _arm_plan(exp: ExperimentConfig) -> list[tuple[str, list[str], str | None]]:
+    """(name, the arm's own overrides, the arm it replicates or None) of every arm to run: the
+    declared arms, then each replicated arm's seed replicates."""
+    sets = {a.name: list(a.set) for a in exp.arms}
+    replicates = [(replicate_name(arm, seed), sets[arm] + [f"{k}={seed}" for k in exp.seed_keys], arm)
+                  for arm in replicated_arms(exp) for seed in exp.seeds]
+    clash = sorted({name for name, _, _ in replicates} & set(sets))
+    if clash:
+        raise ConfigError(f"config key 'arms': {clash} are also seed replicate names; rename those arms")
+    return [(a.name, sets[a.name], None) for a in exp.arms] + replicates
+
+
+def _check_arm(exp: ExperimentConfig, name: str, diff: dict[str, list[Any]], replicate_of: str | None) -> None:
+    """An arm may differ from the main arm only in ``variable``; a replicate from its own arm only
+    in ``seed_keys``, and in at least one of them."""
+    allowed = exp.seed_keys if replicate_of else exp.variable
+    reference = replicate_of or exp.main
+    if replicate_of and not diff:
+        raise ConfigError(f"experiment arm '{name}' is the arm '{replicate_of}' again: its seed is already "
+                          f"that arm's value of {exp.seed_keys}; choose other 'seeds'")
+    stray = [k for k in diff if not _declared(k, allowed)]
+    if stray:
+        kind = "the arm" if replicate_of else "the main arm"
+        raise ConfigError(f"experiment arm '{name}' differs from {kind} '{reference}' in {stray}, outside "
+                          f"the declared {'seed_keys' if replicate_of else 'variable'} {allowed}")
+
+
 def resolve_arms(exp: ExperimentConfig, path: Path, quick: bool, arm_overrides: list[str] = ()
                  ) -> tuple[list[ResolvedArm], Path]:
-    """Every arm (the main arm's seed replicates after the declared ones) with its resolved config
-    and diff against the main arm; and the demo config's folder (its stage files' base).
+    """Every arm (the seed replicates after the declared ones) with its resolved config and diff
+    against the main arm; and the demo config's folder (its stage files' base).
 
-    Raises ConfigError when an arm differs from the main arm outside ``variable`` (a replicate:
-    outside ``seed_keys``), or when an override names an unknown key (the error names it and the arm).
+    Raises ConfigError when an arm differs from the main arm outside ``variable``, a replicate from
+    its arm outside ``seed_keys``, or when an override names an unknown key (the error names it and
+    the arm).
     """
     demo_path = (path.parent / exp.demo).resolve()
     base = read_yaml(demo_path)
     # the experiment's budget first: --quick then shrinks it as it shrinks the demo
     common = list(exp.overrides) + (list(base.get("quick", [])) + list(exp.quick_arms) if quick else [])
-    plan = [(a.name, a.set, None) for a in exp.arms]
-    main = next(a for a in exp.arms if a.name == exp.main)
-    plan += [(f"{exp.main}-seed{s}", main.set + [f"{k}={s}" for k in exp.seed_keys], exp.main) for s in exp.seeds]
+    plan = _arm_plan(exp)
     configs = {}
     for name, arm_set, _ in plan:
         overrides = common + list(arm_set) + list(arm_overrides)
@@ -264,15 +314,7 @@ def resolve_arms(exp: ExperimentConfig, path: Path, quick: bool, arm_overrides: 
     arms = []
     for name, _, replicate_of in plan:
         cfg, overrides = configs[name]
-        diff = config_diff(reference, cfg)
-        allowed = exp.seed_keys if replicate_of else exp.variable
-        if replicate_of and not diff:
-            raise ConfigError(f"experiment arm '{name}' is the main arm '{exp.main}' again: its seed is "
-                              f"already the main arm's value of {exp.seed_keys}; choose other 'seeds'")
-        stray = [k for k in diff if not _declared(k, allowed)]
-        if stray:
-            raise ConfigError(f"experiment arm '{name}' differs from the main arm '{exp.main}' in "
-                              f"{stray}, outside the declared {'seed_keys' if replicate_of else 'variable'} "
-                              f"{allowed}")
-        arms.append(ResolvedArm(name, cfg, overrides, diff, replicate_of))
+        own = config_diff(configs[replicate_of][0], cfg) if replicate_of else config_diff(reference, cfg)
+        _check_arm(exp, name, own, replicate_of)
+        arms.append(ResolvedArm(name, cfg, overrides, config_diff(reference, cfg), replicate_of))
     return arms, demo_path.parent

@@ -133,7 +133,7 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
         timings.append(timed(f"evaluation at step {step}", score))
     result = {"name": arm.name, "key": key, "replicate_of": arm.replicate_of, "space": arm.config.space,
               "overrides": arm.overrides, "diff": arm.diff, "latent_shape": list(plan.latent_shape),
-              "stages": {s: str(run_dir(p)) for s, p in plan.stages.items()}, "latents": str(plan.latents),
+              **plan.recorded_paths(),
               "curve": curve, "final": curve[-1], "generator_loss": loss_summary(run_dir(plan.generator)),
               "generator_kind": generator_cfg.kind,
               **({"gaussian_bits_per_dim": gaussian_bits(generator_cfg.flow.noise_std)} if flow else {}),
@@ -148,7 +148,7 @@ def run_arm(plan: ArmPlan, exp: ExperimentConfig, ref, index: int, total: int) -
 
 
 def check_replicates(plans: list[ArmPlan]) -> None:
-    """A seed replicate must train something else than its main arm (e.g. not the seed it has)."""
+    """A seed replicate must train something else than the arm it replicates (e.g. not the seed it has)."""
     def keys(plan: ArmPlan) -> list[str]:
         return [stage_key(s) for s in plan.stages.values()] + [stage_key(plan.generator)]
 
@@ -156,8 +156,8 @@ def check_replicates(plans: list[ArmPlan]) -> None:
     for plan in plans:
         main = by_name.get(plan.arm.replicate_of or "")
         if main is not None and keys(plan) == keys(main):
-            raise ConfigError(f"experiment arm '{plan.arm.name}' trains exactly what the main arm "
-                              f"'{main.arm.name}' trains (its seed is the main arm's); choose other 'seeds'")
+            raise ConfigError(f"experiment arm '{plan.arm.name}' trains exactly what the arm "
+                              f"'{main.arm.name}' trains (its seed is that arm's); choose other 'seeds'")
 
 
 def run_experiment(exp: ExperimentConfig, arms: list[ResolvedArm], base: Path, name: str, root: str | Path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,10 @@ class ArmPlan:
         return digest({"arm": self.arm.key(), "stages": {s: str(run_dir(p)) for s, p in self.stages.items()},
                        "latents": str(self.latents), "generator": stage_key(self.generator),
                        "evaluation": evaluation}, 64)
+
+    def recorded_paths(self) -> dict[str, Any]:
+        """The arm's stage folders and latent cache relative to the experiment root (the store's
+        parent), as result files record them: no machine path in anything committed."""
+        root = self.store.parent
+        return {"stages": {s: os.path.relpath(run_dir(p), root) for s, p in self.stages.items()},
+                "latents": os.path.relpath(self.latents, root)}
