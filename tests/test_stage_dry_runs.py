@@ -44,6 +44,11 @@ STAGE_CONFIGS = {
     "experiments/starflow_generator.yaml": ("generator", ["flow.latent_channels=8", "flow.latent_size=8"]),
     "imagenet256/fae_dinov2g.yaml": ("autoencoder", []),
     "imagenet256/fae_siglip2g.yaml": ("autoencoder", []),
+    "imagenet256/fae_dinov2g_c48.yaml": ("autoencoder", []),
+    "imagenet256/pixel_decoder_vitl_ii_c48.yaml": ("pixel-decoder", []),
+    "imagenet256/lightningdit_xl1_c48.yaml": ("generator", []),
+    "imagenet256/sit_xl1_dinov2_tokens.yaml": ("generator", []),
+    "imagenet256/sit_xl1_dinov2_tokens_wide.yaml": ("generator", []),
     "imagenet256/pixel_decoder_vitl.yaml": ("pixel-decoder", []),
     "imagenet256/pixel_decoder_vitl_ii.yaml": ("pixel-decoder", []),
     "imagenet256/lightningdit_xl1.yaml": ("generator", []),
@@ -69,6 +74,12 @@ EXPECTED_MISSING = {
     "experiments/starflow_generator.yaml": GENERATOR_INPUTS,
     "imagenet256/fae_dinov2g.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)"],
     "imagenet256/fae_siglip2g.yaml": [*IMAGENET_IMAGES, "backbone weights (siglip2-g-opt16-256)"],
+    "imagenet256/fae_dinov2g_c48.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)"],
+    "imagenet256/pixel_decoder_vitl_ii_c48.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS,
+                                                   "fae-pixel-decoder export (init_from)"],
+    "imagenet256/lightningdit_xl1_c48.yaml": GENERATOR_INPUTS,
+    "imagenet256/sit_xl1_dinov2_tokens.yaml": ["latent cache (data.cache)"],  # raw tokens: no FAE export
+    "imagenet256/sit_xl1_dinov2_tokens_wide.yaml": ["latent cache (data.cache)"],
     "imagenet256/pixel_decoder_vitl.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS],
     "imagenet256/pixel_decoder_vitl_ii.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS,
                                                "fae-pixel-decoder export (init_from)"],
@@ -79,7 +90,8 @@ EXPECTED_MISSING = {
     "imagenet256/starflow_sdvae.yaml": ["latent cache (data.cache)"],  # an SD-VAE cache: no FAE export
 }
 STAGE_II_FAE = {"demo/pixel_decoder_ii.yaml": "demo/autoencoder.yaml",
-                "imagenet256/pixel_decoder_vitl_ii.yaml": "imagenet256/fae_dinov2g.yaml"}
+                "imagenet256/pixel_decoder_vitl_ii.yaml": "imagenet256/fae_dinov2g.yaml",
+                "imagenet256/pixel_decoder_vitl_ii_c48.yaml": "imagenet256/fae_dinov2g_c48.yaml"}
 SHRUNK_FAE = ["model.encoder.heads=1", "model.encoder.head_dim=8", "model.decoder.depth=1",
               "model.decoder.width=32", "model.decoder.heads=1"]
 
@@ -137,3 +149,27 @@ def test_every_shipped_stage_config_dry_runs(name, stage_ii_faes, tmp_path, bare
         if f"data ({split})" in errors:
             assert "'/data/imagenet' does not exist" in errors[f"data ({split})"]
     assert not list(tmp_path.iterdir())  # the checks wrote nothing in the working folder
+
+
+# Paper rows that are variants of another config (``base:``): what the dry run must print. FAE-48 and
+# its generator have 48 latent channels; the raw-token generators read 1536-channel DINOv2-g tokens.
+VARIANTS = {  # config -> stage, parameters per module, a line of the description, latent channels
+    "imagenet256/fae_dinov2g_c48.yaml": ("autoencoder", {"fae": 208_814_688}, "latent: 48x16x16", 48),
+    "imagenet256/lightningdit_xl1_c48.yaml": ("generator", {"generator": 674_933_040}, "on 48x16x16 latents", 48),
+    "imagenet256/sit_xl1_dinov2_tokens.yaml": ("generator", {"generator": 678_319_872},
+                                               "SiT-XL/1 (28 x 1152, 16 heads", 1536),
+    "imagenet256/sit_xl1_dinov2_tokens_wide.yaml": ("generator", {"generator": 1_203_466_752},
+                                                    "(28 x 1536, 24 heads", 1536),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_paper_variants_dry_run_at_their_stated_shapes(name, tmp_path, bare_machine):
+    stage_name, parameters, line, channels = VARIANTS[name]
+    stage = load_stage(stage_name, str(SHIPPED_CONFIGS / name), [f"train.run_dir={tmp_path / 'run'}"])
+    assert stage.config.model.latent_channels == channels  # through the base: chain
+    with contextlib.redirect_stdout(io.StringIO()):
+        described = dry_run(stage)
+    assert described["parameters"] == parameters
+    assert any(line in text for text in described["lines"]), described["lines"]
+    assert f"{sum(parameters.values()):,}" in (SHIPPED_CONFIGS / name).read_text()  # the header quotes it

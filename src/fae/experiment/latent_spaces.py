@@ -3,7 +3,7 @@ upstream stages it trains, where its latent cache lives and what shape it has, h
 written, what decodes its latents into images, and what encodes held-out images into it.
 
 * ``fae``: the FAE's latents (stages Ia, Ib, II; the demo's latent cache step).
-* ``tokens``: the raw backbone tokens (stage Ib decodes them; :class:`fae.experiment.spaces.TokenSpace`).
+* ``tokens``: the raw backbone tokens (stage Ib decodes them; :class:`fae.backbones.token_space.TokenSpace`).
 * ``pixels``: the patchified pixels (:class:`fae.experiment.spaces.PatchSpace`).
 * ``pixel-ae``: a pixel VAE of the FAE's latent shape (``fae.autoencoder.pixel_autoencoder``).
 
@@ -25,17 +25,17 @@ from fae.autoencoder.pixel_autoencoder import PixelAutoencoder
 from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.backbones.registry import get_info, load_backbone
 from fae.backbones.token_cache import TokenCache
+from fae.backbones.token_space import TokenEncoder, TokenSpace
 from fae.config import to_dict
-from fae.data.batches import iterate_batches
 from fae.data.datasets import DataConfig
 from fae.data.fashion_mnist import FashionMNIST
 from fae.data.latent_cache import CacheConfig, LatentCache, complete_cache
 from fae.data.latent_cache_writer import write_cache
 from fae.demo.pipeline import cache_step
 from fae.demo.stages import StageSpec, stage_spec
-from fae.experiment.spaces import PatchSpace, TokenSpace, floored_stats
+from fae.experiment.spaces import PatchSpace
 from fae.experiment.store import digest, keyed, resolved_config, run_dir
-from fae.stats import ChannelStats
+from fae.training.latents import measure_latent_stats, write_space_cache
 
 if TYPE_CHECKING:
     from fae.experiment.config import ArmConfig
@@ -103,15 +103,11 @@ def _write_space_cache(plan: ArmPlan, space, dataset, source: str, inputs: list[
     cfg = plan.arm.config
 
     def write() -> None:
-        stats = ChannelStats(plan.latent_shape[0])
-        for items, _ in iterate_batches(dataset, cfg.latents.batch_size):
-            stats.update(space.encode(items).movedim(1, -1))  # [b, h, w, c]
-        space.set_latent_stats(*floored_stats(*stats.mean_std()))
-        identity = {"identity": space.identity(source=source), "backbone": f"{cfg.space} ({source})",
-                    "resolution": cfg.backbone.resolution, "latent_shape": list(plan.latent_shape)}
-        write_cache(CacheConfig(fae=source, out=str(plan.latents), data=_latent_data(cfg),
-                                batch_size=cfg.latents.batch_size), space, identity=identity,
-                    latent_mean=space.latent_mean, latent_std=space.latent_std, dataset=dataset)
+        space.set_latent_stats(*measure_latent_stats(space, dataset, plan.latent_shape[0], range(len(dataset)),
+                                                     cfg.latents.batch_size))
+        write_space_cache(CacheConfig(fae=source, out=str(plan.latents), data=_latent_data(cfg),
+                                      batch_size=cfg.latents.batch_size), space,
+                          label=f"{cfg.space} ({source})", resolution=cfg.backbone.resolution, dataset=dataset)
 
     return _produce_latents(plan, {"source": source}, inputs, write)
 
@@ -149,16 +145,6 @@ class FAELatents(LatentSpace):
         return []
 
 
-class _TokenEncoder:
-    """Images -> the TokenSpace latents of their raw backbone tokens (for held-out latents)."""
-
-    def __init__(self, space: TokenSpace, backbone_name: str, resolution: int):
-        self.space, self.backbone = space, load_backbone(backbone_name, resolution=resolution)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.space.encode(self.backbone(images))
-
-
 class TokenLatents(LatentSpace):
     """The raw backbone tokens as latents, decoded by the stage-Ib pixel decoder."""
 
@@ -185,7 +171,7 @@ class TokenLatents(LatentSpace):
 
     def encoder(self, plan, decoder):
         cfg = plan.arm.config
-        return _TokenEncoder(decoder, cfg.backbone.name, cfg.backbone.resolution)
+        return TokenEncoder(decoder, load_backbone(cfg.backbone.name, resolution=cfg.backbone.resolution))
 
 
 class PixelLatents(LatentSpace):

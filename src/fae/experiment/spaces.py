@@ -5,8 +5,9 @@ Each is a small module with ``encode`` (what goes into the latent cache), ``deco
 as ``latent_mean`` / ``latent_std`` buffers (as an FAE carries them; the cache records them and the
 generator normalises with them):
 
-* :class:`TokenSpace`: the raw backbone tokens [N, D] as a latent [D, h, w] (the identity
-  encoder), decoded by the stage-Ib pixel decoder (trained on noisy raw tokens).
+* :class:`~fae.backbones.token_space.TokenSpace`: the raw backbone tokens [N, D] as a latent
+  [D, h, w] (the identity encoder), decoded by the stage-Ib pixel decoder (trained on noisy raw
+  tokens); it lives with the backbones, as ``fae cache-latents`` writes ImageNet token caches too.
 * :class:`PatchSpace`: the pixels themselves, padded to a multiple of the token grid and
   patchified to [C * p * p, h, w] (the same token count as the FAE's latent).
 
@@ -14,78 +15,18 @@ The pixel VAE (``fae.autoencoder.pixel_autoencoder``) already has this interface
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from fae.backbones.token_space import SpaceStats, TokenSpace, floored_stats
 from fae.images import from_unit_range, to_unit_range
 
-# Per-channel std floor as a fraction of the mean std over channels (our choice): EfficientNet has
-# channels that are zero on every training image (std 0), and padded pixels are constant; a floor
-# relative to the typical scale keeps a rare activation from becoming a 1e5-sized latent.
-STD_FLOOR_FRACTION = 0.1
+__all__ = ["PatchSpace", "TokenSpace", "floored_stats"]  # the token space lives with the backbones
 
 
-def floored_stats(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) [c] with std floored at ``STD_FLOOR_FRACTION`` of its mean (all-zero: 1)."""
-    floor = STD_FLOOR_FRACTION * float(std.mean()) if float(std.mean()) > 0 else 1.0
-    return mean.float(), std.float().clamp_min(floor)
-
-
-class _Space(nn.Module):
-    """Holds the per-channel latent statistics [c] as buffers (``SampleDecoder`` finds the device
-    from ``latent_mean``)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.register_buffer("latent_mean", torch.zeros(channels))
-        self.register_buffer("latent_std", torch.ones(channels))
-
-    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.latent_mean.copy_(mean.reshape(-1))
-        self.latent_std.copy_(std.reshape(-1))
-
-    def identity(self, **what) -> str:
-        """sha256 of what defines the space plus its statistics (the latent cache's identity)."""
-        record = {"space": type(self).__name__, **what, "mean": self.latent_mean.tolist(),
-                  "std": self.latent_std.tolist()}
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
-class TokenSpace(_Space):
-    """Raw tokens [B, N, D] <-> latents [B, D, h, w] (N = h * w, row-major).
-
-    Args:
-        grid: token grid (h, w).
-        dim: token width D.
-        pixel_decoder: raw tokens -> images in [-1, 1] (a ``PixelDecoder``; needed by ``decode``).
-    """
-
-    def __init__(self, grid: tuple[int, int], dim: int, pixel_decoder: nn.Module | None = None):
-        super().__init__(dim)
-        self.grid, self.dim = (int(grid[0]), int(grid[1])), int(dim)
-        self.pixel_decoder = pixel_decoder
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (self.dim, *self.grid)
-
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, N, D] -> [B, D, h, w]."""
-        return tokens.float().transpose(1, 2).reshape(len(tokens), self.dim, *self.grid)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """[B, D, h, w] -> images [B, C, H, W] in [0, 1] through the pixel decoder."""
-        tokens = z.float().flatten(2).transpose(1, 2)  # [B, N, D]
-        return from_unit_range(self.pixel_decoder(tokens.to(self.latent_mean.device)))
-
-
-class PatchSpace(_Space):
+class PatchSpace(SpaceStats):
     """Images [B, C, S, S] <-> patches [B, C * p * p, h, w] with p = ceil(S / h); the image is
     padded right and bottom with black (-1) to p * h, and cropped back when decoding.
 

@@ -58,7 +58,8 @@ def latent_cache_check(cache: str, fae: str | None) -> Check:
         found = LatentCache(cache, fae=fae if fae and _has_export(fae) else None)
         return f"{cache} ({len(found)} latents of shape {list(found.latent_shape)})"
 
-    fetch = (f"fae cache-latents fae={fae or 'FAE_EXPORT'} out={cache} data.name=... data.root=... "
+    source = f"fae={fae}" if fae else "fae=FAE_EXPORT (or backbone.name=NAME: raw tokens)"
+    fetch = (f"fae cache-latents {source} out={cache} data.name=... data.root=... "
              f"(the images the generator learns; see the config's header)")
     return Check("latent cache (data.cache)", cache, test, fetch)
 
