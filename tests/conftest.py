@@ -25,6 +25,16 @@ def no_user_inception_weights(monkeypatch):
     monkeypatch.delenv("FAE_INCEPTION_WEIGHTS", raising=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_eval_cache(tmp_path_factory):
+    """The evaluation cache the demo and the experiments share (``fae.demo.shared_eval``: judges,
+    test-image features) lives in one session folder, never in the working directory's runs/_eval;
+    a test that counts what gets computed points $FAE_EVAL_CACHE at its own folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FAE_EVAL_CACHE", str(tmp_path_factory.mktemp("eval_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_fae_export(tmp_path_factory):
     """Read-only export folder of ``tiny.tiny_fae_with_pixel_decoder()`` (FAE + pixel decoder +

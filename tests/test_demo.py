@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from fae.cli import main
+from fae.evaluation.intervals import wilson
 
 TINY = [
     "backbone.resolution=64",
@@ -123,6 +124,10 @@ def test_demo_metrics_are_sane(demo_run):
     assert 0 < m["feature_cosine"] <= 1
     for key in ("rfid", "fid_cfg", "fid_real_floor"):
         assert math.isfinite(m[key]) and m[key] > 0, key
+    lo, hi = m["fid_cfg_ci"]  # bootstrap 95% around the FID of the same features
+    assert lo < m["fid_cfg"] < hi
+    for key, n in (("class_accuracy_cfg", m["fid_samples"]), ("class_accuracy_no_cfg", m["class_accuracy_samples_no_cfg"])):
+        assert m[f"{key}_ci"] == list(wilson(round(m[key] * n), n)), key  # Wilson 95% of a share of n samples
     assert m["fid_samples"] == 20 and m["test_images"] == 40
     assert m["patch_images"] == 40 and -1 <= m["patch_map_correlation"] <= 1
     for check in ("flip", "shift", "pair"):
@@ -140,9 +145,11 @@ def test_demo_judge_recognises_real_images(demo_run):
     # steps on 20K training images): >= 85% on 1000 real test images, so a broken classifier
     # cannot pass its numbers off as the decoder's.
     from fae.data.fashion_mnist import FashionMNIST
+    from fae.demo.config import load_demo_config
+    from fae.demo.shared_eval import judge_path
     from fae.evaluation.pixel_classifier import PixelClassifier
 
-    judge = PixelClassifier.load(demo_run / "classifier" / "classifier.pt")
+    judge = PixelClassifier.load(judge_path(load_demo_config(None, True, TINY)[0]))  # the shared cache's
     test = FashionMNIST("test", limit=1000)
     assert judge.accuracy(test.images, test.labels) >= 0.85
     m = json.loads((demo_run / "eval" / "metrics.json").read_text())["metrics"]
@@ -150,7 +157,11 @@ def test_demo_judge_recognises_real_images(demo_run):
 
 
 @pytest.mark.slow
-def test_demo_rerun_skips_every_stage(demo_run, capsys):
+def test_demo_rerun_skips_every_stage(demo_run, capsys, monkeypatch):
+    def no_inception(*args, **kwargs):
+        raise AssertionError("a re-run embedded images: the reference, floor and scores are cached")
+
+    monkeypatch.setattr("fae.evaluation.scorer.load_inception", no_inception)
     assert main(["demo", "--quick", "--t2i", "--out", str(demo_run), *TINY]) == 0
     timings = json.loads((demo_run / "timings.json").read_text())
     assert all(s["status"].startswith("skipped") for s in timings["steps"]), timings

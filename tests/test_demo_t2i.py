@@ -92,7 +92,7 @@ def test_t2i_steps_on_a_tiny_fae_cache_train_evaluate_and_report(tmp_path):
     from fae.data.fashion_mnist import FashionMNIST
     from fae.data.latent_cache import LatentCache
     from fae.demo.config import load_demo_config
-    from fae.demo.evaluate import classifier_path
+    from fae.demo.shared_eval import judge_path
     from fae.demo.pipeline import stage_spec, train_stage
     from fae.demo.t2i import t2i_cache_step, t2i_evaluate_step, t2i_overrides, training_set
     from fae.demo.t2i_report import add_t2i_section
@@ -103,8 +103,6 @@ def test_t2i_steps_on_a_tiny_fae_cache_train_evaluate_and_report(tmp_path):
 
     out = tmp_path
     export_fae(out / "pixel_decoder_ii" / "export", seed=0)
-    train = FashionMNIST("train", limit=2000)
-    train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=40)).save(classifier_path(out))
     g = "t2i.generator.overrides."
     cfg, base = load_demo_config(None, quick=True, t2i=True, overrides=[
         "latents.limit=120", "latents.batch_size=40", "eval.fid_samples=20", "eval.test_images=16",
@@ -112,6 +110,8 @@ def test_t2i_steps_on_a_tiny_fae_cache_train_evaluate_and_report(tmp_path):
         f"{g}mmdit.dim=32", f"{g}mmdit.heads=2", f"{g}train.batch_size=16", f"{g}train.log_every=5",
         f"{g}train.ckpt_every=0", f"{g}eval.grid_samples=0", f"{g}eval.loss_items=32",
         f"{g}train.optim.warmup_steps=2", f"{g}train.progress=false"])
+    train = FashionMNIST("train", limit=2000)  # a briefly trained judge where the demo's would be
+    train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=40)).save(judge_path(cfg))
     assert t2i_cache_step(cfg, out) == "ran"
     assert t2i_cache_step(cfg, out) == "skipped (outputs valid)"
     cache = LatentCache(out / "t2i" / "latents", fae=out / "pixel_decoder_ii" / "export")

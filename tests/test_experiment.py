@@ -18,6 +18,7 @@ import yaml
 from fae.cli import main
 from fae.config import SHIPPED_CONFIGS
 from fae.errors import ConfigError
+from fae.evaluation.intervals import wilson
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,6 +91,9 @@ def test_every_arm_trained_and_was_scored(experiment):
         assert [p["step"] for p in arm["curve"]] == [30, 60]
         for point in arm["curve"]:
             assert point["fid"] > 0 and 0 <= point["class_accuracy"] <= 1 and point["samples"] == 20
+            lo, hi = point["fid_ci"]  # bootstrap 95% of the scored features; Wilson 95% of 20 samples
+            assert lo < point["fid"] < hi
+            assert point["class_accuracy_ci"] == list(wilson(round(20 * point["class_accuracy"]), 20))
     pixel_ae = record["arms"]["pixel-ae"]["stage_losses"]["pixel_autoencoder"]
     assert pixel_ae["last"] < pixel_ae["first"]
     shapes = {a: tuple(record["arms"][a]["latent_shape"]) for a in ARMS}
@@ -161,7 +165,13 @@ def test_rerun_skips_finished_arms_and_reruns_only_a_changed_one(experiment, cap
     folder, config = experiment
     out = str(folder / "runs")
     capsys.readouterr()
-    assert main(["experiment", "--config", str(config), "--quick", "--out", out]) == 0
+
+    def no_inception(*args, **kwargs):
+        raise AssertionError("a re-run embedded images: the reference, floor and checkpoint scores are cached")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("fae.evaluation.scorer.load_inception", no_inception)
+        assert main(["experiment", "--config", str(config), "--quick", "--out", out]) == 0
     assert set(results(folder)["status"].values()) == {"skipped"}
     before = results(folder)["arms"]
     changed = experiment_file(folder, pixels_shift=1.0)

@@ -14,6 +14,9 @@ Every stage runs for real, through the same code as the full-size commands, on a
 Sizes, subsets and budgets live in ``demo/demo.yaml`` (its ``quick`` list holds the
 ``--quick`` overrides); each stage's own settings come from its file in ``demo/``. A
 re-run skips the stages whose outputs exist and are still valid, and resumes an interrupted one.
+The judge (pixel classifier) and the test images' Inception features (FID reference, real-vs-real
+floor) go to the evaluation cache that ``fae experiment`` shares, keyed by content:
+$FAE_EVAL_CACHE, else runs/_eval under the working directory.
 
 Loading what the demo exported, in a few lines of Python::
 

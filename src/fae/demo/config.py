@@ -66,7 +66,8 @@ class EvalSettings:
         seed: seed of the samples.
         classifier_train_images: first training images the pixel classifier (the judge of decoded
             images, ``fae.evaluation.pixel_classifier``) learns from (null = all 60000).
-        classifier_steps: its optimiser steps (batch 128).
+        classifier_steps: its optimiser steps (batch 128). The judge is trained once per these two
+            settings into the evaluation cache the experiments share (``fae.demo.shared_eval``).
         patch_images: first test images of the patch-level checks (``fae.demo.patches``).
         patch_rows: of them, the images drawn in the patch-map figure.
         real_floor: also the FID of the next ``test_images`` real test images against the reference

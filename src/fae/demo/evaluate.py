@@ -16,15 +16,20 @@ cache every stage shared (each image went through the backbone once), features a
 * PSNR / SSIM (uint8 rule) of images decoded from the raw features (stage-Ib decoder) and from the
   FAE latents (encode -> decode_features -> stage-II decoder), and rFID of the latter;
 * generation FID of ``eval.fid_samples`` class-balanced samples (with CFG, optionally without)
-  against the test images (the reference set's size is reported beside it);
+  against the test images (the reference set's size is reported beside it), with its bootstrap 95%
+  interval (sample features resampled, reference fixed; from the same features as the FID);
 * class accuracy by the pixel classifier (``fae.evaluation.pixel_classifier``, trained on the real
-  training pixels by :func:`classifier_step`): of the real test images (its ceiling), of the decoded
-  test reconstructions (from features and from latents: how much of a miss is the pixel decoder's)
-  and of the generated images; and the latent head on each generated latent (the generator alone);
+  training pixels by ``fae.demo.shared_eval.judge_step``): of the real test images (its ceiling), of
+  the decoded test reconstructions (from features and from latents: how much of a miss is the pixel
+  decoder's) and of the generated images (with a Wilson 95% interval); and the latent head on each
+  generated latent (the generator alone);
 * patch-level maps of the tokens vs the latents (``fae.demo.patches``): similarity-map correlation
   and flip / shift / same-class patch-matching agreement on the first ``eval.patch_images``;
 * the real-vs-real FID floor: the next ``eval.test_images`` test images against the reference ones
   (``eval.real_floor``), so rFID and generation FID can be read against what this N allows.
+
+The judge and the test images' Inception features (reference and floor) come from the evaluation
+cache the experiments share (``fae.demo.shared_eval``): trained / computed once per content.
 
 Results go to ``out/eval/metrics.json`` with the uint8 images the figures need
 (``out/eval/images.pt``); a re-run reuses them while the exports they came from are unchanged.
@@ -48,9 +53,11 @@ from fae.data.batches import iterate_batches, map_batches
 from fae.data.datasets import DataConfig, build_dataset
 from fae.data.fashion_mnist import FashionMNIST
 from fae.demo.patches import patch_metrics
+from fae.demo.shared_eval import RealTestFeatures, judge_path
 from fae.errors import DataError
+from fae.evaluation.intervals import wilson
 from fae.evaluation.linear_head import head_accuracy, head_input
-from fae.evaluation.pixel_classifier import ClassifierConfig, PixelClassifier, train_pixel_classifier
+from fae.evaluation.pixel_classifier import PixelClassifier
 from fae.evaluation.probe import train_linear_head
 from fae.evaluation.probe_features import probe_features
 from fae.evaluation.recon import feature_metrics, mean_image_scores
@@ -63,7 +70,6 @@ from fae.io import atomic_save_json, atomic_torch_save
 from fae.model_card import CARD_FILE, update_model_card_metrics
 
 NUM_CLASSES = 10
-INCEPTION_CPU_BATCH = 16  # on a 2-core CPU ~15% faster than batches of 50-100 (bench/inception_throughput.py)
 
 
 def _key(cfg, out: Path) -> str:
@@ -71,7 +77,7 @@ def _key(cfg, out: Path) -> str:
     and samples with, and the judge."""
     exports = [out / name / "export" for name in ("pixel_decoder_ib", "pixel_decoder_ii", "generator")]
     return freshness.content_key({"eval": to_dict(cfg.eval), "data_root": cfg.data_root},
-                                 exports + [classifier_path(out)])
+                                 exports + [judge_path(cfg)])
 
 
 def evaluate_step(cfg, out: Path) -> tuple[str, dict[str, Any]]:
@@ -124,28 +130,6 @@ def record_in_model_cards(out: Path, metrics: dict[str, Any]) -> None:
         update_model_card_metrics(folder, {k: metrics[k] for k in keys if k in metrics}, how)
 
 
-# ------------------------------------------------------------------------------------------ the judge
-
-
-def classifier_path(out: Path) -> Path:
-    return out / "classifier" / "classifier.pt"
-
-
-def classifier_step(cfg, out: Path) -> str:
-    """Train the pixel classifier on real training pixels unless ``out/classifier`` holds one trained
-    with these settings."""
-    ev = cfg.eval
-    path = classifier_path(out)
-    key = freshness.content_key({"train_images": ev.classifier_train_images, "steps": ev.classifier_steps,
-                                 "data_root": cfg.data_root})
-
-    def write() -> None:
-        train = FashionMNIST("train", root=cfg.data_root, limit=ev.classifier_train_images)
-        train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=ev.classifier_steps)).save(path)
-
-    return freshness.produce(path.parent, key, path.is_file, write, "pixel classifier")
-
-
 # ------------------------------------------------------------------------------------------ inputs
 
 
@@ -184,7 +168,7 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """All metrics (a flat dict of numbers) and the uint8 images the figures show."""
     ev = cfg.eval
     fae, ib_decoder, generator = load_models(out)
-    judge = PixelClassifier.load(classifier_path(out))
+    judge = PixelClassifier.load(judge_path(cfg))
     train_x, train_y, _ = split_tokens(cfg, fae, out, "train", ev.probe_train_images)
     test_x, test_y, test_set = split_tokens(cfg, fae, out, "test", ev.test_images)
     x_hat = map_batches(lambda t: fae.decode_features(fae.encode(t)), test_x, ev.batch_size)  # [n, N, D]
@@ -208,11 +192,10 @@ def evaluate(cfg, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     m["cfg"] = sampling_summary(sampling)
     m["fid_samples"], m["class_accuracy_samples_no_cfg"] = len(guided.labels), len(plain.labels)
     for tag, batch in (("cfg", guided), ("no_cfg", plain)):
-        m[f"class_accuracy_{tag}"] = judge.accuracy(batch.images, batch.labels)
+        m.update(judged(judge, batch.images, batch.labels, f"class_accuracy_{tag}"))
         # The generator alone: the latent head on the pooled generated latents (no pixel decoder).
         m[f"latent_class_accuracy_{tag}"] = latent_probe(batch.latents.mean(dim=(2, 3)), batch.labels)
-    floor = real_images(cfg, "test", len(original), len(original)) if ev.real_floor else None
-    m.update(fid_scores(ev, reference_scorer(cfg, out, original), decoded["from_latents"], guided, plain, floor))
+    m.update(fid_scores(ev, RealTestFeatures(cfg.data_root), len(original), decoded["from_latents"], guided, plain))
     shown = ev.grid_per_class * NUM_CLASSES
     rows = min(ev.recon_rows, len(original))
     figures = {"original": original[:rows], "labels": test_y[:rows],
@@ -264,43 +247,46 @@ def latent_pca_images(z: torch.Tensor, size: int) -> torch.Tensor:
     return quantize(F.interpolate(rgb, size=(size, size), mode="nearest"))
 
 
-def draw_samples(ev, generator, fae):
-    """Class-balanced samples with CFG (``eval.fid_samples``) and without (all of them, or just the
-    grid's when ``fid_without_cfg`` is off); sample i asks for class i % 10 and both draws share
-    every sample's noise."""
+def draw_samples(ev, generator, fae, unguided: bool = True):
+    """Class-balanced samples with CFG (``eval.fid_samples``) and, with ``unguided``, without (all
+    of them, or just the grid's when ``fid_without_cfg`` is off; else None); sample i asks for class
+    i % 10 and both draws share every sample's noise."""
     sampling = sampler_config(generator, ev.sampling)
-    unguided = sampling.unguided()
     n = ev.fid_samples
     n_off = n if ev.fid_without_cfg else min(n, ev.grid_per_class * NUM_CLASSES)
     labels = balanced_labels(range(n), list(range(NUM_CLASSES)))
     guided = SampleDecoder(generator, fae, sampling, ev.batch_size).all(
         range(n), labels, seed=ev.seed, progress=True, desc="samples (CFG)")
-    plain = SampleDecoder(generator, fae, unguided, ev.batch_size).all(
-        range(n_off), labels[:n_off], seed=ev.seed, progress=True, desc="samples (no CFG)")
+    plain = SampleDecoder(generator, fae, sampling.unguided(), ev.batch_size).all(
+        range(n_off), labels[:n_off], seed=ev.seed, progress=True, desc="samples (no CFG)") if unguided else None
     return guided, plain, sampling
 
 
-def reference_scorer(cfg, out: Path, original: torch.Tensor) -> FIDScorer:
-    """The FID scorer (CPU-sized Inception batches) against the reference test images ``original``,
-    whose features are kept in ``out/eval/reference_features.pt`` (the text-to-image evaluation
-    scores against the same ones)."""
-    scorer = FIDScorer(batch_size=min(cfg.eval.batch_size, INCEPTION_CPU_BATCH))
-    key = {"test_images": len(original), "data_root": cfg.data_root}
-    scorer.cached_reference(out / "eval" / "reference_features.pt", key, lambda: original,
-                            "inception (test images)")
-    return scorer
+def judged(judge: PixelClassifier, images: torch.Tensor, labels: torch.Tensor, name: str) -> dict[str, Any]:
+    """``{name: the judge's accuracy, name_ci: its Wilson 95% interval}`` on ``images``."""
+    accuracy = judge.accuracy(images, labels)
+    return {name: accuracy, f"{name}_ci": list(wilson(round(accuracy * len(labels)), len(labels)))}
 
 
-def fid_scores(ev, scorer: FIDScorer, reconstructions: torch.Tensor, guided, plain,
-               floor: torch.Tensor | None = None) -> dict[str, float]:
-    """rFID, generation FID(s) and (given ``floor``: other real test images) the real-vs-real FID,
-    all against the scorer's reference test images (ADM Inception pool features)."""
+def scored(scorer: FIDScorer, images: torch.Tensor, name: str, desc: str) -> dict[str, Any]:
+    """``{name: FID, name_ci: its bootstrap 95% interval}`` of ``images``, both from one Inception
+    pass over them."""
+    features = scorer.features(images, desc)
+    return {name: scorer.fid(features), f"{name}_ci": list(scorer.fid_interval(features))}
+
+
+def fid_scores(ev, real: RealTestFeatures, reference_images: int, reconstructions: torch.Tensor, guided,
+               plain) -> dict[str, Any]:
+    """rFID, generation FID(s) with their bootstrap intervals and (``eval.real_floor``: the next
+    ``reference_images`` test images) the real-vs-real FID, all against the first
+    ``reference_images`` test images (ADM Inception pool features; the real images' from ``real``)."""
+    scorer = real.scorer_for(reference_images)
     scores = {"rfid": scorer.score(reconstructions, "inception (reconstructions)"),
-              "fid_cfg": scorer.score(guided.images, "inception (samples, CFG)")}
-    if floor is not None:
-        scores["fid_real_floor"] = scorer.score(floor, "inception (other test images)")
+              **scored(scorer, guided.images, "fid_cfg", "inception (samples, CFG)")}
+    if ev.real_floor:
+        scores["fid_real_floor"] = real.floor(reference_images, reference_images)
     if ev.fid_without_cfg:
-        scores["fid_no_cfg"] = scorer.score(plain.images, "inception (samples, no CFG)")
+        scores.update(scored(scorer, plain.images, "fid_no_cfg", "inception (samples, no CFG)"))
     return scores
 
 

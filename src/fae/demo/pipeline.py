@@ -15,8 +15,9 @@ from fae.config import to_dict
 from fae.data.datasets import DataConfig
 from fae.data.latent_cache import CacheConfig, complete_cache
 from fae.demo.config import DemoConfig, StageRun
-from fae.demo.evaluate import classifier_step, evaluate_step
+from fae.demo.evaluate import evaluate_step
 from fae.demo.report import write_report
+from fae.demo.shared_eval import judge_step
 from fae.demo.stages import StageSpec, stage_spec, train_stage
 from fae.demo.t2i import t2i_cache_step, t2i_evaluate_step, t2i_folder, t2i_overrides
 from fae.generation import Generator
@@ -126,7 +127,7 @@ def run_demo(cfg: DemoConfig, base: Path, out: str | Path, quick: bool = False) 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timings = [timed(s.title, s.run) for s in steps]
-    timings.append(timed("pixel classifier (judge of decoded images)", lambda: classifier_step(cfg, out)))
+    timings.append(timed("pixel classifier (judge of decoded images)", lambda: judge_step(cfg)))
     metrics: dict[str, Any] = {}
 
     def evaluation() -> str:

@@ -108,9 +108,9 @@ def _headline(m: dict[str, Any]) -> str:
     return (f"feature cosine {m['feature_cosine']:.3f}; linear probe raw / reconstructed / latents "
             f"{_pct(m['probe_raw'])} / {_pct(m['probe_reconstructed'])} / {_pct(m['probe_latent'])}; "
             f"PSNR from latents {m['psnr_from_latents']:.1f} dB\n"
-            f"FID (CFG, N = {m['fid_samples']}) {m['fid_cfg']:.1f} beside the real-vs-real floor "
-            f"{m.get('fid_real_floor', float('nan')):.1f}; rFID {m['rfid']:.1f}; samples of the requested "
-            f"class {_pct(m['class_accuracy_cfg'])} (pixel judge)")
+            f"FID (CFG, N = {m['fid_samples']}) {m['fid_cfg']:.1f}{_interval(m, 'fid_cfg')} vs real-vs-real floor "
+            f"{m.get('fid_real_floor', float('nan')):.1f}; rFID {m['rfid']:.1f}; requested class "
+            f"{_pct(m['class_accuracy_cfg'])}{_interval(m, 'class_accuracy_cfg', 100)} (pixel judge); [95% interval]")
 
 
 def summary_figure(reconstructions: Image.Image, samples: Image.Image, metrics: dict[str, Any], title: str):
@@ -164,6 +164,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _interval(m: dict[str, Any], key: str, scale: float = 1.0, digits: int = 1) -> str:
+    """`` [lo, hi]``: the 95% interval ``m[key + "_ci"]`` (times ``scale``), or "" for metrics
+    written before the demo measured intervals."""
+    if f"{key}_ci" not in m:
+        return ""
+    lo, hi = m[f"{key}_ci"]
+    return f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
 def metrics_rows(m: dict[str, Any]) -> list[list[str]]:
     n, n_fid = m["test_images"], m["fid_samples"]
     ref = f"vs {n} test images"
@@ -182,9 +191,11 @@ def metrics_rows(m: dict[str, Any]) -> list[list[str]]:
     if "fid_real_floor" in m:
         rows.append(["FID floor: other real test images", f"{m['fid_real_floor']:.2f}", f"{n} {ref}"])
     rows += [["rFID (FAE reconstructions)", f"{m['rfid']:.2f}", f"{n} {ref}"],
-             ["generation FID, CFG", f"{m['fid_cfg']:.2f}", f"{n_fid} samples {ref}"]]
+             ["generation FID, CFG", f"{m['fid_cfg']:.2f}{_interval(m, 'fid_cfg', digits=2)}",
+              f"{n_fid} samples {ref}; [bootstrap 95%: samples resampled]"]]
     if "fid_no_cfg" in m:
-        rows.append(["generation FID, no CFG", f"{m['fid_no_cfg']:.2f}", f"{n_fid} samples {ref}"])
+        rows.append(["generation FID, no CFG", f"{m['fid_no_cfg']:.2f}{_interval(m, 'fid_no_cfg', digits=2)}",
+                     f"{n_fid} samples {ref}; [bootstrap 95%]"])
     judge = "pixel classifier"
     if "classifier_accuracy_real" in m:
         rows.append(["real test images assigned to their class (the judge's ceiling)",
@@ -195,9 +206,11 @@ def metrics_rows(m: dict[str, Any]) -> list[list[str]]:
     if "class_accuracy_reconstructions" in m:
         rows.append(["test images decoded from latents assigned to their class",
                      _pct(m["class_accuracy_reconstructions"]), f"{n} test images; {judge}"])
-    rows += [["samples assigned to requested class, CFG", _pct(m["class_accuracy_cfg"]),
-              f"{n_fid} samples; {judge}"],
-             ["samples assigned to requested class, no CFG", _pct(m["class_accuracy_no_cfg"]),
+    rows += [["samples assigned to requested class, CFG",
+              _pct(m["class_accuracy_cfg"]) + _interval(m, "class_accuracy_cfg", 100, 2),
+              f"{n_fid} samples; {judge}; [Wilson 95%]"],
+             ["samples assigned to requested class, no CFG",
+              _pct(m["class_accuracy_no_cfg"]) + _interval(m, "class_accuracy_no_cfg", 100, 2),
               f"{m['class_accuracy_samples_no_cfg']} samples; {judge}"]]
     if "latent_class_accuracy_cfg" in m:
         rows.append(["generated latents assigned to requested class, CFG",

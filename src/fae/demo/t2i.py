@@ -34,7 +34,8 @@ from fae.data.fashion_mnist import FashionMNIST
 from fae.data.latent_cache import CacheConfig, complete_cache
 from fae.demo.captions import (HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, attributes, class_thresholds, prompt_set,
                                training_captions)
-from fae.demo.evaluate import classifier_path, real_images, reference_scorer, sampling_summary
+from fae.demo.evaluate import sampling_summary
+from fae.demo.shared_eval import RealTestFeatures, judge_path
 from fae.evaluation.pixel_classifier import PixelClassifier
 from fae.generation.decode import SampleDecoder, check_pair, sampler_config
 from fae.generation.t2i_generator import TextToImageGenerator
@@ -90,7 +91,7 @@ def _key(cfg, out: Path) -> str:
     return freshness.content_key(
         {"eval": to_dict(cfg.eval), "t2i": to_dict(cfg.t2i), "latents": to_dict(cfg.latents),
          "data_root": cfg.data_root},
-        [out / "pixel_decoder_ii" / "export", t2i_folder(out) / "generator" / "export", classifier_path(out)])
+        [out / "pixel_decoder_ii" / "export", t2i_folder(out) / "generator" / "export", judge_path(cfg)])
 
 
 def t2i_evaluate_step(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -124,7 +125,7 @@ def evaluate_t2i(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[dict[str
     fae = FAE.from_pretrained(fae_dir)
     generator = TextToImageGenerator.from_pretrained(gen_dir)
     check_pair(generator, fae.identity(), fae.latent_shape, str(gen_dir), str(fae_dir))
-    judge = PixelClassifier.load(classifier_path(out))
+    judge = PixelClassifier.load(judge_path(cfg))
     _, thresholds = training_set(cfg)
     sampling = sampler_config(generator, ev.sampling)
     decoder = SampleDecoder(generator, fae, sampling, ev.batch_size)
@@ -140,10 +141,9 @@ def evaluate_t2i(cfg, out: Path, main_metrics: dict[str, Any]) -> tuple[dict[str
         samples[name] = (prompts, batch)
         m[f"{name}_samples"] = n
         m.update({f"{k}_{name}": v for k, v in _judged(judge, batch, classes, attrs, thresholds).items()})
-    test = real_images(cfg, "test", 0, ev.test_images)
-    m["fid_held_out"] = reference_scorer(cfg, out, test).score(samples["held_out"][1].images,
-                                                                 "inception (t2i samples)")
-    m["fid_reference_images"] = len(test)
+    scorer = RealTestFeatures(cfg.data_root).scorer_for(ev.test_images)  # the class-conditional FID's reference
+    m["fid_held_out"] = scorer.score(samples["held_out"][1].images, "inception (t2i samples)")
+    m["fid_reference_images"] = ev.test_images
     if "fid_real_floor" in main_metrics:
         m["fid_real_floor"] = main_metrics["fid_real_floor"]
     prompts, batch = samples["held_out"]

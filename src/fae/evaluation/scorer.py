@@ -27,6 +27,7 @@ from fae import distributed as dist
 from fae.errors import DataError
 from fae.evaluation.features import compute_inception_stats
 from fae.evaluation.fid import fid_from_features
+from fae.evaluation.intervals import bootstrap_fid
 from fae.evaluation.inception import load_inception
 from fae.evaluation.stats import FolderImages, InceptionStats, NpzImages, has_stats, read_stats
 from fae.evaluation.suite import generation_metrics
@@ -53,6 +54,7 @@ class FIDScorer:
         self.sqrt_method = sqrt_method
         self.progress = progress
         self.reference: InceptionStats | np.ndarray | None = None  # statistics, or pool features [R, 2048]
+        self._moments: tuple[np.ndarray, np.ndarray] | None = None  # the reference's (mu, sigma), once computed
 
     @property
     def net(self):
@@ -99,6 +101,7 @@ class FIDScorer:
     def use_reference(self, reference: InceptionStats | np.ndarray) -> FIDScorer:
         """Score against ``reference``: statistics, or pool features [R, 2048]; returns self."""
         self.reference = reference
+        self._moments = None
         return self
 
     def cached_reference(self, path: Path, key: Any, images: Callable[[], Any], desc: str = "reference",
@@ -137,6 +140,25 @@ class FIDScorer:
         reference = self.reference_features()
         pair = (reference, features) if reference_first else (features, reference)
         return fid_from_features(*pair, method=self.sqrt_method)
+
+    def reference_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The reference's mean [2048] and covariance [2048, 2048] (its statistics as given, or
+        ``np.cov`` of its pool features, as ``fid_from_features`` takes them); computed once."""
+        if self._moments is None:
+            if isinstance(self.reference, InceptionStats):
+                self._moments = (self.reference.mu, self.reference.sigma)
+            else:
+                features = self.reference_features().astype(np.float64)
+                self._moments = (features.mean(axis=0), np.cov(features, rowvar=False))
+        return self._moments
+
+    def fid_interval(self, features: np.ndarray, *, resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float]:
+        """Bootstrap interval of the FID of pool features [N, 2048]: the sample features resampled,
+        the reference statistics fixed (``fae.evaluation.intervals.bootstrap_fid``). Reads the same
+        features as :meth:`fid`, so a sample set goes through Inception once for both."""
+        mu, sigma = self.reference_moments()
+        return bootstrap_fid(features, mu, sigma, resamples=resamples, seed=seed, level=level)
 
     def score(self, images, desc: str = "samples") -> float:
         """FID of a whole image set against the reference."""

@@ -16,5 +16,7 @@ The base of every arm is the demo's config (``demo/demo.yaml``, read at run time
 is a list of ``key=value`` overrides of it (``fae.experiment.config``). Stages are shared between
 arms and experiments through a content-keyed store (``ROOT/_stages``), so e.g. the time-shift arms
 train one FAE; re-running skips finished arms, resumes interrupted ones and reruns only the arms a
-config change touches.
+config change touches. The judge and the test images' Inception features (FID reference, floor) are
+the demo's: one evaluation cache keyed by content, $FAE_EVAL_CACHE, else runs/_eval under the
+working directory (``fae.demo.shared_eval``).
 """

@@ -1,11 +1,15 @@
-"""Score a generator checkpoint: FID against real test images and class accuracy by the judge.
+"""Score a generator checkpoint: FID against real test images and class accuracy by the judge,
+each with its 95% interval.
 
 Everything is the demo's or the library's: samples come from ``fae.demo.evaluate.draw_samples``
-(class-balanced, fixed noise), the judge is the demo's pixel classifier
-(``fae.demo.evaluate.classifier_step``), features and distances are ``fae.evaluation``'s. What is
-new here is only the bookkeeping: a checkpoint's EMA weights as a ``Generator``, the shared
-reference statistics with the real-vs-real floor at the samples' N, and a per-checkpoint result
-file that a re-run reuses while the checkpoint, the decoder and the settings are unchanged.
+(class-balanced, fixed noise; the guided draw only), the judge and the test images' Inception
+features are the evaluation cache the demo shares (``fae.demo.shared_eval``: trained / computed
+once per content for the demo and every experiment), distances and intervals are
+``fae.evaluation``'s. What is new here is only the bookkeeping: a checkpoint's EMA weights as a
+``Generator``, the reference with the real-vs-real floor at the samples' N, and a per-checkpoint
+result file that a re-run reuses while the checkpoint, the decoder and the settings are unchanged.
+Each sample set goes through Inception once: its FID and its bootstrap interval read the same
+features.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ from fae import freshness
 from fae.config import to_dict
 from fae.data.fashion_mnist import FashionMNIST
 from fae.demo.config import EvalSettings
-from fae.demo.evaluate import INCEPTION_CPU_BATCH, classifier_path, classifier_step, draw_samples, real_images
-from fae.evaluation.pixel_classifier import PixelClassifier
+from fae.demo.evaluate import draw_samples, judged, real_images, scored
+from fae.demo.shared_eval import RealTestFeatures, judge_key, load_judge
 from fae.evaluation.scorer import FIDScorer
 from fae.experiment.config import Evaluation
 from fae.experiment.store import digest, run_dir
@@ -47,27 +51,19 @@ class Reference:
     key: str
 
 
-def reference(cfg, ev: Evaluation, store: Path) -> Reference:
-    """Reference features + floor (cached in ``store``) and the judge (trained once per settings)."""
-    judge_settings = {"train_images": cfg.eval.classifier_train_images, "steps": cfg.eval.classifier_steps,
-                      "data_root": cfg.data_root}
-    judge_dir = store / f"judge-{digest(judge_settings)}"
-    classifier_step(cfg, judge_dir)
-    judge = PixelClassifier.load(classifier_path(judge_dir))
-    key = digest({"reference_images": ev.reference_images, "n": ev.fid_samples, "data_root": cfg.data_root})
-    scorer = FIDScorer(batch_size=INCEPTION_CPU_BATCH)
-
-    def floor() -> dict[str, float]:  # the next fid_samples real test images against the reference
-        other = real_images(cfg, "test", ev.reference_images, ev.fid_samples)
-        return {"floor": scorer.score(other, "inception (floor: other test images)")}
-
-    saved = scorer.cached_reference(store / f"reference-{key}.pt", key,
-                                    lambda: real_images(cfg, "test", 0, ev.reference_images),
-                                    "inception (reference test images)", extras=floor)
+def reference(cfg, ev: Evaluation, real: RealTestFeatures | None = None) -> Reference:
+    """The scorer against the first ``reference_images`` test images, the floor (the next
+    ``fid_samples`` against them) and the judge, all from the evaluation cache the demo shares
+    (``fae.demo.shared_eval``; ``real``: its test features, default the ADM network's)."""
+    real = real or RealTestFeatures(cfg.data_root)
+    judge = load_judge(cfg)
+    floor = real.floor(ev.reference_images, ev.fid_samples)
     labels = FashionMNIST("test", root=cfg.data_root).labels
     floor_images = real_images(cfg, "test", ev.reference_images, ev.fid_samples)
     judge_real = judge.accuracy(floor_images, labels[ev.reference_images:ev.reference_images + ev.fid_samples])
-    return Reference(scorer, float(saved["floor"]), judge, judge_real, key + digest(judge_settings))
+    key = digest({"reference_images": ev.reference_images, "n": ev.fid_samples, "features": real.key(),
+                  "judge": judge_key(cfg.eval, cfg.data_root)})
+    return Reference(real.scorer_for(ev.reference_images), floor, judge, judge_real, key)
 
 
 def checkpoint_generator(spec, step: int):
@@ -82,7 +78,7 @@ def checkpoint_generator(spec, step: int):
 
 
 def _eval_settings(ev: Evaluation):
-    # draw_samples' second (unguided) draw is only the grid's; its guided draw is what is scored.
+    # Only draw_samples' guided draw is made (unguided=False): it is what is scored and shown.
     return EvalSettings(fid_samples=ev.fid_samples, fid_without_cfg=False, sampling=dict(ev.sampling),
                         grid_per_class=ev.grid_per_class, batch_size=ev.batch_size, seed=ev.seed)
 
@@ -109,9 +105,9 @@ def evaluate_checkpoint(spec, step: int, decoder, decoder_file: Path | None, ev:
         if saved.get("key") == key:
             return "skipped (outputs valid)", saved["metrics"]
     generator = checkpoint_generator(spec, step)
-    guided, _, _ = draw_samples(_eval_settings(ev), generator, decoder)
-    metrics = {"step": step, "fid": ref.scorer.score(guided.images, f"inception (samples, step {step})"),
-               "class_accuracy": ref.judge.accuracy(guided.images, guided.labels), "samples": len(guided)}
+    guided, _, _ = draw_samples(_eval_settings(ev), generator, decoder, unguided=False)
+    metrics = {"step": step, **scored(ref.scorer, guided.images, "fid", f"inception (samples, step {step})"),
+               **judged(ref.judge, guided.images, guided.labels, "class_accuracy"), "samples": len(guided)}
     if likelihood is not None:
         metrics["bits_per_dim"] = likelihood(generator)
     shown = guided.images[:10 * ev.grid_per_class]

@@ -36,7 +36,8 @@ from fae.generation import load_generator
 from fae.io import atomic_save_json
 from fae.training.metrics_log import read_metrics
 
-STORE = "_stages"  # ROOT/_stages: stages, latent caches, judge and reference shared by every experiment
+STORE = "_stages"  # ROOT/_stages: stages and latent caches shared by every experiment (the judge and the
+# reference features: the evaluation cache shared with the demo, fae.demo.shared_eval)
 
 
 def say(message: str) -> None:
@@ -170,7 +171,7 @@ def run_experiment(exp: ExperimentConfig, arms: list[ResolvedArm], base: Path, n
     start = time.perf_counter()
     say(f"{exp.title}: {len(plans)} arms in {folder} (stages shared in {store})")
     store.mkdir(parents=True, exist_ok=True)
-    ref = reference(arms[0].config, exp.evaluation, store)
+    ref = reference(arms[0].config, exp.evaluation)
     say(f"real-vs-real FID floor at N = {exp.evaluation.fid_samples}: {ref.floor:.2f}; judge on real test "
         f"images: {100 * ref.judge_real:.1f}%")
     results = [run_arm(p, exp, ref, i + 1, len(plans)) for i, p in enumerate(plans)]

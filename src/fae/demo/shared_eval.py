@@ -1,0 +1,147 @@
+"""What the demo's evaluation and every experiment's share, computed once per content: the judge
+(the pixel classifier) and the Inception pool features of the Fashion-MNIST test split.
+
+Every FID reference set and every real-vs-real floor of the demo and of the experiments is a run
+of test images (the first R; the N after them), so their features are slices of one file holding
+the features of the first K test images, extended when a caller needs more. An image's Inception
+features do not depend on the rest of its batch (measured on this CPU: bitwise equal in a batch of
+16, of 8, and with shifted batch boundaries), so a slice equals the features of that set computed
+alone and every FID keeps its digits; the file still grows in whole aligned batches, so its rows
+never depend on the order in which callers asked.
+
+Where (one rule for the demo and every experiment): ``$FAE_EVAL_CACHE``, else ``runs/_eval`` under
+the working directory, beside the default ``runs/demo`` and ``runs/experiments`` (``make clean``
+removes it). Entries are named by their content key (``fae.freshness``): the judge by its training
+settings and the bytes of the training split, the features by the bytes of the test split and of
+the Inception network. Changed data or settings get a new entry; nothing is keyed on a path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fae import freshness
+from fae.data.fashion_mnist import FashionMNIST, idx_files
+from fae.errors import DataError
+from fae.evaluation.inception import torchscript_path
+from fae.evaluation.pixel_classifier import ClassifierConfig, PixelClassifier, train_pixel_classifier
+from fae.evaluation.scorer import FIDScorer
+from fae.io import atomic_torch_save
+
+CACHE_ENV = "FAE_EVAL_CACHE"
+DEFAULT_CACHE = Path("runs") / "_eval"
+INCEPTION_CPU_BATCH = 16  # on a 2-core CPU ~15% faster than batches of 50-100 (bench/inception_throughput.py)
+_NAME_DIGITS = 16  # hex digits of a content key in an entry's name
+
+
+def cache_dir() -> Path:
+    """The shared evaluation cache: ``$FAE_EVAL_CACHE``, else ``runs/_eval`` (working directory)."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+# ------------------------------------------------------------------------------------------ the judge
+
+
+def judge_key(ev, data_root: str | None) -> str:
+    """Content key of the judge that ``ev`` (the demo's eval settings) asks for: its training
+    settings and the bytes of the training split it learns from."""
+    settings = {"train_images": ev.classifier_train_images,
+                "classifier": asdict(ClassifierConfig(steps=ev.classifier_steps))}
+    return freshness.content_key(settings, idx_files("train", data_root))
+
+
+def judge_path(cfg) -> Path:
+    """The judge's weights file for ``cfg`` (a demo or arm config) in the shared cache."""
+    return cache_dir() / f"judge-{judge_key(cfg.eval, cfg.data_root)[:_NAME_DIGITS]}" / "classifier.pt"
+
+
+def judge_step(cfg) -> str:
+    """Train the pixel classifier on real training pixels unless the shared cache holds one trained
+    with these settings on these bytes (then: "skipped (outputs valid)")."""
+    ev, path = cfg.eval, judge_path(cfg)
+
+    def write() -> None:
+        train = FashionMNIST("train", root=cfg.data_root, limit=ev.classifier_train_images)
+        train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=ev.classifier_steps)).save(path)
+
+    return freshness.produce(path.parent, judge_key(ev, cfg.data_root), path.is_file, write, "pixel classifier")
+
+
+def load_judge(cfg) -> PixelClassifier:
+    """The judge of ``cfg`` (trained first when the cache lacks it)."""
+    judge_step(cfg)
+    return PixelClassifier.load(judge_path(cfg))
+
+
+# ------------------------------------------------------------------------------------------ test features
+
+
+class RealTestFeatures:
+    """Inception pool features of the first images of the Fashion-MNIST test split, kept in
+    ``cache_dir()/test-features-<key>.pt`` and extended on demand; FID references and
+    real-vs-real floors are slices of them.
+
+    Args:
+        data_root: the Fashion-MNIST folder (None: the default one).
+        scorer: the scorer whose network embeds images (default: the ADM TorchScript on the CPU in
+            batches of ``INCEPTION_CPU_BATCH``); its reference is set by :meth:`scorer_for`.
+        network: what identifies that network in the key (default: the TorchScript file's sha256;
+            pass a name for any other network).
+    """
+
+    def __init__(self, data_root: str | None = None, scorer: FIDScorer | None = None, network: str | None = None):
+        self.data_root = data_root
+        self.scorer = scorer or FIDScorer(batch_size=INCEPTION_CPU_BATCH)
+        self.network = network
+        self._held: np.ndarray | None = None  # what the file holds, once read
+
+    def key(self) -> str:
+        """Content key: the test split's bytes, the network and how it runs."""
+        network = self.network or freshness.identity(torchscript_path())
+        settings = {"features": "pool", "network": network, "device": str(self.scorer.device),
+                    "batch_size": self.scorer.batch_size}
+        return freshness.content_key(settings, idx_files("test", self.data_root))
+
+    def path(self) -> Path:
+        return cache_dir() / f"test-features-{self.key()[:_NAME_DIGITS]}.pt"
+
+    def _read(self, key: str) -> np.ndarray:
+        if self._held is None:
+            self._held = np.zeros((0, 0), dtype=np.float32)
+            if self.path().is_file():
+                saved = torch.load(self.path(), weights_only=True)
+                if saved.get("key") == key:
+                    self._held = saved["features"].numpy()
+        return self._held
+
+    def first(self, count: int) -> np.ndarray:
+        """Pool features [count, 2048] of the first ``count`` test images (computed only for the
+        images the cache does not hold yet, in whole batches aligned to the batch size)."""
+        key = self.key()
+        held = self._read(key)
+        if len(held) < count:
+            images = FashionMNIST("test", root=self.data_root).images
+            if count > len(images):
+                raise DataError(f"the Fashion-MNIST test split has {len(images)} images, fewer than the "
+                                f"{count} the FID reference and the real-vs-real floor need together")
+            batch = self.scorer.batch_size
+            stop = min(len(images), -(-count // batch) * batch)
+            new = self.scorer.features(images[len(held):stop], f"inception (test images {len(held)}-{stop})")
+            held = new if len(held) == 0 else np.concatenate([held, new])
+            atomic_torch_save({"key": key, "features": torch.from_numpy(held)}, self.path())
+            self._held = held
+        return held[:count]
+
+    def scorer_for(self, reference_images: int) -> FIDScorer:
+        """The scorer, scoring against the first ``reference_images`` test images."""
+        return self.scorer.use_reference(self.first(reference_images))
+
+    def floor(self, reference_images: int, n: int) -> float:
+        """The real-vs-real FID: test images ``[R, R + n)`` against the first ``R`` (the floor an FID
+        of ``n`` samples can reach against this reference)."""
+        features = self.first(reference_images + n)
+        return self.scorer_for(reference_images).fid(features[reference_images:])
