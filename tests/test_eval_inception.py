@@ -1,12 +1,15 @@
-"""The FID Inception path: resize convention, shapes, determinism and sanity values on real photos."""
+"""The FID Inception path: resize convention, shapes, determinism and sanity values on real photos;
+the fast path (folded eager network) against the plain TorchScript."""
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
+from fae.errors import ConfigError
 from fae.evaluation.fid import fid_from_features
-from fae.evaluation.inception import (HAS_LOGITS, POOL_DIM, SPATIAL_DIM, load_inception, resize_tf_bilinear,
-                                      to_inception_input)
+from fae.evaluation.inception import (HAS_LOGITS, PATH_ENV, POOL_DIM, SPATIAL_DIM, InceptionFeatures, load_inception,
+                                      resize_tf_bilinear, to_inception_input)
+from fae.evaluation.inception_net import ConvBN, InceptionV3
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -84,3 +87,83 @@ def test_fid_of_real_halves_far_below_real_vs_noise(features):
     noise_fid = fid_from_features(half_a, noise)
     assert real_fid < 0.25 * noise_fid
     assert noise_fid > 200  # far apart on the usual FID scale
+
+
+def _relative_deviation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: the agreement rule every FID comparison relies on."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_fast_path_features_equal_the_plain_torchscript(net):
+    images = torch.cat([_nchw(_crops("coffee", count=2, size=96)),
+                        torch.randint(0, 256, (2, 3, 96, 96), generator=torch.Generator().manual_seed(1),
+                                      dtype=torch.uint8)])  # [4, 3, 96, 96]: two photo crops, two noise
+    plain = load_inception(fast=False)
+    assert net.fast and isinstance(net.network, InceptionV3)  # the default is the fast path
+    assert not plain.fast and isinstance(plain.network, torch.jit.ScriptModule)
+    fast_out, plain_out = net(images), plain(images)
+    assert _relative_deviation(fast_out["pool"], plain_out["pool"]) < 1e-4
+    assert _relative_deviation(fast_out["spatial"], plain_out["spatial"]) < 1e-4
+    assert fast_out["pool"].dtype == plain_out["pool"].dtype == torch.float32
+
+
+def _tf_legacy_resize_numpy(image: np.ndarray, size: int) -> np.ndarray:
+    """Reference resize, written independently: output i reads input i * n / size, bilinear, clamped."""
+    def axis(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.arange(size) * (n / size)
+        lo = np.minimum(np.floor(src).astype(int), n - 1)
+        return lo, np.minimum(lo + 1, n - 1), src - lo
+    (r0, r1, fr), (c0, c1, fc) = axis(image.shape[-2]), axis(image.shape[-1])
+    rows = image[..., r0, :] * (1 - fr)[:, None] + image[..., r1, :] * fr[:, None]  # [..., size, W]
+    return rows[..., c0] * (1 - fc) + rows[..., c1] * fc  # [..., size, size]
+
+
+def _recording(name: str, network_call, seen: dict):
+    """``network_call`` (an InceptionFeatures method taking the network input) that also keeps its input."""
+    def record(self, x: torch.Tensor):
+        seen[name] = x.clone()
+        return network_call(self, x)
+    return record
+
+
+def test_both_paths_get_the_unchanged_tf_fid_input(monkeypatch):
+    images = torch.randint(0, 256, (2, 3, 256, 256), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    expected = (_tf_legacy_resize_numpy(images.double().numpy(), 299) - 128.0) / 128.0  # TF-FID scale
+    seen = {}
+    for name in ("_fast", "_plain"):
+        monkeypatch.setattr(InceptionFeatures, name, _recording(name, getattr(InceptionFeatures, name), seen))
+    load_inception(fast=True)(images)
+    load_inception(fast=False)(images)
+    assert torch.equal(seen["_fast"], seen["_plain"])  # the same tensor reaches both networks
+    assert seen["_fast"].is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(seen["_fast"].double().numpy(), expected, rtol=0, atol=2e-6)
+    assert float(seen["_fast"].min()) >= -1.0 and float(seen["_fast"].max()) <= 127 / 128
+
+
+def test_folding_batch_norm_keeps_the_unit_output():
+    torch.manual_seed(0)
+    unit = ConvBN(5, 6, (3, 1), stride=2, padding=(1, 0))
+    unit.bn.weight.data.uniform_(0.5, 2.0)  # a scale, which the TorchScript's TF batch norm lacks
+    unit.bn.bias.data.normal_()
+    unit.bn.running_mean.normal_()
+    unit.bn.running_var.uniform_(0.1, 3.0)
+    unit.eval()
+    x = torch.randn(2, 5, 9, 7)
+    before = unit(x)
+    unit.fold_batch_norm()
+    assert isinstance(unit.bn, torch.nn.Identity) and unit.conv.bias is not None
+    torch.testing.assert_close(unit(x), before, rtol=1e-5, atol=1e-5)
+    assert (before == 0).any() and (before > 0).any()  # the ReLU after the fold is exercised
+    unit.fold_batch_norm()  # folding twice changes nothing
+    torch.testing.assert_close(unit(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_the_environment_picks_the_path(monkeypatch):
+    monkeypatch.setenv(PATH_ENV, "plain")
+    assert not load_inception().fast
+    assert load_inception(fast=True).fast  # an explicit argument wins
+    monkeypatch.setenv(PATH_ENV, "fast")
+    assert load_inception().fast
+    monkeypatch.setenv(PATH_ENV, "turbo")
+    with pytest.raises(ConfigError, match=f"\\${PATH_ENV}='turbo' is not one of fast, plain"):
+        load_inception()

@@ -111,22 +111,14 @@ def test_weights_from_the_config_or_the_environment(tmp_path, monkeypatch):
 
 
 def torchscript_as_state() -> dict[str, torch.Tensor]:
-    """The TorchScript's conv / batch-norm tensors in our names (TF stores no BN scale: weight 1)."""
+    """The TorchScript's conv / batch-norm tensors in our names (the library's mapping), a random fc."""
     from fae.evaluation.inception import _load_torchscript, torchscript_path
+    from fae.evaluation.inception_net import state_from_torchscript
 
     theirs = _load_torchscript(str(torchscript_path())).net.layers.state_dict()
-    convs = [k[:-len(".weight")] for k in theirs if k.endswith(".weight")]
-    ours = random_state()
-    units = [k[:-len(".conv.weight")] for k in ours if k.endswith(".conv.weight")]
-    assert len(convs) == len(units) == 94
-    for unit, conv in zip(units, convs):
-        assert ours[f"{unit}.conv.weight"].shape == theirs[f"{conv}.weight"].shape, (unit, conv)
-        ours[f"{unit}.conv.weight"] = theirs[f"{conv}.weight"]
-        ours[f"{unit}.bn.weight"] = torch.ones_like(theirs[f"{conv}.beta"])
-        ours[f"{unit}.bn.bias"] = theirs[f"{conv}.beta"]
-        ours[f"{unit}.bn.running_mean"] = theirs[f"{conv}.mean"]
-        ours[f"{unit}.bn.running_var"] = theirs[f"{conv}.var"]
-    return ours
+    ours = state_from_torchscript(theirs)
+    assert len([k for k in ours if k.endswith(".conv.weight")]) == 94
+    return {**random_state(), **ours}
 
 
 def test_pool_and_spatial_equal_the_torchscript_with_its_weights(tmp_path):
@@ -136,7 +128,7 @@ def test_pool_and_spatial_equal_the_torchscript_with_its_weights(tmp_path):
     torch.save(torchscript_as_state(), path)
     images = torch.randint(0, 256, (3, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     images[0] = torch.linspace(0, 255, 64).round().to(torch.uint8)  # a smooth ramp beside the noise
-    ours, reference = InceptionWithLogits(path)(images), load_inception()(images)
+    ours, reference = InceptionWithLogits(path)(images), load_inception(fast=False)(images)  # the TorchScript
     torch.testing.assert_close(ours["pool"], reference["pool"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours["spatial"], reference["spatial"], rtol=1e-4, atol=1e-4)
     assert ours["logits"].shape == (3, NUM_LOGITS)
