@@ -4,8 +4,8 @@ One architecture serves two networks: :mod:`fae.evaluation.inception_v3` loads t
 ``pt_inception-2015-12-05`` state dict into it (pool, spatial and logits, for the Inception Score),
 and :mod:`fae.evaluation.inception`'s fast path loads the FID TorchScript's own weights into it
 (:func:`state_from_torchscript`), folds every batch norm into its conv (:func:`fold_batch_norms`)
-and runs it eagerly in channels-last: the same features as the TorchScript to ~2e-6 relative, ~1.25x
-faster on CPU (see ``bench/inception_throughput.py``).
+and runs it eagerly in channels-last: the same features as the TorchScript to ~3e-6 relative,
+~1.3-1.4x its images/s on CPU (see ``bench/inception_throughput.py``).
 
 Layout. Module names and shapes are the ones that state dict uses (torchvision's ``Inception3``
 naming with ``fc`` = 2048 -> 1008). The blocks are the TF graph's FID variants: the average pools
