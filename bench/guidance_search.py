@@ -6,7 +6,9 @@ class-balanced samples (sample i: class i % K, noise seeded by (seed, i)) throug
 sample-then-decode path, so the rows differ only by guidance. Per row: FID against a reference
 statistics file (``fae eval ref-stats`` or an ADM reference batch), and the top-1 of a linear probe
 trained on the FAE backbone's pooled features of real training images at reading the sampled class
-(guidance trades diversity, FID, for class fidelity, accuracy).
+(guidance trades diversity, FID, for class fidelity, accuracy), each with its 95% interval
+(FID: bootstrap over the samples, reference fixed; accuracy: Wilson): two rows differ only when
+their intervals separate.
 
     .venv/bin/python bench/guidance_search.py --generator runs/demo/generator/export \\
         --fae runs/demo/pixel_decoder_ii/export --ref runs/eval/ref_stats.npz --num 1000 \\
@@ -36,6 +38,7 @@ from fae.errors import ConfigError
 from fae.evaluation.features import compute_inception_stats
 from fae.evaluation.fid import frechet_distance
 from fae.evaluation.inception import load_inception
+from fae.evaluation.intervals import bootstrap_fid, wilson
 from fae.evaluation.probe import linear_probe
 from fae.evaluation.probe_features import FAEFeatures, pooled_features
 from fae.evaluation.stats import read_stats
@@ -79,18 +82,22 @@ def score(decoder, num: int, seed: int, head, reference, fae, batch_size: int) -
     start = time.perf_counter()
     batch = decoder.all(range(num), labels, seed=seed, progress=True)
     sample_s = time.perf_counter() - start
-    stats = compute_inception_stats(batch.images, load_inception(), batch_size=batch_size, keep_features=False)
+    stats = compute_inception_stats(batch.images, load_inception(), batch_size=batch_size, keep_features=True)
     fid = frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma, "eigh")
+    fid_ci = bootstrap_fid(stats.pool_features, reference.mu, reference.sigma, seed=seed)
     features, _ = pooled_features(FAEFeatures(fae, "raw"), TensorDataset(batch.images, batch.labels),
                                   batch_size=batch_size, desc="sample features")
     accuracy = linear_probe(head[0], head[1], features, batch.labels)["top1"]
-    return {"fid": fid, "class_accuracy": accuracy, "samples": num, "sample_s": sample_s}
+    return {"fid": fid, "fid_ci": list(fid_ci), "class_accuracy": accuracy,
+            "class_accuracy_ci": list(wilson(round(accuracy * num), num)), "samples": num, "sample_s": sample_s}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| guidance | FID | class acc | sample s |", "|---|---|---|---|"]
+    lines = ["| guidance | FID [95% bootstrap] | class acc [95% Wilson] | sample s |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['fid']:.2f} | {r['class_accuracy']:.2%} | {r['sample_s']:.0f} |")
+        (f_lo, f_hi), (a_lo, a_hi) = r["fid_ci"], r["class_accuracy_ci"]
+        lines.append(f"| {r['setting']} | {r['fid']:.2f} [{f_lo:.2f}, {f_hi:.2f}] | {r['class_accuracy']:.1%} "
+                     f"[{a_lo:.1%}, {a_hi:.1%}] | {r['sample_s']:.0f} |")
     return "\n".join(lines)
 
 
