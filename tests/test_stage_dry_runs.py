@@ -51,6 +51,7 @@ STAGE_CONFIGS = {
     "imagenet256/sit_xl1_dinov2_tokens_wide.yaml": ("generator", []),
     "imagenet256/pixel_decoder_vitl.yaml": ("pixel-decoder", []),
     "imagenet256/pixel_decoder_vitl_ii.yaml": ("pixel-decoder", []),
+    "imagenet256/pixel_decoder_vitl_ii_noisy.yaml": ("pixel-decoder", []),
     "imagenet256/lightningdit_xl1.yaml": ("generator", []),
     "imagenet256/sit_xl1.yaml": ("generator", []),
     "imagenet256/mmdit_t2i.yaml": ("generator", []),
@@ -83,6 +84,8 @@ EXPECTED_MISSING = {
     "imagenet256/pixel_decoder_vitl.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS],
     "imagenet256/pixel_decoder_vitl_ii.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS,
                                                "fae-pixel-decoder export (init_from)"],
+    "imagenet256/pixel_decoder_vitl_ii_noisy.yaml": [*IMAGENET_IMAGES, "backbone weights (dinov2-g14)", *LPIPS,
+                                                     "fae-pixel-decoder export (init_from)"],
     "imagenet256/lightningdit_xl1.yaml": GENERATOR_INPUTS,
     "imagenet256/sit_xl1.yaml": GENERATOR_INPUTS,
     "imagenet256/mmdit_t2i.yaml": GENERATOR_INPUTS,
@@ -91,6 +94,7 @@ EXPECTED_MISSING = {
 }
 STAGE_II_FAE = {"demo/pixel_decoder_ii.yaml": "demo/autoencoder.yaml",
                 "imagenet256/pixel_decoder_vitl_ii.yaml": "imagenet256/fae_dinov2g.yaml",
+                "imagenet256/pixel_decoder_vitl_ii_noisy.yaml": "imagenet256/fae_dinov2g.yaml",
                 "imagenet256/pixel_decoder_vitl_ii_c48.yaml": "imagenet256/fae_dinov2g_c48.yaml"}
 SHRUNK_FAE = ["model.encoder.heads=1", "model.encoder.head_dim=8", "model.decoder.depth=1",
               "model.decoder.width=32", "model.decoder.heads=1"]

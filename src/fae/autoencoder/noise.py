@@ -9,6 +9,11 @@ Norm scale. We define the norm scale of the embeddings as the RMS of their entri
 ``s = sqrt(mean_{n,t,d} x_{n,t,d}^2)``, measured over training tokens (:func:`token_rms`). Noise
 ``eps ~ N(0, (sigma * s)^2)`` per entry then has ``E||eps||^2 = sigma^2 * E||x||^2`` for a token
 x: the noise norm is sigma times the RMS token norm, whatever the backbone's feature scale.
+
+Latent noise (our option for STARFlow's ``finetuned_vae``, :class:`LatentNoiseConfig`): noise on
+the FAE latent z before the frozen feature decoder, so a stage-II decoder learns to paint the
+noisy latents a normalizing flow samples (it trains on noise-augmented latents and its samples
+keep that noise when no score step removes it).
 """
 from __future__ import annotations
 
@@ -74,3 +79,40 @@ def add_token_noise(tokens: torch.Tensor, sigma: float, scale: float, mode: str 
     if mode == "uniform":
         std = std * torch.rand_like(std)
     return tokens + torch.randn_like(tokens) * std * scale
+
+
+@dataclass
+class LatentNoiseConfig:
+    """Gaussian noise on the FAE latents before the frozen feature decoder (stage II; off by default).
+
+    Scale: ``std`` is in units of the FAE's per-channel latent std (its ``latent_std`` buffer, the
+    statistics the latent cache records and the generators normalise with). A flow with
+    ``flow.noise_std = s`` trains on (z - mean) / latent_std + s * eps and returns samples
+    denormalised as x * latent_std + mean = z + s * latent_std * eps; ``std: s`` here shows the
+    decoder exactly that distribution, z + s * latent_std_c * eps per channel c.
+
+    Args:
+        std: the noise std relative to ``latent_std``; null or 0 = none (the decoder sees x_hat).
+    """
+
+    std: float | None = None
+
+    def validate(self) -> None:
+        if self.std is not None and self.std < 0:
+            raise ConfigError(f"config key 'latent_noise.std' must be >= 0 or null, got {self.std}")
+
+    @property
+    def enabled(self) -> bool:
+        """True when latents get noise (std > 0)."""
+        return bool(self.std)
+
+
+def add_latent_noise(z: torch.Tensor, std: float, latent_std: torch.Tensor) -> torch.Tensor:
+    """z [B, c, h, w] + N(0, (std * latent_std_c)^2) per entry of channel c (latent_std [c]).
+
+    Noise comes from the global torch RNG (the training loop seeds it per step: exact resume).
+    """
+    if std == 0:
+        return z
+    scale = std * latent_std.to(device=z.device, dtype=z.dtype).view(1, -1, 1, 1)  # [1, c, 1, 1]
+    return z + torch.randn_like(z) * scale

@@ -18,9 +18,16 @@ Two phases train on every batch (paper: TiTok-style GAN + perceptual + reconstru
 also ``discriminator/lecam``, the LeCam regularisation, whose moving averages are buffers of the
 discriminator and so part of every checkpoint).
 
+``latent_noise.std > 0`` (stage II; our option for STARFlow's ``finetuned_vae``): Gaussian noise of
+std ``std`` x the FAE's per-channel ``latent_std`` goes on the latents z = E(x) before the frozen
+feature decoder, so the decoder learns to paint D_feat(z + noise): the latents a flow trained with
+``flow.noise_std = std`` samples. Only the pixel decoder trains; the export keeps the FAE's identity
+and serves as ``flow_sampling.finetuned_decoder`` (``fae.autoencoder.noise.LatentNoiseConfig``).
+
 ``cache_tokens: true`` (small datasets): clean inputs come from the shared token cache (the one
 stage Ia fills); stage II turns cached tokens into x_hat through the frozen FAE once, in memory
-(float32). Noise is still drawn fresh every step.
+(float32); with latent noise it keeps the latents z instead (the feature decoder then runs every
+step, on fresh noise). Noise is still drawn fresh every step.
 """
 from __future__ import annotations
 
@@ -39,13 +46,14 @@ from fae.autoencoder.discriminator import DiscriminatorConfig, PatchDiscriminato
 from fae.autoencoder.losses import (PixelLossConfig, adaptive_weight, hinge_d_loss, hinge_g_loss,
                                     lecam_regularization, reconstruction_loss)
 from fae.autoencoder.model import FAE, FAEConfig, config_from_export
-from fae.autoencoder.noise import NoiseConfig, add_token_noise, token_rms
+from fae.autoencoder.noise import LatentNoiseConfig, NoiseConfig, add_latent_noise, add_token_noise, token_rms
 from fae.autoencoder.perceptual import build_perceptual
 from fae.autoencoder.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from fae.backbones.config import BackboneConfig
 from fae.backbones.extract import extract_tokens
 from fae.backbones.token_cache import TokenCache, dtype_named
 from fae.backbones.weights import RANDOM_WEIGHTS
+from fae.config import OMIT_IF_DEFAULT
 from fae.data.batches import iterate_batches, map_batches
 from fae.data.datasets import DataConfig, build_dataset, synthetic_images
 from fae.errors import ConfigError
@@ -77,6 +85,8 @@ class PixelDecoderRunConfig:
             (our option for small datasets / CPU). Needs data.flip=false.
         token_cache_dir: the token cache folder, shared by stages and runs; null = ``run_dir/token_cache``.
         cache_dtype: storage dtype of cached tokens.
+        latent_noise: stage II only: noise on the FAE latents before the feature decoder, in units
+            of the FAE's ``latent_std`` (``LatentNoiseConfig``; null = none, today's stage II).
     """
 
     stage: Literal["noisy-features", "finetune"] = "noisy-features"
@@ -94,12 +104,17 @@ class PixelDecoderRunConfig:
     disc_optim: OptimConfig = field(default_factory=OptimConfig)
     eval: PixelDecoderEvalConfig = field(default_factory=PixelDecoderEvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Added later: left out of saved configs while off, so earlier run folders resume unchanged.
+    latent_noise: LatentNoiseConfig = field(default_factory=LatentNoiseConfig, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> None:
         self.noise = self.noise.resolved(self.stage)  # null sigma: 0.4 in Ib, 0 in II (the run records it)
         if self.stage == "finetune" and not (self.fae and self.init_from):
             raise ConfigError("stage=finetune needs config keys 'fae' (the FAE export) and 'init_from' "
                               "(the stage-Ib pixel decoder export)")
+        if self.latent_noise.enabled and self.stage != "finetune":
+            raise ConfigError(f"config key 'latent_noise.std' ({self.latent_noise.std}) needs stage=finetune: the "
+                              "noise goes on the FAE's latents, which stage Ib does not decode; set it to null")
         if self.cache_tokens and self.data.flip:
             raise ConfigError("cache_tokens=true caches the tokens of unflipped images: set data.flip=false")
         if self.loss.perceptual == "lpips" and not (self.loss.lpips_vgg_path and self.loss.lpips_heads_path):
@@ -144,7 +159,8 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
 
 
 class WithInputs(Dataset):
-    """Items ``(image, label, decoder input [N, D])``: a dataset beside its precomputed clean inputs."""
+    """Items ``(image, label, cached input)``: a dataset beside its precomputed clean inputs (decoder
+    inputs [N, D], or FAE latents [c, h, w] with latent noise)."""
 
     def __init__(self, base: Dataset, inputs: torch.Tensor):
         if len(base) != len(inputs):
@@ -177,7 +193,8 @@ class PixelDecoderStage(Stage):
         self.ib_decoder: PixelDecoder | None = None  # stage II: the untouched Ib weights, for comparison
         self.noise = config.noise.resolved(config.stage)  # sigma set (a config built without validate())
         self.token_scale: float | None = self.noise.scale
-        self.train_inputs: torch.Tensor | None = None  # cache_tokens: clean inputs [N, T, D]
+        self.latent_noise = config.latent_noise.std or 0.0  # x the FAE's latent_std; 0 = x_hat as is
+        self.train_inputs: torch.Tensor | None = None  # cache_tokens: clean inputs [N, T, D] (latent noise: z)
         self.held_out: HeldOut | None = None  # held-out images + inputs, built once
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, fakes) of the decoder phase
 
@@ -280,7 +297,8 @@ class PixelDecoderStage(Stage):
         labels = torch.zeros(size, dtype=torch.long, device=device)
         if not self.config.cache_tokens:
             return [images, labels]
-        return [images, labels, torch.randn(size, self.info.num_tokens, self.info.dim, device=device)]
+        shape = self.fae.latent_shape if self.latent_noise else (self.info.num_tokens, self.info.dim)
+        return [images, labels, torch.randn(size, *shape, device=device)]
 
     def token_cache(self):
         """The shared token cache for this run's backbone (``token_cache_dir``)."""
@@ -291,6 +309,9 @@ class PixelDecoderStage(Stage):
     def _scale_sample(self) -> torch.Tensor:
         """Clean inputs of the first ``noise.scale_images`` training images [n, N, D]."""
         n = self.noise.scale_images
+        if self.train_inputs is not None and self.latent_noise:  # cached latents: their clean x_hat
+            return map_batches(self.fae.decode_features, self.train_inputs[:n], self.config.eval.batch_size,
+                               self.fae.latent_mean.device)
         if self.train_inputs is not None:
             return self.train_inputs[:n]
         base = build_dataset(replace(self.config.data, flip=False))
@@ -319,9 +340,13 @@ class PixelDecoderStage(Stage):
     @torch.no_grad()
     def clean_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Raw tokens [N, T, D] -> the decoder's clean inputs: the tokens themselves (Ib), or
-        x_hat = D_feat(E(x)) through the frozen FAE (II; float32, on the CPU)."""
+        x_hat = D_feat(E(x)) through the frozen FAE (II; float32, on the CPU); with latent noise
+        the latents z = E(x) [N, c, h, w], since the noise goes in before the feature decoder."""
         if not self.finetune:
             return tokens
+        if self.latent_noise:
+            return map_batches(self.fae.encode, tokens, self.config.eval.batch_size,
+                               self.fae.latent_mean.device)  # z [N, c, h, w]
         return map_batches(lambda t: self.fae.decode_features(self.fae.encode(t)), tokens,
                            self.config.eval.batch_size, self.fae.latent_mean.device)  # x_hat [N, T, D]
 
@@ -336,12 +361,25 @@ class PixelDecoderStage(Stage):
     @torch.no_grad()
     def input_tokens(self, batch: Any) -> torch.Tensor:
         """A training batch (images, labels[, cached input]) -> decoder input [B, N, D]; noise added
-        when ``noise.sigma > 0`` (the default in stage Ib; stage II defaults to none: x_hat exactly)."""
-        tokens = batch[2].float() if len(batch) > 2 else self.clean_inputs(batch[0])  # [B, N, D]
+        when ``noise.sigma > 0`` (the default in stage Ib; stage II defaults to none: x_hat exactly).
+        With ``latent_noise`` the input is x_hat of noisy latents (:meth:`noisy_latent_inputs`)."""
+        if self.latent_noise:
+            tokens = self.noisy_latent_inputs(batch)  # [B, N, D]
+        else:
+            tokens = batch[2].float() if len(batch) > 2 else self.clean_inputs(batch[0])  # [B, N, D]
         noise = self.noise
         if noise.sigma > 0:
             tokens = add_token_noise(tokens, noise.sigma, self.token_scale, noise.mode)
         return tokens
+
+    @torch.no_grad()
+    def noisy_latent_inputs(self, batch: Any) -> torch.Tensor:
+        """x_hat of noisy latents D_feat(z + std * latent_std * eps), z = E(x) cached or encoded
+        now: the latents a flow with ``noise_std = std`` samples, decoded to tokens.  [B, N, D]"""
+        fae = self.fae
+        z = batch[2].float() if len(batch) > 2 else fae.encode(self.backbone(batch[0]))  # [B, c, h, w]
+        noisy = add_latent_noise(z.to(fae.latent_std.device), self.latent_noise, fae.latent_std)
+        return fae.decode_features(noisy)  # [B, N, D]
 
     # -- losses --
 
@@ -454,6 +492,10 @@ class PixelDecoderStage(Stage):
             lines["noise"] = f"sigma {self.noise.sigma} ({self.noise.mode}) x token RMS scale {scale}"
         else:
             lines["noise"] = "none: the decoder sees its clean inputs exactly" + (" (x_hat)" if self.finetune else "")
+        if self.latent_noise:
+            lines["latent noise"] = (f"std {self.latent_noise:g} x the FAE's per-channel latent std on z before the "
+                                     f"feature decoder (STARFlow's finetuned_vae for a flow with noise_std "
+                                     f"{self.latent_noise:g}: the export serves as flow_sampling.finetuned_decoder)")
         if self.finetune:
             lines["init_from"] = str(cfg.init_from)
         if cfg.fae:
