@@ -5,6 +5,14 @@
 
     fae sample --generator runs/t2i/export --fae runs/fae/export --prompts prompts.txt --num 1000
 
+    fae sample --generator runs/tokens_gen/export --pixel-decoder runs/pixel_decoder_ib/export --num 50000
+
+The last form is for a generator trained on a backbone's raw tokens (``fae cache-latents
+backbone.name=...``): it samples tokens as latents [D, h, w], un-standardised with the cache's
+statistics its export records, and the stage-Ib pixel decoder of that backbone paints them (the
+decoder's token width and grid must be the generator's latent shape, and the backbone its run
+folder records the one the cache names).
+
 Writes an ADM-format ``.npz`` (``arr_0``: uint8 [N, H, W, 3]; ``arr_1``: int64 labels [N]) and a PNG grid
 of the first samples beside it; ``--png DIR`` also writes every sample as ``DIR/000000.png``, ...
 (``labels.csv`` beside them for a class-conditional generator, ``prompts.csv`` for a text-to-image
@@ -34,16 +42,19 @@ from PIL import Image
 
 from fae import distributed as du
 from fae.autoencoder import FAE
-from fae.config import load_config
-from fae.errors import ConfigError
+from fae.autoencoder.pixel_decoder import PixelDecoder
+from fae.backbones.registry import get_info
+from fae.config import load_config, yaml_load
+from fae.errors import ConfigError, LatentCacheError
 from fae.evaluation.stats import read_sample_batch, write_sample_batch
-from fae.export import read_export_config
+from fae.export import read_export_config, resolve_folder
 from fae.generation import load_generator
 from fae.generation.decode import (SampleDecoder, check_pair, check_sampler_overrides, class_labels, decoder_folder,
-                                   sampler_config)
+                                   sampler_config, token_decoder)
 from fae.images import image_grid, nchw_to_nhwc, nhwc_to_nchw, save_png, to_uint8_rgb
 from fae.io import atomic_write
 from fae.preflight import output_file, output_folder
+from fae.training.latents import RAW_TOKENS_SUFFIX
 
 
 @dataclass
@@ -54,6 +65,9 @@ class SampleConfig:
         generator: exported generator folder (``fae train generator`` writes ``run_dir/export``;
             its weights are the EMA weights), diffusion or flow (STARFlow): the export says which.
         fae: exported FAE folder with a pixel decoder; must be the FAE the generator was trained for.
+        pixel_decoder: instead of ``fae``, for a generator trained on a backbone's raw tokens: the
+            exported stage-Ib pixel decoder of that backbone (``fae train pixel-decoder`` with
+            ``stage: noisy-features`` writes ``run_dir/export``).
         num: number of samples N.
         classes: classes to cycle through (default: all of the generator's classes).
         seed: base seed (sample i uses a generator seeded from (seed, i)).
@@ -73,6 +87,7 @@ class SampleConfig:
 
     generator: str = ""
     fae: str = ""
+    pixel_decoder: str = ""
     num: int = 50000
     classes: list[int] | None = None
     seed: int = 0
@@ -90,9 +105,15 @@ class SampleConfig:
 
     def check(self) -> None:
         """Called when sampling starts (flags may fill the required folders after loading)."""
-        for key in ("generator", "fae"):
-            if not getattr(self, key):
-                raise ConfigError(f"config key '{key}' is required (or pass --{key} DIR)")
+        if not self.generator:
+            raise ConfigError("config key 'generator' is required (or pass --generator DIR)")
+        if not self.fae and not self.pixel_decoder:
+            raise ConfigError("config key 'fae' is required (or pass --fae DIR; --pixel-decoder DIR for a "
+                              "generator trained on raw backbone tokens)")
+        if self.fae and self.pixel_decoder:
+            raise ConfigError(f"config keys 'fae' ('{self.fae}') and 'pixel_decoder' ('{self.pixel_decoder}') "
+                              f"are both set: pass --fae for a generator on FAE latents, --pixel-decoder for "
+                              f"one on raw backbone tokens")
         if self.num < 1 or self.batch_size < 1:
             raise ConfigError(f"config keys 'num' and 'batch_size' must be >= 1, got {self.num} / "
                               f"{self.batch_size}")
@@ -100,9 +121,13 @@ class SampleConfig:
 
 def check_inputs(cfg: SampleConfig) -> None:
     """Every file ``fae sample`` reads and every place it writes, checked before a model is built
-    (reading ``config.json`` files only): the generator export, an FAE export with a pixel
-    decoder, the prompts file, and the ``.npz``, grid and PNG folder places."""
-    check_exports(cfg.generator, cfg.fae)
+    (reading config files only): the generator export, an FAE export with a pixel decoder (or a
+    stage-Ib pixel decoder of the generator's backbone), the prompts file, and the ``.npz``, grid
+    and PNG folder places."""
+    if cfg.pixel_decoder:
+        check_token_exports(cfg.generator, cfg.pixel_decoder)
+    else:
+        check_exports(cfg.generator, cfg.fae)
     if cfg.prompts is not None:
         read_prompt_file(cfg.prompts)
     output_file(cfg.out, "--out")
@@ -116,6 +141,45 @@ def check_exports(generator: str, fae: str) -> None:
     checked when it loads) and an FAE with a pixel decoder."""
     read_export_config(generator)
     FAE.check_export(fae, pixel_decoder=True)
+
+
+def check_token_exports(generator: str, pixel_decoder: str) -> None:
+    """A generator and a stage-Ib pixel decoder export, from their config files. When the
+    generator's cache names the backbone of its raw tokens and the decoder's run folder names the
+    backbone it was trained on, they must be the same backbone at the same resolution: two backbones
+    can share a token shape (DINOv2 with and without registers), which the loaded models' check
+    (:func:`fae.generation.decode.token_decoder`) cannot tell apart."""
+    record = read_export_config(generator).get("fae") or {}  # what the generator's latent cache recorded
+    label = str(record.get("backbone", ""))
+    read_export_config(pixel_decoder, PixelDecoder.export_format)
+    trained_on = decoder_backbone(pixel_decoder)
+    if trained_on is None or not label.endswith(RAW_TOKENS_SUFFIX):
+        return  # a standalone decoder export, or latents that name no backbone: the shape check decides
+    name, resolution = label.removesuffix(RAW_TOKENS_SUFFIX), record.get("resolution")
+    if name != trained_on[0] or (None not in (resolution, trained_on[1]) and resolution != trained_on[1]):
+        raise LatentCacheError(f"generator '{generator}' was trained on raw {name} tokens at {resolution} px, "
+                               f"but pixel decoder '{pixel_decoder}' on {trained_on[0]} tokens at {trained_on[1]} "
+                               f"px; use the stage-Ib decoder of {name}")
+
+
+def decoder_backbone(pixel_decoder: str) -> tuple[str, int | None] | None:
+    """(name, resolution) of the backbone the stage-Ib run that exported ``pixel_decoder`` trained
+    on, from the run folder's ``config.yaml`` beside ``export/`` (a resolution left null is the
+    registry's default; None when unknown); None for an export that stands alone (its own
+    ``config.json`` records only the token width and grid)."""
+    path = resolve_folder(pixel_decoder).parent / "config.yaml"
+    if not path.is_file():
+        return None
+    section = (yaml_load(path.read_text(encoding="utf-8")) or {}).get("backbone") or {}
+    if not section.get("name"):
+        return None
+    resolution = section.get("resolution")
+    if resolution is None:
+        try:
+            resolution = get_info(section["name"]).resolution
+        except ConfigError:  # a generic Hugging Face name: its size comes from the weights it loads
+            resolution = None
+    return str(section["name"]), resolution
 
 
 def grid_path(cfg: SampleConfig) -> Path:
@@ -133,13 +197,11 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
     device = du.device()
     generator = load_generator(cfg.generator, device=device)  # diffusion or flow, as the export says
     sampling = sampler_config(generator, cfg.sampling)
-    decoder_path = decoder_folder(sampling, cfg.fae)  # a flow's finetuned_decoder replaces --fae
-    fae = FAE.from_pretrained(decoder_path, device=device)
-    check_pair(generator, fae.identity(), fae.latent_shape, cfg.generator, decoder_path)
+    painter = load_decoder(cfg, generator, sampling, device)
     prompts = cycled_prompts(generator, cfg)
     indices = du.shard_range(cfg.num)
     labels = None if prompts is not None else class_labels(generator, indices, cfg.classes)
-    decoder = SampleDecoder(generator, fae, sampling, cfg.batch_size)
+    decoder = SampleDecoder(generator, painter, sampling, cfg.batch_size)
     bf16 = cfg.precision == "bf16" and device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
         samples = decoder.all(indices, labels, seed=cfg.seed, progress=du.is_main(), desc="sample",
@@ -159,6 +221,23 @@ def sample_to_npz(cfg: SampleConfig) -> Path:
             write_png_index(Path(cfg.png), labels, prompts, cfg.num)
     du.barrier()
     return out
+
+
+def load_decoder(cfg: SampleConfig, generator, sampling, device: torch.device) -> torch.nn.Module:
+    """What paints the samples (``decode(z) -> images in [0, 1]``): with ``pixel_decoder``, the
+    stage-Ib decoder on the generator's raw-token latents; else the FAE export (a flow sampler's
+    ``finetuned_decoder`` in its place when set). Either is checked to fit the generator."""
+    if cfg.pixel_decoder:
+        if getattr(sampling, "finetuned_decoder", None):
+            raise ConfigError("sampling.finetuned_decoder names an FAE export: it cannot decode beside "
+                              "--pixel-decoder; leave it out")
+        pixel_decoder = PixelDecoder.from_pretrained(cfg.pixel_decoder, device=device)
+        return token_decoder(pixel_decoder, generator.config.latent_shape, generator.latent_mean,
+                             generator.latent_std, cfg.generator, cfg.pixel_decoder)
+    decoder_path = decoder_folder(sampling, cfg.fae)  # a flow's finetuned_decoder replaces --fae
+    fae = FAE.from_pretrained(decoder_path, device=device)
+    check_pair(generator, fae.identity(), fae.latent_shape, cfg.generator, decoder_path)
+    return fae
 
 
 def png_name(index: int, num: int) -> str:
@@ -254,8 +333,8 @@ def _write_grid(images, path: Path) -> Path:
 def config_of(args: argparse.Namespace) -> SampleConfig:
     """The config ``fae sample`` runs with: file, overrides, then the flags (``--print-config``)."""
     cfg = load_config(SampleConfig, args.config, args.overrides)
-    flags = {"generator": args.generator, "fae": args.fae, "num": args.num, "out": args.out,
-             "seed": args.seed, "batch_size": args.batch_size, "grid": args.grid,
+    flags = {"generator": args.generator, "fae": args.fae, "pixel_decoder": args.pixel_decoder, "num": args.num,
+             "out": args.out, "seed": args.seed, "batch_size": args.batch_size, "grid": args.grid,
              "classes": _parse_classes(args.classes), "prompts": args.prompts, "png": args.png}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.prompts is not None and args.num is None and not any(o.startswith("num=") for o in args.overrides):
@@ -289,6 +368,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with SampleConfig keys")
     parser.add_argument("--generator", help="exported generator folder")
     parser.add_argument("--fae", help="exported FAE folder (with a pixel decoder)")
+    parser.add_argument("--pixel-decoder", metavar="DIR", help="instead of --fae, for a generator trained on "
+                        "raw backbone tokens: the exported stage-Ib pixel decoder of that backbone")
     parser.add_argument("--num", type=int, help="number of samples (default 50000)")
     parser.add_argument("--classes", help="comma-separated class ids to cycle through (default: all)")
     parser.add_argument("--prompts", help="text file, one prompt a line (text-to-image generators)")

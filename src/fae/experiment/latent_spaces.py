@@ -35,6 +35,7 @@ from fae.demo.pipeline import cache_step
 from fae.demo.stages import StageSpec, stage_spec
 from fae.experiment.spaces import PatchSpace
 from fae.experiment.store import digest, keyed, resolved_config, run_dir
+from fae.generation.decode import token_decoder
 from fae.training.latents import measure_latent_stats, write_space_cache
 
 if TYPE_CHECKING:
@@ -163,10 +164,9 @@ class TokenLatents(LatentSpace):
         return _write_space_cache(plan, TokenSpace((h, w), c), tokens, "raw backbone tokens", [])
 
     def decoder(self, plan):
-        c, h, w = plan.latent_shape
         export = _export(plan, "pixel_decoder_ib")
-        decoder = TokenSpace((h, w), c, PixelDecoder.from_pretrained(export))
-        decoder.set_latent_stats(*LatentCache(plan.latents).stats())
+        decoder = token_decoder(PixelDecoder.from_pretrained(export), plan.latent_shape,
+                                *LatentCache(plan.latents).stats(), str(plan.latents), str(export))
         return decoder, export / "model.safetensors"
 
     def encoder(self, plan, decoder):

@@ -7,10 +7,13 @@
         --decoder.decode--> float [b, C, H, W] in [0, 1] --fae.images.quantize--> uint8
 
 The decoder is duck-typed (anything with ``decode(z) -> images in [0, 1]``, e.g. an FAE with a
-pixel decoder): this package sees latents and never imports the autoencoder. The helpers beside it
-are the choices every caller makes the same way: which sampler settings (:func:`sampler_config`),
-which labels (:func:`class_list`, :func:`class_labels`), and whether the pair fits
-(:func:`check_pair`).
+pixel decoder): this package sees latents and never imports the autoencoder. A generator trained on
+a backbone's raw tokens (``fae cache-latents backbone.name=...``) samples tokens as latents
+[b, D, h, w], already un-standardised with the statistics its export records; :func:`token_decoder`
+reshapes them to tokens [b, N, D] for a stage-Ib pixel decoder. The helpers beside it are the
+choices every caller makes the same way: which sampler settings (:func:`sampler_config`), which
+labels (:func:`class_list`, :func:`class_labels`), and whether the pair fits (:func:`check_pair`,
+:func:`token_decoder`).
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
+from torch import nn
 
+from fae.backbones.token_space import TokenSpace
 from fae.config import from_dict, to_dict
 from fae.errors import ConfigError, LatentCacheError
 from fae.generation.flow_config import FlowSamplerConfig
@@ -130,6 +135,31 @@ def check_pair(generator, fae_identity: str, fae_latent_shape: Sequence[int],
     if tuple(fae_latent_shape) != tuple(generator.config.latent_shape):
         raise LatentCacheError(f"FAE '{fae_name}' makes latents {list(fae_latent_shape)}, generator "
                                f"'{generator_name}' samples {list(generator.config.latent_shape)}")
+
+
+def token_decoder(pixel_decoder: nn.Module, latent_shape: Sequence[int], latent_mean: torch.Tensor,
+                  latent_std: torch.Tensor, latents_name: str = "the generator",
+                  decoder_name: str = "the pixel decoder") -> TokenSpace:
+    """The decoder of raw-token latents: [b, D, h, w] -> tokens [b, N, D] (row-major, N = h * w)
+    -> ``pixel_decoder`` -> images in [0, 1], on the pixel decoder's device.
+
+    Args:
+        pixel_decoder: a stage-Ib ``PixelDecoder`` (``token_dim`` D, ``grid`` (h, w)).
+        latent_shape: (D, h, w) of the latents to decode (a generator's ``config.latent_shape``,
+            a raw-token cache's ``latent_shape``); another shape is a LatentCacheError naming both.
+        latent_mean, latent_std: the per-channel statistics [D] the cache recorded (kept as the
+            space's buffers; the latents arrive un-standardised, so decoding does not apply them).
+        latents_name, decoder_name: how the error names the two (e.g. their folders).
+    """
+    painted = (int(pixel_decoder.token_dim), *(int(n) for n in pixel_decoder.grid))  # (D, h, w)
+    if tuple(int(n) for n in latent_shape) != painted:
+        raise LatentCacheError(f"pixel decoder '{decoder_name}' paints tokens of width {painted[0]} on a "
+                               f"{painted[1]}x{painted[2]} grid (latents {list(painted)}), but '{latents_name}' "
+                               f"makes latents {list(latent_shape)}; use the stage-Ib decoder of the backbone "
+                               f"whose raw tokens it was trained on")
+    space = TokenSpace(pixel_decoder.grid, pixel_decoder.token_dim, pixel_decoder)
+    space.set_latent_stats(latent_mean.detach().cpu(), latent_std.detach().cpu())
+    return space.to(next(pixel_decoder.parameters()).device)
 
 
 # ------------------------------------------------------------------------------ sample + decode

@@ -42,6 +42,10 @@ from fae.stats import ChannelStats
 from fae.text import load_text_encoder
 from fae.text.unique import UniqueCaptionEncoder
 
+# The manifest's ``backbone`` record of a raw-token cache is "<name> (raw tokens)": ``fae sample
+# --pixel-decoder`` reads the name back to check a decoder trained on another backbone's tokens.
+RAW_TOKENS_SUFFIX = " (raw tokens)"
+
 
 @dataclass
 class LatentsConfig(CacheConfig):
@@ -198,5 +202,5 @@ def cache_tokens(cfg: LatentsConfig) -> Path:
         recorded = measure_latent_stats(encoder, dataset, space.dim, evenly_spaced(len(dataset), cfg.stats_images),
                                         cfg.batch_size, device, progress=cfg.progress and du.is_main())
     space.set_latent_stats(*recorded)
-    return write_space_cache(cache, space, label=f"{backbone.info.name} (raw tokens)",
+    return write_space_cache(cache, space, label=f"{backbone.info.name}{RAW_TOKENS_SUFFIX}",
                              resolution=backbone.resolution, encoder=encoder, dataset=dataset, device=device)
