@@ -1,12 +1,12 @@
 """Shared helpers for tests/test_training_*.py: build toy stages and compare checkpoint states."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
 
 from fae.config import load_config
+from fae.distributed import torch_threads
 from toy_stage import ToyConfig, ToyStage, register
 
 register()  # `fae train toy` for the CLI tests
@@ -39,15 +39,9 @@ def first_step_gradients(trainer) -> tuple[list, dict[str, torch.Tensor], float]
     return micro_batches, grads, float(stats["grad_norm"])
 
 
-@contextlib.contextmanager
 def single_thread():
     """One intra-op thread, as in the subprocesses, so float results are bit-comparable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 def assert_bitwise_equal(a, b, path: str = "state") -> None:

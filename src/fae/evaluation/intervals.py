@@ -32,26 +32,15 @@ instead: ``eig(S_r^(1/2) S_x S_r^(1/2))`` with the root computed once. Both agre
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 
+from fae.distributed import torch_threads
+
 BATCH_ELEMENTS = 2 ** 23  # matrix entries of one batched eigvalsh: ~64 MB of float64
-
-
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch on one thread: many small eigen-solves gain nothing from threads, and on a busy
-    machine spinning BLAS threads made them 30x slower (measured: 64 solves of 250 x 250)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _psd_root(sigma: torch.Tensor) -> torch.Tensor:
@@ -110,7 +99,7 @@ class ResampledFid:
         rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         per_matrix = self.n * self.n if self.gram_route else self.n * self.d + self.d * self.d
         step = max(1, BATCH_ELEMENTS // per_matrix)
-        with _single_thread():
+        with torch_threads(1):  # many small eigen-solves: threads only spin (30x slower under load)
             parts = [self._fid_batch(rows[i:i + step]) for i in range(0, rows.shape[0], step)]
         return torch.cat(parts).numpy()
 

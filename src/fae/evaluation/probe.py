@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fae.distributed import torch_threads
 from fae.errors import DataError
 from fae.evaluation.linear_head import LinearHead, topk_accuracy
 
@@ -121,11 +122,6 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, epochs: int, seed: int,
         loss.backward()
         return loss
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny latency-bound matmuls: more threads only add sync overhead
-    try:
-        with torch.enable_grad():
-            optimizer.step(closure)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), torch.enable_grad():  # tiny latency-bound matmuls: threads only add sync overhead
+        optimizer.step(closure)
     return weight.detach(), bias.detach()
