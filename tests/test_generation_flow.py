@@ -141,8 +141,14 @@ def test_a_constant_affine_block_is_a_known_gaussian_and_samples_it():
     torch.testing.assert_close(samples.std((0, 2, 3)), a.exp(), rtol=0.03, atol=0)
 
 
-def test_kv_cached_sampling_equals_uncached_sampling_with_and_without_guidance():
-    flow = tiny_flow()
+STARFLOW_PUBLIC = dict(condition="deep", soft_clip_on="affine", log_scale_clip=1.5)  # + class_entry
+
+
+@pytest.mark.parametrize("settings", [{}, {**STARFLOW_PUBLIC, "class_entry": "start"},
+                                      {**STARFLOW_PUBLIC, "class_entry": "prefix"}],
+                         ids=["defaults", "public-start", "public-prefix"])
+def test_kv_cached_sampling_equals_uncached_sampling_with_and_without_guidance(settings):
+    flow = tiny_flow(**settings)
     noise, labels = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 4])
     for scale in (1.0, 2.5):
         cached = flow.sample(noise, labels, FlowSamplerConfig(cfg_scale=scale, denoise=False))

@@ -175,16 +175,6 @@ def test_a_tiny_round_trip_inverts_exactly_with_each_option(condition, class_ent
     torch.testing.assert_close(back_uncached, x, rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("class_entry", ["start", "prefix"])
-def test_kv_cached_guided_sampling_equals_uncached_with_the_public_settings(class_entry):
-    flow = tiny_flow(**{**PUBLIC, "class_entry": class_entry})
-    noise, labels = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 2, 4])
-    for scale in (1.0, 2.5):
-        cached = flow.sample(noise, labels, FlowSamplerConfig(cfg_scale=scale, denoise=False))
-        uncached = flow.sample(noise, labels, FlowSamplerConfig(cfg_scale=scale, denoise=False, kv_cache=False))
-        torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-10)
-
-
 def test_the_whole_flows_likelihood_matches_the_jacobian_with_the_public_settings():
     flow = tiny_flow(**PUBLIC, latent_channels=1, latent_size=2, dim=16)
     x, label = torch.randn(1, 1, 2, 2, dtype=torch.float64), torch.tensor([3])
