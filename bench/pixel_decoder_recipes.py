@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = FIDScorer(batch_size=100)
     originals = next(iter(decoded.values()))
     ref = scorer.features(quantize(match_reference(held_out.images, originals)), desc="inception (originals)")
+    scorer.use_reference(ref)
     rows = {}
     scores = held_out.scores(decoded, rfid=False)
     for key, images in decoded.items():
