@@ -10,7 +10,7 @@ perceptual 0.1, a fixed GAN weight 0.01, LeCam 1e-3; the GAN starts at the run's
 ``gan_start_step``, the perceptual network stays the run's). Both decoders then paint the first
 ``--images`` test images from their true backbone tokens; the table gives PSNR, SSIM and rFID
 against the originals with a 95% bootstrap interval (decodings resampled, the originals'
-statistics fixed: ``fae.evaluation.intervals.bootstrap_fid``). The recipes differ only when
+statistics fixed: ``FIDScorer.fid_interval``). The recipes differ only when
 their intervals separate. Writes ``recipes.json`` / ``recipes.md`` in ``--out``.
 """
 from __future__ import annotations
@@ -20,14 +20,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fae.autoencoder.pixel_decoder import PixelDecoder
 from fae.backbones import BackboneConfig, TokenCache
 from fae.config import read_yaml
 from fae.data.datasets import DataConfig, build_dataset
-from fae.evaluation.intervals import bootstrap_fid
 from fae.evaluation.recon import match_reference
 from fae.evaluation.scorer import FIDScorer
 from fae.images import quantize
@@ -51,11 +49,11 @@ def train_titok(run: Path, out: Path) -> Path:
     return Path(train(load_stage("pixel-decoder", str(run / "config.yaml"), overrides))["export"])
 
 
-def rfid_with_interval(scorer: FIDScorer, ref: np.ndarray, images: torch.Tensor) -> dict[str, float | list]:
-    """rFID of decodings (float [N, C, H, W] in [0, 1]) against the originals' features ``ref``."""
+def rfid_with_interval(scorer: FIDScorer, images: torch.Tensor) -> dict[str, float | list]:
+    """rFID of decodings (float [N, C, H, W] in [0, 1]) against the scorer's reference (the originals),
+    and its bootstrap interval (the originals' statistics fixed), from one Inception pass."""
     features = scorer.features(quantize(images), desc="inception (decodings)")
-    mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
-    return {"rfid": scorer.fid(features, reference_first=True), "rfid_ci": list(bootstrap_fid(features, mu, sigma))}
+    return {"rfid": scorer.fid(features, reference_first=True), "rfid_ci": list(scorer.fid_interval(features))}
 
 
 def table(rows: dict[str, dict], images: int) -> str:
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - start
 
     backbone = BackboneConfig(base["backbone"]["name"], base["backbone"]["resolution"]).load()
-    data = DataConfig(name=base["data"]["name"], split="test", limit=args.images)
+    data = DataConfig(name=base["data"]["name"], root=base["data"].get("root"), split="test", limit=args.images)
     tokens, _ = TokenCache(Path(base["token_cache_dir"]), backbone).tokens(data)
     held_out = HeldOut(build_dataset(data), tokens, None, batch_size=100)
     decoders = {"baseline (L1, perceptual 1.0, adaptive GAN 0.1)": PixelDecoder.from_pretrained(run / "export"),
@@ -95,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, images in decoded.items():
         name = key.rsplit("/", 1)[0]
         rows[name] = {"psnr": scores[f"{key}/psnr"], "ssim": scores[f"{key}/ssim"],
-                      **rfid_with_interval(scorer, ref, images)}
+                      **rfid_with_interval(scorer, images)}
     (lo_a, hi_a), (lo_b, hi_b) = (m["rfid_ci"] for m in rows.values())
     separate = hi_a < lo_b or hi_b < lo_a
     steps = base["train"]["steps"]
