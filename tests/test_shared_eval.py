@@ -123,13 +123,18 @@ def test_a_second_experiment_reference_trains_and_embeds_nothing(own_cache):
     images = FashionMNIST("test").images
     expected = fid_from_features(net.pool(images[16:24]).numpy(), net.pool(images[:16]).numpy())
     assert ref.floor == pytest.approx(expected, rel=1e-12)
+    pool = net.pool(images[:24]).numpy()  # the floor's interval: its 8 real images resampled, the reference fixed
+    moments = pool[:16].astype(np.float64).mean(axis=0), np.cov(pool[:16].astype(np.float64), rowvar=False)
+    assert ref.floor_ci == pytest.approx(bootstrap_fid(pool[16:], *moments), rel=1e-12)
+    assert ref.floor_ci[0] < ref.floor < ref.floor_ci[1]
     stamp = judge_path(cfg).stat().st_mtime_ns
 
     again = CountingNet()
     second = reference(cfg, ev, counting_features(again))
     assert again.batches == [] and judge_path(cfg).stat().st_mtime_ns == stamp
     assert judge_step(cfg) == "skipped (outputs valid)"
-    assert (second.floor, second.key, second.judge_real) == (ref.floor, ref.key, ref.judge_real)
+    assert (second.floor, second.floor_ci, second.key, second.judge_real) == \
+        (ref.floor, ref.floor_ci, ref.key, ref.judge_real)
     np.testing.assert_array_equal(second.scorer.reference_features(), net.pool(images[:16]).numpy())
 
 

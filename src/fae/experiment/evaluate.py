@@ -40,12 +40,14 @@ class Reference:
 
     Attributes:
         scorer: FID against the pool features of the first ``reference_images`` test images.
-        floor: FID of the next ``fid_samples`` real test images against them (same N as the samples).
+        floor: FID of the next ``fid_samples`` real test images against them (same N as the samples);
+            ``floor_ci``: its bootstrap interval, as every sample FID's (``FIDScorer.fid_interval``).
         judge: the pixel classifier; ``judge_real``: its accuracy on the floor's real images.
     """
 
     scorer: FIDScorer
     floor: float
+    floor_ci: tuple[float, float]
     judge: Any
     judge_real: float
     key: str
@@ -58,12 +60,14 @@ def reference(cfg, ev: Evaluation, real: RealTestFeatures | None = None) -> Refe
     real = real or RealTestFeatures(cfg.data_root)
     judge = load_judge(cfg)
     floor = real.floor(ev.reference_images, ev.fid_samples)
+    scorer = real.scorer_for(ev.reference_images)
+    floor_ci = scorer.fid_interval(real.first(ev.reference_images + ev.fid_samples)[ev.reference_images:])
     labels = FashionMNIST("test", root=cfg.data_root).labels
     floor_images = real_images(cfg, "test", ev.reference_images, ev.fid_samples)
     judge_real = judge.accuracy(floor_images, labels[ev.reference_images:ev.reference_images + ev.fid_samples])
     key = digest({"reference_images": ev.reference_images, "n": ev.fid_samples, "features": real.key(),
                   "judge": judge_key(cfg.eval, cfg.data_root)})
-    return Reference(real.scorer_for(ev.reference_images), floor, judge, judge_real, key)
+    return Reference(scorer, floor, floor_ci, judge, judge_real, key)
 
 
 def checkpoint_generator(spec, step: int):

@@ -121,9 +121,8 @@ def results_record(exp, name: str, results: list[dict[str, Any]], ref, quick: bo
     """Everything the report shows, as ``results.json`` stores it."""
     arms = {r["name"]: {k: v for k, v in r.items() if k != "status"} for r in results}
     seed_groups = groups(arms)
-    floor = {"fid": ref.floor, "n": exp.evaluation.fid_samples, "reference_images": exp.evaluation.reference_images}
-    if getattr(ref, "floor_ci", None) is not None:  # recorded by evaluations that compute it
-        floor["fid_ci"] = list(ref.floor_ci)
+    floor = {"fid": ref.floor, "fid_ci": list(ref.floor_ci), "n": exp.evaluation.fid_samples,
+             "reference_images": exp.evaluation.reference_images}
     return {"experiment": name, "title": exp.title, "question": exp.question, "quick": quick,
             "variable": list(exp.variable), "main": exp.main, "seeds": list(exp.seeds),
             "seed_keys": list(exp.seed_keys), "evaluation": to_dict(exp.evaluation), "floor": floor,
