@@ -13,10 +13,12 @@ import contextlib
 import hashlib
 import os
 from datetime import timedelta
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -192,6 +194,21 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(action: Callable[[], T], catch: type[Exception], raise_as: type[Exception]) -> T:
+    """``action()`` on rank 0 only, its value on every rank; when it raises ``catch``, every rank
+    raises ``raise_as`` with the same message (so no rank waits at a collective the others left)."""
+    value, message = None, None
+    if is_main():
+        try:
+            value = action()
+        except catch as e:
+            message = str(e)
+    value, message = broadcast_object((value, message))
+    if message is not None:
+        raise raise_as(message)
+    return value
 
 
 def check_replicas_equal(tensors: list[torch.Tensor]) -> bool:

@@ -118,16 +118,11 @@ def write_cache(cfg: CacheConfig, encoder, *, identity: dict[str, Any],
 
 def _start(store: ShardStore, plan: dict[str, Any]) -> None:
     """Rank 0 checks and writes the manifest; every rank raises the same error if it fails."""
-    error = None
-    if du.is_main():
-        try:
-            _check_resumable(store, plan)
-            store.write_manifest(plan)
-        except LatentCacheError as e:
-            error = str(e)
-    error = du.broadcast_object(error)
-    if error is not None:
-        raise LatentCacheError(error)
+    def check_and_write() -> None:
+        _check_resumable(store, plan)
+        store.write_manifest(plan)
+
+    du.on_main(check_and_write, LatentCacheError, LatentCacheError)
 
 
 def _shard_done(store: ShardStore, index: int, plan: dict[str, Any]) -> bool:

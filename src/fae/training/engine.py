@@ -105,16 +105,9 @@ class Trainer:
     def _prepare_folder(self, resume: bool, force: bool, write: bool) -> None:
         """Rank 0 applies the run-folder rules (and writes when ``write``); every rank raises the
         same error."""
-        message = None
-        if du.is_main():
-            try:
-                prepare_run_folder(self.stage.config, self.run_dir, resume, force,
-                                   bool(self.checkpoints.steps()), write=write)
-            except FAEError as e:
-                message = str(e)
-        message = du.broadcast_object(message)
-        if message is not None:
-            raise CheckpointError(message)
+        du.on_main(lambda: prepare_run_folder(self.stage.config, self.run_dir, resume, force,
+                                              bool(self.checkpoints.steps()), write=write),
+                   FAEError, CheckpointError)
 
     def _precision(self) -> torch.dtype | None:
         precision = self.cfg.precision

@@ -168,20 +168,6 @@ def _recorded_stats(folder: str, source: str) -> tuple[torch.Tensor, torch.Tenso
     return torch.tensor(stats["mean"]), torch.tensor(stats["std"])
 
 
-def _shared(read):
-    """``read()`` on rank 0, its value (or its LatentCacheError) on every rank."""
-    value, error = None, None
-    if du.is_main():
-        try:
-            value = read()
-        except LatentCacheError as e:
-            error = str(e)
-    value, error = du.broadcast_object((value, error))
-    if error is not None:
-        raise LatentCacheError(error)
-    return value
-
-
 def cache_tokens(cfg: LatentsConfig) -> Path:
     """Write (or resume) a cache of the raw tokens of ``cfg.backbone`` over ``cfg.data``: latents
     [D, h, w] = tokens [N, D] transposed, and their per-channel statistics over ``cfg.stats_images``
@@ -197,7 +183,7 @@ def cache_tokens(cfg: LatentsConfig) -> Path:
         dataset, encoder = TokenCache(cfg.token_cache_dir, backbone).dataset(cfg.data, progress=cfg.progress), space
     else:
         dataset, encoder = build_dataset(replace(cfg.data, flip=False)), TokenEncoder(space, backbone)
-    recorded = _shared(lambda: _recorded_stats(cfg.out, cache.fae))
+    recorded = du.on_main(lambda: _recorded_stats(cfg.out, cache.fae), LatentCacheError, LatentCacheError)
     if recorded is None:
         recorded = measure_latent_stats(encoder, dataset, space.dim, evenly_spaced(len(dataset), cfg.stats_images),
                                         cfg.batch_size, device, progress=cfg.progress and du.is_main())
