@@ -21,7 +21,8 @@ from typing import Any
 
 from fae.errors import ConfigError
 from fae.experiment.report import (FORMATS, METRIC_LABELS, OLD_RULE, VERDICT_RULE, claim_figure, decided_by_text,
-                                   fid_text, group_stats, has_intervals, intervals_text, pct_text, verdict_metrics)
+                                   fid_text, group_stats, has_intervals, interval_text, intervals_text, pct_text,
+                                   verdict_metrics)
 from fae.experiment.verdict import METRICS
 from fae.io import atomic_write
 from fae.report import Report
@@ -80,9 +81,8 @@ def claim_rows(name: str, record: dict[str, Any]) -> list[list[str]]:
 def floor_text(record: dict[str, Any]) -> str:
     """The real-vs-real FID floor at the experiment's N, with its interval when recorded."""
     floor = record["floor"]
-    ci = floor.get("fid_ci")
-    return f"{fid_text(floor['fid'])}" + (f" [{fid_text(ci[0])}, {fid_text(ci[1])}]" if ci else "") + \
-        f" (N = {floor['n']})"
+    ci = interval_text(floor.get("fid_ci"), fid_text)
+    return f"{fid_text(floor['fid'])}" + (f" {ci}" if ci else "") + f" (N = {floor['n']})"
 
 
 def _markdown_cell(text: str) -> str:
@@ -90,11 +90,12 @@ def _markdown_cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def markdown(experiments: list[tuple[str, dict[str, Any]]]) -> str:
-    """``summary.md``: the verdict table, then each experiment's floor and the rule that judged it."""
+def markdown(experiments: list[tuple[str, dict[str, Any]]], claims: list[list[list[str]]]) -> str:
+    """``summary.md``: the verdict table (``claims``: each experiment's :func:`claim_rows`), then each
+    experiment's floor and the rule that judged it."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for name, record in experiments:
-        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in claim_rows(name, record)]
+    for rows in claims:
+        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
     floors = "; ".join(f"{experiment_label(n, r)} {floor_text(r)}" for n, r in experiments)
     lines += ["", f"Real-vs-real FID floor at each experiment's N: {floors}."]
     ruled = [experiment_label(n, r) for n, r in experiments if has_intervals(r)]
@@ -140,11 +141,12 @@ def write_summary(root: str | Path, out: str | Path) -> tuple[Path, Path]:
     every ``root/NAME/results.json``; returns (html, markdown)."""
     experiments = gather(Path(root))
     out = Path(out)
-    table = markdown(experiments)
+    claims = [claim_rows(name, record) for name, record in experiments]
+    table = markdown(experiments, claims)
     md_path = atomic_write(out / SUMMARY_MD, lambda f: f.write(table), mode="w")
     rows = [COLUMNS + ["real-vs-real FID floor"]]
-    for name, record in experiments:
-        rows += [row + [floor_text(record)] for row in claim_rows(name, record)]
+    for (_, record), claimed in zip(experiments, claims):
+        rows += [row + [floor_text(record)] for row in claimed]
     page = Report("FAE miniature experiments: the paper's claims vs ours",
                   intro=f"{len(experiments)} experiments ({', '.join(n for n, _ in experiments)}), each read from "
                         f"its NAME/results.json. " + rules_text(experiments))
