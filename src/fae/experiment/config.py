@@ -314,7 +314,8 @@ def resolve_arms(exp: ExperimentConfig, path: Path, quick: bool, arm_overrides: 
     arms = []
     for name, _, replicate_of in plan:
         cfg, overrides = configs[name]
-        own = config_diff(configs[replicate_of][0], cfg) if replicate_of else config_diff(reference, cfg)
+        diff = config_diff(reference, cfg)
+        own = config_diff(configs[replicate_of][0], cfg) if replicate_of else diff
         _check_arm(exp, name, own, replicate_of)
-        arms.append(ResolvedArm(name, cfg, overrides, config_diff(reference, cfg), replicate_of))
+        arms.append(ResolvedArm(name, cfg, overrides, diff, replicate_of))
     return arms, demo_path.parent
