@@ -10,6 +10,7 @@ is NCCL when CUDA is available, gloo on CPU; multi-node runs work through torchr
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 from datetime import timedelta
@@ -98,9 +99,24 @@ def process_group(timeout_s: float = 1800.0) -> Iterator[torch.device]:
     dev = init_distributed(timeout_s)
     try:
         yield dev
-    finally:
-        if owner:
+    except BaseException:
+        if owner:  # the other ranks may never reach a barrier: leave at once
             destroy_distributed()
+        raise
+    if owner:
+        _leave_together()
+
+
+def _leave_together() -> None:
+    """Tear the group down in step: every rank reaches a barrier first (no rank destroys its
+    communicators while a peer still talks to them), then objects that still hold the group (a
+    finished run's DDP/FSDP wrappers in a reference cycle) are collected while the interpreter is
+    whole, not at its shutdown, where a backend's worker threads can abort the process."""
+    if not is_initialized():
+        return
+    barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
