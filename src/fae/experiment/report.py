@@ -339,9 +339,9 @@ def noise_row(record: dict[str, Any]) -> list[str]:
 
 VERDICT_RULE = ("Each arm's value is the mean over its seeds. A verdict is 'agrees' or 'disagrees' only when "
                 "the two arms' sampling intervals (95%: bootstrap of the sample features for FID, the "
-                "reference fixed; Wilson for class accuracy) and their seed intervals (95% Student t over "
-                "the seeds) both separate; otherwise it is inside the noise. 'decided by' names the "
-                "interval that decided.")
+                "reference fixed; Wilson for class accuracy; each around the arm's own run, its first "
+                "seed) and their seed intervals (95% Student t over the seeds) both separate; otherwise "
+                "it is inside the noise. 'decided by' names the interval that decided.")
 OLD_RULE = ("Recorded before intervals existed: a difference counted when it exceeded the main arm's "
             "seed-to-seed spread (the range over its seeds; one replicate), otherwise it was too noisy "
             "to tell. No intervals were recorded, so none are drawn.")
