@@ -14,6 +14,17 @@ from fae.experiment.verdict import (AGREES, BOTH_OVERLAP, DISAGREES, FEW_SEEDS, 
                                     SAMPLING_OVERLAP, SEED_OVERLAP, SEPARATE, decide, groups, verdicts)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
+FIXTURES = Path(__file__).with_name("fixtures") / "experiment_results"
+
+
+def _recorded_under_old_rule(path: Path) -> bool:
+    """True for a results.json written before intervals (its verdicts carry the old rule's spread)."""
+    return any("spread" in row["fid"] for row in json.loads(path.read_text())["verdicts"])
+
+
+KEPT = sorted(DOCS.glob("*/results.json"))
+OLD_RULE = [FIXTURES / "encoder_old_rule.json", *(p for p in KEPT if _recorded_under_old_rule(p))]
+NEW_RULE = [p for p in KEPT if not _recorded_under_old_rule(p)]
 
 
 def arm(name: str, fid: float, accuracy: float, replicate_of: str | None = None, *, fid_ci=None,
@@ -77,11 +88,12 @@ def test_a_single_seed_is_inside_the_noise():
         assert (row[metric]["verdict"], row[metric]["decided_by"]) == (NOISY, FEW_SEEDS)
 
 
-@pytest.mark.parametrize("name", ["latent-space", "encoder", "latent-channels", "time-shift", "starflow"])
-def test_results_written_before_intervals_still_judge(name):
-    """A kept results.json (no *_ci, one replicate of the main arm only) goes through the new rule
-    without a crash: every verdict inside the noise, decided by the missing intervals."""
-    old = json.loads((DOCS / name / "results.json").read_text())
+@pytest.mark.parametrize("path", OLD_RULE, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_results_written_before_intervals_still_judge(path):
+    """A results.json written before intervals (no *_ci, one replicate of the main arm only) goes
+    through the new rule without a crash: every verdict inside the noise, decided by the missing
+    intervals."""
+    old = json.loads(path.read_text())
     seed_groups = groups(old["arms"])
     assert set(seed_groups) == {a["name"] for a in old["arms"].values() if not a.get("replicate_of")}
     claims = [Claim(r["better"], r["worse"], r["source"]) for r in old["verdicts"]]
@@ -89,6 +101,28 @@ def test_results_written_before_intervals_still_judge(name):
         for metric in ("fid", "class_accuracy"):
             assert (row[metric]["verdict"], row[metric]["decided_by"]) == (NOISY, NO_INTERVALS)
             assert row[metric]["better"] == pytest.approx(seed_groups[row["better"]][metric]["mean"])
+
+
+
+@pytest.mark.parametrize("path", NEW_RULE, ids=lambda p: p.parent.name)
+def test_kept_runs_judged_again_give_their_recorded_verdicts(path):
+    """A kept run recorded under the interval rule: its arms, judged again, give the recorded seed
+    groups and, claim by claim, the same values, intervals, verdicts and deciding interval."""
+    record = json.loads(path.read_text())
+    seed_groups = groups(record["arms"])
+    for name, group in record["groups"].items():
+        for metric, recorded in group.items():
+            assert seed_groups[name][metric]["values"] == pytest.approx(recorded["values"], rel=1e-12)
+            assert seed_groups[name][metric]["mean"] == pytest.approx(recorded["mean"], rel=1e-12)
+    claims = [Claim(r["better"], r["worse"], r["source"]) for r in record["verdicts"]]
+    for row, recorded in zip(verdicts(claims, record["arms"], seed_groups), record["verdicts"], strict=True):
+        for metric in ("fid", "class_accuracy"):
+            got, want = row[metric], recorded[metric]
+            assert (got["verdict"], got["decided_by"]) == (want["verdict"], want["decided_by"])
+            assert (got["better"], got["worse"]) == pytest.approx((want["better"], want["worse"]), rel=1e-12)
+            for side in ("better", "worse"):
+                for kind in ("sampling", "seed"):
+                    assert got["intervals"][side][kind] == pytest.approx(want["intervals"][side][kind], rel=1e-9)
 
 
 def simulated_arms(rng: np.random.Generator, accuracy: dict[str, float], shift: dict[str, float], *,
