@@ -153,6 +153,28 @@ def test_text_to_image_and_flow_generators(exports):
         flow(class_labels=[0], num_inference_steps=5, progress=False)
 
 
+
+def test_a_flow_with_a_finetuned_decoder_decodes_with_that_export(exports, tiny_fae_export, tmp_path):
+    """STARFlow's finetuned_vae: the flow's stored sampler names a pixel decoder fine-tuned on noisy
+    latents (same FAE identity, other pixel-decoder weights); from_pretrained decodes with it in
+    place of the FAE it was given, as fae sample does, and its images are that decoder's."""
+    finetuned = FAE.from_pretrained(tiny_fae_export)
+    perturbed(finetuned.pixel_decoder, seed=7, std=0.1)
+    finetuned_folder = finetuned.save_pretrained(tmp_path / "noisy_decoder")
+    assert finetuned.identity() == FAE.from_pretrained(tiny_fae_export).identity()
+    flow = load_generator(exports["flow"])
+    flow.sampling.finetuned_decoder = str(finetuned_folder)
+    flow_folder = flow.save_pretrained(tmp_path / "flow_finetuned")
+    pipe = FAEPipeline.from_pretrained(flow_folder, exports["fae"], device="cpu")
+    for name, tensor in pipe.fae.pixel_decoder.state_dict().items():
+        assert torch.equal(tensor, finetuned.pixel_decoder.state_dict()[name]), name
+    drawn = pipe(class_labels=[0, 2], seed=1, output_type="pt", progress=False).images
+    expected = SampleDecoder(pipe.generator, finetuned).all(range(2), torch.tensor([0, 2]), seed=1).images
+    torch.testing.assert_close(drawn, expected.float() / 255, rtol=0, atol=0)
+    plain = FAEPipeline.from_pretrained(exports["flow"], exports["fae"], device="cpu")
+    assert not torch.equal(drawn, plain(class_labels=[0, 2], seed=1, output_type="pt", progress=False).images)
+
+
 def test_wrong_arguments_are_one_line_errors_naming_them(pipe, exports):
     t2i = FAEPipeline.from_pretrained(exports["mmdit"], exports["fae"], device="cpu")
     unconditional = FAEPipeline(load_generator(exports["diffusion"]), pipe.fae)

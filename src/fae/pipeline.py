@@ -27,7 +27,7 @@ from PIL import Image
 from fae.autoencoder import FAE
 from fae.errors import ConfigError
 from fae.generation import load_generator
-from fae.generation.decode import SampleDecoder, check_pair, sampler_config
+from fae.generation.decode import SampleDecoder, check_pair, decoder_folder, sampler_config
 from fae.generation.flow_config import FlowSamplerConfig
 from fae.generation.generator import LatentGenerator
 from fae.generation.t2i_generator import TextToImageGenerator
@@ -75,9 +75,16 @@ class FAEPipeline:
     def from_pretrained(cls, generator: str | Path, fae: str | Path, device: str | torch.device | None = None,
                         torch_dtype: torch.dtype | None = None) -> "FAEPipeline":
         """Load both exports (folders, or run folders holding ``export/``) onto ``device`` (default:
-        CUDA when available, else the CPU). ``torch_dtype``: see the class."""
+        CUDA when available, else the CPU). ``torch_dtype``: see the class.
+
+        A flow generator whose stored sampler names a ``finetuned_decoder`` (STARFlow's
+        ``finetuned_vae``: its samples skip the score step, so a pixel decoder fine-tuned on noisy
+        latents must decode them) is decoded by that export in place of ``fae``, as ``fae sample``
+        does. Built from loaded models (the constructor), the pipeline uses the FAE it is given."""
         device = _default_device(device)
-        return cls(load_generator(generator, device=device), FAE.from_pretrained(fae, device=device), torch_dtype)
+        loaded = load_generator(generator, device=device)
+        decoder = decoder_folder(loaded.sampling, str(fae))  # fae, or the flow's fine-tuned export
+        return cls(loaded, FAE.from_pretrained(decoder, device=device), torch_dtype)
 
     @property
     def device(self) -> torch.device:
