@@ -141,8 +141,11 @@ class RealTestFeatures:
         """The scorer, scoring against the first ``reference_images`` test images."""
         return self.scorer.use_reference(self.first(reference_images))
 
+    def floor_features(self, reference_images: int, n: int) -> np.ndarray:
+        """Pool features [n, 2048] of the real-vs-real floor's images: test images ``[R, R + n)``."""
+        return self.first(reference_images + n)[reference_images:]
+
     def floor(self, reference_images: int, n: int) -> float:
         """The real-vs-real FID: test images ``[R, R + n)`` against the first ``R`` (the floor an FID
         of ``n`` samples can reach against this reference)."""
-        features = self.first(reference_images + n)
-        return self.scorer_for(reference_images).fid(features[reference_images:])
+        return self.scorer_for(reference_images).fid(self.floor_features(reference_images, n))

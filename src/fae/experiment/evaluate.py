@@ -59,9 +59,9 @@ def reference(cfg, ev: Evaluation, real: RealTestFeatures | None = None) -> Refe
     (``fae.demo.shared_eval``; ``real``: its test features, default the ADM network's)."""
     real = real or RealTestFeatures(cfg.data_root)
     judge = load_judge(cfg)
-    floor = real.floor(ev.reference_images, ev.fid_samples)
     scorer = real.scorer_for(ev.reference_images)
-    floor_ci = scorer.fid_interval(real.first(ev.reference_images + ev.fid_samples)[ev.reference_images:])
+    floor_features = real.floor_features(ev.reference_images, ev.fid_samples)  # one read for both
+    floor, floor_ci = scorer.fid(floor_features), scorer.fid_interval(floor_features)
     labels = FashionMNIST("test", root=cfg.data_root).labels
     floor_images = real_images(cfg, "test", ev.reference_images, ev.fid_samples)
     judge_real = judge.accuracy(floor_images, labels[ev.reference_images:ev.reference_images + ev.fid_samples])
