@@ -112,11 +112,10 @@ def _leave_together() -> None:
     communicators while a peer still talks to them), then objects that still hold the group (a
     finished run's DDP/FSDP wrappers in a reference cycle) are collected while the interpreter is
     whole, not at its shutdown, where a backend's worker threads can abort the process."""
-    if not is_initialized():
-        return
-    barrier()
-    gc.collect()
-    dist.destroy_process_group()
+    if is_initialized():
+        barrier()
+        gc.collect()
+        destroy_distributed()
 
 
 def barrier() -> None:
