@@ -19,14 +19,10 @@ import pytest
 from fae.cli import main
 from fae.errors import ConfigError
 from fae.experiment import report as report_module
-from fae.experiment.report import claim_figure, curve_figure, write_report
+from fae.experiment.report import claim_figure, curve_figure, has_intervals, write_report
 from fae.experiment.summary import COLUMNS, SUMMARY_HTML, SUMMARY_MD, write_summary
+from kept_experiments import DOCS, KEPT, OLD_RULE_RUN, read
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
-KEPT = sorted(p.parent.name for p in DOCS.glob("*/results.json"))
-# A run recorded before intervals existed (the encoder experiment's kept run of 2026-12-04), kept
-# here so the old rule's rendering stays tested after every docs/experiments run is re-run.
-OLD_RULE_RUN = Path(__file__).with_name("fixtures") / "experiment_results" / "encoder_old_rule.json"
 
 A_FINAL_CI, A_SEED = [76.5, 84.25], [74.15, 86.85]
 B_FINAL_CI, B_SEED = [104.0, 117.0], [100.0, 120.5]
@@ -173,7 +169,7 @@ def test_claim_figure_draws_both_intervals_of_both_arms(tmp_path, captured):
 
 
 def test_runs_without_intervals_still_render(tmp_path):
-    record = json.loads(OLD_RULE_RUN.read_text())
+    record = read(OLD_RULE_RUN)
     page = write_report(record, tmp_path).read_text()
     for v in record["verdicts"]:
         f = v["fid"]
@@ -184,18 +180,18 @@ def test_runs_without_intervals_still_render(tmp_path):
     assert "[95% interval]" not in page  # no interval columns invented
 
 
-@pytest.mark.parametrize("name", KEPT)
-def test_kept_runs_render_their_recorded_verdicts(name, tmp_path):
-    record = json.loads((DOCS / name / "results.json").read_text())
+@pytest.mark.parametrize("path", KEPT, ids=lambda p: p.parent.name)
+def test_kept_runs_render_their_recorded_verdicts(path, tmp_path):
+    record = read(path)
     page = write_report(record, tmp_path).read_text()
     for v in record["verdicts"]:
         for metric in ("fid", "class_accuracy"):
             entry = v[metric]
             assert entry["verdict"] in page
-            if "spread" in entry:  # recorded under the old rule
-                assert "Recorded before intervals existed" in page
-            else:
+            if has_intervals(record):
                 assert entry["decided_by"] in page and "Student t over the seeds" in page
+            else:
+                assert "Recorded before intervals existed" in page
 
 
 def _root_with(tmp_path: Path, records: dict[str, dict]) -> Path:
@@ -214,7 +210,7 @@ def _table_rows(markdown: str) -> list[list[str]]:
 
 
 def test_summary_table_row_has_the_numbers_and_every_row_its_columns(tmp_path):
-    old = json.loads(OLD_RULE_RUN.read_text())
+    old = read(OLD_RULE_RUN)
     root = _root_with(tmp_path, {"toy": synthetic_record(), "encoder": old})
     html, md = write_summary(root, tmp_path / "out")
     assert (html.name, md.name) == (SUMMARY_HTML, SUMMARY_MD)
@@ -243,9 +239,9 @@ def test_summary_table_row_has_the_numbers_and_every_row_its_columns(tmp_path):
 def test_summary_of_every_kept_run(tmp_path):
     html, md = write_summary(DOCS, tmp_path)
     rows = _table_rows(md.read_text())
-    claims = sum(len(json.loads((DOCS / n / "results.json").read_text())["verdicts"]) for n in KEPT)
+    claims = sum(len(read(p)["verdicts"]) for p in KEPT)
     assert len(rows) == 2 + 2 * claims and {len(row) for row in rows} == {len(COLUMNS)}
-    assert {row[0] for row in rows[2:]} == set(KEPT)
+    assert {row[0] for row in rows[2:]} == {p.parent.name for p in KEPT}
     assert "/work/" not in html.read_text() and "/work/" not in md.read_text()
 
 

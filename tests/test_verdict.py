@@ -3,28 +3,19 @@ before intervals, and by simulation: equal arms stay inside the noise, well sepa
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fae.evaluation.intervals import bootstrap_fid, seed_interval, wilson
 from fae.experiment.config import Claim
+from fae.experiment.report import has_intervals
 from fae.experiment.verdict import (AGREES, BOTH_OVERLAP, DISAGREES, FEW_SEEDS, NO_INTERVALS, NOISY, OPPOSITE,
                                     SAMPLING_OVERLAP, SEED_OVERLAP, SEPARATE, decide, groups, verdicts)
+from kept_experiments import KEPT, OLD_RULE_RUN, read
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
-FIXTURES = Path(__file__).with_name("fixtures") / "experiment_results"
-
-
-def _recorded_under_old_rule(path: Path) -> bool:
-    """True for a results.json written before intervals (its verdicts carry the old rule's spread)."""
-    return any("spread" in row["fid"] for row in json.loads(path.read_text())["verdicts"])
-
-
-KEPT = sorted(DOCS.glob("*/results.json"))
-OLD_RULE = [FIXTURES / "encoder_old_rule.json", *(p for p in KEPT if _recorded_under_old_rule(p))]
-NEW_RULE = [p for p in KEPT if not _recorded_under_old_rule(p)]
+OLD_RULE = [OLD_RULE_RUN, *(p for p in KEPT if not has_intervals(read(p)))]
+NEW_RULE = [p for p in KEPT if has_intervals(read(p))]
 
 
 def arm(name: str, fid: float, accuracy: float, replicate_of: str | None = None, *, fid_ci=None,
@@ -93,7 +84,7 @@ def test_results_written_before_intervals_still_judge(path):
     """A results.json written before intervals (no *_ci, one replicate of the main arm only) goes
     through the new rule without a crash: every verdict inside the noise, decided by the missing
     intervals."""
-    old = json.loads(path.read_text())
+    old = read(path)
     seed_groups = groups(old["arms"])
     assert set(seed_groups) == {a["name"] for a in old["arms"].values() if not a.get("replicate_of")}
     claims = [Claim(r["better"], r["worse"], r["source"]) for r in old["verdicts"]]
@@ -103,12 +94,11 @@ def test_results_written_before_intervals_still_judge(path):
             assert row[metric]["better"] == pytest.approx(seed_groups[row["better"]][metric]["mean"])
 
 
-
 @pytest.mark.parametrize("path", NEW_RULE, ids=lambda p: p.parent.name)
 def test_kept_runs_judged_again_give_their_recorded_verdicts(path):
     """A kept run recorded under the interval rule: its arms, judged again, give the recorded seed
     groups and, claim by claim, the same values, intervals, verdicts and deciding interval."""
-    record = json.loads(path.read_text())
+    record = read(path)
     seed_groups = groups(record["arms"])
     for name, group in record["groups"].items():
         for metric, recorded in group.items():
