@@ -153,7 +153,6 @@ def test_text_to_image_and_flow_generators(exports):
         flow(class_labels=[0], num_inference_steps=5, progress=False)
 
 
-
 def test_a_flow_with_a_finetuned_decoder_decodes_with_that_export(exports, tiny_fae_export, tmp_path):
     """STARFlow's finetuned_vae: the flow's stored sampler names a pixel decoder fine-tuned on noisy
     latents (same FAE identity, other pixel-decoder weights); from_pretrained decodes with it in
