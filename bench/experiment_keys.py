@@ -27,7 +27,7 @@ def main() -> int:
             exp, arm_overrides = load_experiment(path, quick, [])
             arms, base = resolve_arms(exp, path, quick, arm_overrides)
             for arm in arms:
-                plan = plan_arm(arm, base, root / name, root / "_stages", exp.evaluation.steps)
+                plan = plan_arm(arm, base, root / name, root / "_stages", exp.evaluation.steps_of(arm))
                 stages = " ".join(f"{s}={run_dir(p).name}" for s, p in plan.stages.items())
                 key = plan.key({**to_dict(exp.evaluation), "reference": "fixed"})
                 print(f"{name}{' --quick' if quick else ''} {arm.name}: {stages} latents={plan.latents.name} "

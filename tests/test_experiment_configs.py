@@ -26,7 +26,7 @@ SHIPPED = sorted(p for p in EXPERIMENTS.glob("*.yaml") if "arms" in read_yaml(p)
 def plans(path: Path, quick: bool, root: Path):
     exp, rest = load_experiment(path, quick)
     arms, base = resolve_arms(exp, path, quick, rest)
-    return exp, [plan_arm(arm, base, root / path.stem, root / "_stages", exp.evaluation.steps) for arm in arms]
+    return exp, [plan_arm(arm, base, root / path.stem, root / "_stages", exp.evaluation.steps_of(arm)) for arm in arms]
 
 
 def test_the_four_experiments_of_the_issue_are_shipped():
@@ -54,7 +54,7 @@ def test_a_shipped_experiment_plans_every_arm_within_its_variable(path, quick, t
             assert plan.arm.diff, f"arm '{plan.arm.name}' is the main arm again"
         train = resolved_config(plan.generator).train
         assert train.steps == exp.evaluation.steps[-1]
-        assert list(train.milestones) == list(exp.evaluation.steps)
+        assert list(train.milestones) == exp.evaluation.steps_of(plan.arm)
     check_replicates(arm_plans)  # raises when a replicate trains what its arm trains
     generators = [stage_key(p.generator) for p in arm_plans]
     assert len(set(generators)) == len(generators)  # every arm trains its own generator

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fae.config import SHIPPED_CONFIGS, apply_overrides, config_file, flatten, from_dict, read_yaml, to_dict
+from fae.config import OMIT_IF_DEFAULT, SHIPPED_CONFIGS, apply_overrides, config_file, flatten, from_dict, read_yaml, to_dict
 from fae.demo.config import DemoConfig, StageRun
 from fae.errors import ConfigError
 from fae.generation.decode import check_sampler_overrides
@@ -91,6 +91,10 @@ class Evaluation:
         likelihood_images: first test images whose latents (in each arm's own space) a flow
             generator's checkpoints are scored on in bits per dimension (``fae.experiment.likelihood``);
             diffusion arms ignore it.
+        replicate_steps: which of ``steps`` a seed replicate is scored at: ``all``, or ``final``
+            (only the last: the one its seed group and every verdict read; the replicate keeps no
+            earlier checkpoint and its curve is one point). Arms that are not replicates are scored
+            at every step either way.
     """
 
     steps: list[int] = field(default_factory=lambda: [300, 600, 1200])
@@ -101,6 +105,11 @@ class Evaluation:
     seed: int = 0
     grid_per_class: int = 2
     likelihood_images: int = 500
+    replicate_steps: Literal["all", "final"] = field(default="all", metadata=OMIT_IF_DEFAULT)
+
+    def steps_of(self, arm: "ResolvedArm") -> list[int]:
+        """The steps arm ``arm`` is trained to and scored at (see ``replicate_steps``)."""
+        return self.steps[-1:] if arm.replicate_of and self.replicate_steps == "final" else list(self.steps)
 
     def validate(self) -> None:
         if not self.steps or any(s < 1 for s in self.steps) or sorted(set(self.steps)) != list(self.steps):

@@ -166,7 +166,7 @@ def run_experiment(exp: ExperimentConfig, arms: list[ResolvedArm], base: Path, n
     """Run every arm, write ``ROOT/NAME/results.json`` and ``report.html``; returns the report."""
     root = Path(root).resolve()
     store, folder = root / STORE, root / name
-    plans = [plan_arm(arm, base, folder, store, exp.evaluation.steps) for arm in arms]  # validates every stage
+    plans = [plan_arm(arm, base, folder, store, exp.evaluation.steps_of(arm)) for arm in arms]  # validates every stage
     check_replicates(plans)
     start = time.perf_counter()
     say(f"{exp.title}: {len(plans)} arms in {folder} (stages shared in {store})")
