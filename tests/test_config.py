@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from fae.config import load_config, save_yaml
+from fae.config import check_choices, load_config, save_yaml
 from fae.errors import ConfigError
 from fae.training.config import TrainConfig
 
@@ -83,3 +83,22 @@ def test_yaml_reads_1_2_floats_and_keeps_strings_that_only_look_alike():
     assert yaml_load("a: .\nb: '0.0'\nc: 1e\nd: -.") == {"a": ".", "b": "0.0", "c": "1e", "d": "-."}
     for text in ("1e-4", "0.0", ".", "abc"):
         assert yaml_load(yaml_dump({"v": text})) == {"v": text}
+
+
+def test_a_config_built_in_python_gets_the_files_choice_check():
+    """check_choices (what every validate calls) refuses a Literal field outside its choices with
+    the message a file would get, and lets the choices through."""
+    with pytest.raises(ConfigError) as from_file:
+        load_config(Run, None, ["model.kind=c"])
+    with pytest.raises(ConfigError) as from_python:
+        check_choices(Model(kind="c"), "model")
+    assert str(from_python.value) == str(from_file.value) == "config key 'model.kind': 'c' is not one of 'a', 'b'"
+    check_choices(Model(kind="b"), "model")
+
+
+def test_text_embeddings_choice_is_checked():
+    from fae.text.registry import TextEncoderConfig
+
+    with pytest.raises(ConfigError, match="config key 'text.embeddings': 'disk' is not one of 'cache', 'online'"):
+        TextEncoderConfig(embeddings="disk").validate()
+    TextEncoderConfig(embeddings="online").validate()

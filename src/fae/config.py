@@ -120,6 +120,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def check_choices(cfg: Any, section: str = "") -> None:
+    """Raise ConfigError, naming the key, when a ``Literal``-typed field of the dataclass ``cfg``
+    holds a value outside its choices. :func:`from_dict` checks this as a file is read; a config
+    built in Python (``SamplerConfig(cfg_time="x")``) reaches its ``validate`` without that check,
+    so ``validate`` calls this rather than listing the choices a second time."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if get_origin(hints.get(f.name)) is Literal:
+            _coerce(getattr(cfg, f.name), hints[f.name], f"{section}.{f.name}" if section else f.name)
+
+
 def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass ``schema`` from a plain dict, rejecting unknown keys by dotted name."""
     if not isinstance(data, dict):

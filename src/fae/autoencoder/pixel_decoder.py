@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from fae.config import from_dict
+from fae.config import check_choices, from_dict
 from fae.errors import CheckpointError, ConfigError
 from fae.export import Exportable, load_strict
 from fae.nn import TransformerBlock, sincos_2d
@@ -75,8 +75,7 @@ class PixelDecoderConfig:
     head_convs: int = 2
 
     def validate(self) -> None:
-        if self.head not in ("linear", "conv"):
-            raise ConfigError(f"config key 'pixel_decoder.head' must be 'linear' or 'conv', got '{self.head}'")
+        check_choices(self, "pixel_decoder")
         if self.head == "conv" and (self.head_channels < 1 or self.head_convs < 0):
             raise ConfigError(f"config keys 'pixel_decoder.head_channels' (>= 1) and 'pixel_decoder.head_convs' "
                               f"(>= 0) are out of range: {self.head_channels}, {self.head_convs}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fae.config import check_choices
 from fae.data.datasets import FOLDER_DATASETS, DataConfig
 from fae.errors import ConfigError
 from fae.generation.decode import check_sampler_overrides
@@ -281,12 +282,12 @@ class RetrievalConfig:
     split: str = "test"
     limit: int | None = None
     image_size: int | None = None
-    image_preprocess: str = "squash"  # SigLIP2's setting; "center_crop": before issue 30
+    image_preprocess: Literal["squash", "center_crop"] = "squash"  # SigLIP2's setting; "center_crop": before issue 30
     text_encoder: str = "siglip-text"
     text_weights: str | None = None
     text_max_length: int | None = None
     text_lowercase: bool = True  # SigLIP2's setting; false: before issue 30
-    text_tokens: str = "big_vision"  # SigLIP2's setting; "tokenizer": before issue 30
+    text_tokens: Literal["big_vision", "tokenizer"] = "big_vision"  # SigLIP2's setting; "tokenizer": before issue 30
     batch_size: int = 64
     device: str = "auto"
     progress: bool = True
@@ -303,16 +304,7 @@ class RetrievalConfig:
             _positive("image_size", self.image_size)
         if self.text_max_length is not None:
             _positive("text_max_length", self.text_max_length)
-        if self.image_preprocess not in RETRIEVAL_IMAGE_PREPROCESS:
-            raise ConfigError(f"config key 'image_preprocess' must be one of "
-                              f"{', '.join(RETRIEVAL_IMAGE_PREPROCESS)}, got {self.image_preprocess!r}")
-        if self.text_tokens not in RETRIEVAL_TEXT_TOKENS:
-            raise ConfigError(f"config key 'text_tokens' must be one of {', '.join(RETRIEVAL_TEXT_TOKENS)}, "
-                              f"got {self.text_tokens!r}")
-
-
-RETRIEVAL_IMAGE_PREPROCESS = ("squash", "center_crop")
-RETRIEVAL_TEXT_TOKENS = ("big_vision", "tokenizer")
+        check_choices(self)
 
 
 def _positive(key: str, value: int) -> None:

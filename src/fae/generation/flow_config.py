@@ -30,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fae.config import OMIT_IF_DEFAULT
+from fae.config import OMIT_IF_DEFAULT, check_choices
 from fae.errors import ConfigError
 from fae.generation.latent_grid import LatentGrid
 
@@ -142,15 +142,7 @@ class FlowConfig(LatentGrid):
             raise ConfigError(f"config key 'flow.noise_std' must be >= 0, got {self.noise_std}")
         if self.log_scale_clip < 0:
             raise ConfigError(f"config key 'flow.log_scale_clip' must be >= 0, got {self.log_scale_clip}")
-        self._check_choice("condition", ("all", "deep"))
-        self._check_choice("class_entry", ("start", "prefix"))
-        self._check_choice("soft_clip_on", ("log_scale", "affine"))
-
-    def _check_choice(self, key: str, choices: tuple[str, ...]) -> None:
-        """A config built in Python bypasses the YAML schema's Literal check: name the key."""
-        if getattr(self, key) not in choices:
-            raise ConfigError(f"config key 'flow.{key}' must be one of {', '.join(choices)}, got "
-                              f"{getattr(self, key)!r}")
+        check_choices(self, "flow")
 
     @property
     def token_channels(self) -> int:

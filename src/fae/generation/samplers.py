@@ -34,6 +34,7 @@ from typing import Callable, Literal
 
 import torch
 
+from fae.config import check_choices
 from fae.errors import ConfigError
 from fae.generation.transport import VelocityFn, time_grid, velocity_to_eps
 
@@ -86,8 +87,7 @@ class SamplerConfig:
             if not 0.0 <= lo <= hi <= 1.0:
                 raise ConfigError(f"config key 'sampling.cfg_schedule[{i}]': need 0 <= t_low <= t_high "
                                   f"<= 1, got [{lo}, {hi}]")
-        if self.cfg_time not in ("shifted", "unshifted"):
-            raise ConfigError(f"config key 'sampling.cfg_time' must be shifted or unshifted, got {self.cfg_time!r}")
+        check_choices(self, "sampling")
 
     def grid_shift(self, trained_shift: float) -> float:
         """The shift of the sampling grid: ``shift`` when set, else the generator's trained one."""

@@ -23,10 +23,12 @@ import importlib.util
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from fae.backbones.hf import load_hf_model
+from fae.config import check_choices
 from fae.backbones.weights import RANDOM_SEED, is_random, random_layers, resolve_weights
 from fae.errors import ConfigError, MissingExtraError, WeightsNotFoundError, install_hint
 from fae.text.encoders import ADAPTERS, CaptionRules
@@ -199,11 +201,10 @@ class TextEncoderConfig:
     encoder: str = "t5-v1_1-xl"
     weights: str | None = None
     max_length: int | None = None
-    embeddings: str = "cache"
+    embeddings: Literal["cache", "online"] = "cache"
 
     def validate(self) -> None:
-        if self.embeddings not in ("cache", "online"):
-            raise ConfigError(f"config key 'text.embeddings' must be 'cache' or 'online', got {self.embeddings!r}")
+        check_choices(self, "text")
         if self.max_length is not None and self.max_length < 1:
             raise ConfigError(f"config key 'text.max_length' must be >= 1, got {self.max_length}")
 
