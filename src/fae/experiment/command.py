@@ -77,7 +77,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", default=None,
                         help="latent-space | encoder | latent-channels | time-shift | starflow (experiments/NAME.yaml); "
                              "'report': the summary page (summary.html + summary.md) of every experiment under --root")
-    parser.add_argument("--quick", action="store_true", help="the ~3-minute version (the config's 'quick' "
+    parser.add_argument("--quick", action="store_true", help="the version within 5 minutes (the config's 'quick' "
                         "and 'quick_arms' lists on top of the demo's 'quick' list)")
     parser.add_argument("--out", help="root folder (default runs/experiments, or runs/experiments-quick with --quick); "
                         "the experiment writes ROOT/NAME, stages are shared in ROOT/_stages. With 'report': "
