@@ -138,6 +138,8 @@ def test_arms_outside_the_variable_are_refused(tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before anything was written
     with pytest.raises(ConfigError, match="evaluation.stpes"):
         load_experiment(path, quick=True, overrides=["evaluation.stpes=[1]"])
+    with pytest.raises(ConfigError, match="'evaluation.replicate_steps': 'last' is not one of 'all', 'final'"):
+        load_experiment(path, quick=True, overrides=["evaluation.replicate_steps=last"])
 
 
 def test_report_numbers_are_the_stored_results(experiment):

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fae.config import OMIT_IF_DEFAULT, SHIPPED_CONFIGS, apply_overrides, config_file, flatten, from_dict, read_yaml, to_dict
+from fae.config import (OMIT_IF_DEFAULT, SHIPPED_CONFIGS, apply_overrides, check_choices, config_file, flatten,
+                        from_dict, read_yaml, to_dict)
 from fae.demo.config import DemoConfig, StageRun
 from fae.errors import ConfigError
 from fae.generation.decode import check_sampler_overrides
@@ -121,6 +122,7 @@ class Evaluation:
             raise ConfigError("evaluation.reference_images + evaluation.fid_samples must be <= 10000 "
                               "(the Fashion-MNIST test split; the floor needs disjoint real images)")
         check_sampler_overrides(self.sampling, "evaluation.sampling")
+        check_choices(self, "evaluation")
 
 
 @dataclass
