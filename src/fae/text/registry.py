@@ -28,8 +28,8 @@ from typing import Literal
 import torch
 
 from fae.backbones.hf import load_hf_model
-from fae.config import check_choices
 from fae.backbones.weights import RANDOM_SEED, is_random, random_layers, resolve_weights
+from fae.config import check_choices
 from fae.errors import ConfigError, MissingExtraError, WeightsNotFoundError, install_hint
 from fae.text.encoders import ADAPTERS, CaptionRules
 
