@@ -14,15 +14,25 @@ the working directory, beside the default ``runs/demo`` and ``runs/experiments``
 removes it). Entries are named by their content key (``fae.freshness``): the judge by its training
 settings and the bytes of the training split, the features by the bytes of the test split and of
 the Inception network. Changed data or settings get a new entry; nothing is keyed on a path.
+
+Shipped with the package (``fae/demo/reference``, written by ``scripts/shipped_reference.py``): the
+demo's judge and the features of the test images its FID reference and floor read, as ADM ships its
+reference batches. They were computed by this module's own code and are used only where their
+recorded content key equals the key computed here and now (same settings, same dataset bytes, same
+Inception file and path); then they seed the cache instead of ~150 s of CPU work, and they make the
+judge one fixed instrument on every machine. Any other key computes as before, and so does every
+key when ``$FAE_EVAL_SHIPPED`` is ``off`` (to check them, or to make them again).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from fae import freshness
 from fae.data.fashion_mnist import FashionMNIST, idx_files
@@ -30,17 +40,40 @@ from fae.errors import DataError
 from fae.evaluation.inception import fast_path_default, torchscript_path
 from fae.evaluation.pixel_classifier import ClassifierConfig, PixelClassifier, train_pixel_classifier
 from fae.evaluation.scorer import FIDScorer
-from fae.io import atomic_torch_save
+from fae.io import atomic_torch_save, atomic_write
 
 CACHE_ENV = "FAE_EVAL_CACHE"
+SHIPPED_ENV = "FAE_EVAL_SHIPPED"  # "off": compute what the package ships
 DEFAULT_CACHE = Path("runs") / "_eval"
 INCEPTION_CPU_BATCH = 16  # on a 2-core CPU ~15% faster than batches of 50-100 (bench/inception_throughput.py)
 _NAME_DIGITS = 16  # hex digits of a content key in an entry's name
 
 
+SHIPPED = Path(__file__).parent / "reference"  # the judge and test features the package ships
+SHIPPED_MANIFEST = SHIPPED / "manifest.json"  # per entry: file, key, and how it was made
+
+
 def cache_dir() -> Path:
     """The shared evaluation cache: ``$FAE_EVAL_CACHE``, else ``runs/_eval`` (working directory)."""
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def shipped_entries() -> dict:
+    """The manifest of the shipped reference files ({} when the package ships none, or when
+    ``$FAE_EVAL_SHIPPED`` is ``off``)."""
+    if os.environ.get(SHIPPED_ENV, "").strip().lower() == "off":
+        return {}
+    try:
+        return json.loads(SHIPPED_MANIFEST.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def shipped(entry: str, key: str) -> Path | None:
+    """The shipped file of ``entry`` ("judge" or "test_features") when it was made under ``key``."""
+    record = shipped_entries().get(entry) or {}
+    path = SHIPPED / str(record.get("file", ""))
+    return path if record.get("key") == key and path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------ the judge
@@ -61,14 +94,23 @@ def judge_path(cfg) -> Path:
 
 def judge_step(cfg) -> str:
     """Train the pixel classifier on real training pixels unless the shared cache holds one trained
-    with these settings on these bytes (then: "skipped (outputs valid)")."""
+    with these settings on these bytes (then: "skipped (outputs valid)") or the package ships one
+    (then it is copied into the cache)."""
     ev, path = cfg.eval, judge_path(cfg)
+    key = judge_key(ev, cfg.data_root)
+    source = shipped("judge", key)
 
     def write() -> None:
+        if source is not None:
+            atomic_write(path, lambda f: f.write(source.read_bytes()))
+            return
         train = FashionMNIST("train", root=cfg.data_root, limit=ev.classifier_train_images)
         train_pixel_classifier(train.images, train.labels, ClassifierConfig(steps=ev.classifier_steps)).save(path)
 
-    return freshness.produce(path.parent, judge_key(ev, cfg.data_root), path.is_file, write, "pixel classifier")
+    status = freshness.produce(path.parent, key, path.is_file, write, "pixel classifier")
+    if source is not None and not status.startswith("skipped"):
+        return "copied from the package (the shipped judge of these settings and data)"
+    return status
 
 
 def load_judge(cfg) -> PixelClassifier:
@@ -111,12 +153,16 @@ class RealTestFeatures:
         return cache_dir() / f"test-features-{self.key()[:_NAME_DIGITS]}.pt"
 
     def _read(self, key: str) -> np.ndarray:
+        """What the cache holds for ``key``, else what the package ships for it, else nothing."""
         if self._held is None:
             self._held = np.zeros((0, 0), dtype=np.float32)
             if self.path().is_file():
                 saved = torch.load(self.path(), weights_only=True)
                 if saved.get("key") == key:
                     self._held = saved["features"].numpy()
+            source = shipped("test_features", key)
+            if source is not None and len(self._held) == 0:
+                self._held = load_file(source)["features"].numpy()
         return self._held
 
     def first(self, count: int) -> np.ndarray:
