@@ -416,3 +416,23 @@ def test_fae_sample_decodes_with_the_finetuned_decoder_and_skips_the_score_step(
     assert fae_main(common + ["--fae", str(root / "fae"), "--out", str(tmp_path / "d.npz"),
                               f"sampling.finetuned_decoder={other}"]) == 2
     assert "other_fae" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_training_sample_grid_decodes_as_fae_sample_does(flow_run, tmp_path):
+    """The flow stage's preview grid uses ``flow_sampling.finetuned_decoder`` (no score step) once
+    that export exists, and the FAE with the score step before it does."""
+    root, _, _ = flow_run
+    fae = FAE.from_pretrained(root / "fae")
+    fae.save_pretrained(tmp_path / "noisy_decoder")
+
+    def stage(finetuned: Path):
+        overrides = [f"data.cache={root / 'cache'}", f"data.fae={root / 'fae'}", f"train.run_dir={tmp_path / 'run'}",
+                     "kind=flow", "flow.num_classes=10", f"flow_sampling.finetuned_decoder={finetuned}"]
+        return build_stage(load_config(GeneratorRunConfig, None, overrides))
+
+    decoder, sampling = stage(tmp_path / "noisy_decoder").grid_decoder("cpu")
+    assert sampling.finetuned_decoder == str(tmp_path / "noisy_decoder") and not sampling.score_step
+    decoder, sampling = stage(tmp_path / "not_trained_yet").grid_decoder("cpu")
+    assert sampling.finetuned_decoder is None and sampling.score_step
+    assert decoder.identity() == fae.identity()

@@ -38,9 +38,9 @@ from fae.autoencoder import FAE
 from fae.config import OMIT_IF_DEFAULT, to_dict
 from fae.data.latent_cache import LatentCache, read_fae_export, read_manifest
 from fae.data.shard_store import MANIFEST
-from fae.errors import ConfigError, LatentCacheError
+from fae.errors import CheckpointError, ConfigError, LatentCacheError
 from fae.generation import FlowConfig, FlowSamplerConfig, GeneratorConfig, MMDiTConfig, SamplerConfig, TransportConfig
-from fae.generation.decode import SampleDecoder
+from fae.generation.decode import SampleDecoder, decoder_folder
 from fae.generation.generator import LatentGenerator
 from fae.images import image_grid, save_png
 from fae.text import TextEncoderConfig
@@ -221,15 +221,27 @@ class GeneratorStage(Stage):
     def _sample_grid(self, network: nn.Module, step: int, run_dir: Path) -> Path | None:
         """Decode ``eval.grid_samples`` samples (classes or the cache's captions, cycled) with the
         FAE into a PNG grid."""
-        fae = FAE.from_pretrained(self.config.data.fae, device=next(network.parameters()).device)
+        fae, sampling = self.grid_decoder(next(network.parameters()).device)
         if fae.pixel_decoder is None:
             return None
         n = self.config.eval.grid_samples
-        decoder = SampleDecoder(self.wrap(network), fae, self.kind.sampling)
+        decoder = SampleDecoder(self.wrap(network), fae, sampling)
         prompts = self.kind.grid_prompts(self.cache, n)
         samples = decoder.all(range(n), seed=self.config.eval.seed, prompts=prompts)  # uint8 [n, C, H, W]
         ncol = max(1, int(n ** 0.5))
         return save_png(image_grid(samples.images, ncol=ncol), run_dir / "samples" / f"step_{step:07d}.png")
+
+    def grid_decoder(self, device: torch.device | str) -> tuple[FAE, object]:
+        """The FAE that decodes the sample grid, and the sampler settings that go with it: a flow
+        sampler's ``finetuned_decoder`` once that export exists (its samples skip the score step,
+        as ``fae sample`` draws them); before then, ``data.fae`` with the score step."""
+        sampling, folder = self.kind.sampling, decoder_folder(self.kind.sampling, self.config.data.fae)
+        if folder != self.config.data.fae:
+            try:
+                FAE.check_export(folder, pixel_decoder=True)
+            except CheckpointError:
+                sampling, folder = replace(sampling, finetuned_decoder=None), self.config.data.fae
+        return FAE.from_pretrained(folder, device=device), sampling
 
     def export(self, models, run_dir: Path) -> Path:
         return self.wrap(models["generator"]).save_pretrained(run_dir / "export")
