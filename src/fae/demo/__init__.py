@@ -16,7 +16,8 @@ Sizes, subsets and budgets live in ``demo/demo.yaml`` (its ``quick`` list holds 
 re-run skips the stages whose outputs exist and are still valid, and resumes an interrupted one.
 The judge (pixel classifier) and the test images' Inception features (FID reference, real-vs-real
 floor) go to the evaluation cache that ``fae experiment`` shares, keyed by content:
-$FAE_EVAL_CACHE, else runs/_eval under the working directory.
+$FAE_EVAL_CACHE, else runs/_eval under the working directory. For the default settings the package
+ships both (fae/demo/reference: copied, not computed; FAE_EVAL_SHIPPED=off computes them).
 
 Loading what the demo exported, in a few lines of Python::
 

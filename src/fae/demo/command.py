@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """The options of `fae demo` (``fae.cli`` made its parser, with the one-line help)."""
     parser.description = doc
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--quick", action="store_true", help="the ~3-minute version (smaller subsets "
+    parser.add_argument("--quick", action="store_true", help="the ~1.5-minute version (smaller subsets "
                         "and budgets: the config's 'quick' overrides)")
     parser.add_argument("--t2i", action="store_true", help="also train and evaluate a small text-to-image "
                         "MMDiT on generated captions (a report section; the config's t2i.*)")
