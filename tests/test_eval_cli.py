@@ -50,6 +50,37 @@ def test_ref_stats_then_fid(tmp_path, capsys):
     assert adm_result["fid"] == pytest.approx(0.0, abs=1e-6) and adm_result["sfid"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_fid_verb_gives_a_bootstrap_interval_on_request(tmp_path, capsys):
+    from fae.evaluation.intervals import bootstrap_fid
+
+    ref_path = tmp_path / "ref.npz"
+    assert main(["eval", "ref-stats", "--out", str(ref_path), "data.split=test", "data.limit=40",
+                 "progress=false"]) == 0
+    capsys.readouterr()
+    samples_path = tmp_path / "samples.npz"
+    assert main(["eval", "ref-stats", "--out", str(samples_path), "data.split=train", "data.limit=24",
+                 "progress=false"]) == 0  # statistics with pool features: resampled without Inception
+    capsys.readouterr()
+    common = ["eval", "fid", "--samples", str(samples_path), "--ref", str(ref_path), "metrics=[fid]",
+              "sqrt_method=eigh"]
+    assert main(common + ["fid_resamples=200", f"out={tmp_path / 'ci.json'}"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[0])
+    lo, hi = result["fid_ci"]
+    assert lo < result["fid"] < hi
+    ref, samples = read_stats(ref_path), read_stats(samples_path)
+    assert (lo, hi) == bootstrap_fid(samples.pool_features, ref.mu, ref.sigma, resamples=200)
+
+    bare = tmp_path / "bare.npz"  # statistics alone: nothing to resample, refused before any work
+    np.savez(bare, mu=samples.mu, sigma=samples.sigma)
+    assert main(["eval", "fid", "--samples", str(bare), "--ref", str(ref_path), "metrics=[fid]",
+                 "fid_resamples=200"]) == 2
+    err = capsys.readouterr().err
+    assert "bare.npz" in err and "fid_resamples" in err
+    assert main(common + ["fid_resamples=1"]) == 2
+    assert "fid_resamples" in capsys.readouterr().err
+
+
 def test_fid_verb_errors_name_the_problem(tmp_path, capsys):
     assert main(["eval", "fid", "--samples", str(tmp_path / "missing.npz"), "--ref", str(tmp_path / "x.npz")]) == 2
     assert "missing.npz" in capsys.readouterr().err

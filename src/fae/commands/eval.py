@@ -41,7 +41,8 @@ from fae.evaluation.probe_features import BackboneFeatures, FAEFeatures, HeadFea
 from fae.evaluation.recon import reconstruction_metrics
 from fae.evaluation.retrieval import RetrievalImageEmbeddings, retrieval_scores, text_embeddings
 from fae.evaluation.scorer import FIDScorer
-from fae.evaluation.stats import FolderImages, InceptionStats, NpzImages, has_stats, read_moments
+from fae.evaluation.stats import (FolderImages, InceptionStats, NpzImages, has_pool_features, has_stats,
+                                  read_moments)
 from fae.evaluation.suite import format_table
 from fae.io import atomic_save_json
 from fae.preflight import input_file, output_file
@@ -56,14 +57,18 @@ def resolve_device(name: str) -> torch.device:
 def run_fid(cfg: FidConfig) -> dict[str, Any]:
     """Score ``cfg.samples`` against ``cfg.ref``; writes JSON on rank 0 and returns the results."""
     check_fid_files(cfg)
-    net = load_scoring_network(cfg.inception_weights, device=resolve_device(cfg.device))  # IS with weights
-    scorer = FIDScorer(net, batch_size=cfg.batch_size, sqrt_method=cfg.sqrt_method, progress=cfg.progress)
+    device = resolve_device(cfg.device)
+    net = load_scoring_network(cfg.inception_weights, device=device)  # IS with weights
+    scorer = FIDScorer(net, device=device, batch_size=cfg.batch_size, sqrt_method=cfg.sqrt_method,
+                       progress=cfg.progress)
     need = any(m in cfg.metrics for m in ("kid", "pr"))
-    samples = scorer.npz_stats(cfg.samples, need_features=need, desc="samples")
+    samples = scorer.npz_stats(cfg.samples, need_features=need or cfg.fid_resamples > 0, desc="samples")
     scorer.use_reference(scorer.npz_stats(cfg.ref, need_features=need, desc="reference"))
     check_fid_inputs(cfg, {cfg.samples: samples, cfg.ref: scorer.reference})
     results = scorer.metrics(samples, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
                              kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k)
+    if cfg.fid_resamples:  # every rank draws the same resamples (seed 0) and gets the same ends
+        results["fid_ci"] = list(scorer.fid_interval(samples.pool_features, resamples=cfg.fid_resamples))
     results.update(samples=str(cfg.samples), ref=str(cfg.ref))
     return _write(results, fid_out(cfg))
 
@@ -84,6 +89,10 @@ def check_fid_files(cfg: FidConfig) -> None:
     for path, stats in moments.items():  # both files read first: a damaged one is named before widths
         if stats is not None:
             _check_widths(path, stats)
+    if cfg.fid_resamples and moments[cfg.samples] is not None and not has_pool_features(cfg.samples):
+        raise DataError(f"'{cfg.samples}' holds statistics without pool features, and the FID interval "
+                        f"(fid_resamples={cfg.fid_resamples}) resamples the samples' features: give the "
+                        f"images, or statistics written by `fae eval ref-stats` with with_features=true")
     output_file(fid_out(cfg), "--out")
 
 

@@ -31,6 +31,7 @@ instead: ``eig(S_r^(1/2) S_x S_r^(1/2))`` with the root computed once. Both agre
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -59,7 +60,7 @@ def _distinct_rows(rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tens
     """Each resample [B, n] as its distinct rows and their counts, padded to the batch's largest
     distinct count with count-0 rows: (index [B, m], weight [B, m] float64)."""
     batch = rows.shape[0]
-    flat = (rows + n * torch.arange(batch)[:, None]).reshape(-1)
+    flat = (rows + n * torch.arange(batch, device=rows.device)[:, None]).reshape(-1)
     counts = torch.bincount(flat, minlength=batch * n).reshape(batch, n)  # [B, n]
     m = int((counts > 0).sum(dim=1).max())
     order = torch.argsort((counts == 0).to(torch.int8), dim=1, stable=True)[:, :m]  # picked rows first
@@ -70,13 +71,16 @@ class ResampledFid:
     """FID of resamples of one sample feature set against fixed reference statistics.
 
     ``fid(rows)`` takes index arrays [B, n] (rows of ``features``, repeats allowed) and returns the
-    B FIDs; ``rows = arange(n)[None]`` gives the sample set's own FID.
+    B FIDs; ``rows = arange(n)[None]`` gives the sample set's own FID. ``device``: where the float64
+    algebra runs (a GPU makes 50K-sample resamples, each a 2048-d covariance of all rows, cheap).
     """
 
-    def __init__(self, features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray):
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float64)  # [n, d]
-        mu_r = torch.as_tensor(np.asarray(ref_mu), dtype=torch.float64)  # [d]
-        sigma_r = torch.as_tensor(np.asarray(ref_sigma), dtype=torch.float64)  # [d, d]
+    def __init__(self, features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float64, device=self.device)  # [n, d]
+        mu_r = torch.as_tensor(np.asarray(ref_mu), dtype=torch.float64, device=self.device)  # [d]
+        sigma_r = torch.as_tensor(np.asarray(ref_sigma), dtype=torch.float64, device=self.device)  # [d, d]
         if x.ndim != 2 or x.shape[0] < 2 or mu_r.shape != x.shape[1:] or sigma_r.shape != (x.shape[1],) * 2:
             raise ValueError(f"bootstrap_fid needs features [n >= 2, d] with ref_mu [d] and ref_sigma [d, d]; "
                              f"got {tuple(x.shape)}, {tuple(mu_r.shape)}, {tuple(sigma_r.shape)}")
@@ -96,12 +100,15 @@ class ResampledFid:
 
     def fid(self, rows: np.ndarray) -> np.ndarray:
         """FIDs [B] of the resamples ``features[rows[b]]``, batched to bound memory."""
-        rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        rows = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.device)
         per_matrix = self.n * self.n if self.gram_route else self.n * self.d + self.d * self.d
         step = max(1, BATCH_ELEMENTS // per_matrix)
-        with torch_threads(1):  # many small eigen-solves: threads only spin (30x slower under load)
+        # many small eigen-solves on a CPU: threads only spin (30x slower under load); one large
+        # covariance per resample (n >= d) is one matrix product that threads do speed up
+        one_thread = self.gram_route and self.device.type == "cpu"
+        with torch_threads(1) if one_thread else contextlib.nullcontext():
             parts = [self._fid_batch(rows[i:i + step]) for i in range(0, rows.shape[0], step)]
-        return torch.cat(parts).numpy()
+        return torch.cat(parts).cpu().numpy()
 
     def _fid_batch(self, rows: torch.Tensor) -> torch.Tensor:
         if self.gram_route:
@@ -142,15 +149,17 @@ class ResampledFid:
 
 
 def bootstrap_fid(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, *,
-                  resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+                  resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                  device: str | torch.device = "cpu") -> tuple[float, float]:
     """Bootstrap ``level`` interval [lo, hi] for the mean FID at this sample count (module docstring).
 
     ``features`` [n, d] are the sample set's Inception features, ``ref_mu`` [d] / ``ref_sigma`` [d, d]
-    the fixed reference statistics. Pivotal interval around the bias-corrected centre.
+    the fixed reference statistics. Pivotal interval around the bias-corrected centre. The resampled
+    rows are drawn on the CPU from ``seed``, so every ``device`` scores the same resamples.
     """
     if resamples < 2 or not 0 < level < 1:
         raise ValueError(f"bootstrap_fid needs resamples >= 2 and 0 < level < 1, got {resamples}, {level}")
-    resampler = ResampledFid(features, ref_mu, ref_sigma)
+    resampler = ResampledFid(features, ref_mu, ref_sigma, device)
     point = float(resampler.fid(np.arange(resampler.n)[None])[0])
     rows = np.random.default_rng(seed).integers(0, resampler.n, size=(resamples, resampler.n))  # [R, n]
     return pivotal_interval(point, resampler.fid(rows), level)

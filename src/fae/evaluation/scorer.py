@@ -155,10 +155,11 @@ class FIDScorer:
     def fid_interval(self, features: np.ndarray, *, resamples: int = 1000, seed: int = 0,
                      level: float = 0.95) -> tuple[float, float]:
         """Bootstrap interval of the FID of pool features [N, 2048]: the sample features resampled,
-        the reference statistics fixed (``fae.evaluation.intervals.bootstrap_fid``). Reads the same
-        features as :meth:`fid`, so a sample set goes through Inception once for both."""
+        the reference statistics fixed (``fae.evaluation.intervals.bootstrap_fid``, on this scorer's
+        device). Reads the same features as :meth:`fid`, so a sample set goes through Inception once
+        for both."""
         mu, sigma = self.reference_moments()
-        return bootstrap_fid(features, mu, sigma, resamples=resamples, seed=seed, level=level)
+        return bootstrap_fid(features, mu, sigma, resamples=resamples, seed=seed, level=level, device=self.device)
 
     def score(self, images, desc: str = "samples") -> float:
         """FID of a whole image set against the reference."""

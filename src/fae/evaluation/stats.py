@@ -192,6 +192,13 @@ def has_stats(path: str | Path) -> bool:
         return "mu" in data.files and "sigma" in data.files
 
 
+def has_pool_features(path: str | Path) -> bool:
+    """Does this statistics .npz also hold the [N, 2048] pool features (``fae eval ref-stats``'s
+    ``with_features``)? Reads the member names only."""
+    with _open_npz(path) as data:
+        return "pool_features" in data.files
+
+
 def read_stats(path: str | Path) -> InceptionStats:
     """Precomputed statistics from an ADM reference batch or a ``fae eval ref-stats`` file."""
     with _open_npz(path) as data:

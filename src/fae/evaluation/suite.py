@@ -78,6 +78,8 @@ def format_table(results: dict) -> str:
             notes.append(f"note ({key[:-5]}): {value}")
         elif isinstance(value, float):
             rows.append((key, f"{value:.6g}"))
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, float) for v in value):
+            rows.append((key, "[" + ", ".join(f"{v:.6g}" for v in value) + "]"))  # an interval
         else:
             rows.append((key, "n/a" if value is None else str(value)))
     width = max((len(k) for k, _ in rows), default=0)
