@@ -95,3 +95,22 @@ def test_other_settings_or_off_compute_as_before(demo_cfg, empty_cache, monkeypa
     monkeypatch.setenv(SHIPPED_ENV, "off")
     assert shipped_entries() == {}
     assert judge_step(demo_cfg) == "ran" and trained == [7, demo_cfg.eval.classifier_steps]
+
+
+def test_a_shorter_cache_entry_gives_way_to_the_shipped_rows(demo_cfg, empty_cache):
+    """A cache written before the package shipped features (here: its first 32 rows) is extended
+    from the shipped file, not by running Inception."""
+    import torch
+
+    from fae.io import atomic_torch_save
+
+    features = RealTestFeatures(demo_cfg.data_root)
+    shipped_rows = features.first(1008)
+    atomic_torch_save({"key": features.key(), "features": torch.from_numpy(shipped_rows[:32].copy())}, features.path())
+
+    class NoNetwork:
+        def __call__(self, images):
+            raise AssertionError("the shipped rows should have been read, not computed")
+
+    reader = RealTestFeatures(demo_cfg.data_root, scorer=FIDScorer(net=NoNetwork(), batch_size=16))
+    np.testing.assert_array_equal(reader.first(1000), shipped_rows[:1000])

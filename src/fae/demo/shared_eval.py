@@ -153,7 +153,8 @@ class RealTestFeatures:
         return cache_dir() / f"test-features-{self.key()[:_NAME_DIGITS]}.pt"
 
     def _read(self, key: str) -> np.ndarray:
-        """What the cache holds for ``key``, else what the package ships for it, else nothing."""
+        """The longer of what the cache holds for ``key`` and what the package ships for it (the
+        same rows where both have them: one key, one computation), else nothing."""
         if self._held is None:
             self._held = np.zeros((0, 0), dtype=np.float32)
             if self.path().is_file():
@@ -161,8 +162,10 @@ class RealTestFeatures:
                 if saved.get("key") == key:
                     self._held = saved["features"].numpy()
             source = shipped("test_features", key)
-            if source is not None and len(self._held) == 0:
-                self._held = load_file(source)["features"].numpy()
+            if source is not None:
+                rows = load_file(source)["features"].numpy()
+                if len(rows) > len(self._held):
+                    self._held = rows
         return self._held
 
     def first(self, count: int) -> np.ndarray:
