@@ -68,7 +68,13 @@ def run_fid(cfg: FidConfig) -> dict[str, Any]:
     results = scorer.metrics(samples, metrics=tuple(cfg.metrics), kid_subsets=cfg.kid_subsets,
                              kid_subset_size=cfg.kid_subset_size, pr_k=cfg.pr_k)
     if cfg.fid_resamples:  # every rank draws the same resamples (seed 0) and gets the same ends
-        results["fid_ci"] = list(scorer.fid_interval(samples.pool_features, resamples=cfg.fid_resamples))
+        interval = list(scorer.fid_interval(samples.pool_features, resamples=cfg.fid_resamples))
+        ordered: dict[str, Any] = {}
+        for key, value in results.items():
+            ordered[key] = value
+            if key == "fid":
+                ordered["fid_ci"] = interval  # listed right after the FID
+        results = ordered
     results.update(samples=str(cfg.samples), ref=str(cfg.ref))
     return _write(results, fid_out(cfg))
 
