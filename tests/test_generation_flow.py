@@ -14,7 +14,7 @@ import torch
 from fae.autoencoder import FAE
 from fae.cli import main as fae_main
 from fae.config import load_config
-from fae.errors import CheckpointError, ConfigError
+from fae.errors import CheckpointError, ConfigError, LatentCacheError
 from fae.evaluation.stats import read_sample_batch
 from fae.generation import FlowGenerator, Generator, load_generator
 from fae.generation.flow import STARFlow, TARFlowBlock, build_flow, flow_loss, guided_affine
@@ -421,8 +421,12 @@ def test_fae_sample_decodes_with_the_finetuned_decoder_and_skips_the_score_step(
 @pytest.mark.slow
 def test_the_training_sample_grid_decodes_as_fae_sample_does(flow_run, tmp_path):
     """The flow stage's preview grid uses ``flow_sampling.finetuned_decoder`` (no score step) once
-    that export exists, and the FAE with the score step before it does."""
-    root, _, _ = flow_run
+    that export exists, and the FAE with the score step before it does; a decoder of another
+    latent space is refused, as by ``fae sample``."""
+    from test_generation_pipeline import export_fae
+
+    root, _, result = flow_run
+    generator = load_generator(result["export"])
     fae = FAE.from_pretrained(root / "fae")
     fae.save_pretrained(tmp_path / "noisy_decoder")
 
@@ -431,8 +435,11 @@ def test_the_training_sample_grid_decodes_as_fae_sample_does(flow_run, tmp_path)
                      "kind=flow", "flow.num_classes=10", f"flow_sampling.finetuned_decoder={finetuned}"]
         return build_stage(load_config(GeneratorRunConfig, None, overrides))
 
-    decoder, sampling = stage(tmp_path / "noisy_decoder").grid_decoder("cpu")
+    decoder, sampling = stage(tmp_path / "noisy_decoder").grid_decoder("cpu", generator)
     assert sampling.finetuned_decoder == str(tmp_path / "noisy_decoder") and not sampling.score_step
-    decoder, sampling = stage(tmp_path / "not_trained_yet").grid_decoder("cpu")
+    decoder, sampling = stage(tmp_path / "not_trained_yet").grid_decoder("cpu", generator)
     assert sampling.finetuned_decoder is None and sampling.score_step
     assert decoder.identity() == fae.identity()
+    other = export_fae(tmp_path / "other_fae", seed=1)
+    with pytest.raises(LatentCacheError, match="other_fae"):
+        stage(other).grid_decoder("cpu", generator)

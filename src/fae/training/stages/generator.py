@@ -40,7 +40,7 @@ from fae.data.latent_cache import LatentCache, read_fae_export, read_manifest
 from fae.data.shard_store import MANIFEST
 from fae.errors import CheckpointError, ConfigError, LatentCacheError
 from fae.generation import FlowConfig, FlowSamplerConfig, GeneratorConfig, MMDiTConfig, SamplerConfig, TransportConfig
-from fae.generation.decode import SampleDecoder, decoder_folder
+from fae.generation.decode import SampleDecoder, check_pair, decoder_folder
 from fae.generation.generator import LatentGenerator
 from fae.images import image_grid, save_png
 from fae.text import TextEncoderConfig
@@ -221,27 +221,32 @@ class GeneratorStage(Stage):
     def _sample_grid(self, network: nn.Module, step: int, run_dir: Path) -> Path | None:
         """Decode ``eval.grid_samples`` samples (classes or the cache's captions, cycled) with the
         FAE into a PNG grid."""
-        fae, sampling = self.grid_decoder(next(network.parameters()).device)
+        generator = self.wrap(network)
+        fae, sampling = self.grid_decoder(next(network.parameters()).device, generator)
         if fae.pixel_decoder is None:
             return None
         n = self.config.eval.grid_samples
-        decoder = SampleDecoder(self.wrap(network), fae, sampling)
+        decoder = SampleDecoder(generator, fae, sampling)
         prompts = self.kind.grid_prompts(self.cache, n)
         samples = decoder.all(range(n), seed=self.config.eval.seed, prompts=prompts)  # uint8 [n, C, H, W]
         ncol = max(1, int(n ** 0.5))
         return save_png(image_grid(samples.images, ncol=ncol), run_dir / "samples" / f"step_{step:07d}.png")
 
-    def grid_decoder(self, device: torch.device | str) -> tuple[FAE, object]:
-        """The FAE that decodes the sample grid, and the sampler settings that go with it: a flow
-        sampler's ``finetuned_decoder`` once that export exists (its samples skip the score step,
-        as ``fae sample`` draws them); before then, ``data.fae`` with the score step."""
+    def grid_decoder(self, device: torch.device | str, generator: LatentGenerator) -> tuple[FAE, object]:
+        """The FAE that decodes ``generator``'s sample grid, and the sampler settings that go with
+        it: a flow sampler's ``finetuned_decoder`` once that export exists (its samples skip the
+        score step, as ``fae sample`` draws them, and it is checked to fit the generator as there);
+        before then, ``data.fae`` with the score step."""
         sampling, folder = self.kind.sampling, decoder_folder(self.kind.sampling, self.config.data.fae)
-        if folder != self.config.data.fae:
-            try:
-                FAE.check_export(folder, pixel_decoder=True)
-            except CheckpointError:
-                sampling, folder = replace(sampling, finetuned_decoder=None), self.config.data.fae
-        return FAE.from_pretrained(folder, device=device), sampling
+        if folder == self.config.data.fae:
+            return FAE.from_pretrained(folder, device=device), sampling
+        try:
+            FAE.check_export(folder, pixel_decoder=True)
+        except CheckpointError:
+            return FAE.from_pretrained(self.config.data.fae, device=device), replace(sampling, finetuned_decoder=None)
+        fae = FAE.from_pretrained(folder, device=device)
+        check_pair(generator, fae.identity(), fae.latent_shape, "the generator being trained", folder)
+        return fae, sampling
 
     def export(self, models, run_dir: Path) -> Path:
         return self.wrap(models["generator"]).save_pretrained(run_dir / "export")
