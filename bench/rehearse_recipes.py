@@ -49,7 +49,9 @@ BACKBONES = {"fae_dinov2g": "dinov2-g14", "fae_siglip2g": "siglip2-g-opt16-256",
 TEXT_ENCODER = "t5-v1_1-xl"
 STEPS = 2
 BYTES_PER_TRAINED_PARAM = 20  # fp32 weights + grads + AdamW moments (8) + EMA
-MEMORY_SHARE = 0.8  # of this machine's RAM that the training state may take
+CHECKPOINT_BYTES_PER_PARAM = 16  # fp32 weights + AdamW moments (8) + EMA
+CHECKPOINTS_ON_DISK = 3  # the straight run's steps 1 and 2, the resumed run's step 2
+MEMORY_SHARE = 0.8  # of this machine's RAM that the training state may take, and of the free disk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,20 +162,34 @@ def memory_budget() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
+def disk_budget(root: Path) -> int:
+    """Bytes the rehearsal's checkpoints may take: MEMORY_SHARE of the free space under ``root``."""
+    return int(MEMORY_SHARE * shutil.disk_usage(root).free)
+
+
+def state_fits(params: int, work: Work) -> str:
+    """'' when ``params`` trained parameters fit in RAM (training state) and on disk (the
+    rehearsal's checkpoints), else what does not fit."""
+    memory, disk = params * BYTES_PER_TRAINED_PARAM, params * CHECKPOINT_BYTES_PER_PARAM * CHECKPOINTS_ON_DISK
+    if memory > memory_budget():
+        return f"~{memory / 2**30:.1f} GiB of training state, over the {memory_budget() / 2**30:.1f} GiB RAM budget"
+    if disk > disk_budget(work.root):
+        return (f"~{disk / 2**30:.1f} GiB for {CHECKPOINTS_ON_DISK} checkpoints, over the "
+                f"{disk_budget(work.root) / 2**30:.1f} GiB disk budget")
+    return ""
+
+
 def fitting_depth(recipe: str, work: Work, depth: int | None) -> tuple[int | None, str]:
-    """``depth``, or for the full depth (None) the deepest one whose training state
-    (BYTES_PER_TRAINED_PARAM per trained parameter) fits the memory budget; and a note saying so."""
+    """``depth``, or for the full depth (None) the deepest one whose training state fits RAM and
+    whose checkpoints fit the disk (:func:`state_fits`); and a note saying so."""
     scratch = work.root / "scratch"
-    need = trained_params(load(recipe, work, depth, scratch, STEPS)) * BYTES_PER_TRAINED_PARAM
-    budget = memory_budget()
-    if depth is not None or need <= budget:
+    over = state_fits(trained_params(load(recipe, work, depth, scratch, STEPS)), work)
+    if depth is not None or not over:
         return depth, ""
     for smaller in range(64, 0, -1):
-        fits = trained_params(load(recipe, work, smaller, scratch, STEPS)) * BYTES_PER_TRAINED_PARAM
-        if fits <= budget:
-            return smaller, (f"full depth needs ~{need / 2**30:.1f} GiB of training state, over the "
-                             f"{budget / 2**30:.1f} GiB budget: rehearsed at depth {smaller}")
-    raise RuntimeError(f"{recipe}: not even depth 1 fits {budget / 2**30:.1f} GiB")
+        if not state_fits(trained_params(load(recipe, work, smaller, scratch, STEPS)), work):
+            return smaller, f"full depth needs {over}: rehearsed at depth {smaller}"
+    raise RuntimeError(f"{recipe}: not even depth 1 fits this machine (full depth needs {over})")
 
 
 # ------------------------------------------------------------------------------------ training
@@ -241,17 +257,22 @@ def rehearse_training(recipe: str, work: Work, depth: int | None) -> dict:
     base = work.run(recipe)
     straight = train_run(recipe, work, depth, base / "straight", STEPS, probe=PROBES[STAGE_OF[recipe]],
                          ckpt_every=1)
-    # the straight run's step-1 checkpoint, resumed in a folder of its own (its run_dir differs: force)
+    # the straight run's step-1 checkpoint, moved (a full-depth checkpoint is up to tens of GB) and
+    # resumed in a folder of its own (its run_dir differs: force)
     first = Path(straight["checkpoint"]).with_name(checkpoint_name(1))
     (base / "resumed" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(first, base / "resumed" / "checkpoints" / first.name)
+    first.replace(base / "resumed" / "checkpoints" / first.name)
     gc.collect()
     resumed = train_run(recipe, work, depth, base / "resumed", STEPS, force=True)
     differences = checkpoint_differences(straight["checkpoint"], resumed["checkpoint"])
     losses = last_losses(base / "straight")
     reloaded = RELOADS[STAGE_OF[recipe]](load(recipe, work, depth, base / "straight", STEPS), straight["export"])
+    checkpoint_mib = Path(straight["checkpoint"]).stat().st_size / 2**20
+    # the exports are what later steps need; the checkpoints have been checked
+    shutil.rmtree(base / "straight" / "checkpoints")
+    shutil.rmtree(base / "resumed")
     return {"trained_params": straight["trained_params"], "frozen_params": straight["frozen_params"],
-            "checkpoint_mib": Path(straight["checkpoint"]).stat().st_size / 2**20,
+            "checkpoint_mib": checkpoint_mib,
             "resumed_from": resumed["resumed_from"], "resume_bitwise": not differences,
             "resume_differences": differences[:5], "losses": losses,
             "losses_finite": all(math.isfinite(v) for v in losses.values()),
