@@ -8,9 +8,10 @@ bf16 autocast, tiny evaluation / statistics sets, 2 sampler steps, and with ``de
 capped at ``depth`` blocks (widths and shapes stay the paper's). Backbones and T5 are their
 published architectures with seeded random weights (``weights=random[:N]``), LPIPS random too.
 
-Each training recipe is trained three times: straight to step 2, to step 1, and the step-1 run
-re-run with ``train.steps=2`` (it resumes); the two step-2 checkpoints must agree bitwise in every
-model, EMA and optimiser tensor. The export is reloaded and must give the output of the trained
+Each training recipe runs straight to step 2 with a checkpoint at each step, and its step-1
+checkpoint is resumed to step 2 in another folder; the two step-2 checkpoints must agree bitwise in
+every model, EMA and optimiser tensor (compared by SHA-256 digests, so that at most two checkpoints
+are on disk at a time). The export is reloaded and must give the output of the trained
 model with EMA weights exactly. Generators then sample 2 images at 256 px through the FAE's
 decoders (``fae sample``).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import math
 import resource
@@ -50,7 +52,7 @@ TEXT_ENCODER = "t5-v1_1-xl"
 STEPS = 2
 BYTES_PER_TRAINED_PARAM = 20  # fp32 weights + grads + AdamW moments (8) + EMA
 CHECKPOINT_BYTES_PER_PARAM = 16  # fp32 weights + AdamW moments (8) + EMA
-CHECKPOINTS_ON_DISK = 3  # the straight run's steps 1 and 2, the resumed run's step 2
+CHECKPOINTS_ON_DISK = 2  # the straight run's step 1 (resumed) and the resumed run's step 2
 MEMORY_SHARE = 0.8  # of this machine's RAM that the training state may take, and of the free disk
 
 
@@ -221,23 +223,32 @@ def frozen_params(stage) -> int:
     return sum(p.numel() for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters())
 
 
-def checkpoint_differences(a: str | Path, b: str | Path) -> list[str]:
-    """Keys of the model / EMA / optimiser state where two checkpoints differ (torch.equal)."""
-    first, second = (torch.load(p, map_location="cpu", weights_only=True, mmap=True) for p in (a, b))
-    return [key for part in ("models", "ema", "optimizers")
-            for key in _differences(first[part], second[part], part)]
+def checkpoint_digest(path: str | Path) -> dict[str, str]:
+    """Every model / EMA / optimiser entry of a checkpoint: a tensor as its dtype, shape and the
+    SHA-256 of its bytes, anything else as its repr. Two checkpoints are bitwise equal where their
+    digests are, so the first can be deleted before the second is written (at full depth each is
+    up to tens of GB)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {key: value for part in ("models", "ema", "optimizers") for key, value in _digest(state[part], part)}
 
 
-def _differences(x, y, key: str) -> list[str]:
-    if isinstance(x, dict) and isinstance(y, dict):
-        if set(x) != set(y):
-            return [f"{key} (keys {sorted(set(x) ^ set(y), key=str)[:3]})"]
-        return [d for k in x for d in _differences(x[k], y[k], f"{key}.{k}")]
-    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
-        return [d for i, (u, v) in enumerate(zip(x, y)) for d in _differences(u, v, f"{key}[{i}]")]
-    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-        return [] if x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y) else [key]
-    return [] if x == y else [key]
+def _digest(x, key: str):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _digest(v, f"{key}.{k}")
+    elif isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            yield from _digest(v, f"{key}[{i}]")
+    elif isinstance(x, torch.Tensor):
+        data = x.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        yield key, f"{x.dtype} {tuple(x.shape)} {hashlib.sha256(memoryview(data)).hexdigest()}"
+    else:
+        yield key, repr(x)
+
+
+def digest_differences(first: dict[str, str], second: dict[str, str]) -> list[str]:
+    """Keys present in one digest only, or whose entries differ."""
+    return sorted(set(first) ^ set(second)) + [k for k in first if k in second and first[k] != second[k]]
 
 
 def last_record(run_dir: Path) -> dict:
@@ -257,20 +268,20 @@ def rehearse_training(recipe: str, work: Work, depth: int | None) -> dict:
     base = work.run(recipe)
     straight = train_run(recipe, work, depth, base / "straight", STEPS, probe=PROBES[STAGE_OF[recipe]],
                          ckpt_every=1)
-    # the straight run's step-1 checkpoint, moved (a full-depth checkpoint is up to tens of GB) and
-    # resumed in a folder of its own (its run_dir differs: force)
-    first = Path(straight["checkpoint"]).with_name(checkpoint_name(1))
+    last = Path(straight["checkpoint"])
+    checkpoint_mib, digest = last.stat().st_size / 2**20, checkpoint_digest(last)
+    last.unlink()  # two checkpoints on disk at a time, not three: the digest stands for it
+    # the straight run's step-1 checkpoint, moved and resumed in a folder of its own (its run_dir
+    # differs: force)
+    first = last.with_name(checkpoint_name(1))
     (base / "resumed" / "checkpoints").mkdir(parents=True, exist_ok=True)
     first.replace(base / "resumed" / "checkpoints" / first.name)
     gc.collect()
     resumed = train_run(recipe, work, depth, base / "resumed", STEPS, force=True)
-    differences = checkpoint_differences(straight["checkpoint"], resumed["checkpoint"])
+    differences = digest_differences(digest, checkpoint_digest(resumed["checkpoint"]))
     losses = last_losses(base / "straight")
     reloaded = RELOADS[STAGE_OF[recipe]](load(recipe, work, depth, base / "straight", STEPS), straight["export"])
-    checkpoint_mib = Path(straight["checkpoint"]).stat().st_size / 2**20
-    # the exports are what later steps need; the checkpoints have been checked
-    shutil.rmtree(base / "straight" / "checkpoints")
-    shutil.rmtree(base / "resumed")
+    shutil.rmtree(base / "resumed")  # the exports of "straight" are what later steps need
     return {"trained_params": straight["trained_params"], "frozen_params": straight["frozen_params"],
             "checkpoint_mib": checkpoint_mib,
             "resumed_from": resumed["resumed_from"], "resume_bitwise": not differences,

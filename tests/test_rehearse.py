@@ -85,3 +85,22 @@ def test_sit_xl1_samples_256px_images_through_the_fae(work, stage_ii_export):
     assert samples["samples_ok"], samples  # uint8 [2, 256, 256, 3], not constant
     grid = sorted((run_dir / "samples").glob("*.png"))
     assert grid, "the evaluation's sample grid was not written"
+
+
+def test_checkpoint_digests_tell_a_one_bit_difference(tmp_path):
+    """The resume check compares checkpoints by digest: one flipped bit in one optimiser moment
+    (a bf16 one), a missing key, or a different step counter must each show."""
+    state = {"models": {"m": {"w": torch.arange(6.0).reshape(2, 3)}}, "ema": {"m": {"w": torch.ones(3)}},
+             "optimizers": {"m": {"state": {0: {"step": torch.tensor(2.0),
+                                                "exp_avg": torch.ones(4, dtype=torch.bfloat16)}},
+                                  "param_groups": [{"lr": 1e-4}]}}}
+    torch.save(state, tmp_path / "a.pt")
+    same = recipes.checkpoint_digest(tmp_path / "a.pt")
+    assert recipes.digest_differences(same, recipes.checkpoint_digest(tmp_path / "a.pt")) == []
+    moment = state["optimizers"]["m"]["state"][0]["exp_avg"]
+    moment.view(torch.int16)[1] ^= 1  # the lowest mantissa bit of one element
+    state["optimizers"]["m"]["param_groups"][0]["lr"] = 2e-4
+    del state["ema"]["m"]["w"]
+    torch.save(state, tmp_path / "b.pt")
+    differences = recipes.digest_differences(same, recipes.checkpoint_digest(tmp_path / "b.pt"))
+    assert sorted(differences) == ["ema.m.w", "optimizers.m.param_groups[0].lr", "optimizers.m.state.0.exp_avg"]
