@@ -22,9 +22,11 @@ import gc
 import hashlib
 import json
 import math
+import multiprocessing
 import resource
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -227,7 +229,13 @@ def checkpoint_digest(path: str | Path) -> dict[str, str]:
     """Every model / EMA / optimiser entry of a checkpoint: a tensor as its dtype, shape and the
     SHA-256 of its bytes, anything else as its repr. Two checkpoints are bitwise equal where their
     digests are, so the first can be deleted before the second is written (at full depth each is
-    up to tens of GB)."""
+    up to tens of GB). Read in a child process: the checkpoint's mapped pages would otherwise count
+    in this process's peak RSS, which the rehearsal reports as the training's."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_checkpoint_digest, str(path)).result()
+
+
+def _checkpoint_digest(path: str) -> dict[str, str]:
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return {key: value for part in ("models", "ema", "optimizers") for key, value in _digest(state[part], part)}
 
