@@ -11,7 +11,8 @@ Real modules at full width and full input / latent shapes (DINOv2-g/14 at 224 px
 global batch 2 in bf16 autocast, a bitwise resume check, the export reloaded, 2 samples decoded to
 256 px images. ``--depth N`` caps every stack at N blocks (generator, decoders, backbone, T5);
 ``--depth full`` (the bench: minutes per recipe on 2 cores) keeps the paper's depths except where
-the training state (20 bytes per trained parameter) exceeds 80% of RAM: there the deepest depth
+the training state (20 bytes per trained parameter) exceeds 70% of RAM, or two checkpoints
+(16 bytes per trained parameter each) exceed 80% of the free disk: there the deepest depth
 that fits is used and the table says so. ``--precision fp32`` trains without autocast: on CPUs
 without native bf16 (AVX512-BF16 / AMX) bf16 matmuls run 10-100x slower than fp32 (measured on the
 2-core AMD EPYC dev machine: 0.1-1 GFLOP/s vs 17 GFLOP/s per core), so a full-depth bf16 bench

@@ -15,13 +15,11 @@ that differs from the recorded one is refused.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import save
 from torch import nn
 
 from fae.autoencoder.encoder import EncoderConfig, build_encoder, with_layout_of_old_exports
@@ -36,6 +34,7 @@ from fae.config import from_dict, to_dict
 from fae.errors import BackboneMismatchError, CheckpointError, ConfigError
 from fae.export import CONFIG_FILE, WEIGHTS_FILE, Exportable, load_strict, read_export_config, resolve_folder
 from fae.images import check_float_range, from_unit_range
+from fae.io import safetensors_sha256
 
 # Tensors that define the latent space (what a latent cache must agree on); see FAE.identity.
 _IDENTITY_PREFIXES = ("normalizer.", "encoder.", "decoder.")
@@ -350,7 +349,7 @@ class FAE(Exportable, nn.Module):
         later does not invalidate a latent cache written by this FAE.
         """
         tensors = {k: v for k, v in self._tensors().items() if k.startswith(_IDENTITY_PREFIXES)}
-        return hashlib.sha256(save(tensors)).hexdigest()
+        return safetensors_sha256(tensors)
 
     def export_config(self) -> dict[str, Any]:
         cfg = self.config

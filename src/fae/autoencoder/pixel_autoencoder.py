@@ -16,20 +16,19 @@ on top sees the same latent shape. Loss (the stage ``fae train pixel-autoencoder
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save
 from torch import nn
 
 from fae.autoencoder.vae import DiagonalGaussian
 from fae.config import from_dict
 from fae.errors import ConfigError
 from fae.export import Exportable, load_strict
+from fae.io import safetensors_sha256
 from fae.images import from_unit_range, to_unit_range
 
 
@@ -154,7 +153,7 @@ class PixelAutoencoder(Exportable, nn.Module):
     def identity(self) -> str:
         """sha256 (hex) of the encoder and decoder weights (the latent space; stats left out)."""
         tensors = {k: v for k, v in self.export_tensors().items() if not k.startswith("latent_")}
-        return hashlib.sha256(save(tensors)).hexdigest()
+        return safetensors_sha256(tensors)
 
     # ---- export (fae.export: config.json + model.safetensors) ---------------------------------
 
