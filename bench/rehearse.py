@@ -155,7 +155,7 @@ def main() -> int:
             continue
         print(f"rehearsing {step} ...", flush=True)
         rows.append(run_step(step, work.resolve(), depth, args.precision))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        print("\n".join(format_table(rows[-1:]).splitlines()[2:]), flush=True)  # its row (and depth note)
         if verdict(rows[-1]) != "ok":
             failed.add(step)
     print(format_table(rows))
