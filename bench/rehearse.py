@@ -79,9 +79,14 @@ def run_step(step: str, work: Path, depth: int | None, precision: str) -> dict:
     start = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, **backbone_env(depth)}, capture_output=True, text=True)
     if done.returncode != 0 or not result.is_file():
+        for checkpoints in (work / "runs" / step).glob("*/checkpoints"):  # tens of GB at full depth
+            shutil.rmtree(checkpoints)
         log = work / "results" / f"{step}.log"
         log.write_text(done.stdout + done.stderr)
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        if done.returncode < 0:  # no traceback: the last line would be whatever it printed before
+            tail = [f"killed by signal {-done.returncode}"
+                    + (" (SIGKILL: out of memory? see dmesg)" if done.returncode == -9 else "")]
         return {"recipe": step, "failed": tail[0], "log": str(log), "wall_s": time.perf_counter() - start}
     return json.loads(result.read_text())
 
