@@ -88,7 +88,7 @@ def safetensors_chunks(tensors: dict[str, torch.Tensor],
     zero-copy view per tensor: ``save`` first holds a byte copy of every tensor and the whole file
     in memory, twice the weights (a 1.4B STARFlow export ran a 24 GiB machine out of memory in
     bench/rehearse.py)."""
-    flat = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    flat = {name: t.detach() for name, t in tensors.items()}  # to the CPU one at a time, as written
     _refuse_shared(flat)
     order = sorted(flat, key=lambda name: (_layout_rank(name, flat[name]), name))
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -102,7 +102,7 @@ def safetensors_chunks(tensors: dict[str, torch.Tensor],
     text += b" " * (-len(text) % 8)
     yield struct.pack("<Q", len(text)) + text
     for name in order:
-        yield memoryview(flat[name].reshape(-1).view(torch.uint8).numpy())
+        yield memoryview(flat[name].cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -134,11 +134,13 @@ def _layout_rank(name: str, tensor: torch.Tensor) -> int:
 
 def _refuse_shared(tensors: dict[str, torch.Tensor]) -> None:
     """Tensors that overlap in memory (tied weights) would load back as separate copies, so they are
-    refused, as safetensors refuses them; the error names them."""
-    spans = sorted((t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(),
-                    t.numel() * t.element_size(), name) for name, t in tensors.items() if t.numel())
-    for (start, size, name), (next_start, _, next_name) in zip(spans, spans[1:]):
-        if next_start < start + size:
+    refused, as safetensors refuses them; the error names them. (A non-contiguous view is written
+    from a copy of its own, so it shares nothing.)"""
+    spans = sorted((t.device.type, t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(),
+                    t.numel() * t.element_size(), name)
+                   for name, t in tensors.items() if t.numel() and t.is_contiguous())
+    for (device, start, size, name), (next_device, next_start, _, next_name) in zip(spans, spans[1:]):
+        if device == next_device and next_start < start + size:
             raise ValueError(f"tensors '{name}' and '{next_name}' share memory (tied weights?): save one "
                              "of them, or a clone")
 
