@@ -468,8 +468,8 @@ def pixel_decoder_work(settings: Settings) -> Work:
     return Work(step, batch, count,
                 notes=f"decoder {sum(p.numel() for p in dec_params) / 1e6:.1f}M, discriminator "
                       f"{sum(p.numel() for p in disc_params) / 1e6:.2f}M parameters; LPIPS VGG16 (random "
-                      f"weights); the stage's discriminator phase compares the batch with torch.equal "
-                      f"(one host sync per step, as in training)")
+                      f"weights); the discriminator phase reuses the decoder phase's output for the same "
+                      f"batch object, as the engine hands it (no second decoder pass, no torch.equal sync)")
 
 
 @contextlib.contextmanager
