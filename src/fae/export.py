@@ -75,9 +75,18 @@ def hub_snapshot(name: str, revision: str | None = None) -> Path:
     # Imported here: huggingface_hub's download stack adds ~0.2 s to `import fae`, and only Hub ids need it.
     import huggingface_hub
     from huggingface_hub import errors
-    try:
+
+    def download(**offline) -> Path:
         return Path(huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=list(HUB_FILES),
-                                                      library_name="fae", library_version=__version__))
+                                                      library_name="fae", library_version=__version__, **offline))
+
+    try:
+        try:
+            return download()
+        except errors.OfflineModeIsEnabled:
+            # huggingface_hub 1.x (1.33: the GPU image's) asks the Hub for a pinned commit's file list even
+            # when HF_HUB_OFFLINE is set, where 2.x reads its cache: then the cache alone decides
+            return download(local_files_only=True)
     except errors.HFValidationError:
         raise CheckpointError(f"'{name}' is neither an export folder nor a valid Hugging Face Hub repo id "
                               "(owner/name)") from None
