@@ -43,8 +43,8 @@ def main(folder: Path = shared_eval.SHIPPED) -> Path:
         accuracy = judge.accuracy(test.images, test.labels)
 
         real = shared_eval.RealTestFeatures(cfg.data_root)
-        needed, batch = ev.test_images * (2 if ev.real_floor else 1), real.scorer.batch_size
-        features = torch.from_numpy(real.first(-(-needed // batch) * batch))  # the whole batches it embeds
+        needed = ev.test_images * (2 if ev.real_floor else 1)
+        features = torch.from_numpy(real.first(real.whole_batches(needed)))  # the whole batches it embeds
         feature_key = real.key()
 
     atomic_write(folder / "judge.pt", lambda f: f.write(judge_bytes))

@@ -28,8 +28,8 @@ from fae.autoencoder.vae import DiagonalGaussian
 from fae.config import from_dict
 from fae.errors import ConfigError
 from fae.export import Exportable, load_strict
-from fae.io import safetensors_sha256
 from fae.images import from_unit_range, to_unit_range
+from fae.io import safetensors_sha256
 
 
 @dataclass

@@ -168,6 +168,11 @@ class RealTestFeatures:
                     self._held = rows
         return self._held
 
+    def whole_batches(self, count: int) -> int:
+        """``count`` rounded up to whole scorer batches: the rows :meth:`first` embeds and keeps."""
+        batch = self.scorer.batch_size
+        return -(-count // batch) * batch
+
     def first(self, count: int) -> np.ndarray:
         """Pool features [count, 2048] of the first ``count`` test images (computed only for the
         images the cache does not hold yet, in whole batches aligned to the batch size)."""
@@ -178,8 +183,7 @@ class RealTestFeatures:
             if count > len(images):
                 raise DataError(f"the Fashion-MNIST test split has {len(images)} images, fewer than the "
                                 f"{count} the FID reference and the real-vs-real floor need together")
-            batch = self.scorer.batch_size
-            stop = min(len(images), -(-count // batch) * batch)
+            stop = min(len(images), self.whole_batches(count))
             new = self.scorer.features(images[len(held):stop], f"inception (test images {len(held)}-{stop})")
             held = new if len(held) == 0 else np.concatenate([held, new])
             atomic_torch_save({"key": key, "features": torch.from_numpy(held)}, self.path())
